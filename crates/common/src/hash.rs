@@ -1,0 +1,121 @@
+//! Content hashes: stable prompt ids and the input hashes of provenance.
+
+use std::{fs, io::Read, path::Path};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::Message;
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stable id of a conversation: the first 16 hex digits of the SHA-256 of its
+/// turns, each written as `role`, NUL, `content`, NUL. Independent of any
+/// serialisation library, so ids never change with a dependency upgrade.
+pub fn prompt_id(messages: &[Message]) -> String {
+    let mut h = Sha256::new();
+    for m in messages {
+        h.update(m.role.as_str().as_bytes());
+        h.update([0]);
+        h.update(m.content.as_bytes());
+        h.update([0]);
+    }
+    hex(&h.finalize()[..8])
+}
+
+/// A uniform draw in [0, 1) fixed by (seed, salt, key): random splits made
+/// with it do not depend on which other keys exist or on their order.
+pub fn uniform_draw(seed: u64, salt: &str, key: &str) -> f64 {
+    let digest = Sha256::new()
+        .chain_update(seed.to_le_bytes())
+        .chain_update(salt.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let x = u64::from_le_bytes(digest[..8].try_into().unwrap());
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// SHA-256 of a file's bytes.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// SHA-256 of a file, or of a folder: the hash of the sorted list of
+/// `relative path NUL file hash NL` over its visible files (hidden files and
+/// temporary files of unfinished writes are left out).
+pub fn content_sha256(path: &Path) -> Result<String> {
+    if !path.is_dir() {
+        return file_sha256(path);
+    }
+    let mut files = Vec::new();
+    collect_files(path, path, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for rel in files {
+        let digest = file_sha256(&path.join(&rel))?;
+        h.update(rel.as_bytes());
+        h.update([0]);
+        h.update(digest.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let p = entry.path();
+        if p.is_dir() {
+            collect_files(root, &p, out)?;
+        } else {
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Role;
+
+    #[test]
+    fn prompt_id_depends_on_roles_and_turn_boundaries() {
+        let a = prompt_id(&[Message::new(Role::User, "ab")]);
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, prompt_id(&[Message::new(Role::User, "ab")]));
+        assert_ne!(a, prompt_id(&[Message::new(Role::System, "ab")]));
+        assert_ne!(
+            prompt_id(&[Message::new(Role::User, "a"), Message::new(Role::User, "b")]),
+            prompt_id(&[Message::new(Role::User, "ab")]),
+        );
+    }
+
+    #[test]
+    fn folder_hash_changes_with_content_and_ignores_hidden_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.txt"), "1").unwrap();
+        let h1 = content_sha256(dir.path()).unwrap();
+        fs::write(dir.path().join(".a.tmp"), "junk").unwrap();
+        assert_eq!(h1, content_sha256(dir.path()).unwrap());
+        fs::write(dir.path().join("a.txt"), "2").unwrap();
+        assert_ne!(h1, content_sha256(dir.path()).unwrap());
+    }
+}

@@ -1,0 +1,375 @@
+//! Parquet I/O for [`Dataset`]s: atomic writes with provenance metadata,
+//! sharded outputs, and validating reads.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use arrow::{array::RecordBatch, datatypes::Schema};
+use parquet::{
+    arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter, ProjectionMask},
+    basic::{Compression, ZstdLevel},
+    file::{metadata::KeyValue, properties::WriterProperties},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{hash::content_sha256, Dataset};
+
+/// Rows per Parquet row group: small enough to stream, large enough for ZSTD.
+pub const ROW_GROUP_ROWS: usize = 8192;
+
+/// Metadata keys written into every file's Parquet key-value metadata.
+pub mod keys {
+    pub const SCHEMA: &str = "wrpo.schema";
+    pub const VERSION: &str = "wrpo.schema_version";
+    pub const PRODUCER: &str = "wrpo.producer";
+    pub const COMMAND: &str = "wrpo.command";
+    pub const CONFIG: &str = "wrpo.config";
+    pub const INPUTS: &str = "wrpo.inputs";
+}
+
+/// What made a file: the producing binary, its command line and full
+/// configuration, and the content hashes of its inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub producer: String,
+    pub command: Vec<String>,
+    pub config: serde_json::Value,
+    pub inputs: Vec<InputHash>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputHash {
+    pub path: String,
+    pub sha256: String,
+}
+
+impl Provenance {
+    /// Provenance of this process: `producer` is e.g. `"wrpo-sample 0.1.0"`.
+    pub fn new(producer: impl Into<String>, config: &impl Serialize) -> Result<Self> {
+        Ok(Provenance {
+            producer: producer.into(),
+            command: std::env::args().collect(),
+            config: serde_json::to_value(config).context("cannot serialise the configuration")?,
+            inputs: Vec::new(),
+        })
+    }
+
+    /// Record an input file or folder with its content hash.
+    pub fn with_input(mut self, path: &Path) -> Result<Self> {
+        let sha256 = content_sha256(path)?;
+        self.inputs.push(InputHash { path: path.display().to_string(), sha256 });
+        Ok(self)
+    }
+
+    fn key_values(&self, schema: &str, version: u32) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new(keys::SCHEMA.into(), schema.to_string()),
+            KeyValue::new(keys::VERSION.into(), version.to_string()),
+            KeyValue::new(keys::PRODUCER.into(), self.producer.clone()),
+            KeyValue::new(keys::COMMAND.into(), to_json(&self.command)),
+            KeyValue::new(keys::CONFIG.into(), to_json(&self.config)),
+            KeyValue::new(keys::INPUTS.into(), to_json(&self.inputs)),
+        ]
+    }
+}
+
+fn to_json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).expect("provenance is plain JSON")
+}
+
+/// A file being written under a temporary name in the destination folder.
+/// [`AtomicFile::commit`] fsyncs it and renames it into place; dropping it
+/// uncommitted removes it, so a crash or an error never leaves a partial file
+/// under the final name.
+pub struct AtomicFile {
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    pub fn create(dest: &Path) -> Result<Self> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+        let name = dest
+            .file_name()
+            .ok_or_else(|| anyhow!("{} is not a file path", dest.display()))?
+            .to_string_lossy();
+        // Hidden and without the .parquet suffix: globs such as dir/*.parquet skip it.
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(AtomicFile { tmp, dest: dest.to_path_buf(), file: Some(file) })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("file present until commit")
+    }
+
+    /// Take the open file out to hand to a writer that owns it; give it back
+    /// with [`AtomicFile::commit_file`].
+    fn take(&mut self) -> File {
+        self.file.take().expect("file present until commit")
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let f = self.take();
+        self.commit_file(f)
+    }
+
+    fn commit_file(mut self, file: File) -> Result<()> {
+        file.sync_all().with_context(|| format!("cannot flush {}", self.tmp.display()))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("cannot move {} to {}", self.tmp.display(), self.dest.display()))?;
+        // The rename is durable only once the folder entry is.
+        if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.tmp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write `rows` to the Parquet file `path`, atomically, with ZSTD compression
+/// and the dataset's schema name, version and `prov` in the key-value metadata.
+pub fn write_dataset<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> Result<()> {
+    let fields = T::fields();
+    let schema = Arc::new(Schema::new(fields.clone()));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_key_value_metadata(Some(prov.key_values(T::NAME, T::VERSION)))
+        .build();
+    let mut out = AtomicFile::create(path)?;
+    let mut writer = ArrowWriter::try_new(out.take(), schema, Some(props))
+        .with_context(|| format!("cannot start Parquet file {}", path.display()))?;
+    for chunk in rows.chunks(ROW_GROUP_ROWS) {
+        let batch = serde_arrow::to_record_batch(&fields, &chunk)
+            .with_context(|| format!("cannot encode {} rows for {}", T::NAME, path.display()))?;
+        writer.write(&batch).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let file = writer.into_inner().with_context(|| format!("cannot finish {}", path.display()))?;
+    out.commit_file(file)
+}
+
+/// Writes a large dataset as `dir/part-00000.parquet`, `dir/part-00001.parquet`,
+/// ...: every shard is committed atomically as soon as it is full, so finished
+/// work survives a crash, and DuckDB reads `dir/*.parquet` as one table.
+/// New shards are numbered after those already in `dir` (a resumed run adds to
+/// them).
+pub struct ShardWriter<T: Dataset> {
+    dir: PathBuf,
+    prov: Provenance,
+    rows_per_shard: usize,
+    rows: Vec<T>,
+    next: usize,
+}
+
+impl<T: Dataset> ShardWriter<T> {
+    pub fn new(dir: &Path, prov: Provenance, rows_per_shard: usize) -> Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+        let next = shard_files(dir)?
+            .iter()
+            .filter_map(|p| shard_number(p))
+            .max()
+            .map_or(0, |n| n + 1);
+        Ok(ShardWriter { dir: dir.to_path_buf(), prov, rows_per_shard: rows_per_shard.max(1), rows: Vec::new(), next })
+    }
+
+    pub fn push(&mut self, row: T) -> Result<()> {
+        self.rows.push(row);
+        if self.rows.len() >= self.rows_per_shard {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Commit the buffered rows as a shard now, even if it is not full.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(format!("part-{:05}.parquet", self.next));
+        write_dataset(&path, &self.rows, &self.prov)?;
+        self.rows.clear();
+        self.next += 1;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        self.flush()
+    }
+}
+
+fn shard_number(path: &Path) -> Option<usize> {
+    path.file_name()?.to_str()?.strip_prefix("part-")?.strip_suffix(".parquet")?.parse().ok()
+}
+
+/// The Parquet files of a dataset: `path` itself, or every visible `*.parquet`
+/// under the folder `path` (recursively, sorted by path).
+pub fn dataset_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.exists() {
+        bail!("{} does not exist", path.display());
+    }
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let files = shard_files(path)?;
+    if files.is_empty() {
+        bail!("{} holds no .parquet files", path.display());
+    }
+    Ok(files)
+}
+
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
+            let p = entry?.path();
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One file of a dataset, read and validated.
+pub struct DatasetFile<T> {
+    pub path: PathBuf,
+    pub version: u32,
+    pub provenance: Provenance,
+    pub rows: Vec<T>,
+}
+
+/// Read every row of the dataset at `path` (a file or a folder of shards).
+pub fn read_dataset<T: Dataset>(path: &Path) -> Result<Vec<T>> {
+    let mut rows = Vec::new();
+    for file in dataset_files(path)? {
+        rows.extend(read_file::<T>(&file)?.rows);
+    }
+    Ok(rows)
+}
+
+/// Read one Parquet file of dataset `T`, rejecting a file of another schema, an
+/// unknown newer version, a missing or mistyped column, a null where none is
+/// allowed, or a row that fails [`Dataset::check`].
+pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
+    let shown = path.display();
+    let file = File::open(path).with_context(|| format!("cannot open {shown}"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{shown} is not a readable Parquet file"))?;
+    let (version, provenance) = read_metadata::<T>(path, builder.metadata().file_metadata().key_value_metadata())?;
+
+    let expected = T::fields();
+    let found = builder.schema().clone();
+    let mut roots = Vec::with_capacity(expected.len());
+    for want in &expected {
+        let Some((i, have)) = found.column_with_name(want.name()) else {
+            bail!("{shown}: column '{}' is missing (expected {})", want.name(), want.data_type());
+        };
+        if have.data_type() != want.data_type() {
+            bail!(
+                "{shown}: column '{}' has type {}, expected {}",
+                want.name(),
+                have.data_type(),
+                want.data_type()
+            );
+        }
+        roots.push(i);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder.with_projection(mask).build().with_context(|| format!("cannot read {shown}"))?;
+
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.with_context(|| format!("cannot decode {shown}"))?;
+        check_nulls(path, &batch, &expected, rows.len())?;
+        let decoded: Vec<T> = serde_arrow::from_record_batch(&batch)
+            .with_context(|| format!("{shown}: cannot decode {} rows", T::NAME))?;
+        for (i, row) in decoded.iter().enumerate() {
+            row.check().map_err(|e| anyhow!("{shown}: row {} (0-based): {e}", rows.len() + i))?;
+        }
+        rows.extend(decoded);
+    }
+    Ok(DatasetFile { path: path.to_path_buf(), version, provenance, rows })
+}
+
+fn read_metadata<T: Dataset>(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(u32, Provenance)> {
+    let shown = path.display();
+    let get = |key: &str| kv.and_then(|kv| kv.iter().find(|e| e.key == key)).and_then(|e| e.value.clone());
+    let Some(schema) = get(keys::SCHEMA) else {
+        bail!(
+            "{shown}: not a WRPO dataset (no '{}' key in its Parquet key-value metadata); expected a '{}' dataset",
+            keys::SCHEMA,
+            T::NAME
+        );
+    };
+    if schema != T::NAME {
+        bail!("{shown}: is a '{schema}' dataset, expected a '{}' dataset", T::NAME);
+    }
+    let version: u32 = get(keys::VERSION)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("{shown}: '{}' is missing or not a number", keys::VERSION))?;
+    if version > T::VERSION {
+        bail!(
+            "{shown}: '{}' schema version {version} is newer than this build reads (up to {}); upgrade wrpo",
+            T::NAME,
+            T::VERSION
+        );
+    }
+    let json = |key: &str| -> Result<serde_json::Value> {
+        let text = get(key).ok_or_else(|| anyhow!("{shown}: metadata key '{key}' is missing"))?;
+        serde_json::from_str(&text).with_context(|| format!("{shown}: metadata key '{key}' is not valid JSON"))
+    };
+    let provenance = Provenance {
+        producer: get(keys::PRODUCER).unwrap_or_default(),
+        command: serde_json::from_value(json(keys::COMMAND)?)
+            .with_context(|| format!("{shown}: '{}' is not a list of strings", keys::COMMAND))?,
+        config: json(keys::CONFIG)?,
+        inputs: serde_json::from_value(json(keys::INPUTS)?)
+            .with_context(|| format!("{shown}: '{}' is not a list of inputs", keys::INPUTS))?,
+    };
+    Ok((version, provenance))
+}
+
+fn check_nulls(path: &Path, batch: &RecordBatch, expected: &[arrow::datatypes::FieldRef], first_row: usize) -> Result<()> {
+    for want in expected.iter().filter(|f| !f.is_nullable()) {
+        let column = batch.column_by_name(want.name()).expect("projected column");
+        if column.null_count() > 0 {
+            let row = (0..column.len()).find(|&i| column.is_null(i)).unwrap_or(0);
+            bail!(
+                "{}: column '{}' is null at row {} (0-based); it may not be null",
+                path.display(),
+                want.name(),
+                first_row + row
+            );
+        }
+    }
+    Ok(())
+}

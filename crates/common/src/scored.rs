@@ -1,0 +1,44 @@
+//! `scored`: samples with the reward a reward model gave them.
+
+use arrow::datatypes::{DataType, FieldRef};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataset::{field, utf8, Dataset},
+    samples::FinishReason,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoredSample {
+    pub prompt_id: String,
+    pub model: String,
+    pub sample_index: u32,
+    pub response: String,
+    pub response_tokens: u32,
+    pub finish_reason: FinishReason,
+    pub reward: f64,
+    pub reward_model: String,
+}
+
+impl Dataset for ScoredSample {
+    const NAME: &'static str = "scored";
+    const VERSION: u32 = 1;
+    fn fields() -> Vec<FieldRef> {
+        vec![
+            utf8("prompt_id"),
+            utf8("model"),
+            field("sample_index", DataType::UInt32, false),
+            utf8("response"),
+            field("response_tokens", DataType::UInt32, false),
+            utf8("finish_reason"),
+            field("reward", DataType::Float64, false),
+            utf8("reward_model"),
+        ]
+    }
+    fn check(&self) -> Result<(), String> {
+        if self.reward.is_nan() {
+            return Err("reward is NaN".into());
+        }
+        Ok(())
+    }
+}

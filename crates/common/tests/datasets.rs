@@ -1,0 +1,302 @@
+//! Round trips of every dataset and rejection of files that do not match.
+
+use std::{fs, path::Path, sync::Arc};
+
+use arrow::{
+    array::{ArrayRef, Float64Array, RecordBatch, StringArray},
+    datatypes::{Field, Schema},
+};
+use parquet::{arrow::ArrowWriter, file::metadata::KeyValue, file::properties::WriterProperties};
+use wrpo_common::{
+    io::{dataset_files, keys, read_file, AtomicFile},
+    metrics::StepMetrics,
+    pairs::Pair,
+    prompts::{Prompt, Split},
+    read_dataset,
+    samples::{FinishReason, Sample},
+    scored::ScoredSample,
+    sft::SftExample,
+    write_dataset, Dataset, Message, Provenance, Role, ShardWriter,
+};
+
+fn prov() -> Provenance {
+    let mut p = Provenance::new("wrpo-test 0", &serde_json::json!({"seed": 42, "n": 5})).unwrap();
+    p.inputs.push(wrpo_common::io::InputHash { path: "in.jsonl".into(), sha256: "ab".repeat(32) });
+    p
+}
+
+fn chat(text: &str) -> Vec<Message> {
+    vec![Message::new(Role::System, "Be brief."), Message::new(Role::User, text)]
+}
+
+fn prompt(i: usize) -> Prompt {
+    Prompt {
+        prompt_id: format!("p{i}"),
+        messages: chat(&format!("question {i} — ünïcödé 🚀")),
+        reference: (i % 2 == 0).then(|| format!("answer {i}")),
+        split: if i % 3 == 0 { Split::Eval } else { Split::Train },
+        origin: "test".into(),
+    }
+}
+
+fn sample(i: usize) -> Sample {
+    let skipped = i % 4 == 3;
+    Sample {
+        prompt_id: format!("p{}", i / 5),
+        model: "m".into(),
+        sample_index: (i % 5) as u32,
+        prompt_text: "<|im_start|>user\nq<|im_end|>\n".into(),
+        response: if skipped { String::new() } else { format!("r{i}") },
+        prompt_tokens: 7,
+        response_tokens: if skipped { 0 } else { 3 },
+        finish_reason: if skipped { FinishReason::Skipped } else if i % 2 == 0 { FinishReason::Stop } else { FinishReason::Length },
+        skip_reason: skipped.then(|| "prompt has 9000 tokens, context is 8192".to_string()),
+        temperature: 0.8,
+        top_p: 0.95,
+        top_k: 0,
+        seed: u64::MAX - i as u64,
+        generation_seconds: 0.25,
+    }
+}
+
+fn scored(i: usize) -> ScoredSample {
+    ScoredSample {
+        prompt_id: format!("p{i}"),
+        model: "m".into(),
+        sample_index: 1,
+        response: "r".into(),
+        response_tokens: 1,
+        finish_reason: FinishReason::Stop,
+        reward: -1.5 + i as f64,
+        reward_model: "rm".into(),
+    }
+}
+
+fn sft(i: usize) -> SftExample {
+    SftExample {
+        prompt_id: format!("p{i}"),
+        messages: chat("q"),
+        response: "y_ws".into(),
+        source_model: "big".into(),
+        source_sample_index: 4,
+        reward: 0.5,
+    }
+}
+
+fn pair(i: usize) -> Pair {
+    Pair {
+        prompt_id: format!("p{i}"),
+        messages: chat("q"),
+        y_ws: "ws".into(),
+        y_ws_model: "big".into(),
+        y_ws_sample_index: 0,
+        y_ws_reward: 0.9,
+        y_wt: "wt".into(),
+        y_wt_model: "target".into(),
+        y_wt_sample_index: 1,
+        y_wt_reward: 0.5,
+        y_l: "l".into(),
+        y_l_model: "target".into(),
+        y_l_sample_index: 2,
+        y_l_reward: 0.1,
+        ref_logp_y_ws: (i % 2 == 0).then_some(-12.5),
+        ref_logp_y_wt: None,
+        ref_logp_y_l: Some(-3.0),
+    }
+}
+
+fn metrics(i: usize) -> StepMetrics {
+    StepMetrics {
+        stage: "wrpo".into(),
+        step: i as u64,
+        epoch: i as f64 / 10.0,
+        loss: 0.69,
+        lr: 3e-7,
+        alpha: Some(0.01 * i as f64),
+        grad_norm: Some(1.0),
+        tokens_per_second: 1000.0,
+        rewards_pivot_accuracies: Some(0.5),
+        ..Default::default()
+    }
+}
+
+fn round_trip<T: Dataset + PartialEq + std::fmt::Debug>(make: fn(usize) -> T) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    // More rows than one row group, to cross batch boundaries on read.
+    let rows: Vec<T> = (0..wrpo_common::io::ROW_GROUP_ROWS + 17).map(make).collect();
+    write_dataset(&path, &rows, &prov()).unwrap();
+    let file = read_file::<T>(&path).unwrap();
+    assert_eq!(file.rows, rows);
+    assert_eq!(file.version, T::VERSION);
+    assert_eq!(file.provenance, prov());
+}
+
+#[test]
+fn every_dataset_round_trips_with_its_metadata() {
+    round_trip(prompt);
+    round_trip(sample);
+    round_trip(scored);
+    round_trip(sft);
+    round_trip(pair);
+    round_trip(metrics);
+}
+
+#[test]
+fn a_file_of_another_schema_is_rejected_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prompts.parquet");
+    write_dataset(&path, &[prompt(1)], &prov()).unwrap();
+    let err = read_dataset::<Sample>(&path).unwrap_err().to_string();
+    assert!(err.contains("prompts.parquet") && err.contains("is a 'prompts' dataset, expected a 'samples'"), "{err}");
+}
+
+/// A file written with arbitrary columns and key-value metadata.
+fn write_raw(path: &Path, columns: Vec<(&str, ArrayRef)>, kv: Vec<(&str, &str)>) {
+    let schema = Arc::new(Schema::new(
+        columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
+    let kv = kv.into_iter().map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())).collect();
+    let props = WriterProperties::builder().set_key_value_metadata(Some(kv)).build();
+    let mut w = ArrowWriter::try_new(fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn scored_columns(reward: ArrayRef) -> Vec<(&'static str, ArrayRef)> {
+    let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+    vec![
+        ("prompt_id", s("p")),
+        ("model", s("m")),
+        ("sample_index", Arc::new(arrow::array::UInt32Array::from(vec![0]))),
+        ("response", s("r")),
+        ("response_tokens", Arc::new(arrow::array::UInt32Array::from(vec![1]))),
+        ("finish_reason", s("stop")),
+        ("reward", reward),
+        ("reward_model", s("rm")),
+    ]
+}
+
+const META: [(&str, &str); 5] = [
+    (keys::SCHEMA, "scored"),
+    (keys::VERSION, "1"),
+    (keys::COMMAND, "[]"),
+    (keys::CONFIG, "{}"),
+    (keys::INPUTS, "[]"),
+];
+
+#[test]
+fn a_valid_raw_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.parquet");
+    write_raw(&path, scored_columns(Arc::new(Float64Array::from(vec![0.5]))), META.to_vec());
+    assert_eq!(read_dataset::<ScoredSample>(&path).unwrap()[0].reward, 0.5);
+}
+
+#[test]
+fn missing_mistyped_and_null_columns_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.parquet");
+
+    let mut cols = scored_columns(Arc::new(Float64Array::from(vec![0.5])));
+    cols.retain(|(n, _)| *n != "reward_model");
+    write_raw(&path, cols, META.to_vec());
+    let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
+    assert!(err.contains("bad.parquet") && err.contains("column 'reward_model' is missing"), "{err}");
+
+    write_raw(&path, scored_columns(Arc::new(StringArray::from(vec!["high"]))), META.to_vec());
+    let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
+    assert!(err.contains("column 'reward' has type Utf8, expected Float64"), "{err}");
+
+    write_raw(&path, scored_columns(Arc::new(Float64Array::from(vec![None]))), META.to_vec());
+    let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
+    assert!(err.contains("column 'reward' is null at row 0"), "{err}");
+}
+
+#[test]
+fn newer_versions_and_foreign_files_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.parquet");
+    let mut meta = META.to_vec();
+    meta[1] = (keys::VERSION, "2");
+    write_raw(&path, scored_columns(Arc::new(Float64Array::from(vec![0.5]))), meta);
+    let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
+    assert!(err.contains("schema version 2 is newer than this build reads (up to 1)"), "{err}");
+
+    write_raw(&path, scored_columns(Arc::new(Float64Array::from(vec![0.5]))), vec![]);
+    let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
+    assert!(err.contains("not a WRPO dataset"), "{err}");
+
+    fs::write(&path, b"PAR1 not really").unwrap();
+    let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
+    assert!(err.contains("is not a readable Parquet file"), "{err}");
+}
+
+#[test]
+fn row_checks_name_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.parquet");
+    let mut cols = scored_columns(Arc::new(Float64Array::from(vec![0.5])));
+    cols[5].1 = Arc::new(StringArray::from(vec!["exploded"]));
+    write_raw(&path, cols, META.to_vec());
+    let err = format!("{:#}", read_dataset::<ScoredSample>(&path).unwrap_err());
+    assert!(err.contains("s.parquet") && err.contains("exploded"), "{err}");
+
+    let mut bad = prompt(0);
+    bad.messages.push(Message::new(Role::Assistant, "answer"));
+    write_dataset(&path, &[prompt(1), bad], &prov()).unwrap();
+    let err = read_dataset::<Prompt>(&path).unwrap_err().to_string();
+    assert!(err.contains("row 1 (0-based)") && err.contains("must end with a user turn"), "{err}");
+}
+
+#[test]
+fn an_interrupted_write_leaves_nothing_under_the_final_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out.parquet");
+    {
+        let mut f = AtomicFile::create(&dest).unwrap();
+        std::io::Write::write_all(f.file(), b"half a file").unwrap();
+        assert!(!dest.exists());
+        // Dropped without commit, as on an error or panic.
+    }
+    assert!(!dest.exists());
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "temporary file left behind");
+
+    // Overwriting keeps the old file whole until the new one is complete.
+    write_dataset(&dest, &[prompt(1)], &prov()).unwrap();
+    {
+        let mut f = AtomicFile::create(&dest).unwrap();
+        std::io::Write::write_all(f.file(), b"garbage").unwrap();
+    }
+    assert_eq!(read_dataset::<Prompt>(&dest).unwrap(), vec![prompt(1)]);
+
+}
+
+#[test]
+fn shards_are_numbered_on_from_existing_ones_and_read_as_one_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("samples").join("m");
+    let mut w = ShardWriter::<Sample>::new(&out, prov(), 4).unwrap();
+    for i in 0..10 {
+        w.push(sample(i)).unwrap();
+    }
+    w.finish().unwrap();
+    // A resumed run continues the numbering instead of overwriting.
+    let mut w = ShardWriter::<Sample>::new(&out, prov(), 4).unwrap();
+    w.push(sample(10)).unwrap();
+    w.finish().unwrap();
+    let names: Vec<_> = dataset_files(&dir.path().join("samples"))
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "part-00003.parquet"]);
+    let rows = read_dataset::<Sample>(&dir.path().join("samples")).unwrap();
+    assert_eq!(rows, (0..11).map(sample).collect::<Vec<_>>());
+
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let err = read_dataset::<Sample>(&empty).unwrap_err().to_string();
+    assert!(err.contains("holds no .parquet files"), "{err}");
+}
