@@ -1,0 +1,261 @@
+//! Import prompts from the JSONL or Parquet shapes of public datasets into the
+//! `prompts` dataset.
+//!
+//! Accepted rows (one JSON object per JSONL line, or one Parquet row):
+//! - `{"prompt": "..."}`: one user turn;
+//! - `{"messages": [{"role": .., "content": ..}, ..]}` or
+//!   `{"conversations": [{"from": "human"|"gpt"|"system", "value": ..}, ..]}`;
+//! - either with its own `prompt_id` (UltraFeedback) and a reference answer in
+//!   the column named by `reference_column` (a string, or a conversation whose
+//!   last assistant turn is the answer, as UltraFeedback's `chosen`).
+
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    fs,
+    io::Write,
+    path::Path,
+};
+
+use anyhow::{bail, Context, Result};
+use arrow::json::ArrayWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use wrpo_common::{
+    dataset::check_conversation,
+    hash::{prompt_id, uniform_draw},
+    io::AtomicFile,
+    prompts::{Prompt, Split},
+    Message, Role,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ImportOptions {
+    /// Fraction of prompts put in the `eval` split, chosen by hash.
+    pub eval_fraction: f64,
+    /// Seed of the hash that picks the eval split.
+    pub seed: u64,
+    /// Column holding a reference answer.
+    pub reference_column: Option<String>,
+    /// Cut a final assistant turn off conversations (ShareGPT-style rows end
+    /// with the answer) and keep it as the reference when none is named.
+    pub strip_last_assistant: bool,
+    /// Value of the `origin` column; defaults to the input file name.
+    pub origin: Option<String>,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions { eval_fraction: 0.0, seed: 42, reference_column: None, strip_last_assistant: false, origin: None }
+    }
+}
+
+/// A row that could not be imported.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rejected {
+    /// `line 12` (JSONL, 1-based) or `row 11` (Parquet, 0-based).
+    pub location: String,
+    pub reason: String,
+    /// The row as read (lossily decoded where it was not UTF-8).
+    pub raw: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Imported {
+    pub prompts: Vec<Prompt>,
+    pub rejected: Vec<Rejected>,
+    /// Rows dropped because an identical conversation had the same id.
+    pub duplicates: usize,
+}
+
+struct RawRow {
+    location: String,
+    raw: String,
+    parsed: Result<Map<String, Value>, String>,
+}
+
+/// Read and convert every row of `path`; rows that fail are collected in
+/// [`Imported::rejected`], never silently dropped.
+pub fn import_prompts(path: &Path, opts: &ImportOptions) -> Result<Imported> {
+    if !(0.0..=1.0).contains(&opts.eval_fraction) {
+        bail!("--eval-fraction must lie in [0, 1], got {}", opts.eval_fraction);
+    }
+    let rows = if is_parquet(path)? { parquet_rows(path)? } else { jsonl_rows(path)? };
+    let origin = opts
+        .origin
+        .clone()
+        .unwrap_or_else(|| path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into()));
+
+    let mut out = Imported::default();
+    let mut seen: HashMap<String, (usize, String)> = HashMap::new();
+    for row in rows {
+        let converted = row.parsed.and_then(|obj| convert(&obj, opts));
+        let (id, messages, reference) = match converted {
+            Ok(c) => c,
+            Err(reason) => {
+                out.rejected.push(Rejected { location: row.location, reason, raw: row.raw });
+                continue;
+            }
+        };
+        match seen.entry(id.clone()) {
+            Entry::Occupied(e) => {
+                let (first, first_location) = e.get();
+                if out.prompts[*first].messages == messages {
+                    out.duplicates += 1;
+                } else {
+                    out.rejected.push(Rejected {
+                        location: row.location,
+                        reason: format!("prompt_id '{id}' is already used by {first_location} for a different conversation"),
+                        raw: row.raw,
+                    });
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert((out.prompts.len(), row.location));
+                let split = if uniform_draw(opts.seed, "eval", &id) < opts.eval_fraction { Split::Eval } else { Split::Train };
+                out.prompts.push(Prompt { prompt_id: id, messages, reference, split, origin: origin.clone() });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_parquet(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let n = std::io::Read::read(&mut f, &mut magic).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(n == 4 && &magic == b"PAR1")
+}
+
+fn jsonl_rows(path: &Path) -> Result<Vec<RawRow>> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let location = format!("line {}", i + 1);
+        let (raw, parsed) = match std::str::from_utf8(line) {
+            Err(e) => (
+                String::from_utf8_lossy(line).into_owned(),
+                Err(format!("invalid UTF-8 at byte {} of the line", e.valid_up_to())),
+            ),
+            Ok(text) => (
+                text.to_string(),
+                match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(obj)) => Ok(obj),
+                    Ok(other) => Err(format!("expected a JSON object, found {}", kind(&other))),
+                    Err(e) => Err(format!("not valid JSON: {e}")),
+                },
+            ),
+        };
+        rows.push(RawRow { location, raw, parsed });
+    }
+    Ok(rows)
+}
+
+fn parquet_rows(path: &Path) -> Result<Vec<RawRow>> {
+    let file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.with_context(|| format!("cannot decode {}", path.display()))?;
+        // Arrow's JSON writer turns every column type (lists, structs, ...) into JSON.
+        let mut writer = ArrayWriter::new(Vec::new());
+        writer.write(&batch).with_context(|| format!("cannot convert rows of {}", path.display()))?;
+        writer.finish()?;
+        let objects: Vec<Map<String, Value>> = serde_json::from_slice(&writer.into_inner())?;
+        for obj in objects {
+            let raw = Value::Object(obj.clone()).to_string();
+            rows.push(RawRow { location: format!("row {}", rows.len()), raw, parsed: Ok(obj) });
+        }
+    }
+    Ok(rows)
+}
+
+type Converted = (String, Vec<Message>, Option<String>);
+
+fn convert(obj: &Map<String, Value>, opts: &ImportOptions) -> Result<Converted, String> {
+    let mut messages = if let Some(p) = obj.get("prompt") {
+        let text = p.as_str().ok_or_else(|| format!("'prompt' must be a string, found {}", kind(p)))?;
+        vec![Message::new(Role::User, text)]
+    } else if let Some((column, turns)) = ["messages", "conversations"].iter().find_map(|c| obj.get(*c).map(|v| (*c, v))) {
+        parse_turns(column, turns)?
+    } else {
+        return Err("no 'prompt', 'messages' or 'conversations' column".into());
+    };
+
+    let mut reference = match &opts.reference_column {
+        Some(c) => match obj.get(c) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v @ Value::Array(_)) => parse_turns(c, v)?
+                .into_iter()
+                .rev()
+                .find(|m| m.role == Role::Assistant)
+                .map(|m| m.content),
+            Some(v) => return Err(format!("reference column '{c}' must be a string or a conversation, found {}", kind(v))),
+        },
+        None => None,
+    };
+    if opts.strip_last_assistant && messages.last().is_some_and(|m| m.role == Role::Assistant) {
+        let answer = messages.pop().unwrap().content;
+        reference.get_or_insert(answer);
+    }
+    check_conversation(&messages)?;
+
+    let id = match obj.get("prompt_id") {
+        None | Some(Value::Null) => prompt_id(&messages),
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(v) => return Err(format!("'prompt_id' must be a non-empty string, found {}", kind(v))),
+    };
+    Ok((id, messages, reference))
+}
+
+fn parse_turns(column: &str, value: &Value) -> Result<Vec<Message>, String> {
+    let turns = value.as_array().ok_or_else(|| format!("'{column}' must be a list of turns, found {}", kind(value)))?;
+    turns
+        .iter()
+        .enumerate()
+        .map(|(i, turn)| {
+            let field = |names: [&str; 2]| names.iter().find_map(|n| turn.get(n));
+            let (Some(role), Some(content)) = (field(["role", "from"]), field(["content", "value"])) else {
+                return Err(format!("'{column}' turn {}: expected role/content or from/value", i + 1));
+            };
+            let role = match role.as_str() {
+                Some("user" | "human") => Role::User,
+                Some("assistant" | "gpt" | "model" | "bot") => Role::Assistant,
+                Some("system") => Role::System,
+                _ => return Err(format!("'{column}' turn {}: unknown role {role}", i + 1)),
+            };
+            let content = content
+                .as_str()
+                .ok_or_else(|| format!("'{column}' turn {}: content must be a string, found {}", i + 1, kind(content)))?;
+            Ok(Message::new(role, content))
+        })
+        .collect()
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Write rejected rows as JSON lines, atomically.
+pub fn write_rejected(path: &Path, rejected: &[Rejected]) -> Result<()> {
+    let mut out = AtomicFile::create(path)?;
+    for r in rejected {
+        serde_json::to_writer(&mut *out.file(), r)?;
+        out.file().write_all(b"\n")?;
+    }
+    out.commit()
+}

@@ -1,0 +1,241 @@
+use std::{fs, path::Path, process::Command, sync::Arc};
+
+use arrow::{
+    array::{ArrayRef, ListArray, RecordBatch, StringArray, StructArray},
+    buffer::OffsetBuffer,
+    datatypes::{DataType, Field, Fields, Schema},
+};
+use parquet::arrow::ArrowWriter;
+use wrpo_common::{
+    hash::prompt_id,
+    prompts::{Prompt, Split},
+    read_dataset, Message, Role,
+};
+use wrpo_sampler::import::{import_prompts, ImportOptions};
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, text).unwrap();
+    p
+}
+
+fn user(text: &str) -> Vec<Message> {
+    vec![Message::new(Role::User, text)]
+}
+
+#[test]
+fn jsonl_prompt_messages_and_conversations_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "in.jsonl",
+        concat!(
+            r#"{"prompt": "What is 2+2?", "answer": "4"}"#, "\n",
+            "\n",
+            r#"{"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]}"#, "\r\n",
+            r#"{"conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hey"}, {"from": "human", "value": "Bye"}]}"#, "\n",
+        ),
+    );
+    let opts = ImportOptions { reference_column: Some("answer".into()), ..Default::default() };
+    let got = import_prompts(&input, &opts).unwrap();
+    assert!(got.rejected.is_empty(), "{:?}", got.rejected);
+    let p = &got.prompts;
+    assert_eq!(p.len(), 3);
+    assert_eq!(p[0].messages, user("What is 2+2?"));
+    assert_eq!(p[0].prompt_id, prompt_id(&p[0].messages));
+    assert_eq!(p[0].reference.as_deref(), Some("4"));
+    assert_eq!(p[0].origin, "in.jsonl");
+    assert_eq!(p[1].messages, vec![Message::new(Role::System, "Be terse."), Message::new(Role::User, "Hi")]);
+    assert_eq!(p[1].reference, None);
+    assert_eq!(
+        p[2].messages,
+        vec![Message::new(Role::User, "Hello"), Message::new(Role::Assistant, "Hey"), Message::new(Role::User, "Bye")]
+    );
+}
+
+#[test]
+fn each_class_of_bad_row_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = Vec::new();
+    for line in [
+        r#"{"prompt": "fine"}"#,
+        r#"{"prompt": "   "}"#,
+        r#"{"prompt": 42}"#,
+        r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}"#,
+        r#"{"messages": "not a list"}"#,
+        r#"{"messages": [{"role": "wizard", "content": "q"}]}"#,
+        r#"{"text": "no prompt column"}"#,
+        r#"{"prompt_id": "x1", "prompt": "first"}"#,
+        r#"{"prompt_id": "x1", "prompt": "second"}"#,
+        r#"{"prompt_id": "x1", "prompt": "first"}"#,
+        r#"{"prompt": "broken"#,
+        r#"[1, 2]"#,
+    ] {
+        text.extend_from_slice(line.as_bytes());
+        text.push(b'\n');
+    }
+    text.extend_from_slice(b"{\"prompt\": \"bad \xff byte\"}\n");
+    let input = dir.path().join("bad.jsonl");
+    fs::write(&input, &text).unwrap();
+
+    let got = import_prompts(&input, &ImportOptions::default()).unwrap();
+    let ids: Vec<_> = got.prompts.iter().map(|p| p.prompt_id.clone()).collect();
+    assert_eq!(ids, [prompt_id(&user("fine")), "x1".to_string()]);
+    assert_eq!(got.duplicates, 1);
+    let reasons: Vec<(String, String)> = got.rejected.iter().map(|r| (r.location.clone(), r.reason.clone())).collect();
+    let expect = [
+        ("line 2", "is empty"),
+        ("line 3", "'prompt' must be a string, found a number"),
+        ("line 4", "the last turn has role 'assistant'"),
+        ("line 5", "'messages' must be a list of turns"),
+        ("line 6", "unknown role \"wizard\""),
+        ("line 7", "no 'prompt', 'messages' or 'conversations' column"),
+        ("line 9", "prompt_id 'x1' is already used by line 8 for a different conversation"),
+        ("line 11", "not valid JSON"),
+        ("line 12", "expected a JSON object, found a list"),
+        ("line 13", "invalid UTF-8 at byte 16"),
+    ];
+    assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
+    for ((loc, reason), (want_loc, want)) in reasons.iter().zip(expect) {
+        assert_eq!(loc, want_loc);
+        assert!(reason.contains(want), "{loc}: '{reason}' lacks '{want}'");
+    }
+    assert!(got.rejected[9].raw.contains("bad \u{fffd} byte"));
+}
+
+#[test]
+fn strip_last_assistant_keeps_the_answer_as_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "sharegpt.jsonl",
+        r#"{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}"#,
+    );
+    let opts = ImportOptions { strip_last_assistant: true, ..Default::default() };
+    let got = import_prompts(&input, &opts).unwrap();
+    assert_eq!(got.prompts[0].messages, user("Q"));
+    assert_eq!(got.prompts[0].reference.as_deref(), Some("A"));
+}
+
+fn string_array(v: &[&str]) -> ArrayRef {
+    Arc::new(StringArray::from(v.to_vec()))
+}
+
+/// list<struct<content, role>> with one conversation per row, as UltraFeedback stores `chosen`.
+fn conversations(rows: &[&[(&str, &str)]]) -> ArrayRef {
+    let fields = Fields::from(vec![Field::new("content", DataType::Utf8, true), Field::new("role", DataType::Utf8, true)]);
+    let flat: Vec<&(&str, &str)> = rows.iter().flat_map(|r| r.iter()).collect();
+    let structs = StructArray::new(
+        fields.clone(),
+        vec![
+            string_array(&flat.iter().map(|t| t.1).collect::<Vec<_>>()),
+            string_array(&flat.iter().map(|t| t.0).collect::<Vec<_>>()),
+        ],
+        None,
+    );
+    let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.len()));
+    Arc::new(ListArray::new(Arc::new(Field::new("item", DataType::Struct(fields), true)), offsets, Arc::new(structs), None))
+}
+
+fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    let schema = Arc::new(Schema::new(
+        columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
+    let mut w = ArrowWriter::try_new(fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn parquet_ultrafeedback_rows_keep_their_ids_and_take_the_chosen_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("uf.parquet");
+    write_parquet(
+        &input,
+        vec![
+            ("prompt", string_array(&["Write a haiku", "Name a prime"])),
+            ("prompt_id", string_array(&["a1b2", "c3d4"])),
+            ("chosen", conversations(&[&[("user", "Write a haiku"), ("assistant", "Autumn moon...")], &[("user", "Name a prime"), ("assistant", "7")]])),
+            ("messages", conversations(&[&[("user", "Write a haiku"), ("assistant", "Autumn moon...")], &[("user", "Name a prime"), ("assistant", "7")]])),
+        ],
+    );
+    let opts = ImportOptions { reference_column: Some("chosen".into()), ..Default::default() };
+    let got = import_prompts(&input, &opts).unwrap();
+    assert!(got.rejected.is_empty(), "{:?}", got.rejected);
+    assert_eq!(got.prompts.len(), 2);
+    assert_eq!(got.prompts[0].prompt_id, "a1b2");
+    assert_eq!(got.prompts[0].messages, user("Write a haiku"));
+    assert_eq!(got.prompts[1].reference.as_deref(), Some("7"));
+}
+
+#[test]
+fn parquet_messages_rows_and_bad_rows_are_numbered_by_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("chat.parquet");
+    write_parquet(
+        &input,
+        vec![("messages", conversations(&[&[("user", "one")], &[("assistant", "two")], &[("system", "s"), ("user", "three")]]))],
+    );
+    let got = import_prompts(&input, &ImportOptions::default()).unwrap();
+    assert_eq!(got.prompts.len(), 2);
+    assert_eq!(got.rejected.len(), 1);
+    assert_eq!(got.rejected[0].location, "row 1");
+}
+
+#[test]
+fn the_eval_split_is_stable_and_close_to_the_fraction() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..2000).map(|i| format!("{{\"prompt\": \"question {i}\"}}\n")).collect();
+    let input = write(dir.path(), "many.jsonl", &lines);
+    let opts = ImportOptions { eval_fraction: 0.2, ..Default::default() };
+    let a = import_prompts(&input, &opts).unwrap().prompts;
+    let eval = a.iter().filter(|p| p.split == Split::Eval).count();
+    assert!((340..460).contains(&eval), "{eval} of 2000 in eval");
+
+    // The split of a prompt depends on its id and the seed, not on the file around it.
+    let reversed: String = lines.lines().rev().map(|l| format!("{l}\n")).collect();
+    let input_rev = write(dir.path(), "rev.jsonl", &reversed);
+    let b = import_prompts(&input_rev, &opts).unwrap().prompts;
+    let split_of = |ps: &[Prompt], id: &str| ps.iter().find(|p| p.prompt_id == id).unwrap().split;
+    assert!(a.iter().all(|p| split_of(&b, &p.prompt_id) == p.split));
+    let other_seed = import_prompts(&input, &ImportOptions { seed: 7, ..opts }).unwrap().prompts;
+    assert_ne!(a.iter().map(|p| p.split).collect::<Vec<_>>(), other_seed.iter().map(|p| p.split).collect::<Vec<_>>());
+}
+
+fn wrpo_sample(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wrpo-sample")).args(args).output().unwrap()
+}
+
+#[test]
+fn the_cli_writes_nothing_on_bad_rows_unless_told_to_skip_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.jsonl", "{\"prompt\": \"ok\"}\n{\"prompt\": \"\"}\n");
+    let out = dir.path().join("prompts.parquet");
+    let args = ["import", "--input", input.to_str().unwrap(), "--out", out.to_str().unwrap()];
+
+    let run = wrpo_sample(&args);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("1 bad row(s)") && err.contains("in.jsonl:line 2") && err.contains("nothing was written"), "{err}");
+    assert!(!out.exists());
+
+    let run = wrpo_sample(&[&args[..], &["--skip-bad"]].concat());
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let prompts = read_dataset::<Prompt>(&out).unwrap();
+    assert_eq!(prompts.len(), 1);
+    let side = fs::read_to_string(dir.path().join("prompts.rejected.jsonl")).unwrap();
+    let rejected: serde_json::Value = serde_json::from_str(side.trim()).unwrap();
+    assert_eq!(rejected["location"], "line 2");
+    assert_eq!(rejected["raw"], "{\"prompt\": \"\"}");
+
+    // Provenance: the command, the configuration and the input's hash.
+    let file = wrpo_common::io::read_file::<Prompt>(&out).unwrap();
+    assert!(file.provenance.producer.starts_with("wrpo-sample "));
+    assert_eq!(file.provenance.config["eval_fraction"], 0.0);
+    assert_eq!(file.provenance.inputs[0].sha256, wrpo_common::hash::file_sha256(&input).unwrap());
+    assert!(file.provenance.command.iter().any(|a| a == "--skip-bad"));
+
+    let run = wrpo_sample(&["import", "--input", "/nonexistent.jsonl", "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("cannot open /nonexistent.jsonl"));
+}
