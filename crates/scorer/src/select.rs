@@ -1,0 +1,215 @@
+//! Build the SFT set and the preference pairs from scored samples
+//! (wrpo.md, data construction steps 3-8).
+
+use std::{cmp::Ordering, collections::HashMap};
+
+use serde::Serialize;
+use wrpo_common::{
+    hash::uniform_draw,
+    pairs::Pair,
+    prompts::{Prompt, Split},
+    samples::FinishReason,
+    scored::ScoredSample,
+    sft::SftExample,
+};
+
+/// Scored samples grouped by prompt, skipped samples left out.
+pub struct ByPrompt<'a>(HashMap<&'a str, Vec<&'a ScoredSample>>);
+
+impl<'a> ByPrompt<'a> {
+    pub fn new(scores: &'a [ScoredSample]) -> Self {
+        let mut map: HashMap<&str, Vec<&ScoredSample>> = HashMap::new();
+        for s in scores.iter().filter(|s| s.finish_reason != FinishReason::Skipped) {
+            map.entry(&s.prompt_id).or_default().push(s);
+        }
+        ByPrompt(map)
+    }
+
+    pub fn get(&self, prompt_id: &str) -> &[&'a ScoredSample] {
+        self.0.get(prompt_id).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Order by reward; equal rewards by (model, sample_index), so that the best
+/// and worst responses do not depend on the order of the input files.
+fn by_reward(a: &&ScoredSample, b: &&ScoredSample) -> Ordering {
+    a.reward
+        .total_cmp(&b.reward)
+        .then_with(|| b.model.cmp(&a.model))
+        .then_with(|| b.sample_index.cmp(&a.sample_index))
+}
+
+fn best<'a>(samples: &[&'a ScoredSample]) -> Option<&'a ScoredSample> {
+    samples.iter().copied().max_by(by_reward)
+}
+
+fn worst<'a>(samples: &[&'a ScoredSample]) -> Option<&'a ScoredSample> {
+    samples.iter().copied().min_by(by_reward)
+}
+
+/// The train prompts divided between the SFT stage and preference training.
+#[derive(Debug, Default)]
+pub struct SftSplit {
+    /// (x, y_ws) for the SFT part.
+    pub sft: Vec<SftExample>,
+    /// The preference part: the prompts the SFT model is sampled on.
+    pub preference: Vec<Prompt>,
+    /// Train prompts without any scored source sample, left out of both.
+    pub unscored: usize,
+}
+
+/// Split the train prompts at random (fixed by `seed` and each prompt_id) into
+/// an SFT part of about `sft_fraction` and a preference part, and pick y_ws,
+/// the best source response over all models and samples, for the SFT part.
+pub fn sft_split(prompts: &[Prompt], source: &ByPrompt, sft_fraction: f64, seed: u64) -> SftSplit {
+    let mut out = SftSplit::default();
+    for p in prompts.iter().filter(|p| p.split == Split::Train) {
+        let Some(y_ws) = best(source.get(&p.prompt_id)) else {
+            out.unscored += 1;
+            continue;
+        };
+        if uniform_draw(seed, "sft", &p.prompt_id) < sft_fraction {
+            out.sft.push(SftExample {
+                prompt_id: p.prompt_id.clone(),
+                messages: p.messages.clone(),
+                response: y_ws.response.clone(),
+                source_model: y_ws.model.clone(),
+                source_sample_index: y_ws.sample_index,
+                reward: y_ws.reward,
+            });
+        } else {
+            out.preference.push(p.clone());
+        }
+    }
+    out
+}
+
+/// How the preferred and rejected responses are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// WRPO: y_ws = best source response; y_wt / y_l = best / worst response
+    /// of the target (Target-SFT) samples.
+    Wrpo,
+    /// FuseChat-3.0: best and worst response of the same source model, kept
+    /// when their reward gap lies in [min_gap, max_gap]; of several sources the
+    /// one with the best chosen response. y_wt is set to y_ws, so the WRPO loss
+    /// is plain DPO on (y_ws, y_l) for any alpha.
+    Fusechat,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PairOptions {
+    pub strategy: Strategy,
+    pub min_gap: f64,
+    pub max_gap: f64,
+}
+
+/// Why prompts produced no pair.
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct Dropped {
+    pub no_source_sample: usize,
+    pub fewer_than_two_samples: usize,
+    pub all_identical: usize,
+    pub best_worst_tie: usize,
+    pub gap_out_of_band: usize,
+}
+
+pub fn make_pairs(prompts: &[Prompt], source: &ByPrompt, target: &ByPrompt, opts: &PairOptions) -> (Vec<Pair>, Dropped) {
+    let mut pairs = Vec::new();
+    let mut dropped = Dropped::default();
+    for p in prompts {
+        let chosen = match opts.strategy {
+            Strategy::Wrpo => wrpo_triple(source.get(&p.prompt_id), target.get(&p.prompt_id), &mut dropped),
+            Strategy::Fusechat => fusechat_pair(source.get(&p.prompt_id), opts, &mut dropped),
+        };
+        if let Some((y_ws, y_wt, y_l)) = chosen {
+            pairs.push(Pair {
+                prompt_id: p.prompt_id.clone(),
+                messages: p.messages.clone(),
+                y_ws: y_ws.response.clone(),
+                y_ws_model: y_ws.model.clone(),
+                y_ws_sample_index: y_ws.sample_index,
+                y_ws_reward: y_ws.reward,
+                y_wt: y_wt.response.clone(),
+                y_wt_model: y_wt.model.clone(),
+                y_wt_sample_index: y_wt.sample_index,
+                y_wt_reward: y_wt.reward,
+                y_l: y_l.response.clone(),
+                y_l_model: y_l.model.clone(),
+                y_l_sample_index: y_l.sample_index,
+                y_l_reward: y_l.reward,
+                ref_logp_y_ws: None,
+                ref_logp_y_wt: None,
+                ref_logp_y_l: None,
+            });
+        }
+    }
+    (pairs, dropped)
+}
+
+type Triple<'a> = (&'a ScoredSample, &'a ScoredSample, &'a ScoredSample);
+
+fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], dropped: &mut Dropped) -> Option<Triple<'a>> {
+    let Some(y_ws) = best(source) else {
+        dropped.no_source_sample += 1;
+        return None;
+    };
+    if target.len() < 2 {
+        dropped.fewer_than_two_samples += 1;
+        return None;
+    }
+    if target.iter().all(|s| s.response == target[0].response) {
+        dropped.all_identical += 1;
+        return None;
+    }
+    let (y_wt, y_l) = (best(target)?, worst(target)?);
+    if y_wt.reward == y_l.reward {
+        dropped.best_worst_tie += 1;
+        return None;
+    }
+    Some((y_ws, y_wt, y_l))
+}
+
+fn fusechat_pair<'a>(source: &[&'a ScoredSample], opts: &PairOptions, dropped: &mut Dropped) -> Option<Triple<'a>> {
+    if source.is_empty() {
+        dropped.no_source_sample += 1;
+        return None;
+    }
+    let mut by_model: HashMap<&str, Vec<&ScoredSample>> = HashMap::new();
+    for s in source {
+        by_model.entry(&s.model).or_default().push(s);
+    }
+    let mut candidates = Vec::new();
+    let (mut few, mut identical, mut tie) = (true, true, true);
+    for samples in by_model.values().filter(|s| s.len() >= 2) {
+        few = false;
+        if samples.iter().all(|s| s.response == samples[0].response) {
+            continue;
+        }
+        identical = false;
+        let (w, l) = (best(samples)?, worst(samples)?);
+        if w.reward == l.reward {
+            continue;
+        }
+        tie = false;
+        let gap = w.reward - l.reward;
+        if (opts.min_gap..=opts.max_gap).contains(&gap) {
+            candidates.push((w, l));
+        }
+    }
+    let chosen = candidates.into_iter().max_by(|a, b| by_reward(&a.0, &b.0));
+    if chosen.is_none() {
+        let counter = if few {
+            &mut dropped.fewer_than_two_samples
+        } else if identical {
+            &mut dropped.all_identical
+        } else if tie {
+            &mut dropped.best_worst_tie
+        } else {
+            &mut dropped.gap_out_of_band
+        };
+        *counter += 1;
+    }
+    chosen.map(|(w, l)| (w, w, l))
+}

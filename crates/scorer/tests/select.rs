@@ -1,0 +1,116 @@
+use wrpo_common::{
+    prompts::{Prompt, Split},
+    samples::FinishReason,
+    scored::ScoredSample,
+    Message, Role,
+};
+use wrpo_scorer::select::{make_pairs, sft_split, ByPrompt, Dropped, PairOptions, Strategy};
+
+fn prompt(id: &str, split: Split) -> Prompt {
+    Prompt {
+        prompt_id: id.into(),
+        messages: vec![Message::new(Role::User, format!("question {id}"))],
+        reference: None,
+        split,
+        origin: "t".into(),
+    }
+}
+
+fn scored(id: &str, model: &str, i: u32, response: &str, reward: f64) -> ScoredSample {
+    ScoredSample {
+        prompt_id: id.into(),
+        model: model.into(),
+        sample_index: i,
+        response: response.into(),
+        response_tokens: 1,
+        finish_reason: FinishReason::Stop,
+        reward,
+        reward_model: "rm".into(),
+    }
+}
+
+#[test]
+fn sft_split_takes_a_third_of_train_prompts_with_their_best_source_response() {
+    let prompts: Vec<Prompt> =
+        (0..900).map(|i| prompt(&format!("p{i}"), if i % 10 == 0 { Split::Eval } else { Split::Train })).collect();
+    let mut scores = Vec::new();
+    for p in prompts.iter().skip(1) {
+        scores.push(scored(&p.prompt_id, "a", 0, "a0", 0.1));
+        scores.push(scored(&p.prompt_id, "b", 3, "b3", 0.7));
+        scores.push(scored(&p.prompt_id, "a", 1, "a1", 0.7)); // ties with b3: model name decides
+        let mut skipped = scored(&p.prompt_id, "c", 0, "", 9.0);
+        skipped.finish_reason = FinishReason::Skipped;
+        scores.push(skipped);
+    }
+    let source = ByPrompt::new(&scores);
+    let split = sft_split(&prompts, &source, 1.0 / 3.0, 42);
+    assert_eq!(split.unscored, 0); // p0 is eval, so never counted
+    assert_eq!(split.sft.len() + split.preference.len(), 810);
+    assert!((230..310).contains(&split.sft.len()), "{} SFT of 810", split.sft.len());
+    for ex in &split.sft {
+        assert_eq!((ex.source_model.as_str(), ex.source_sample_index, ex.response.as_str()), ("a", 1, "a1"));
+    }
+    assert!(split.preference.iter().all(|p| p.split == Split::Train));
+
+    let again = sft_split(&prompts, &source, 1.0 / 3.0, 42);
+    assert_eq!(again.sft, split.sft);
+    assert_ne!(sft_split(&prompts, &source, 1.0 / 3.0, 7).sft, split.sft);
+}
+
+fn wrpo() -> PairOptions {
+    PairOptions { strategy: Strategy::Wrpo, min_gap: 0.0, max_gap: f64::INFINITY }
+}
+
+#[test]
+fn wrpo_pairs_take_the_best_source_and_the_best_and_worst_target_responses() {
+    let prompts: Vec<Prompt> = ["ok", "same", "tie", "one", "nosrc"].iter().map(|id| prompt(id, Split::Train)).collect();
+    let mut source = vec![];
+    for id in ["ok", "same", "tie", "one"] {
+        source.push(scored(id, "big", 0, "big0", 0.2));
+        source.push(scored(id, "big", 1, "big1", 0.9));
+        source.push(scored(id, "mid", 0, "mid0", 0.5));
+    }
+    let target = vec![
+        scored("ok", "sft", 0, "t0", 0.3),
+        scored("ok", "sft", 1, "t1", -0.4),
+        scored("ok", "sft", 2, "t2", 0.8),
+        scored("same", "sft", 0, "x", 0.3),
+        scored("same", "sft", 1, "x", 0.1),
+        scored("tie", "sft", 0, "u", 0.5),
+        scored("tie", "sft", 1, "v", 0.5),
+        scored("one", "sft", 0, "w", 0.5),
+        scored("nosrc", "sft", 0, "a", 0.5),
+        scored("nosrc", "sft", 1, "b", 0.1),
+    ];
+    let (pairs, dropped) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &wrpo());
+    assert_eq!(pairs.len(), 1);
+    let p = &pairs[0];
+    assert_eq!((p.y_ws.as_str(), p.y_ws_model.as_str(), p.y_ws_reward), ("big1", "big", 0.9));
+    assert_eq!((p.y_wt.as_str(), p.y_wt_sample_index, p.y_wt_reward), ("t2", 2, 0.8));
+    assert_eq!((p.y_l.as_str(), p.y_l_sample_index, p.y_l_reward), ("t1", 1, -0.4));
+    assert_eq!(p.messages, prompts[0].messages);
+    assert_eq!(p.ref_logp_y_ws, None);
+    assert_eq!(
+        dropped,
+        Dropped { no_source_sample: 1, fewer_than_two_samples: 1, all_identical: 1, best_worst_tie: 1, gap_out_of_band: 0 }
+    );
+}
+
+#[test]
+fn fusechat_pairs_stay_within_one_source_and_the_gap_band() {
+    let prompts: Vec<Prompt> = ["in", "wide"].iter().map(|id| prompt(id, Split::Train)).collect();
+    let source = vec![
+        scored("in", "a", 0, "a0", 0.50),
+        scored("in", "a", 1, "a1", 0.45), // gap 0.05: kept
+        scored("in", "b", 0, "b0", 0.90),
+        scored("in", "b", 1, "b1", 0.10), // gap 0.8: out of band
+        scored("wide", "a", 0, "a0", 0.9),
+        scored("wide", "a", 1, "a1", 0.1),
+    ];
+    let opts = PairOptions { strategy: Strategy::Fusechat, min_gap: 0.01, max_gap: 0.1 };
+    let (pairs, dropped) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&[]), &opts);
+    assert_eq!(pairs.len(), 1);
+    let p = &pairs[0];
+    assert_eq!((p.y_ws.as_str(), p.y_wt.as_str(), p.y_l.as_str()), ("a0", "a0", "a1"));
+    assert_eq!(dropped.gap_out_of_band, 1);
+}
