@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build a run folder with every dataset kind (the real binaries where no model
+# is needed, synthetic samples and scores where one is), then run every SQL
+# block of README.md on it in DuckDB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The same build as `cargo test` (same features), so nothing is compiled twice.
+cargo test --workspace --no-run --quiet
+bin=target/debug
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+run=$tmp/runs/demo
+"$bin/wrpo-sample" import --input data/demo/prompts.jsonl --out "$run/prompts.parquet" --eval-fraction 0.1
+"$bin/examples/synthetic_run" sources "$run"
+"$bin/wrpo-score" sft-set --prompts "$run/prompts.parquet" --source-scores "$run/source-scores" \
+  --out "$run/sft.parquet" --out-preference "$run/preference-prompts.parquet"
+"$bin/examples/synthetic_run" target "$run"
+"$bin/wrpo-score" pairs --prompts "$run/preference-prompts.parquet" --source-scores "$run/source-scores" \
+  --target-scores "$run/target-scores" --out "$run/pairs.parquet"
+"$bin/examples/synthetic_run" metrics "$run"
+python3 scripts/check_duckdb.py README.md "$tmp"
