@@ -1,0 +1,11 @@
+//! Decoder-only LLMs for the WRPO pipeline, one config-driven implementation
+//! for every supported family, so sampling, scoring and training run the same
+//! forward pass (and match HF transformers).
+
+pub mod config;
+pub mod model;
+pub mod rope;
+pub mod weights;
+
+pub use config::{Config, Family};
+pub use model::Model;

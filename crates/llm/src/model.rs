@@ -1,0 +1,380 @@
+//! One config-driven decoder for every supported family, built only from
+//! differentiable candle ops (generic softmax / log_softmax, RMSNorm written
+//! out, rotate_half rope): candle's fused kernels have no backward pass and
+//! would silently drop gradients.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::ops::{log_softmax, softmax};
+
+use crate::{
+    config::{Activation, Config},
+    rope::RotaryEmbedding,
+    weights::Weights,
+};
+
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(w: &Weights, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
+        Ok(Linear {
+            weight: w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            bias: if bias { Some(w.get(&format!("{prefix}.bias"), &[out_dim])?) } else { None },
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // One 2-D matmul over all rows instead of a batched one.
+        let (rows, in_dim) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().unwrap() = self.weight.dim(0)?;
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?.reshape(shape)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * (offset + w),
+/// offset 1 for Gemma (its weights are stored as w - 1), 0 elsewhere.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+    offset: f64,
+}
+
+impl RmsNorm {
+    fn new(w: &Weights, name: &str, dim: usize, cfg: &Config) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: w.get(&format!("{name}.weight"), &[dim])?,
+            eps: cfg.rms_norm_eps,
+            offset: if cfg.family.is_gemma() { 1.0 } else { 0.0 },
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&(&self.weight + self.offset)?)
+    }
+}
+
+enum QkvProj {
+    Split { q: Linear, k: Linear, v: Linear },
+    /// Phi-3: one projection, rows q then k then v.
+    Fused(Linear),
+}
+
+struct Attention {
+    qkv: QkvProj,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+impl Attention {
+    fn new(w: &Weights, p: &str, cfg: &Config) -> Result<Self> {
+        let (h, nq, nkv) = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+        let qkv = if cfg.family == crate::Family::Phi3 {
+            QkvProj::Fused(Linear::new(w, &format!("{p}.qkv_proj"), nq + 2 * nkv, h, cfg.qkv_bias)?)
+        } else {
+            QkvProj::Split {
+                q: Linear::new(w, &format!("{p}.q_proj"), nq, h, cfg.qkv_bias)?,
+                k: Linear::new(w, &format!("{p}.k_proj"), nkv, h, cfg.qkv_bias)?,
+                v: Linear::new(w, &format!("{p}.v_proj"), nkv, h, cfg.qkv_bias)?,
+            }
+        };
+        let qk_norm = |n: &str| -> Result<Option<RmsNorm>> {
+            cfg.family.has_qk_norm().then(|| RmsNorm::new(w, &format!("{p}.{n}"), cfg.head_dim, cfg)).transpose()
+        };
+        Ok(Attention {
+            qkv,
+            o: Linear::new(w, &format!("{p}.o_proj"), h, nq, cfg.o_bias)?,
+            q_norm: qk_norm("q_norm")?,
+            k_norm: qk_norm("k_norm")?,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            scale: cfg.attention_scale,
+            softcap: cfg.attn_logit_softcapping,
+        })
+    }
+
+    /// x (B, T, hidden); cos/sin (B, 1, T, rot); mask (B, 1, T, T) additive.
+    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            QkvProj::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            QkvProj::Fused(qkv) => {
+                let y = qkv.forward(x)?;
+                (y.narrow(2, 0, nh * hd)?, y.narrow(2, nh * hd, nkv * hd)?, y.narrow(2, (nh + nkv) * hd, nkv * hd)?)
+            }
+        };
+        let heads = |x: Tensor, n: usize| x.reshape((b, t, n, hd))?.transpose(1, 2);
+        let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?.contiguous()?);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = rope.apply(&q, cos, sin)?;
+        let k = rope.apply(&k, cos, sin)?.contiguous()?;
+
+        // Grouped-query attention without copying k/v: query head h uses kv
+        // head h / groups, so view q as (B, kv_heads, groups * T, hd).
+        let groups = nh / nkv;
+        let q = q.contiguous()?.reshape((b, nkv, groups * t, hd))?;
+        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+        if let Some(cap) = self.softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let scores = scores.reshape((b, nh, t, t))?.broadcast_add(mask)?;
+        let probs = softmax(&scores, D::Minus1)?.reshape((b, nkv, groups * t, t))?;
+        let out = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        self.o.forward(&out)
+    }
+}
+
+enum GateUpProj {
+    Split { gate: Linear, up: Linear },
+    /// Phi-3: one projection, gate rows then up rows.
+    Fused(Linear),
+}
+
+struct Mlp {
+    gate_up: GateUpProj,
+    down: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn new(w: &Weights, p: &str, cfg: &Config) -> Result<Self> {
+        let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let gate_up = if cfg.family == crate::Family::Phi3 {
+            GateUpProj::Fused(Linear::new(w, &format!("{p}.gate_up_proj"), 2 * i, h, bias)?)
+        } else {
+            GateUpProj::Split {
+                gate: Linear::new(w, &format!("{p}.gate_proj"), i, h, bias)?,
+                up: Linear::new(w, &format!("{p}.up_proj"), i, h, bias)?,
+            }
+        };
+        Ok(Mlp { gate_up, down: Linear::new(w, &format!("{p}.down_proj"), h, i, bias)?, activation: cfg.activation })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (gate, up) = match &self.gate_up {
+            GateUpProj::Split { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUpProj::Fused(gate_up) => {
+                let y = gate_up.forward(x)?;
+                let i = y.dim(D::Minus1)? / 2;
+                (y.narrow(D::Minus1, 0, i)?, y.narrow(D::Minus1, i, i)?)
+            }
+        };
+        let gate = match self.activation {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::Gelu => gate.gelu_erf()?,
+        };
+        self.down.forward(&(gate * up)?)
+    }
+}
+
+/// One decoder layer. Llama-style: x + attn(norm(x)), then x + mlp(norm(x)).
+/// Gemma adds a norm on each branch's output (`attn_out_norm`, `mlp_out_norm`).
+struct Block {
+    input_norm: RmsNorm,
+    attn: Attention,
+    attn_out_norm: Option<RmsNorm>,
+    mlp_norm: RmsNorm,
+    mlp: Mlp,
+    mlp_out_norm: Option<RmsNorm>,
+    sliding: bool,
+}
+
+impl Block {
+    fn new(w: &Weights, i: usize, cfg: &Config) -> Result<Self> {
+        let p = format!("model.layers.{i}");
+        let norm = |n: &str| RmsNorm::new(w, &format!("{p}.{n}"), cfg.hidden_size, cfg);
+        let gemma = cfg.family.is_gemma();
+        Ok(Block {
+            input_norm: norm("input_layernorm")?,
+            attn: Attention::new(w, &format!("{p}.self_attn"), cfg)?,
+            attn_out_norm: if gemma { Some(norm("post_attention_layernorm")?) } else { None },
+            mlp_norm: norm(if gemma { "pre_feedforward_layernorm" } else { "post_attention_layernorm" })?,
+            mlp: Mlp::new(w, &format!("{p}.mlp"), cfg)?,
+            mlp_out_norm: if gemma { Some(norm("post_feedforward_layernorm")?) } else { None },
+            sliding: cfg.sliding_layers[i],
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = self.attn.forward(&self.input_norm.forward(x)?, rope, cos, sin, mask)?;
+        if let Some(n) = &self.attn_out_norm {
+            h = n.forward(&h)?;
+        }
+        let x = (x + h)?;
+        let mut h = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;
+        if let Some(n) = &self.mlp_out_norm {
+            h = n.forward(&h)?;
+        }
+        x + h
+    }
+}
+
+pub struct Model {
+    pub config: Config,
+    pub weights: Weights,
+    embed: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope_global: RotaryEmbedding,
+    rope_local: RotaryEmbedding,
+    dtype: DType,
+    device: Device,
+}
+
+impl Model {
+    /// Load an HF model folder (config.json + safetensors) as `dtype`.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config = crate::Config::from_file(&dir.join("config.json"))?;
+        let weights = Weights::from_hf_dir(dir, dtype, device)?;
+        Self::new(config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", dir.display()))
+    }
+
+    pub fn new(config: Config, weights: Weights, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = &config;
+        let embed = weights.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            weights.get("lm_head.weight", &[cfg.vocab_size, cfg.hidden_size])?
+        };
+        let layers = (0..cfg.num_layers).map(|i| Block::new(&weights, i, cfg)).collect::<Result<_>>()?;
+        Ok(Model {
+            norm: RmsNorm::new(&weights, "model.norm", cfg.hidden_size, cfg)?,
+            rope_global: RotaryEmbedding::new(&cfg.rope_global, cfg.head_dim, device)?,
+            rope_local: RotaryEmbedding::new(&cfg.rope_local, cfg.head_dim, device)?,
+            embed,
+            layers,
+            lm_head,
+            dtype,
+            device: device.clone(),
+            config,
+            weights,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Final-normed hidden states (B, T, hidden) of `input_ids` (B, T) u32.
+    /// `attention_mask` (B, T) marks real tokens with 1 and padding with 0;
+    /// positions count from 0 in every row (right padding).
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
+        let mut x = self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?;
+        if self.config.family.is_gemma() {
+            // Gemma scales embeddings by sqrt(hidden_size), rounded to the compute dtype.
+            let normalizer = Tensor::new((self.config.hidden_size as f32).sqrt(), &self.device)?.to_dtype(self.dtype)?;
+            x = x.broadcast_mul(&normalizer)?;
+        }
+        let keep = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let full_mask = self.mask(&keep, None)?;
+        let sliding_mask = match self.config.sliding_window {
+            Some(w) if self.config.sliding_layers.iter().any(|&s| s) => Some(self.mask(&keep, Some(w))?),
+            _ => None,
+        };
+        let (cos_g, sin_g) = self.rope_global.cos_sin(&positions, self.dtype)?;
+        let (cos_l, sin_l) = self.rope_local.cos_sin(&positions, self.dtype)?;
+        for layer in &self.layers {
+            x = match (&sliding_mask, layer.sliding) {
+                (Some(m), true) => layer.forward(&x, &self.rope_local, &cos_l, &sin_l, m)?,
+                _ => layer.forward(&x, &self.rope_global, &cos_g, &sin_g, &full_mask)?,
+            };
+        }
+        Ok(self.norm.forward(&x)?)
+    }
+
+    /// Additive attention mask (B, 1, T, T): query i sees key j when j <= i,
+    /// key j is a real token and, for sliding layers, i - j < window. Every
+    /// query sees itself, so rows of padding stay finite.
+    fn mask(&self, keep: &[Vec<u32>], window: Option<usize>) -> Result<Tensor> {
+        let (b, t) = (keep.len(), keep.first().map_or(0, Vec::len));
+        let mut m = vec![0f32; b * t * t];
+        for (r, row) in keep.iter().enumerate() {
+            for i in 0..t {
+                for j in 0..t {
+                    let visible = j == i || (j < i && row[j] != 0 && window.is_none_or(|w| i - j < w));
+                    if !visible {
+                        m[(r * t + i) * t + j] = f32::MIN;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (b, 1, t, t), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Logits (..., vocab) of hidden states, soft-capped where the family does.
+    pub fn logits_of(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (rows, h) = (hidden.elem_count() / self.config.hidden_size, self.config.hidden_size);
+        let mut shape = hidden.dims().to_vec();
+        *shape.last_mut().unwrap() = self.config.vocab_size;
+        let mut logits = hidden.reshape((rows, h))?.matmul(&self.lm_head.t()?)?.reshape(shape)?;
+        if let Some(cap) = self.config.final_logit_softcapping {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits)
+    }
+
+    /// Logits (B, T, vocab) at every position.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.logits_of(&self.hidden_states(input_ids, attention_mask)?)
+    }
+
+    /// Summed log-probabilities (B,) of the tokens that `label_mask` (B, T)
+    /// marks with 1: sum over t of log p(input_ids[b, t] | input_ids[b, ..t]).
+    /// The LM head and log-softmax run only at the positions that predict a
+    /// label. Position 0 cannot be a label.
+    pub fn sequence_logprobs(&self, input_ids: &Tensor, attention_mask: &Tensor, label_mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let ids = input_ids.to_vec2::<u32>()?;
+        let labelled = label_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let (mut rows, mut labels, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..b {
+            for i in 1..t {
+                if labelled[r][i] != 0 {
+                    rows.push((r * t + i - 1) as u32);
+                    labels.push(ids[r][i]);
+                    owner.push(r);
+                }
+            }
+        }
+        let hidden = self.hidden_states(input_ids, attention_mask)?.reshape((b * t, self.config.hidden_size))?;
+        let m = rows.len();
+        let rows = Tensor::from_vec(rows, m, &self.device)?;
+        let logits = self.logits_of(&hidden.index_select(&rows, 0)?)?;
+        let labels = Tensor::from_vec(labels, (m, 1), &self.device)?;
+        let token_logp = log_softmax(&logits, D::Minus1)?.gather(&labels, 1)?; // (M, 1)
+        // Sum per sequence with a (B, M) 0/1 matrix: differentiable, one matmul.
+        let mut sum = vec![0f32; b * m];
+        for (k, &r) in owner.iter().enumerate() {
+            sum[r * m + k] = 1.0;
+        }
+        let sum = Tensor::from_vec(sum, (b, m), &self.device)?.to_dtype(self.dtype)?;
+        Ok(sum.matmul(&token_logp)?.squeeze(1)?)
+    }
+}

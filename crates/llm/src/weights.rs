@@ -1,0 +1,62 @@
+//! Named weight tensors loaded from HF safetensors checkpoints (single or
+//! sharded; f32, bf16 or f16 on disk), held as trainable variables.
+
+use std::{collections::HashMap, path::Path};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor, Var};
+
+pub struct Weights {
+    vars: HashMap<String, Var>,
+    /// Where they came from, for error messages.
+    origin: String,
+}
+
+impl Weights {
+    /// Load `model.safetensors`, or the shards listed by
+    /// `model.safetensors.index.json`, from an HF model folder, as `dtype`.
+    pub fn from_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let files = if index.exists() {
+            let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+            let map = json["weight_map"].as_object().ok_or_else(|| anyhow!("{}: no 'weight_map'", index.display()))?;
+            let mut files: Vec<_> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+            files.sort();
+            files.dedup();
+            files
+        } else {
+            vec![dir.join("model.safetensors")]
+        };
+        for f in &files {
+            if !f.exists() {
+                bail!("{} is missing (an HF model folder needs model.safetensors or its shards)", f.display());
+            }
+        }
+        // SAFETY: the files are mapped read-only; modifying them while loading is not supported.
+        let st = unsafe { MmapedSafetensors::multi(&files) }.with_context(|| format!("cannot read safetensors in {}", dir.display()))?;
+        let mut vars = HashMap::new();
+        for (name, _) in st.tensors() {
+            let t = st.load(&name, device).with_context(|| format!("cannot load tensor '{name}'"))?;
+            vars.insert(name, Var::from_tensor(&t.to_dtype(dtype)?)?);
+        }
+        Ok(Weights { vars, origin: dir.display().to_string() })
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let var = self.vars.get(name).ok_or_else(|| anyhow!("{}: tensor '{name}' is missing", self.origin))?;
+        if var.dims() != shape {
+            bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, var.dims());
+        }
+        Ok(var.as_tensor().clone())
+    }
+
+    /// Every variable by name, sorted: what training updates.
+    pub fn vars(&self) -> Vec<(&str, &Var)> {
+        let mut v: Vec<_> = self.vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+}

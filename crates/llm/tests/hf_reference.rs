@@ -1,0 +1,196 @@
+//! The decoder against HF transformers on tiny random checkpoints
+//! (data/fixtures/llm, made by scripts/fixtures/make_llm_fixtures.py).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, D};
+use wrpo_llm::Model;
+
+const FAMILIES: [&str; 8] = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
+
+fn fixture(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/llm").join(family)
+}
+
+struct Expected {
+    ids: Tensor,
+    mask: Tensor,
+    logits: Tensor,
+    logits_row1: Tensor,
+}
+
+fn expected(family: &str) -> Expected {
+    let t = candle_core::safetensors::load(fixture(family).join("expected.safetensors"), &Device::Cpu).unwrap();
+    Expected {
+        ids: t["input_ids"].to_dtype(DType::U32).unwrap(),
+        mask: t["attention_mask"].to_dtype(DType::U32).unwrap(),
+        logits: t["logits"].clone(),
+        logits_row1: t["logits_row1"].clone(),
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn logits_match_transformers_with_and_without_padding() {
+    for family in FAMILIES {
+        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let e = expected(family);
+        let logits = model.forward(&e.ids, &e.mask).unwrap();
+        let real = e.logits_row1.dim(1).unwrap();
+        // Row 0 is all real tokens; row 1 is padded after `real` tokens, whose
+        // logits are meaningless in both implementations.
+        let err0 = max_abs_diff(&logits.get(0).unwrap(), &e.logits.get(0).unwrap());
+        let err1 = max_abs_diff(&logits.get(1).unwrap().narrow(0, 0, real).unwrap(), &e.logits.get(1).unwrap().narrow(0, 0, real).unwrap());
+        // Row 1 alone, without padding.
+        let ids1 = e.ids.narrow(0, 1, 1).unwrap().narrow(1, 0, real).unwrap();
+        let alone = model.forward(&ids1, &Tensor::ones_like(&ids1).unwrap()).unwrap();
+        let err_alone = max_abs_diff(&alone, &e.logits_row1);
+        println!("{family}: max abs error {err0:.2e} (row 0), {err1:.2e} (padded row 1), {err_alone:.2e} (row 1 alone)");
+        for err in [err0, err1, err_alone] {
+            assert!(err <= 1e-4, "{family}: logits differ from transformers by {err}");
+        }
+    }
+}
+
+fn response_mask(e: &Expected) -> Tensor {
+    // Labels: every real token after the first three (a "prompt").
+    let mask = e.mask.to_vec2::<u32>().unwrap();
+    let labels: Vec<Vec<u32>> = mask.iter().map(|row| row.iter().enumerate().map(|(i, &m)| u32::from(i >= 3 && m == 1)).collect()).collect();
+    Tensor::new(labels, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
+    for family in FAMILIES {
+        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let e = expected(family);
+        let logp = model.sequence_logprobs(&e.ids, &e.mask, &response_mask(&e)).unwrap();
+        let grads = logp.sum_all().unwrap().backward().unwrap();
+        let vars = model.weights.vars();
+        assert!(vars.len() > 10, "{family}: only {} variables", vars.len());
+        for (name, var) in vars {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: {name} has no gradient"));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            assert!(norm.is_finite() && norm > 0.0, "{family}: gradient of {name} has norm {norm}");
+        }
+    }
+}
+
+#[test]
+fn sequence_logprobs_sum_the_label_tokens_log_softmax() {
+    let family = "qwen2";
+    let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+    let e = expected(family);
+    let labels = response_mask(&e);
+    let got = model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().to_vec1::<f32>().unwrap();
+    // Against the full-vocabulary log-softmax of transformers' logits.
+    let logp = candle_nn::ops::log_softmax(&e.logits, D::Minus1).unwrap();
+    let ids = e.ids.to_vec2::<u32>().unwrap();
+    let labels = labels.to_vec2::<u32>().unwrap();
+    for (b, want_row) in ids.iter().enumerate() {
+        let mut want = 0f32;
+        for i in 1..want_row.len() {
+            if labels[b][i] == 1 {
+                want += logp.get(b).unwrap().get(i - 1).unwrap().get(want_row[i] as usize).unwrap().to_scalar::<f32>().unwrap();
+            }
+        }
+        assert!((got[b] - want).abs() < 1e-3, "row {b}: {} vs {want}", got[b]);
+    }
+}
+
+#[test]
+fn backward_agrees_with_finite_differences() {
+    // f64 so that central differences are accurate to ~1e-8.
+    for family in ["llama", "gemma2", "gemma3", "phi3", "qwen3"] {
+        let model = Model::load(&fixture(family), DType::F64, &Device::Cpu).unwrap();
+        let e = expected(family);
+        let labels = response_mask(&e);
+        let f = || model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let grads = model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in model.weights.vars().into_iter().filter(|(n, _)| {
+            n.contains("layers.0.") && (n.ends_with("norm.weight") || n.contains("proj")) || n.starts_with("model.embed")
+        }) {
+            let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            // The element with the largest gradient, so the check is not vacuous.
+            let k = (0..analytic.len()).max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs())).unwrap();
+            let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let eps = 1e-5;
+            let at = |delta: f64| {
+                let mut w = original.clone();
+                w[k] += delta;
+                var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                f()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            var.set(&Tensor::from_vec(original.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+            let tol = 1e-6 + 1e-4 * analytic[k].abs();
+            assert!((numeric - analytic[k]).abs() < tol, "{family} {name}[{k}]: backward {} vs finite difference {numeric}", analytic[k]);
+        }
+    }
+}
+
+#[test]
+fn a_missing_or_misshapen_tensor_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("llama");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut partial = tensors.clone();
+    partial.remove("model.layers.1.mlp.up_proj.weight");
+    candle_core::safetensors::save(&partial, dir.path().join("model.safetensors")).unwrap();
+    let err = format!("{:#}", Model::load(dir.path(), DType::F32, &Device::Cpu).err().unwrap());
+    assert!(err.contains("tensor 'model.layers.1.mlp.up_proj.weight' is missing"), "{err}");
+
+    let mut bad = tensors;
+    bad.insert("model.norm.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&bad, dir.path().join("model.safetensors")).unwrap();
+    let err = format!("{:#}", Model::load(dir.path(), DType::F32, &Device::Cpu).err().unwrap());
+    assert!(err.contains("tensor 'model.norm.weight' has shape [3], expected [64]"), "{err}");
+}
+
+#[test]
+fn bf16_checkpoints_load_as_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("qwen3");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let bf16: std::collections::HashMap<_, _> =
+        tensors.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::BF16).unwrap())).collect();
+    candle_core::safetensors::save(&bf16, dir.path().join("model.safetensors")).unwrap();
+    let model = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let e = expected("qwen3");
+    let logits = model.forward(&e.ids, &e.mask).unwrap();
+    assert_eq!(logits.dtype(), DType::F32);
+    // bf16 rounding of the weights moves the logits a little, not a lot.
+    let err = max_abs_diff(&logits.get(0).unwrap(), &e.logits.get(0).unwrap());
+    assert!(err > 0.0 && err < 0.5, "{err}");
+}
+
+#[test]
+fn sharded_checkpoints_load_through_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gemma3");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<_> = tensors.keys().cloned().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let part: std::collections::HashMap<_, _> = chunk.iter().map(|n| (n.clone(), tensors[n].clone())).collect();
+        candle_core::safetensors::save(&part, dir.path().join(&file)).unwrap();
+        for n in chunk {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = expected("gemma3");
+    let sharded = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap().forward(&e.ids, &e.mask).unwrap();
+    let whole = Model::load(&src, DType::F32, &Device::Cpu).unwrap().forward(&e.ids, &e.mask).unwrap();
+    assert_eq!(max_abs_diff(&sharded, &whole), 0.0);
+}
