@@ -1,7 +1,7 @@
 //! The decoder against HF transformers on tiny random checkpoints
 //! (data/fixtures/llm, made by scripts/fixtures/make_llm_fixtures.py).
 
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 use wrpo_llm::Model;
@@ -133,12 +133,18 @@ fn backward_agrees_with_finite_differences() {
     }
 }
 
+/// A temporary model folder with `family`'s config.json, and the fixture's
+/// tensors for the test to write back altered.
+fn rewritable_fixture(family: &str) -> (tempfile::TempDir, HashMap<String, Tensor>) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture(family);
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    (dir, candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap())
+}
+
 #[test]
 fn a_missing_or_misshapen_tensor_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("llama");
-    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (dir, tensors) = rewritable_fixture("llama");
     let mut partial = tensors.clone();
     partial.remove("model.layers.1.mlp.up_proj.weight");
     candle_core::safetensors::save(&partial, dir.path().join("model.safetensors")).unwrap();
@@ -154,11 +160,8 @@ fn a_missing_or_misshapen_tensor_is_named() {
 
 #[test]
 fn bf16_checkpoints_load_as_f32() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("qwen3");
-    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let bf16: std::collections::HashMap<_, _> =
+    let (dir, tensors) = rewritable_fixture("qwen3");
+    let bf16: HashMap<_, _> =
         tensors.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::BF16).unwrap())).collect();
     candle_core::safetensors::save(&bf16, dir.path().join("model.safetensors")).unwrap();
     let model = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
@@ -172,16 +175,13 @@ fn bf16_checkpoints_load_as_f32() {
 
 #[test]
 fn sharded_checkpoints_load_through_their_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("gemma3");
-    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (dir, tensors) = rewritable_fixture("gemma3");
     let mut names: Vec<_> = tensors.keys().cloned().collect();
     names.sort();
     let mut weight_map = serde_json::Map::new();
     for (i, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i + 1);
-        let part: std::collections::HashMap<_, _> = chunk.iter().map(|n| (n.clone(), tensors[n].clone())).collect();
+        let part: HashMap<_, _> = chunk.iter().map(|n| (n.clone(), tensors[n].clone())).collect();
         candle_core::safetensors::save(&part, dir.path().join(&file)).unwrap();
         for n in chunk {
             weight_map.insert(n.clone(), file.clone().into());
@@ -191,6 +191,6 @@ fn sharded_checkpoints_load_through_their_index() {
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     let e = expected("gemma3");
     let sharded = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap().forward(&e.ids, &e.mask).unwrap();
-    let whole = Model::load(&src, DType::F32, &Device::Cpu).unwrap().forward(&e.ids, &e.mask).unwrap();
+    let whole = Model::load(&fixture("gemma3"), DType::F32, &Device::Cpu).unwrap().forward(&e.ids, &e.mask).unwrap();
     assert_eq!(max_abs_diff(&sharded, &whole), 0.0);
 }
