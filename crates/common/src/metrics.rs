@@ -34,7 +34,8 @@ pub struct StepMetrics {
     pub logps_rejected: Option<f64>,
 }
 
-const OPTIONAL: [&str; 14] = [
+/// The reward and log-prob columns, null for SFT steps.
+const PREFERENCE: [&str; 12] = [
     "rewards_chosen",
     "rewards_source_chosen",
     "rewards_target_chosen",
@@ -47,18 +48,18 @@ const OPTIONAL: [&str; 14] = [
     "logps_source_chosen",
     "logps_target_chosen",
     "logps_rejected",
-    "alpha",
-    "grad_norm",
 ];
 
 impl Dataset for StepMetrics {
     const NAME: &'static str = "metrics";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {
-        let f64_field = |name: &str| field(name, DataType::Float64, OPTIONAL.contains(&name));
+        let f64_field = |name: &str, nullable: bool| field(name, DataType::Float64, nullable);
         let mut fields = vec![utf8("stage"), field("step", DataType::UInt64, false)];
-        fields.extend(["epoch", "loss", "lr", "alpha", "grad_norm", "tokens_per_second"].map(f64_field));
-        fields.extend(OPTIONAL[..12].iter().map(|n| f64_field(n)));
+        fields.extend(["epoch", "loss", "lr"].map(|n| f64_field(n, false)));
+        fields.extend(["alpha", "grad_norm"].map(|n| f64_field(n, true)));
+        fields.push(f64_field("tokens_per_second", false));
+        fields.extend(PREFERENCE.map(|n| f64_field(n, true)));
         fields
     }
     fn check(&self) -> Result<(), String> {
