@@ -5,7 +5,9 @@
 pub mod config;
 pub mod model;
 pub mod rope;
+pub mod sampling;
 pub mod weights;
 
 pub use config::{Config, Family};
-pub use model::Model;
+pub use model::{KvCache, Model};
+pub use sampling::{Rng, SamplingParams};

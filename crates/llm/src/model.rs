@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::{log_softmax, softmax};
 
@@ -111,8 +111,9 @@ impl Attention {
         })
     }
 
-    /// x (B, T, hidden); cos/sin (B, 1, T, rot); mask (B, 1, T, T) additive.
-    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// x (B, T, hidden); cos/sin (B, 1, T, rot); mask (B, 1, T, S) additive,
+    /// S = T without a cache, else the cached length after this step.
+    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cos: &Tensor, sin: &Tensor, mask: &Tensor, kv: Option<LayerKv>) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let (q, k, v) = match &self.qkv {
@@ -130,6 +131,11 @@ impl Attention {
         }
         let q = rope.apply(&q, cos, sin)?;
         let k = rope.apply(&k, cos, sin)?.contiguous()?;
+        let (k, v) = match kv {
+            None => (k, v),
+            Some(kv) => kv.append(&k, &v)?,
+        };
+        let s = k.dim(2)?;
 
         // Grouped-query attention without copying k/v: query head h uses kv
         // head h / groups, so view q as (B, kv_heads, groups * T, hd).
@@ -139,8 +145,8 @@ impl Attention {
         if let Some(cap) = self.softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let scores = scores.reshape((b, nh, t, t))?.broadcast_add(mask)?;
-        let probs = softmax(&scores, D::Minus1)?.reshape((b, nkv, groups * t, t))?;
+        let scores = scores.reshape((b, nh, t, s))?.broadcast_add(mask)?;
+        let probs = softmax(&scores, D::Minus1)?.reshape((b, nkv, groups * t, s))?;
         let out = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.o.forward(&out)
     }
@@ -218,8 +224,8 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.attn.forward(&self.input_norm.forward(x)?, rope, cos, sin, mask)?;
+    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cos: &Tensor, sin: &Tensor, mask: &Tensor, kv: Option<LayerKv>) -> candle_core::Result<Tensor> {
+        let mut h = self.attn.forward(&self.input_norm.forward(x)?, rope, cos, sin, mask, kv)?;
         if let Some(n) = &self.attn_out_norm {
             h = n.forward(&h)?;
         }
@@ -284,48 +290,99 @@ impl Model {
     /// `attention_mask` (B, T) marks real tokens with 1 and padding with 0;
     /// positions count from 0 in every row (right padding).
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
-        let mut x = self.embed.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?;
+        let keep = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        self.run(input_ids, &vec![0; keep.len()], Some(&keep), None)
+    }
+
+    /// The decoder over `ids` (B, T), whose row r starts at position
+    /// `offsets[r]`. With a cache, row r's keys and values are appended to
+    /// `cache` row `first_row + r`, whose first `offsets[r]` positions are
+    /// already filled; without one, `keep` marks the real tokens.
+    fn run(&self, ids: &Tensor, offsets: &[usize], keep: Option<&[Vec<u32>]>, cache: Option<(&KvCache, usize)>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let positions: Vec<u32> = offsets.iter().flat_map(|&o| (o..o + t).map(|p| p as u32)).collect();
+        let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?;
         if self.config.family.is_gemma() {
             // Gemma scales embeddings by sqrt(hidden_size), rounded to the compute dtype.
             let normalizer = Tensor::new((self.config.hidden_size as f32).sqrt(), &self.device)?.to_dtype(self.dtype)?;
             x = x.broadcast_mul(&normalizer)?;
         }
-        let keep = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let full_mask = self.mask(&keep, None)?;
+        let keys = match cache {
+            Some(_) => offsets.iter().max().copied().unwrap_or(0) + t,
+            None => t,
+        };
+        let full_mask = self.mask(offsets, t, keys, keep, None)?;
         let sliding_mask = match self.config.sliding_window {
-            Some(w) if self.config.sliding_layers.iter().any(|&s| s) => Some(self.mask(&keep, Some(w))?),
+            Some(w) if self.config.sliding_layers.iter().any(|&s| s) => Some(self.mask(offsets, t, keys, keep, Some(w))?),
             _ => None,
         };
         let (cos_g, sin_g) = self.rope_global.cos_sin(&positions, self.dtype)?;
         let (cos_l, sin_l) = self.rope_local.cos_sin(&positions, self.dtype)?;
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.map(|(c, first)| LayerKv {
+                k: c.k[i].narrow(0, first, b).expect("cache rows checked by the caller"),
+                v: c.v[i].narrow(0, first, b).expect("cache rows checked by the caller"),
+                offsets,
+            });
             x = match (&sliding_mask, layer.sliding) {
-                (Some(m), true) => layer.forward(&x, &self.rope_local, &cos_l, &sin_l, m)?,
-                _ => layer.forward(&x, &self.rope_global, &cos_g, &sin_g, &full_mask)?,
+                (Some(m), true) => layer.forward(&x, &self.rope_local, &cos_l, &sin_l, m, kv)?,
+                _ => layer.forward(&x, &self.rope_global, &cos_g, &sin_g, &full_mask, kv)?,
             };
         }
         Ok(self.norm.forward(&x)?)
     }
 
-    /// Additive attention mask (B, 1, T, T): query i sees key j when j <= i,
-    /// key j is a real token and, for sliding layers, i - j < window. Every
+    /// Additive attention mask (B, 1, T, S): query i of row r, at position
+    /// p = offsets[r] + i, sees key position j when j <= p, the key is a real
+    /// token (`keep`, if given) and, for sliding layers, p - j < window. Every
     /// query sees itself, so rows of padding stay finite.
-    fn mask(&self, keep: &[Vec<u32>], window: Option<usize>) -> Result<Tensor> {
-        let (b, t) = (keep.len(), keep.first().map_or(0, Vec::len));
-        let mut m = vec![0f32; b * t * t];
-        for (r, row) in keep.iter().enumerate() {
+    fn mask(&self, offsets: &[usize], t: usize, keys: usize, keep: Option<&[Vec<u32>]>, window: Option<usize>) -> Result<Tensor> {
+        let b = offsets.len();
+        let mut m = vec![0f32; b * t * keys];
+        for (r, &offset) in offsets.iter().enumerate() {
             for i in 0..t {
-                for j in 0..t {
-                    let visible = j == i || (j < i && row[j] != 0 && window.is_none_or(|w| i - j < w));
+                let p = offset + i;
+                for j in 0..keys {
+                    let real = keep.is_none_or(|k| k[r][j] != 0);
+                    let visible = j == p || (j < p && real && window.is_none_or(|w| p - j < w));
                     if !visible {
-                        m[(r * t + i) * t + j] = f32::MIN;
+                        m[(r * t + i) * keys + j] = f32::MIN;
                     }
                 }
             }
         }
-        Ok(Tensor::from_vec(m, (b, 1, t, t), &self.device)?.to_dtype(self.dtype)?)
+        Ok(Tensor::from_vec(m, (b, 1, t, keys), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Append `tokens` to cache slot `slot` (a prompt's prefill, or more of a
+    /// sequence) and return the next-token logits (vocab,) as f32.
+    pub fn prefill(&self, cache: &mut KvCache, slot: usize, tokens: &[u32]) -> Result<Tensor> {
+        if tokens.is_empty() {
+            bail!("prefill needs at least one token");
+        }
+        cache.reserve(slot..slot + 1, tokens.len())?;
+        let ids = Tensor::from_slice(tokens, (1, tokens.len()), &self.device)?;
+        let logits = self.extend(cache, slot, &ids)?;
+        Ok(logits.squeeze(0)?)
+    }
+
+    /// One decoding step for cache slots 0..tokens.len(), each with its own
+    /// length: append token r to slot r and return next-token logits (n, vocab) f32.
+    pub fn decode(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor> {
+        cache.reserve(0..tokens.len(), 1)?;
+        let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
+        self.extend(cache, 0, &ids)
+    }
+
+    fn extend(&self, cache: &mut KvCache, first: usize, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offsets = cache.lens[first..first + b].to_vec();
+        let hidden = self.run(ids, &offsets, None, Some((cache, first)))?;
+        for len in &mut cache.lens[first..first + b] {
+            *len += t;
+        }
+        Ok(self.logits_of(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)?)
     }
 
     /// Logits (..., vocab) of hidden states, soft-capped where the family does.
@@ -376,5 +433,98 @@ impl Model {
         }
         let sum = Tensor::from_vec(sum, (b, m), &self.device)?.to_dtype(self.dtype)?;
         Ok(sum.matmul(&token_logp)?.squeeze(1)?)
+    }
+}
+
+/// One layer's view of the cache rows that a step extends.
+struct LayerKv<'a> {
+    /// (B, kv_heads, capacity, head_dim) views of the cache.
+    k: Tensor,
+    v: Tensor,
+    offsets: &'a [usize],
+}
+
+impl LayerKv<'_> {
+    /// Write the step's keys and values (B, kv_heads, T, head_dim) at each
+    /// row's offset, in place, and return every cached key and value up to
+    /// the longest row (shorter rows' tails are masked).
+    fn append(&self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        for (r, &offset) in self.offsets.iter().enumerate() {
+            self.k.narrow(0, r, 1)?.slice_set(&k.narrow(0, r, 1)?.contiguous()?, 2, offset)?;
+            self.v.narrow(0, r, 1)?.slice_set(&v.narrow(0, r, 1)?.contiguous()?, 2, offset)?;
+        }
+        let keys = self.offsets.iter().max().copied().unwrap_or(0) + t;
+        Ok((self.k.narrow(2, 0, keys)?, self.v.narrow(2, 0, keys)?))
+    }
+}
+
+/// Preallocated keys and values for inference: `slots` sequences of up to
+/// `capacity` positions each, every slot with its own length, so sequences
+/// of different lengths decode in one batch.
+pub struct KvCache {
+    /// Per layer, (slots, kv_heads, capacity, head_dim).
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    lens: Vec<usize>,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(model: &Model, slots: usize, capacity: usize) -> Result<Self> {
+        let c = &model.config;
+        let shape = (slots, c.num_kv_heads, capacity, c.head_dim);
+        let zeros = || Tensor::zeros(shape, model.dtype, &model.device);
+        Ok(KvCache {
+            k: (0..c.num_layers).map(|_| zeros()).collect::<candle_core::Result<_>>()?,
+            v: (0..c.num_layers).map(|_| zeros()).collect::<candle_core::Result<_>>()?,
+            lens: vec![0; slots],
+            capacity,
+        })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Positions filled in `slot`.
+    pub fn len(&self, slot: usize) -> usize {
+        self.lens[slot]
+    }
+
+    /// Forget `slot`'s sequence.
+    pub fn clear(&mut self, slot: usize) {
+        self.lens[slot] = 0;
+    }
+
+    /// Make `dst` a copy of `src`'s sequence: N samples share one prefill.
+    pub fn copy_slot(&mut self, src: usize, dst: usize) -> Result<()> {
+        let len = self.lens[src];
+        if src != dst && len > 0 {
+            for buf in self.k.iter().chain(&self.v) {
+                let prefix = buf.narrow(0, src, 1)?.narrow(2, 0, len)?;
+                // slice_set needs a contiguous source in other storage.
+                let prefix = if prefix.is_contiguous() { prefix.copy()? } else { prefix.contiguous()? };
+                buf.narrow(0, dst, 1)?.slice_set(&prefix, 2, 0)?;
+            }
+        }
+        self.lens[dst] = len;
+        Ok(())
+    }
+
+    fn reserve(&self, slots: std::ops::Range<usize>, more: usize) -> Result<()> {
+        if slots.end > self.slots() {
+            bail!("the cache has {} slots, slot {} was asked for", self.slots(), slots.end - 1);
+        }
+        for s in slots {
+            if self.lens[s] + more > self.capacity {
+                bail!("slot {s} would hold {} positions, more than the cache capacity {}", self.lens[s] + more, self.capacity);
+            }
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
-use wrpo_llm::Model;
+use wrpo_llm::{sampling::argmax, KvCache, Model};
 
 const FAMILIES: [&str; 8] = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
 
@@ -17,6 +17,8 @@ struct Expected {
     mask: Tensor,
     logits: Tensor,
     logits_row1: Tensor,
+    /// transformers' greedy generate() continuations of rows 0 and 1.
+    greedy: [Vec<u32>; 2],
 }
 
 fn expected(family: &str) -> Expected {
@@ -26,6 +28,7 @@ fn expected(family: &str) -> Expected {
         mask: t["attention_mask"].to_dtype(DType::U32).unwrap(),
         logits: t["logits"].clone(),
         logits_row1: t["logits_row1"].clone(),
+        greedy: ["greedy_row0", "greedy_row1"].map(|k| t[k].to_dtype(DType::U32).unwrap().to_vec1().unwrap()),
     }
 }
 
@@ -52,6 +55,73 @@ fn logits_match_transformers_with_and_without_padding() {
         println!("{family}: max abs error {err0:.2e} (row 0), {err1:.2e} (padded row 1), {err_alone:.2e} (row 1 alone)");
         for err in [err0, err1, err_alone] {
             assert!(err <= 1e-4, "{family}: logits differ from transformers by {err}");
+        }
+    }
+}
+
+/// The real tokens of both fixture rows: 12 and 7 tokens.
+fn prompts(e: &Expected) -> Vec<Vec<u32>> {
+    let ids = e.ids.to_vec2::<u32>().unwrap();
+    let mask = e.mask.to_vec2::<u32>().unwrap();
+    ids.iter().zip(&mask).map(|(r, m)| r.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t).collect()).collect()
+}
+
+#[test]
+fn greedy_decoding_with_the_cache_matches_transformers_generate() {
+    for family in FAMILIES {
+        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let e = expected(family);
+        let prompts = prompts(&e);
+        // Both rows decode together from different lengths (12 and 7).
+        let mut cache = KvCache::new(&model, 2, 64).unwrap();
+        let mut next: Vec<u32> =
+            prompts.iter().enumerate().map(|(slot, p)| argmax(&model.prefill(&mut cache, slot, p).unwrap().to_vec1().unwrap())).collect();
+        let mut generated = vec![vec![], vec![]];
+        for step in 0..32 {
+            for (g, &t) in generated.iter_mut().zip(&next) {
+                g.push(t);
+            }
+            if step < 31 {
+                let logits = model.decode(&mut cache, &next).unwrap().to_vec2::<f32>().unwrap();
+                next = logits.iter().map(|l| argmax(l)).collect();
+            }
+        }
+        assert_eq!(cache.len(0), 12 + 31);
+        assert_eq!(cache.len(1), 7 + 31);
+        for r in 0..2 {
+            assert_eq!(generated[r], e.greedy[r], "{family}: row {r} differs from generate()");
+        }
+    }
+}
+
+#[test]
+fn cached_decoding_equals_full_recomputation() {
+    for family in FAMILIES {
+        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let e = expected(family);
+        // Each row: its prompt then its greedy continuation; a shared prefix
+        // copied into a third slot must continue the same way.
+        let rows: Vec<Vec<u32>> = prompts(&e).into_iter().zip(&e.greedy).map(|(p, g)| [p, g[..20].to_vec()].concat()).collect();
+        let mut cache = KvCache::new(&model, 3, 40).unwrap();
+        model.prefill(&mut cache, 0, &rows[0][..12]).unwrap();
+        model.prefill(&mut cache, 1, &rows[1][..3]).unwrap();
+        model.prefill(&mut cache, 1, &rows[1][3..7]).unwrap(); // a prefill in two pieces
+        cache.copy_slot(1, 2).unwrap();
+        let mut stepped: Vec<Vec<Vec<f32>>> = vec![vec![]; 3];
+        for i in 0..12 {
+            let tokens = [rows[0][12 + i], rows[1][7 + i], rows[1][7 + i]];
+            for (s, l) in model.decode(&mut cache, &tokens).unwrap().to_vec2::<f32>().unwrap().into_iter().enumerate() {
+                stepped[s].push(l);
+            }
+        }
+        for (slot, row, start) in [(0, 0, 12), (1, 1, 7), (2, 1, 7)] {
+            let ids = Tensor::new(&rows[row][..start + 12], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let full = model.forward(&ids, &Tensor::ones_like(&ids).unwrap()).unwrap().squeeze(0).unwrap();
+            for (i, l) in stepped[slot].iter().enumerate() {
+                let want = full.get(start + i).unwrap();
+                let err = max_abs_diff(&Tensor::new(l.as_slice(), &Device::Cpu).unwrap(), &want);
+                assert!(err <= 1e-4, "{family} slot {slot} step {i}: cached logits differ by {err}");
+            }
         }
     }
 }
