@@ -3,6 +3,7 @@
 //! forward pass (and match HF transformers).
 
 pub mod config;
+pub mod gguf;
 pub mod model;
 pub mod rope;
 pub mod sampling;

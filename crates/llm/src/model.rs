@@ -252,11 +252,19 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load an HF model folder (config.json + safetensors) as `dtype`.
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let config = crate::Config::from_file(&dir.join("config.json"))?;
-        let weights = Weights::from_hf_dir(dir, dtype, device)?;
-        Self::new(config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", dir.display()))
+    /// Load an HF model folder (config.json + safetensors) or a GGUF file,
+    /// with every weight as `dtype`.
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (config, weights) = if crate::gguf::is_gguf(path) {
+            let gguf = crate::gguf::Gguf::open(path)?;
+            let config = Config::from_hf_json(&gguf.hf_config()?).with_context(|| format!("in the metadata of {}", path.display()))?;
+            (config, gguf.weights(dtype, device)?)
+        } else if path.is_dir() {
+            (Config::from_file(&path.join("config.json"))?, Weights::from_hf_dir(path, dtype, device)?)
+        } else {
+            bail!("{} is neither an HF model folder nor a GGUF file", path.display());
+        };
+        Self::new(config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", path.display()))
     }
 
     pub fn new(config: Config, weights: Weights, dtype: DType, device: &Device) -> Result<Self> {

@@ -1,5 +1,6 @@
 //! Named weight tensors loaded from HF safetensors checkpoints (single or
-//! sharded; f32, bf16 or f16 on disk), held as trainable variables.
+//! sharded; f32, bf16 or f16 on disk) or converted from GGUF, held as
+//! trainable variables.
 
 use std::{collections::HashMap, path::Path};
 
@@ -36,12 +37,18 @@ impl Weights {
         }
         // SAFETY: the files are mapped read-only; modifying them while loading is not supported.
         let st = unsafe { MmapedSafetensors::multi(&files) }.with_context(|| format!("cannot read safetensors in {}", dir.display()))?;
-        let mut vars = HashMap::new();
+        let mut tensors = HashMap::new();
         for (name, _) in st.tensors() {
             let t = st.load(&name, device).with_context(|| format!("cannot load tensor '{name}'"))?;
-            vars.insert(name, Var::from_tensor(&t.to_dtype(dtype)?)?);
+            tensors.insert(name, t.to_dtype(dtype)?);
         }
-        Ok(Weights { vars, origin: dir.display().to_string() })
+        Self::from_tensors(tensors, dir.display().to_string())
+    }
+
+    /// Variables holding `tensors` (HF names); `origin` names their source in errors.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, origin: String) -> Result<Self> {
+        let vars = tensors.into_iter().map(|(k, t)| Ok((k, Var::from_tensor(&t)?))).collect::<Result<_>>()?;
+        Ok(Weights { vars, origin })
     }
 
     /// The tensor `name`, which must have `shape`.

