@@ -2,13 +2,17 @@
 //! for every supported family, so sampling, scoring and training run the same
 //! forward pass (and match HF transformers).
 
+pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod model;
 pub mod rope;
 pub mod sampling;
+pub mod tokenizer;
 pub mod weights;
 
+pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Config, Family};
 pub use model::{KvCache, Model};
 pub use sampling::{Rng, SamplingParams};
+pub use tokenizer::Tokenizer;
