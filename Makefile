@@ -30,7 +30,7 @@ TRAIN  := $(BIN)/wrpo-train
 need = @test -x $(1) || { echo "$(notdir $(1)) is not built yet ($(1) is missing): run 'make build' first" >&2; exit 1; }
 SAMPLING := --n $(N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED)
 
-.PHONY: help build test prompts pairs train clean-run
+.PHONY: help build test models bench-decode prompts pairs train clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
@@ -46,9 +46,16 @@ print-%:
 build: ## Build the three binaries (release)
 	cargo build --release --bins
 
-test: ## Run every test (the command CI runs)
+test: models ## Run every test (the command CI runs), including the demo-model checks
 	cargo test --workspace
+	cargo test --workspace --test demo_models -- --ignored
 	bash scripts/check-duckdb.sh
+
+models: ## Fetch the demo GGUF models into models/ (pinned, SHA-256 checked)
+	bash scripts/fetch-models.sh
+
+bench-decode: models ## Decode tokens/s of our quantized path against llama.cpp on SmolLM2 Q4_1 (2 threads)
+	bash scripts/bench/decode.sh
 
 prompts: $(WORK)/prompts.parquet ## Import PROMPTS into WORK/prompts.parquet
 

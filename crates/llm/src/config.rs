@@ -3,9 +3,7 @@
 //! `sliding_window_pattern`) and the transformers 5 form (`rope_parameters`,
 //! `layer_types`).
 
-use std::path::Path;
-
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 /// The supported architectures.
@@ -117,12 +115,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        Self::from_hf_json(&json).with_context(|| format!("in {}", path.display()))
-    }
-
     pub fn from_hf_json(c: &Value) -> Result<Self> {
         let model_type = c["model_type"].as_str().ok_or_else(|| anyhow!("'model_type' is missing"))?;
         let family = Family::from_model_type(model_type)?;

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{
-    quantized::{gguf_file, QTensor},
+    quantized::{gguf_file, GgmlDType, QStorage, QTensor},
     DType, Device, Tensor,
 };
 use serde_json::{json, Value};
@@ -179,6 +179,66 @@ impl Gguf {
         }
         Weights::from_tensors(tensors, self.path.display().to_string())
     }
+}
+
+impl Gguf {
+    /// Weights for fast inference: the 2-D projections stay quantized
+    /// (candle's quantized matmul); types that candle has no SIMD kernel for
+    /// (Q4_1, Q5_0, Q5_1) are re-quantized to Q8_0, which holds them almost
+    /// exactly. Norms and the embedding table are dequantized.
+    pub fn quantized_weights(&self, device: &Device) -> Result<Weights> {
+        let arch = self.architecture()?.to_string();
+        let config = self.hf_config()?;
+        let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
+        let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+        let mut reader = BufReader::new(File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?);
+        let (mut dense, mut quantized) = (HashMap::new(), HashMap::new());
+        for name in self.content.tensor_infos.keys() {
+            let hf = hf_name(name, &arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
+            let mut q = self.content.tensor(&mut reader, name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
+            if q.shape().rank() != 2 || name == "token_embd.weight" {
+                let mut t = q.dequantize(device)?;
+                if arch.starts_with("gemma") && name.ends_with("norm.weight") {
+                    t = (t - 1.0)?;
+                }
+                dense.insert(hf.clone(), t);
+                if name != "token_embd.weight" {
+                    continue;
+                }
+            }
+            if arch == "llama" && name.ends_with("attn_q.weight") {
+                q = unpermute_quantized_rows(&q, heads, device)?;
+            } else if arch == "llama" && name.ends_with("attn_k.weight") {
+                q = unpermute_quantized_rows(&q, kv_heads, device)?;
+            }
+            if matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) {
+                q = QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?;
+            }
+            quantized.insert(hf, q);
+        }
+        let mut weights = Weights::from_tensors(dense, self.path.display().to_string())?;
+        weights.set_quantized(quantized);
+        Ok(weights)
+    }
+}
+
+/// unpermute_rope_rows on quantized data: rows are quantized independently,
+/// so moving whole rows of blocks is exact.
+fn unpermute_quantized_rows(q: &QTensor, heads: usize, device: &Device) -> Result<QTensor> {
+    let (rows, cols) = q.shape().dims2()?;
+    let data = q.data()?;
+    let row_bytes = data.len() / rows;
+    let half = rows / heads / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = h * 2 * half + i * 2 + j;
+                out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(QTensor::new(QStorage::from_data(out.into(), device, q.dtype())?, (rows, cols))?)
 }
 
 fn hf_class(model_type: &str) -> &'static str {

@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod model;
 pub mod rope;
 pub mod sampling;
+pub mod save;
 pub mod tokenizer;
 pub mod weights;
 
@@ -15,4 +16,5 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Config, Family};
 pub use model::{KvCache, Model};
 pub use sampling::{Rng, SamplingParams};
+pub use save::save_hf_checkpoint;
 pub use tokenizer::Tokenizer;

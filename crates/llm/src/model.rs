@@ -6,24 +6,24 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::ops::{log_softmax, softmax};
 
 use crate::{
     config::{Activation, Config},
     rope::RotaryEmbedding,
-    weights::Weights,
+    weights::{LinearWeight, Weights},
 };
 
 struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     fn new(w: &Weights, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
         Ok(Linear {
-            weight: w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            weight: w.linear(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
             bias: if bias { Some(w.get(&format!("{prefix}.bias"), &[out_dim])?) } else { None },
         })
     }
@@ -31,9 +31,14 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // One 2-D matmul over all rows instead of a batched one.
         let (rows, in_dim) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
+            LinearWeight::Quantized(q) => q.forward(&x2)?,
+        };
         let mut shape = x.dims().to_vec();
-        *shape.last_mut().unwrap() = self.weight.dim(0)?;
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?.reshape(shape)?;
+        *shape.last_mut().unwrap() = y.dim(1)?;
+        let y = y.reshape(shape)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -240,11 +245,14 @@ impl Block {
 
 pub struct Model {
     pub config: Config,
+    /// The HF config.json this model was built from (or that its GGUF
+    /// metadata implies): what a saved checkpoint writes.
+    pub hf_config: serde_json::Value,
     pub weights: Weights,
     embed: Tensor,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
     rope_global: RotaryEmbedding,
     rope_local: RotaryEmbedding,
     dtype: DType,
@@ -255,26 +263,33 @@ impl Model {
     /// Load an HF model folder (config.json + safetensors) or a GGUF file,
     /// with every weight as `dtype`.
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (config, weights) = if crate::gguf::is_gguf(path) {
+        let (hf_config, weights) = if crate::gguf::is_gguf(path) {
             let gguf = crate::gguf::Gguf::open(path)?;
-            let config = Config::from_hf_json(&gguf.hf_config()?).with_context(|| format!("in the metadata of {}", path.display()))?;
-            (config, gguf.weights(dtype, device)?)
+            (gguf.hf_config()?, gguf.weights(dtype, device)?)
         } else if path.is_dir() {
-            (Config::from_file(&path.join("config.json"))?, Weights::from_hf_dir(path, dtype, device)?)
+            let file = path.join("config.json");
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let json = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?;
+            (json, Weights::from_hf_dir(path, dtype, device)?)
         } else {
             bail!("{} is neither an HF model folder nor a GGUF file", path.display());
         };
-        Self::new(config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", path.display()))
+        Self::new(hf_config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", path.display()))
     }
 
-    pub fn new(config: Config, weights: Weights, dtype: DType, device: &Device) -> Result<Self> {
+    /// Load a GGUF file for inference, its projections kept quantized.
+    pub fn load_quantized(path: &Path, device: &Device) -> Result<Self> {
+        let gguf = crate::gguf::Gguf::open(path)?;
+        let weights = gguf.quantized_weights(device)?;
+        Self::new(gguf.hf_config()?, weights, DType::F32, device).with_context(|| format!("cannot build the model in {}", path.display()))
+    }
+
+    pub fn new(hf_config: serde_json::Value, weights: Weights, dtype: DType, device: &Device) -> Result<Self> {
+        let config = Config::from_hf_json(&hf_config)?;
         let cfg = &config;
         let embed = weights.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            weights.get("lm_head.weight", &[cfg.vocab_size, cfg.hidden_size])?
-        };
+        let head = if cfg.tie_word_embeddings { "model.embed_tokens" } else { "lm_head" };
+        let lm_head = Linear::new(&weights, head, cfg.vocab_size, cfg.hidden_size, false)?;
         let layers = (0..cfg.num_layers).map(|i| Block::new(&weights, i, cfg)).collect::<Result<_>>()?;
         Ok(Model {
             norm: RmsNorm::new(&weights, "model.norm", cfg.hidden_size, cfg)?,
@@ -286,6 +301,7 @@ impl Model {
             dtype,
             device: device.clone(),
             config,
+            hf_config,
             weights,
         })
     }
@@ -395,10 +411,7 @@ impl Model {
 
     /// Logits (..., vocab) of hidden states, soft-capped where the family does.
     pub fn logits_of(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (rows, h) = (hidden.elem_count() / self.config.hidden_size, self.config.hidden_size);
-        let mut shape = hidden.dims().to_vec();
-        *shape.last_mut().unwrap() = self.config.vocab_size;
-        let mut logits = hidden.reshape((rows, h))?.matmul(&self.lm_head.t()?)?.reshape(shape)?;
+        let mut logits = self.lm_head.forward(hidden)?;
         if let Some(cap) = self.config.final_logit_softcapping {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }

@@ -47,6 +47,15 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// The tokenizer of a GGUF file or of an HF model folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(path) {
+            Self::from_gguf(&Gguf::open(path)?)
+        } else {
+            Self::from_hf_dir(path)
+        }
+    }
+
     /// From an HF model folder: tokenizer.json, with tokenizer_config.json
     /// (BOS/EOS, add_bos_token, chat template), chat_template.jinja and
     /// generation_config.json (extra EOS ids) when present.

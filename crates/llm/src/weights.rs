@@ -2,13 +2,19 @@
 //! sharded; f32, bf16 or f16 on disk) or converted from GGUF, held as
 //! trainable variables.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor, Var};
+use candle_core::{
+    quantized::{QMatMul, QTensor},
+    safetensors::MmapedSafetensors,
+    DType, Device, Tensor, Var,
+};
 
 pub struct Weights {
     vars: HashMap<String, Var>,
+    /// Projections kept quantized for inference (GGUF), by HF name.
+    quantized: HashMap<String, Arc<QTensor>>,
     /// Where they came from, for error messages.
     origin: String,
 }
@@ -48,7 +54,7 @@ impl Weights {
     /// Variables holding `tensors` (HF names); `origin` names their source in errors.
     pub fn from_tensors(tensors: HashMap<String, Tensor>, origin: String) -> Result<Self> {
         let vars = tensors.into_iter().map(|(k, t)| Ok((k, Var::from_tensor(&t)?))).collect::<Result<_>>()?;
-        Ok(Weights { vars, origin })
+        Ok(Weights { vars, quantized: HashMap::new(), origin })
     }
 
     /// The tensor `name`, which must have `shape`.
@@ -60,10 +66,29 @@ impl Weights {
         Ok(var.as_tensor().clone())
     }
 
+    pub fn set_quantized(&mut self, quantized: HashMap<String, QTensor>) {
+        self.quantized = quantized.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    }
+
+    /// The weight of a projection with `shape` (out, in): quantized if it was
+    /// loaded so, else the dense variable.
+    pub fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
+        match self.quantized.get(name) {
+            Some(q) if q.shape().dims() != shape => bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, q.shape().dims()),
+            Some(q) => Ok(LinearWeight::Quantized(QMatMul::from_arc(q.clone())?)),
+            None => Ok(LinearWeight::Dense(self.get(name, shape)?)),
+        }
+    }
+
     /// Every variable by name, sorted: what training updates.
     pub fn vars(&self) -> Vec<(&str, &Var)> {
         let mut v: Vec<_> = self.vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
         v.sort_by_key(|(k, _)| *k);
         v
     }
+}
+
+pub enum LinearWeight {
+    Dense(Tensor),
+    Quantized(QMatMul),
 }

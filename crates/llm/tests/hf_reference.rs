@@ -312,3 +312,23 @@ fn a_llama_gguf_holds_exactly_the_hf_weights_once_q_and_k_are_unpermuted() {
         assert_eq!(max_abs_diff(x.as_tensor(), y.as_tensor()), 0.0, "{name}");
     }
 }
+
+#[test]
+fn the_quantized_inference_path_follows_the_dequantized_model() {
+    for name in ["llama", "gemma3"] {
+        let path = fixture("gguf").join(format!("{name}.q8_0.gguf"));
+        let dense = Model::load(&path, DType::F32, &Device::Cpu).unwrap();
+        let quantized = Model::load_quantized(&path, &Device::Cpu).unwrap();
+        let e = expected(if name == "llama" { "llama_tied" } else { "gemma3" });
+        let prompt = &prompts(&e)[0];
+        let mut cache = KvCache::new(&quantized, 1, 64).unwrap();
+        let first = quantized.prefill(&mut cache, 0, prompt).unwrap();
+        let ids = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let want = dense.forward(&ids, &Tensor::ones_like(&ids).unwrap()).unwrap().get(0).unwrap().get(prompt.len() - 1).unwrap();
+        // Activations are quantized to 8 bits inside the quantized matmul.
+        let err = max_abs_diff(&first, &want);
+        assert!(err > 0.0 && err < 0.1, "{name}: quantized logits differ by {err}");
+        let steps = greedy(&quantized, prompt, 8);
+        assert_eq!(steps[0], argmax(&want.to_vec1::<f32>().unwrap()), "{name}: first greedy token");
+    }
+}

@@ -1,0 +1,86 @@
+//! Checks on the real demo models (SmolLM2-135M-Instruct Q4_1 and
+//! Gemma-3-270M Q4_K_M GGUF files), which `make models` fetches into
+//! models/. Ignored by plain `cargo test`; `make test` fetches the models
+//! and runs them with --ignored.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use wrpo_llm::{gguf::Gguf, Tokenizer};
+
+const MODELS: [(&str, &str); 2] = [("smollm2", "smollm2-135m-instruct-q4_1.gguf"), ("gemma3", "gemma-3-270m-q4_k_m.gguf")];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model(file: &str) -> PathBuf {
+    let path = root().join("models").join(file);
+    assert!(path.exists(), "{} is missing: run 'make models'", path.display());
+    path
+}
+
+fn read_json(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[test]
+#[ignore = "needs the demo models: make models"]
+fn gguf_tokenizers_match_llama_cpp() {
+    let corpus: Vec<String> = serde_json::from_value(read_json(root().join("data/fixtures/tokenizer/corpus.json"))).unwrap();
+    for (name, file) in MODELS {
+        let tok = Tokenizer::from_gguf(&Gguf::open(&model(file)).unwrap()).unwrap();
+        let reference = read_json(root().join(format!("data/fixtures/tokenizer/{name}.llama_cpp.json")));
+        let want: Vec<Vec<u32>> = serde_json::from_value(reference["ids"].clone()).unwrap();
+        let mut failures = vec![];
+        for (text, want) in corpus.iter().zip(&want) {
+            let ids = tok.encode(text, false).unwrap();
+            if &ids != want {
+                failures.push(format!("{text:?}\n  ours:      {ids:?}\n  llama.cpp: {want:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{name}: {} of {} strings differ:\n{}", failures.len(), corpus.len(), failures.join("\n"));
+    }
+}
+
+/// Greedy continuation through the KV cache.
+fn greedy(model: &wrpo_llm::Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
+    use wrpo_llm::{sampling::argmax, KvCache};
+    let mut cache = KvCache::new(model, 1, prompt.len() + n).unwrap();
+    let first = model.prefill(&mut cache, 0, prompt).unwrap().to_vec1::<f32>().unwrap();
+    let mut out = vec![argmax(&first)];
+    while out.len() < n {
+        let logits = model.decode(&mut cache, &[*out.last().unwrap()]).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap();
+        out.push(argmax(&logits));
+    }
+    (first, out)
+}
+
+#[test]
+#[ignore = "needs the demo models: make models"]
+fn demo_models_match_transformers_gguf_loader_and_the_quantized_path_follows() {
+    use candle_core::{DType, Device};
+    for (name, file) in MODELS {
+        let reference = read_json(root().join(format!("data/fixtures/demo/{name}.json")));
+        let dense = wrpo_llm::Model::load(&model(file), DType::F32, &Device::Cpu).unwrap();
+        let quantized = wrpo_llm::Model::load_quantized(&model(file), &Device::Cpu).unwrap();
+        for case in reference["cases"].as_array().unwrap() {
+            let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let top: Vec<usize> = serde_json::from_value(case["top_ids"].clone()).unwrap();
+            let top_logits: Vec<f32> = serde_json::from_value(case["top_logits"].clone()).unwrap();
+            let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).unwrap();
+            let (logits, tokens) = greedy(&dense, &ids, want.len());
+            let err = top.iter().zip(&top_logits).map(|(&i, &l)| (logits[i] - l).abs()).fold(0f32, f32::max);
+            println!("{name} {:?}: max abs error over the top 20 logits {err:.2e}", case["text"]);
+            assert!(err <= 1e-3, "{name}: logits differ from transformers' by {err}");
+            assert_eq!(tokens, want, "{name}: greedy continuation of {:?}", case["text"]);
+            // 8-bit activations in the quantized matmul move logits a little:
+            // the same first choice, logits within a few tenths.
+            let (qlogits, qtokens) = greedy(&quantized, &ids, 4);
+            let qerr = top.iter().zip(&top_logits).map(|(&i, &l)| (qlogits[i] - l).abs()).fold(0f32, f32::max);
+            println!("{name} quantized path: max abs error over the top 20 logits {qerr:.2e}, greedy {qtokens:?} vs {:?}", &want[..4]);
+            assert_eq!(qtokens[0], want[0], "{name}: the quantized path's first token");
+            assert!(qerr < 1.0, "{name}: quantized logits differ by {qerr}");
+        }
+    }
+}
