@@ -11,7 +11,7 @@ use candle_nn::ops::{log_softmax, softmax};
 
 use crate::{
     config::{Activation, Config},
-    rope::RotaryEmbedding,
+    rope::{RopeTables, RotaryEmbedding},
     weights::{LinearWeight, Weights},
 };
 
@@ -63,7 +63,12 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `fused`: candle's kernel, which has no backward pass (inference only).
+    fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
+        if fused {
+            let scale = if self.offset == 0.0 { self.weight.clone() } else { (&self.weight + self.offset)? };
+            return candle_nn::ops::rms_norm(&x.contiguous()?, &scale, self.eps as f32);
+        }
         let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
         normed.broadcast_mul(&(&self.weight + self.offset)?)
@@ -116,9 +121,11 @@ impl Attention {
         })
     }
 
-    /// x (B, T, hidden); cos/sin (B, 1, T, rot); mask (B, 1, T, S) additive,
-    /// S = T without a cache, else the cached length after this step.
-    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cos: &Tensor, sin: &Tensor, mask: &Tensor, kv: Option<LayerKv>) -> candle_core::Result<Tensor> {
+    /// x (B, T, hidden); mask (B, 1, T, S) additive, S = T without a cache,
+    /// else the cached length after this step. With a cache (inference) the
+    /// fused kernels run; without one, only differentiable ops.
+    fn forward(&self, x: &Tensor, rope: (&RotaryEmbedding, &RopeTables), mask: &Tensor, kv: Option<LayerKv>) -> candle_core::Result<Tensor> {
+        let fused = kv.is_some();
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let (q, k, v) = match &self.qkv {
@@ -131,11 +138,11 @@ impl Attention {
         let heads = |x: Tensor, n: usize| x.reshape((b, t, n, hd))?.transpose(1, 2);
         let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?.contiguous()?);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
+            q = qn.forward(&q, fused)?;
+            k = kn.forward(&k, fused)?;
         }
-        let q = rope.apply(&q, cos, sin)?;
-        let k = rope.apply(&k, cos, sin)?.contiguous()?;
+        let q = rope.0.apply(&q, rope.1)?;
+        let k = rope.0.apply(&k, rope.1)?.contiguous()?;
         let (k, v) = match kv {
             None => (k, v),
             Some(kv) => kv.append(&k, &v)?,
@@ -151,7 +158,8 @@ impl Attention {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
         let scores = scores.reshape((b, nh, t, s))?.broadcast_add(mask)?;
-        let probs = softmax(&scores, D::Minus1)?.reshape((b, nkv, groups * t, s))?;
+        let probs = if fused { candle_nn::ops::softmax_last_dim(&scores)? } else { softmax(&scores, D::Minus1)? };
+        let probs = probs.reshape((b, nkv, groups * t, s))?;
         let out = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.o.forward(&out)
     }
@@ -229,15 +237,16 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &RotaryEmbedding, cos: &Tensor, sin: &Tensor, mask: &Tensor, kv: Option<LayerKv>) -> candle_core::Result<Tensor> {
-        let mut h = self.attn.forward(&self.input_norm.forward(x)?, rope, cos, sin, mask, kv)?;
+    fn forward(&self, x: &Tensor, rope: (&RotaryEmbedding, &RopeTables), mask: &Tensor, kv: Option<LayerKv>) -> candle_core::Result<Tensor> {
+        let fused = kv.is_some();
+        let mut h = self.attn.forward(&self.input_norm.forward(x, fused)?, rope, mask, kv)?;
         if let Some(n) = &self.attn_out_norm {
-            h = n.forward(&h)?;
+            h = n.forward(&h, fused)?;
         }
         let x = (x + h)?;
-        let mut h = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;
+        let mut h = self.mlp.forward(&self.mlp_norm.forward(&x, fused)?)?;
         if let Some(n) = &self.mlp_out_norm {
-            h = n.forward(&h)?;
+            h = n.forward(&h, fused)?;
         }
         x + h
     }
@@ -341,8 +350,9 @@ impl Model {
             Some(w) if self.config.sliding_layers.iter().any(|&s| s) => Some(self.mask(offsets, t, keys, keep, Some(w))?),
             _ => None,
         };
-        let (cos_g, sin_g) = self.rope_global.cos_sin(&positions, self.dtype)?;
-        let (cos_l, sin_l) = self.rope_local.cos_sin(&positions, self.dtype)?;
+        let fused = cache.is_some();
+        let tables_g = self.rope_global.tables(&positions, self.dtype, fused)?;
+        let tables_l = self.rope_local.tables(&positions, self.dtype, fused)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let kv = cache.map(|(c, first)| LayerKv {
                 k: c.k[i].narrow(0, first, b).expect("cache rows checked by the caller"),
@@ -350,11 +360,11 @@ impl Model {
                 offsets,
             });
             x = match (&sliding_mask, layer.sliding) {
-                (Some(m), true) => layer.forward(&x, &self.rope_local, &cos_l, &sin_l, m, kv)?,
-                _ => layer.forward(&x, &self.rope_global, &cos_g, &sin_g, &full_mask, kv)?,
+                (Some(m), true) => layer.forward(&x, (&self.rope_local, &tables_l), m, kv)?,
+                _ => layer.forward(&x, (&self.rope_global, &tables_g), &full_mask, kv)?,
             };
         }
-        Ok(self.norm.forward(&x)?)
+        Ok(self.norm.forward(&x, fused)?)
     }
 
     /// Additive attention mask (B, 1, T, S): query i of row r, at position

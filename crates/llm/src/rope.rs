@@ -24,28 +24,45 @@ impl RotaryEmbedding {
         Ok(RotaryEmbedding { inv_freq, rot_dim })
     }
 
-    /// cos and sin for `positions` (B, T), each (B, 1, T, rot_dim), in `dtype`.
-    pub fn cos_sin(&self, positions: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let freqs = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?.broadcast_mul(&self.inv_freq)?;
+    /// cos and sin of `positions` (B, T) in `dtype`: for the differentiable
+    /// rotation, or (`fused`) for candle's rope kernel, which has no backward
+    /// pass and so serves inference only.
+    pub fn tables(&self, positions: &Tensor, dtype: DType, fused: bool) -> Result<RopeTables> {
+        let freqs = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?.broadcast_mul(&self.inv_freq)?; // (B, T, rot/2)
+        if fused {
+            return Ok(RopeTables::Fused { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? });
+        }
         let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
-        Ok((emb.cos()?.to_dtype(dtype)?, emb.sin()?.to_dtype(dtype)?))
+        Ok(RopeTables::Full { cos: emb.cos()?.to_dtype(dtype)?, sin: emb.sin()?.to_dtype(dtype)? })
     }
 
-    /// Rotate x (B, H, T, head_dim) by precomputed cos/sin (B, 1, T, rot_dim).
-    pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// Rotate x (B, H, T, head_dim).
+    pub fn apply(&self, x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
         let head_dim = x.dim(D::Minus1)?;
         let x_rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
-        let half = self.rot_dim / 2;
-        let x1 = x_rot.narrow(D::Minus1, 0, half)?;
-        let x2 = x_rot.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        let out = (x_rot.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
+        let out = match tables {
+            RopeTables::Fused { cos, sin } => candle_nn::rotary_emb::rope(&x_rot.contiguous()?, cos, sin)?,
+            RopeTables::Full { cos, sin } => {
+                let half = self.rot_dim / 2;
+                let x1 = x_rot.narrow(D::Minus1, 0, half)?;
+                let x2 = x_rot.narrow(D::Minus1, half, half)?;
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                (x_rot.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?
+            }
+        };
         if self.rot_dim == head_dim {
             Ok(out)
         } else {
             Tensor::cat(&[&out, &x.narrow(D::Minus1, self.rot_dim, head_dim - self.rot_dim)?], D::Minus1)
         }
     }
+}
+
+pub enum RopeTables {
+    /// (B, 1, T, rot_dim), halves repeated: rotate_half written out.
+    Full { cos: Tensor, sin: Tensor },
+    /// (B, T, rot_dim / 2) for candle's fused kernel.
+    Fused { cos: Tensor, sin: Tensor },
 }
 
 /// Frequency scaling as transformers' rope init functions compute it.
