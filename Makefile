@@ -35,7 +35,7 @@ SAMPLING := --n $(N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERAT
 
 help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
 	@for v in WORK PROMPTS TARGET SOURCES REWARD N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALPHA_MAX BETA; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
@@ -70,8 +70,14 @@ $(WORK)/prompts.parquet: $(PROMPTS)
 	$(call need,$(SAMPLE))
 	$(SAMPLE) import --input $< --out $@ --eval-fraction $(EVAL_FRACTION) --seed $(SEED)
 
+# The demo models are fetched on first use; other model paths must exist.
+DEMO_MODELS := models/smollm2-135m-instruct-q4_1.gguf models/gemma-3-270m-q4_k_m.gguf
+SOURCE_FILES := $(foreach s,$(SOURCES),$(lastword $(subst =, ,$(s))))
+$(DEMO_MODELS):
+	bash scripts/fetch-models.sh
+
 # 1. N samples per train prompt from every source model.
-$(WORK)/source-samples/.done: $(WORK)/prompts.parquet
+$(WORK)/source-samples/.done: $(WORK)/prompts.parquet $(filter $(DEMO_MODELS),$(SOURCE_FILES))
 	$(call need,$(SAMPLE))
 	$(SAMPLE) generate --prompts $< $(addprefix --model ,$(SOURCES)) --split train $(SAMPLING) --out $(@D)
 	touch $@
@@ -89,7 +95,7 @@ $(WORK)/sft.parquet $(WORK)/preference-prompts.parquet &: $(WORK)/source-scores/
 	  --seed $(SEED) --out $(WORK)/sft.parquet --out-preference $(WORK)/preference-prompts.parquet
 
 # 5. Target-SFT: the target fine-tuned on (x, y_ws).
-$(WORK)/target-sft/.done: $(WORK)/sft.parquet
+$(WORK)/target-sft/.done: $(WORK)/sft.parquet $(filter $(DEMO_MODELS),$(TARGET))
 	$(call need,$(TRAIN))
 	$(TRAIN) sft --model $(TARGET) --data $< --out $(@D) --seed $(SEED)
 	touch $@
