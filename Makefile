@@ -47,8 +47,7 @@ build: ## Build the three binaries (release)
 	cargo build --release --bins
 
 test: models ## Run every test (the command CI runs), including the demo-model checks
-	cargo test --workspace
-	cargo test --workspace --test demo_models -- --ignored
+	cargo test --workspace -- --include-ignored
 	bash scripts/check-duckdb.sh
 
 models: ## Fetch the demo GGUF models into models/ (pinned, SHA-256 checked)

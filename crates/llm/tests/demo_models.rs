@@ -1,7 +1,9 @@
 //! Checks on the real demo models (SmolLM2-135M-Instruct Q4_1 and
 //! Gemma-3-270M Q4_K_M GGUF files), which `make models` fetches into
 //! models/. Ignored by plain `cargo test`; `make test` fetches the models
-//! and runs them with --ignored.
+//! and runs every test with --include-ignored (one cargo invocation: a
+//! separate `--test demo_models` run resolves features differently and
+//! rebuilds candle).
 
 use std::path::PathBuf;
 
