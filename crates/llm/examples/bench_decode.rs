@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use wrpo_llm::{sampling::argmax, ChatMessage, ChatTemplate, KvCache, Model, Tokenizer};
+use wrpo_llm::{sampling::argmax, ChatMessage, KvCache, Model, Tokenizer};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -24,8 +24,7 @@ fn main() -> Result<()> {
     let device = Device::Cpu;
     let model = if dense { Model::load(&path, DType::F32, &device)? } else { Model::load_quantized(&path, &device)? };
     let tok = Tokenizer::load(&path)?;
-    let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
-    let template = ChatTemplate::for_model(tok.chat_template.as_deref(), model.config.family, &name(tok.bos_id), &name(tok.eos_id))?;
+    let template = tok.chat_template_for(model.config.family)?;
     let prompt = template.render(&[ChatMessage { role: "user", content: "Write a short story about a robot who learns to paint." }], true)?;
     let ids = tok.encode(&prompt, true)?;
     for &b in &batches {

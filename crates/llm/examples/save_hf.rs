@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use wrpo_llm::{save_hf_checkpoint, ChatTemplate, Model, Tokenizer};
+use wrpo_llm::{save_hf_checkpoint, Model, Tokenizer};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -14,8 +14,7 @@ fn main() -> Result<()> {
     let model_path = PathBuf::from(model_path);
     let model = Model::load(&model_path, DType::F32, &Device::Cpu)?;
     let tokenizer = Tokenizer::load(&model_path).context("cannot load the tokenizer")?;
-    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
-    let template = ChatTemplate::for_model(tokenizer.chat_template.as_deref(), model.config.family, &token(tokenizer.bos_id), &token(tokenizer.eos_id))?;
+    let template = tokenizer.chat_template_for(model.config.family)?;
     save_hf_checkpoint(&model, &tokenizer, Some(&template.source), &PathBuf::from(out))?;
     println!("saved {} as an HF checkpoint in {out}", model_path.display());
     Ok(())

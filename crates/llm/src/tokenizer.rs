@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::gguf::Gguf;
+use crate::{gguf::Gguf, ChatTemplate, Family};
 
 /// Strings that end an assistant turn in the chat formats we know.
 const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>"];
@@ -216,6 +216,13 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The model's chat template, or the built-in one of its family, with
+    /// this tokenizer's BOS and EOS text.
+    pub fn chat_template_for(&self, family: Family) -> Result<ChatTemplate> {
+        let text = |id: Option<u32>| id.and_then(|i| self.id_to_token(i)).unwrap_or_default();
+        ChatTemplate::for_model(self.chat_template.as_deref(), family, &text(self.bos_id), &text(self.eos_id))
     }
 
     /// The HF tokenizer.json of this tokenizer.
