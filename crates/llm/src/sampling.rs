@@ -101,30 +101,44 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     let weight = |l: f32| ((l as f64 - max) * inv_t).exp();
     let total: f64 = logits.iter().map(|&l| weight(l)).sum();
 
-    // Sorting a 262k vocabulary per token is slow, and only the head matters:
-    // take the tokens above a threshold whose mass already covers top_p (the
-    // nucleus then lies inside them), lowering the threshold until it does.
-    let floor = (params.min_p as f64).max(f64::MIN_POSITIVE);
-    let mut threshold = floor.max(1e-4);
-    let mut candidates: Vec<(u32, f64)>;
-    loop {
-        candidates = logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).filter(|&(_, w)| w >= threshold).collect();
-        let mass: f64 = candidates.iter().map(|c| c.1).sum::<f64>() / total;
-        if mass >= params.top_p as f64 || threshold <= floor {
-            break;
+    // Highest weight first, ties by token id: one total order, so the same
+    // logits always give the same candidates.
+    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let (mut candidates, mass) = if params.top_k > 0 && params.top_k < logits.len() {
+        // top-k first; top-p then counts within the k kept (as transformers
+        // and llama.cpp renormalise after top-k).
+        let mut all: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).collect();
+        all.select_nth_unstable_by(params.top_k - 1, order);
+        all.truncate(params.top_k);
+        let mass = all.iter().map(|c| c.1).sum();
+        (all, mass)
+    } else {
+        // Sorting a 262k vocabulary per token is slow, and only the head
+        // matters: take the tokens above a threshold whose mass already
+        // covers top_p (the nucleus then lies inside them), lowering the
+        // threshold until it does.
+        // Without top-p every token above min-p takes part.
+        let min_p = params.min_p as f64;
+        let mut threshold = if params.top_p < 1.0 { min_p.max(1e-4) } else { min_p };
+        loop {
+            let head: Vec<(u32, f64)> =
+                logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).filter(|&(_, w)| w >= threshold).collect();
+            let covered = head.iter().map(|c| c.1).sum::<f64>() / total;
+            if covered >= params.top_p as f64 || threshold <= min_p {
+                break (head, total);
+            }
+            threshold = if threshold < 1e-30 { min_p } else { (threshold * 1e-4).max(min_p) };
         }
-        threshold = (threshold * 1e-4).max(floor);
-    }
-    candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if params.top_k > 0 {
-        candidates.truncate(params.top_k);
-    }
+    };
+    // min-p: weights are relative to the top token's.
+    candidates.retain(|c| c.1 >= params.min_p as f64);
     if params.top_p < 1.0 {
+        candidates.sort_by(order);
         let mut cumulative = 0.0;
         let keep = candidates
             .iter()
             .position(|c| {
-                cumulative += c.1 / total;
+                cumulative += c.1 / mass;
                 cumulative >= params.top_p as f64
             })
             .map_or(candidates.len(), |i| i + 1);
@@ -172,6 +186,10 @@ mod tests {
         // 0.5 + 0.25 reaches 0.7: two tokens.
         let top_p = frequencies(&LOGITS, SamplingParams { top_p: 0.7, ..Default::default() }, 60_000);
         assert!(top_p[2..].iter().all(|&p| p == 0.0), "{top_p:?}");
+        // top-k 2 keeps 0.5 and 0.25; within them top-p 0.6 is reached by
+        // the first alone (0.5 / 0.75 = 0.67).
+        let both = frequencies(&LOGITS, SamplingParams { top_k: 2, top_p: 0.6, ..Default::default() }, 20_000);
+        assert!(both[0] == 1.0, "{both:?}");
         // min_p 0.2: 0.125 / 0.5 = 0.25 stays, 0.0625 / 0.5 goes.
         let min_p = frequencies(&LOGITS, SamplingParams { min_p: 0.2, ..Default::default() }, 60_000);
         assert!(min_p[2] > 0.1 && min_p[3..].iter().all(|&p| p == 0.0), "{min_p:?}");
