@@ -15,6 +15,9 @@ use crate::{Model, Tokenizer};
 const MAX_SHARD_BYTES: usize = 5_000_000_000;
 
 pub fn save_hf_checkpoint(model: &Model, tokenizer: &Tokenizer, chat_template: Option<&str>, dir: &Path) -> Result<()> {
+    if model.weights.has_quantized() {
+        anyhow::bail!("a model loaded for quantized inference cannot be saved as an HF checkpoint; load it with Model::load");
+    }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let tmp = tempfile::Builder::new().prefix(".checkpoint-").tempdir_in(parent).with_context(|| format!("cannot write in {}", parent.display()))?;

@@ -70,6 +70,11 @@ impl Weights {
         self.quantized = quantized.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
     }
 
+    /// Were projections kept quantized (inference only)?
+    pub fn has_quantized(&self) -> bool {
+        !self.quantized.is_empty()
+    }
+
     /// The weight of a projection with `shape` (out, in): quantized if it was
     /// loaded so, else the dense variable.
     pub fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {

@@ -330,5 +330,11 @@ fn the_quantized_inference_path_follows_the_dequantized_model() {
         assert!(err > 0.0 && err < 0.1, "{name}: quantized logits differ by {err}");
         let steps = greedy(&quantized, prompt, 8);
         assert_eq!(steps[0], argmax(&want.to_vec1::<f32>().unwrap()), "{name}: first greedy token");
+        // Its projections are not variables: saving it would lose them.
+        let tokenizer = wrpo_llm::Tokenizer::from_hf_dir(&fixture("../tokenizer/tiny-bpe")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let err = wrpo_llm::save_hf_checkpoint(&quantized, &tokenizer, None, &out.path().join("ckpt")).unwrap_err();
+        assert!(err.to_string().contains("cannot be saved"), "{err}");
+        assert!(!out.path().join("ckpt").exists());
     }
 }
