@@ -217,7 +217,7 @@ impl Gguf {
             quantized.insert(hf, q);
         }
         let mut weights = Weights::from_tensors(dense, self.path.display().to_string())?;
-        weights.set_quantized(quantized);
+        weights.set_quantized(quantized)?;
         Ok(weights)
     }
 }

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod model;
+pub mod q8;
 pub mod rope;
 pub mod sampling;
 pub mod save;

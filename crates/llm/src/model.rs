@@ -34,6 +34,7 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
+            LinearWeight::Q8(q) => q.forward(&x2)?,
             LinearWeight::Quantized(q) => q.forward(&x2)?,
         };
         let mut shape = x.dims().to_vec();
@@ -545,6 +546,12 @@ impl KvCache {
         }
         self.lens[dst] = len;
         Ok(())
+    }
+
+    /// Keep only the first `len` positions of `slot`: a copy of a slot that
+    /// sampled further becomes the bare prompt again.
+    pub fn truncate(&mut self, slot: usize, len: usize) {
+        self.lens[slot] = self.lens[slot].min(len);
     }
 
     fn reserve(&self, slots: std::ops::Range<usize>, more: usize) -> Result<()> {

@@ -5,6 +5,8 @@
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::q8::Q8Matrix;
 use candle_core::{
     quantized::{QMatMul, QTensor},
     safetensors::MmapedSafetensors,
@@ -14,7 +16,7 @@ use candle_core::{
 pub struct Weights {
     vars: HashMap<String, Var>,
     /// Projections kept quantized for inference (GGUF), by HF name.
-    quantized: HashMap<String, Arc<QTensor>>,
+    quantized: HashMap<String, QuantizedWeight>,
     /// Where they came from, for error messages.
     origin: String,
 }
@@ -66,8 +68,19 @@ impl Weights {
         Ok(var.as_tensor().clone())
     }
 
-    pub fn set_quantized(&mut self, quantized: HashMap<String, QTensor>) {
-        self.quantized = quantized.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    /// Keep these projections quantized; Q8_0 ones go to our batched kernel.
+    pub fn set_quantized(&mut self, quantized: HashMap<String, QTensor>) -> Result<()> {
+        self.quantized = quantized
+            .into_iter()
+            .map(|(k, q)| {
+                let w = match Q8Matrix::from_qtensor(&q)? {
+                    Some(m) => QuantizedWeight::Q8(Arc::new(m)),
+                    None => QuantizedWeight::Candle(Arc::new(q)),
+                };
+                Ok((k, w))
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
     }
 
     /// Were projections kept quantized (inference only)?
@@ -78,11 +91,17 @@ impl Weights {
     /// The weight of a projection with `shape` (out, in): quantized if it was
     /// loaded so, else the dense variable.
     pub fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
-        match self.quantized.get(name) {
-            Some(q) if q.shape().dims() != shape => bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, q.shape().dims()),
-            Some(q) => Ok(LinearWeight::Quantized(QMatMul::from_arc(q.clone())?)),
-            None => Ok(LinearWeight::Dense(self.get(name, shape)?)),
+        let q = match self.quantized.get(name) {
+            None => return Ok(LinearWeight::Dense(self.get(name, shape)?)),
+            Some(q) => q,
+        };
+        if q.dims() != shape {
+            bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, q.dims());
         }
+        Ok(match q {
+            QuantizedWeight::Q8(m) => LinearWeight::Q8(m.clone()),
+            QuantizedWeight::Candle(t) => LinearWeight::Quantized(QMatMul::from_arc(t.clone())?),
+        })
     }
 
     /// Every variable by name, sorted: what training updates.
@@ -95,5 +114,22 @@ impl Weights {
 
 pub enum LinearWeight {
     Dense(Tensor),
+    /// Q8_0, through our batched kernel.
+    Q8(Arc<Q8Matrix>),
+    /// Other GGUF block types, through candle's quantized matmul.
     Quantized(QMatMul),
+}
+
+enum QuantizedWeight {
+    Q8(Arc<Q8Matrix>),
+    Candle(Arc<QTensor>),
+}
+
+impl QuantizedWeight {
+    fn dims(&self) -> Vec<usize> {
+        match self {
+            QuantizedWeight::Q8(m) => m.dims().to_vec(),
+            QuantizedWeight::Candle(t) => t.shape().dims().to_vec(),
+        }
+    }
 }
