@@ -30,7 +30,7 @@ TRAIN  := $(BIN)/wrpo-train
 need = @test -x $(1) || { echo "$(notdir $(1)) is not built yet ($(1) is missing): run 'make build' first" >&2; exit 1; }
 SAMPLING := --n $(N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED)
 
-.PHONY: help build test models bench-decode prompts pairs train clean-run
+.PHONY: help build test test-remote models bench-decode bench-sample prompts pairs train clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
@@ -43,18 +43,26 @@ help: ## Show the targets and the variables to override
 print-%:
 	@echo '$($*)'
 
+# The examples are the benchmark drivers; building them with the binaries
+# keeps one feature set, so neither build redoes the other's dependencies.
 build: ## Build the three binaries (release)
-	cargo build --release --bins
+	cargo build --release --workspace --bins --examples
 
 test: models ## Run every test (the command CI runs), including the demo-model checks
-	cargo test --workspace -- --include-ignored
+	cargo test --workspace -- --include-ignored --skip openai_server_backend
 	bash scripts/check-duckdb.sh
+
+test-remote: models ## The OpenAI-backend test against llama-cpp-python's server on loopback (first run compiles llama.cpp, ~25 min)
+	bash scripts/test-remote.sh
 
 models: ## Fetch the demo GGUF models into models/ (pinned, SHA-256 checked)
 	bash scripts/fetch-models.sh
 
 bench-decode: models ## Decode tokens/s of our quantized path against llama.cpp on SmolLM2 Q4_1 (2 threads)
 	bash scripts/bench/decode.sh
+
+bench-sample: models ## wrpo-sample generate tokens/s against llama.cpp (sequential, batched) and transformers
+	bash scripts/bench/sample.sh
 
 prompts: $(WORK)/prompts.parquet ## Import PROMPTS into WORK/prompts.parquet
 

@@ -28,14 +28,24 @@ pub fn prompt_id(messages: &[Message]) -> String {
 /// A uniform draw in [0, 1) fixed by (seed, salt, key): random splits made
 /// with it do not depend on which other keys exist or on their order.
 pub fn uniform_draw(seed: u64, salt: &str, key: &str) -> f64 {
+    (keyed_u64(seed, salt, key) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The RNG seed of one sample: fixed by (run seed, prompt_id, model alias,
+/// sample_index) alone, so a sample's text does not depend on which other
+/// samples share its batch or on where a resumed run restarted.
+pub fn sample_seed(seed: u64, prompt_id: &str, model: &str, sample_index: u32) -> u64 {
+    keyed_u64(seed, "sample", &format!("{prompt_id}\0{model}\0{sample_index}"))
+}
+
+fn keyed_u64(seed: u64, salt: &str, key: &str) -> u64 {
     let digest = Sha256::new()
         .chain_update(seed.to_le_bytes())
         .chain_update(salt.as_bytes())
         .chain_update([0])
         .chain_update(key.as_bytes())
         .finalize();
-    let x = u64::from_le_bytes(digest[..8].try_into().unwrap());
-    (x >> 11) as f64 / (1u64 << 53) as f64
+    u64::from_le_bytes(digest[..8].try_into().unwrap())
 }
 
 /// SHA-256 of a file's bytes.

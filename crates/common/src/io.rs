@@ -201,6 +201,11 @@ impl<T: Dataset> ShardWriter<T> {
         Ok(())
     }
 
+    /// Rows pushed but not yet committed.
+    pub fn pending(&self) -> usize {
+        self.rows.len()
+    }
+
     /// Commit the buffered rows as a shard now, even if it is not full.
     pub fn flush(&mut self) -> Result<()> {
         if self.rows.is_empty() {

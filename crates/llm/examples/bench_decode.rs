@@ -26,7 +26,7 @@ fn main() -> Result<()> {
     let tok = Tokenizer::load(&path)?;
     let template = tok.chat_template_for(model.config.family)?;
     let prompt = template.render(&[ChatMessage { role: "user", content: "Write a short story about a robot who learns to paint." }], true)?;
-    let ids = tok.encode(&prompt, true)?;
+    let ids = tok.encode_chat(&prompt)?;
     for &b in &batches {
         let mut cache = KvCache::new(&model, b, ids.len() + tokens + 1)?;
         let first = argmax(&model.prefill(&mut cache, 0, &ids)?.to_vec1::<f32>()?);

@@ -201,6 +201,14 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Token ids of a prompt rendered by a chat template. Templates that
+    /// write BOS themselves get no second one; transformers'
+    /// apply_chat_template(tokenize=True) and llama.cpp agree on this.
+    pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>> {
+        let bos_written = self.bos_id.and_then(|id| self.id_to_token(id)).is_some_and(|bos| rendered.starts_with(&bos));
+        self.encode(rendered, !bos_written)
+    }
+
     /// Text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| anyhow!("cannot decode: {e}"))

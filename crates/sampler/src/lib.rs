@@ -1,3 +1,9 @@
-//! Library side of `wrpo-sample`: prompt import (and, later, generation).
+//! Library side of `wrpo-sample`: prompt import, and N samples per prompt
+//! from local models (continuous batching) or OpenAI-compatible servers.
 
+pub mod generate;
 pub mod import;
+pub mod local;
+pub mod progress;
+pub mod remote;
+pub mod spec;

@@ -1,9 +1,24 @@
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
-use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
-use wrpo_common::{prompts::Split, write_dataset, Provenance};
-use wrpo_sampler::import::{import_prompts, write_rejected, ImportOptions};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use wrpo_common::{
+    prompts::{Prompt, Split},
+    read_dataset, write_dataset, Provenance,
+};
+use wrpo_llm::SamplingParams;
+use wrpo_sampler::{
+    generate::{generate, parse_shard, read_prompt_ids, select_prompts, RunOptions, Selection, Settings},
+    import::{import_prompts, write_rejected, ImportOptions},
+    remote::RemoteOptions,
+    spec::ModelSpec,
+};
 
 /// Sample responses from source and target models (WRPO pipeline, step 1 and 6).
 #[derive(Parser)]
@@ -53,6 +68,87 @@ enum Command {
         #[arg(long)]
         rejected: Option<PathBuf>,
     },
+    /// Sample N responses per prompt from each model into `samples` shards
+    /// under OUT/ALIAS/. Rerunning the same command continues an interrupted
+    /// run: samples already on disk are kept, never made twice.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// `prompts` dataset (from `wrpo-sample import`).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// A model: `[alias=]PATH` (HF folder or GGUF file) or
+    /// `alias=openai:http://HOST:PORT/v1#served-name` (an OpenAI-compatible
+    /// server). Repeat for several models; they run one after another.
+    #[arg(long = "model", required = true)]
+    models: Vec<String>,
+    /// Output folder; each model's samples go to OUT/ALIAS/part-*.parquet.
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per prompt and model.
+    #[arg(long, default_value_t = 5)]
+    n: u32,
+    /// Sampling temperature; 0 decodes greedily.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// 0 = no top-k cut.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 0 = no min-p cut.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// With the prompt id, model alias and sample index, fixes each sample's random stream.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also stop at this string (repeatable); EOS and end-of-turn tokens always stop.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Which prompts: the train or eval split, or all.
+    #[arg(long, value_enum, default_value_t = SplitArg::All)]
+    split: SplitArg,
+    /// Only the prompt ids listed in this file (one per line).
+    #[arg(long)]
+    prompt_ids: Option<PathBuf>,
+    /// Only the first N prompts (after --split, --prompt-ids and --shard).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// `i/n`: this machine's part of the prompts, by a hash of prompt_id; the n parts are disjoint and cover all.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Sequences a local model decodes together (KV-cache slots).
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// CPU threads for a local model [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Rows per committed shard; a shard is also committed every minute.
+    #[arg(long, default_value_t = 1000)]
+    shard_rows: usize,
+    /// Requests in flight per remote model.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Retries of a remote request on 429, 5xx, timeouts and connection errors.
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
+    /// Seconds a remote request may take.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// For tests: abort, as a crash would, after committing this many shards.
+    #[arg(long, hide = true)]
+    abort_after_shards: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Eval,
+    All,
 }
 
 fn main() {
@@ -61,6 +157,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Generate(args) => run_generate(args),
         Command::Import {
             input,
             out,
@@ -108,4 +205,51 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    if let Some(t) = a.threads {
+        // candle sizes its thread pools from this variable when first used.
+        std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
+    }
+    let models = a.models.iter().map(|m| ModelSpec::parse(m)).collect::<Result<Vec<_>>>()?;
+    let settings = Settings {
+        n: a.n,
+        sampling: SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, min_p: a.min_p },
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+        stop: a.stop,
+    };
+    let selection = Selection {
+        split: match a.split {
+            SplitArg::Train => Some(Split::Train),
+            SplitArg::Eval => Some(Split::Eval),
+            SplitArg::All => None,
+        },
+        prompt_ids: a.prompt_ids.as_deref().map(read_prompt_ids).transpose()?,
+        shard: a.shard,
+        limit: a.limit,
+    };
+    let run = RunOptions {
+        batch_size: a.batch_size.max(1),
+        shard_rows: a.shard_rows.max(1),
+        remote: RemoteOptions { concurrency: a.concurrency.max(1), retries: a.retries, timeout_seconds: a.timeout },
+        abort_after_shards: a.abort_after_shards,
+    };
+    let all: Vec<Prompt> = read_dataset(&a.prompts)?;
+    let prompts = select_prompts(all, &selection).with_context(|| format!("selecting prompts of {}", a.prompts.display()))?;
+    if prompts.is_empty() {
+        bail!("no prompt of {} is left after --split, --prompt-ids, --shard and --limit", a.prompts.display());
+    }
+    // First Ctrl-C: finish the current step, commit, exit; a second one exits at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: committing finished samples (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    generate(&a.prompts, &prompts, &models, &settings, &selection, &run, &a.out, interrupted)
 }

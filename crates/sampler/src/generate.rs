@@ -1,0 +1,365 @@
+//! `wrpo-sample generate`: N responses per prompt from every model, written
+//! as `samples` shards under `OUT/ALIAS/`. Finished rows are committed as
+//! the run goes; the same command run again skips every (prompt_id, model,
+//! sample_index) already on disk, so a crash or Ctrl-C loses at most the
+//! rows not yet committed and never duplicates one.
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use wrpo_common::{
+    hash::uniform_draw,
+    io::{dataset_files, read_file},
+    prompts::{Prompt, Split},
+    samples::{FinishReason, Sample},
+    Provenance, ShardWriter,
+};
+use wrpo_llm::SamplingParams;
+
+use crate::{
+    local::LocalModel,
+    progress::Progress,
+    remote::{RemoteModel, RemoteOptions},
+    spec::{ModelSpec, Source},
+};
+
+pub const PRODUCER: &str = concat!("wrpo-sample ", env!("CARGO_PKG_VERSION"));
+
+/// Everything that fixes a sample's text. A resumed run must use the same.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Settings {
+    /// Samples per prompt.
+    pub n: u32,
+    pub sampling: SamplingParams,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    /// Generation also stops at these strings (cut from the response).
+    pub stop: Vec<String>,
+}
+
+/// Which prompts a run covers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Selection {
+    pub split: Option<Split>,
+    /// Only these prompt ids.
+    pub prompt_ids: Option<Vec<String>>,
+    /// (i, n): the i-th of n disjoint parts, chosen by a hash of prompt_id.
+    pub shard: Option<(usize, usize)>,
+    /// The first `limit` prompts left after the other filters, in file order.
+    pub limit: Option<usize>,
+}
+
+/// Parse `--shard i/n`.
+pub fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let err = || format!("--shard takes i/n with 0 <= i < n, e.g. 0/4; got '{text}'");
+    let (i, n) = text.split_once('/').ok_or_else(err)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| err())?, n.trim().parse().map_err(|_| err())?);
+    if i >= n {
+        return Err(err());
+    }
+    Ok((i, n))
+}
+
+/// The prompts `sel` picks, in file order. Ids asked for by --prompt-ids
+/// that the prompts file lacks are an error: a typo must not shrink a run.
+pub fn select_prompts(prompts: Vec<Prompt>, sel: &Selection) -> Result<Vec<Prompt>> {
+    let wanted: Option<HashSet<&str>> = sel.prompt_ids.as_ref().map(|ids| ids.iter().map(String::as_str).collect());
+    if let Some(wanted) = &wanted {
+        let known: HashSet<&str> = prompts.iter().map(|p| p.prompt_id.as_str()).collect();
+        let missing: Vec<&&str> = wanted.iter().filter(|id| !known.contains(**id)).collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} prompt id(s) asked for are not in the prompts file, e.g. {}",
+                missing.len(),
+                missing.iter().take(5).map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let keep = |p: &Prompt| {
+        sel.split.is_none_or(|s| p.split == s)
+            && wanted.as_ref().is_none_or(|w| w.contains(p.prompt_id.as_str()))
+            && sel.shard.is_none_or(|(i, n)| shard_of(&p.prompt_id, n) == i)
+    };
+    let mut picked: Vec<Prompt> = prompts.into_iter().filter(keep).collect();
+    if let Some(limit) = sel.limit {
+        picked.truncate(limit);
+    }
+    Ok(picked)
+}
+
+fn shard_of(prompt_id: &str, n: usize) -> usize {
+    ((uniform_draw(0, "shard", prompt_id) * n as f64) as usize).min(n - 1)
+}
+
+/// Read `--prompt-ids FILE`: one id per line; blank lines and `#` comments skipped.
+pub fn read_prompt_ids(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --prompt-ids file {}", path.display()))?;
+    let ids: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+    if ids.is_empty() {
+        bail!("{} lists no prompt id (one per line expected)", path.display());
+    }
+    Ok(ids)
+}
+
+/// How one sample ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Finish {
+    Stop,
+    Length,
+    Skipped(String),
+}
+
+/// What an engine produced for one (prompt, sample_index).
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub prompt_text: String,
+    pub response: String,
+    pub prompt_tokens: u32,
+    pub response_tokens: u32,
+    pub finish: Finish,
+    pub seconds: f64,
+}
+
+/// The samples still to make for one prompt.
+pub struct Job<'a> {
+    pub prompt: &'a Prompt,
+    pub sample_indices: Vec<u32>,
+}
+
+/// Where engines hand finished samples.
+pub trait Sink {
+    fn push(&mut self, prompt_id: &str, sample_index: u32, outcome: Outcome) -> Result<()>;
+    /// Ctrl-C was pressed: stop taking new work.
+    fn interrupted(&self) -> bool;
+}
+
+/// Options of the generation run that do not change the text.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOptions {
+    /// Sequences decoded together by a local model.
+    pub batch_size: usize,
+    /// Rows per committed shard (a shard is also committed every minute).
+    pub shard_rows: usize,
+    pub remote: RemoteOptions,
+    /// Tests: abort the process, as a crash would, after this many shards.
+    #[serde(skip)]
+    pub abort_after_shards: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct ModelConfig<'a> {
+    model: &'a ModelSpec,
+    settings: &'a Settings,
+    selection: &'a Selection,
+    run: &'a RunOptions,
+}
+
+/// Generate every missing sample for `prompts` with each model in turn.
+pub fn generate(
+    prompts_path: &Path,
+    prompts: &[Prompt],
+    models: &[ModelSpec],
+    settings: &Settings,
+    selection: &Selection,
+    run: &RunOptions,
+    out: &Path,
+    interrupted: Arc<AtomicBool>,
+) -> Result<()> {
+    settings.sampling.check().map_err(|e| anyhow!(e))?;
+    if settings.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    // Check every model before writing anything.
+    let mut remotes = Vec::new();
+    for spec in models {
+        match &spec.source {
+            Source::Local { path } if !path.exists() => bail!("model '{}': {} does not exist", spec.alias, path.display()),
+            Source::Local { .. } => remotes.push(None),
+            Source::Openai { base_url, served_name } => remotes.push(Some(
+                RemoteModel::connect(base_url, served_name, &run.remote).with_context(|| format!("model '{}'", spec.alias))?,
+            )),
+        }
+    }
+    let aliases: HashSet<&str> = models.iter().map(|m| m.alias.as_str()).collect();
+    if aliases.len() != models.len() {
+        bail!("two --model options have the same alias; write alias=PATH to tell them apart");
+    }
+
+    let plans: Vec<(Vec<Job>, usize)> =
+        models.iter().map(|spec| plan(prompts, &out.join(&spec.alias), spec, settings)).collect::<Result<_>>()?;
+    let total: usize = plans.iter().map(|(jobs, _)| jobs.iter().map(|j| j.sample_indices.len()).sum::<usize>()).sum();
+    let mut progress = Progress::new(total as u64);
+    for ((spec, remote), (jobs, already)) in models.iter().zip(remotes).zip(plans) {
+        let dir = out.join(&spec.alias);
+        let todo: usize = jobs.iter().map(|j| j.sample_indices.len()).sum();
+        progress.log(&format!("{}: {todo} samples to make, {already} already in {}", spec.alias, dir.display()));
+        if todo == 0 {
+            continue;
+        }
+        let config = ModelConfig { model: spec, settings, selection, run };
+        let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?;
+        if let Source::Local { path } = &spec.source {
+            prov = prov.with_input(path)?;
+        }
+        let mut sink = ShardSink {
+            alias: &spec.alias,
+            settings,
+            writer: ShardWriter::new(&dir, prov, run.shard_rows)?,
+            last_commit: Instant::now(),
+            shards: 0,
+            made: (0, 0),
+            abort_after_shards: run.abort_after_shards,
+            interrupted: interrupted.clone(),
+            progress: &mut progress,
+        };
+        sink.progress.set_model(&spec.alias);
+        let local = match &spec.source {
+            Source::Local { path } => Some(LocalModel::load(path).with_context(|| format!("model '{}'", spec.alias))?),
+            Source::Openai { .. } => None,
+        };
+        let started = Instant::now();
+        let result = match (&local, remote) {
+            (Some(model), _) => {
+                sink.progress.log(&format!("{}: {}", spec.alias, model.describe()));
+                model.generate(&jobs, settings, run.batch_size, &spec.alias, &mut sink)
+            }
+            (None, Some(remote)) => remote.generate(&jobs, settings, &spec.alias, &mut sink),
+            (None, None) => unreachable!("remote models are connected above"),
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let (samples, tokens) = sink.made;
+        sink.progress.log(&format!(
+            "{}: made {samples} samples, {tokens} new tokens in {secs:.1} s of generation ({:.1} tokens/s)",
+            spec.alias,
+            tokens as f64 / secs.max(1e-9)
+        ));
+        // Keep what was finished, whatever happened.
+        let committed = sink.writer.finish();
+        result.with_context(|| format!("model '{}': generation failed; finished samples are kept, rerun to continue", spec.alias))?;
+        committed?;
+        if interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted; the finished samples are committed: run the same command again to continue");
+        }
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// The jobs still to do for `spec`: every (prompt, sample_index) not yet in
+/// `dir`, and how many are. Existing shards must come from the same settings.
+fn plan<'a>(prompts: &'a [Prompt], dir: &Path, spec: &ModelSpec, settings: &Settings) -> Result<(Vec<Job<'a>>, usize)> {
+    let done = existing_samples(dir, spec, settings)?;
+    let jobs = prompts
+        .iter()
+        .map(|p| Job {
+            prompt: p,
+            sample_indices: (0..settings.n).filter(|&i| !done.contains(&(p.prompt_id.clone(), i))).collect(),
+        })
+        .filter(|j| !j.sample_indices.is_empty())
+        .collect();
+    Ok((jobs, done.len()))
+}
+
+/// (prompt_id, sample_index) of the samples already committed in `dir`.
+fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings) -> Result<HashSet<(String, u32)>> {
+    let mut done = HashSet::new();
+    if !dir.exists() || dataset_files(dir).is_err() {
+        return Ok(done);
+    }
+    let want_model = serde_json::to_value(spec)?;
+    let want_settings = serde_json::to_value(settings)?;
+    for path in dataset_files(dir)? {
+        let file = read_file::<Sample>(&path)?;
+        let config = &file.provenance.config;
+        if config["model"] != want_model || config["settings"] != want_settings {
+            bail!(
+                "{} was made with other settings or another model ({} {}), not ({} {}); \
+                 give this run another --out, or delete that folder to start over",
+                path.display(),
+                config["model"],
+                config["settings"],
+                want_model,
+                want_settings
+            );
+        }
+        for row in file.rows {
+            if !done.insert((row.prompt_id.clone(), row.sample_index)) {
+                bail!("{}: sample ({}, {}) is already in another shard of {}", path.display(), row.prompt_id, row.sample_index, dir.display());
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Turns outcomes into `samples` rows and commits them in shards.
+struct ShardSink<'a> {
+    alias: &'a str,
+    settings: &'a Settings,
+    writer: ShardWriter<Sample>,
+    last_commit: Instant,
+    shards: usize,
+    /// Samples and new tokens made by this run.
+    made: (usize, u64),
+    abort_after_shards: Option<usize>,
+    interrupted: Arc<AtomicBool>,
+    progress: &'a mut Progress,
+}
+
+/// A shard is committed at least this often, so a crash loses little work.
+const COMMIT_EVERY: Duration = Duration::from_secs(60);
+
+impl Sink for ShardSink<'_> {
+    fn push(&mut self, prompt_id: &str, sample_index: u32, o: Outcome) -> Result<()> {
+        self.progress.add(1, o.response_tokens as u64);
+        self.made = (self.made.0 + 1, self.made.1 + o.response_tokens as u64);
+        let (finish_reason, skip_reason) = match o.finish {
+            Finish::Stop => (FinishReason::Stop, None),
+            Finish::Length => (FinishReason::Length, None),
+            Finish::Skipped(why) => (FinishReason::Skipped, Some(why)),
+        };
+        let s = self.settings;
+        let pending = self.writer.pending() + 1;
+        self.writer.push(Sample {
+            prompt_id: prompt_id.to_string(),
+            model: self.alias.to_string(),
+            sample_index,
+            prompt_text: o.prompt_text,
+            response: o.response,
+            prompt_tokens: o.prompt_tokens,
+            response_tokens: o.response_tokens,
+            finish_reason,
+            skip_reason,
+            temperature: s.sampling.temperature,
+            top_p: s.sampling.top_p,
+            top_k: s.sampling.top_k as u32,
+            seed: s.seed,
+            generation_seconds: o.seconds,
+        })?;
+        let committed = self.writer.pending() < pending;
+        if !committed && self.last_commit.elapsed() >= COMMIT_EVERY {
+            self.writer.flush()?;
+        }
+        if self.writer.pending() == 0 {
+            self.last_commit = Instant::now();
+            self.shards += 1;
+            if self.abort_after_shards.is_some_and(|k| self.shards >= k) {
+                std::process::abort();
+            }
+        }
+        Ok(())
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,96 @@
+//! `--model` specifications: `[alias=]PATH` for a local HF folder or GGUF
+//! file, `alias=openai:URL#served-name` for an OpenAI-compatible server.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Source {
+    Local { path: PathBuf },
+    /// `base_url` ends in `/v1` (or wherever `/chat/completions` hangs).
+    Openai { base_url: String, served_name: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelSpec {
+    /// The `model` column's value and the output folder's name.
+    pub alias: String,
+    pub source: Source,
+}
+
+impl ModelSpec {
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (alias, rest) = match spec.split_once('=') {
+            Some((a, r)) if !a.contains(['/', ':']) => (Some(a.to_string()), r),
+            _ => (None, spec),
+        };
+        if let Some(url) = rest.strip_prefix("openai:") {
+            let Some((base_url, served_name)) = url.rsplit_once('#') else {
+                bail!("model '{spec}': a remote model is written alias=openai:http://HOST:PORT/v1#served-name (the '#served-name' is missing)");
+            };
+            if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
+                bail!("model '{spec}': '{base_url}' is not an http:// or https:// URL");
+            }
+            let Some(alias) = alias else {
+                bail!("model '{spec}': a remote model needs an alias, as in name=openai:{url}");
+            };
+            check_alias(&alias, spec)?;
+            let source = Source::Openai { base_url: base_url.trim_end_matches('/').to_string(), served_name: served_name.to_string() };
+            return Ok(ModelSpec { alias, source });
+        }
+        let path = PathBuf::from(rest);
+        let alias = match alias {
+            Some(a) => a,
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("model '{spec}': cannot name it after its path; write alias=PATH"))?,
+        };
+        check_alias(&alias, spec)?;
+        Ok(ModelSpec { alias, source: Source::Local { path } })
+    }
+}
+
+/// Aliases name output folders: keep them to characters every file system takes.
+fn check_alias(alias: &str, spec: &str) -> Result<()> {
+    let ok = !alias.is_empty() && !alias.starts_with('.') && alias.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        bail!("model '{spec}': alias '{alias}' may only hold letters, digits, '-', '_' and '.', and may not start with '.'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_local_and_remote_specs() {
+        let s = ModelSpec::parse("models/smollm2-135m.gguf").unwrap();
+        assert_eq!(s.alias, "smollm2-135m");
+        assert_eq!(s.source, Source::Local { path: "models/smollm2-135m.gguf".into() });
+        let s = ModelSpec::parse("qwen=/data/Qwen2.5-7B").unwrap();
+        assert_eq!(s.alias, "qwen");
+        let s = ModelSpec::parse("big=openai:http://10.0.0.2:8000/v1/#meta-llama/Llama-3.1-70B").unwrap();
+        assert_eq!(
+            s.source,
+            Source::Openai { base_url: "http://10.0.0.2:8000/v1".into(), served_name: "meta-llama/Llama-3.1-70B".into() }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_the_reason() {
+        let e = ModelSpec::parse("big=openai:http://host:8000/v1").unwrap_err().to_string();
+        assert!(e.contains("#served-name"), "{e}");
+        let e = ModelSpec::parse("openai:http://host:8000/v1#m").unwrap_err().to_string();
+        assert!(e.contains("needs an alias"), "{e}");
+        let e = ModelSpec::parse("a b=models/x.gguf").unwrap_err().to_string();
+        assert!(e.contains("alias 'a b'"), "{e}");
+        let e = ModelSpec::parse("x=openai:ftp://host/v1#m").unwrap_err().to_string();
+        assert!(e.contains("not an http"), "{e}");
+    }
+}
