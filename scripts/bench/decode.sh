@@ -10,7 +10,7 @@ MODEL=${MODEL:-models/smollm2-135m-instruct-q4_1.gguf}
 TOKENS=${TOKENS:-128}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2
-cargo build --release -q -p wrpo-llm --example bench_decode
+cargo build --release -q --workspace --bins --examples
 out=$(mktemp)
 "$PYTHON" scripts/bench/decode_llama_cpp.py "$MODEL" "$TOKENS" | tee -a "$out"
 target/release/examples/bench_decode "$MODEL" --tokens "$TOKENS" --batches 1,8 | tee -a "$out"
