@@ -182,10 +182,10 @@ impl Gguf {
 }
 
 impl Gguf {
-    /// Weights for fast inference: the 2-D projections stay quantized
-    /// (candle's quantized matmul); types that candle has no SIMD kernel for
-    /// (Q4_1, Q5_0, Q5_1) are re-quantized to Q8_0, which holds them almost
-    /// exactly. Norms and the embedding table are dequantized.
+    /// Weights for fast inference: the 2-D projections stay quantized (Q8_0
+    /// and Q4_1 in our kernel, k-quants in candle's); Q5_0 and Q5_1, which
+    /// neither has a fast kernel for, are re-quantized to Q8_0, which holds
+    /// them almost exactly. Norms and the embedding table are dequantized.
     pub fn quantized_weights(&self, device: &Device) -> Result<Weights> {
         let arch = self.architecture()?.to_string();
         let config = self.hf_config()?;
@@ -211,7 +211,7 @@ impl Gguf {
             } else if arch == "llama" && name.ends_with("attn_k.weight") {
                 q = unpermute_quantized_rows(&q, kv_heads, device)?;
             }
-            if matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) {
+            if matches!(q.dtype(), GgmlDType::Q5_0 | GgmlDType::Q5_1) {
                 q = QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?;
             }
             quantized.insert(hf, q);

@@ -5,8 +5,10 @@
 pub mod chat;
 pub mod config;
 pub mod gguf;
+pub mod kv;
 pub mod model;
-pub mod q8;
+pub mod pool;
+pub mod qmatmul;
 pub mod rope;
 pub mod sampling;
 pub mod save;
@@ -15,7 +17,8 @@ pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Config, Family};
-pub use model::{KvCache, Model};
+pub use kv::KvCache;
+pub use model::Model;
 pub use sampling::{Rng, SamplingParams};
 pub use save::save_hf_checkpoint;
 pub use tokenizer::Tokenizer;

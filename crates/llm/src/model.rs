@@ -11,9 +11,25 @@ use candle_nn::ops::{log_softmax, softmax};
 
 use crate::{
     config::{Activation, Config},
+    kv::{Attend, KvCache},
     rope::{RopeTables, RotaryEmbedding},
     weights::{LinearWeight, Weights},
 };
+
+/// How a layer sees the positions of its input.
+enum Positions<'a> {
+    /// The differentiable path: rope tables and an additive mask (B, 1, T, S).
+    Full { rope: (&'a RotaryEmbedding, &'a RopeTables), mask: &'a Tensor },
+    /// Inference: keys and values go to the cache, which attends.
+    Cached { cache: &'a mut KvCache, layer: usize, first: usize, window: Option<usize>, rope: &'a CosSin },
+}
+
+/// Rotary cos and sin for each (row, new position) of a cached step.
+struct CosSin {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    rot_dim: usize,
+}
 
 struct Linear {
     weight: LinearWeight,
@@ -34,7 +50,7 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
-            LinearWeight::Q8(q) => q.forward(&x2)?,
+            LinearWeight::Ours(q) => q.forward(&x2)?,
             LinearWeight::Quantized(q) => q.forward(&x2)?,
         };
         let mut shape = x.dims().to_vec();
@@ -78,7 +94,7 @@ impl RmsNorm {
 
 enum QkvProj {
     Split { q: Linear, k: Linear, v: Linear },
-    /// Phi-3: one projection, rows q then k then v.
+    /// One projection, rows q then k then v: Phi-3's, or quantized ones fused at load.
     Fused(Linear),
 }
 
@@ -97,7 +113,7 @@ struct Attention {
 impl Attention {
     fn new(w: &Weights, p: &str, cfg: &Config) -> Result<Self> {
         let (h, nq, nkv) = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-        let qkv = if cfg.family == crate::Family::Phi3 {
+        let qkv = if cfg.family == crate::Family::Phi3 || w.is_quantized(&format!("{p}.qkv_proj.weight")) {
             QkvProj::Fused(Linear::new(w, &format!("{p}.qkv_proj"), nq + 2 * nkv, h, cfg.qkv_bias)?)
         } else {
             QkvProj::Split {
@@ -122,11 +138,10 @@ impl Attention {
         })
     }
 
-    /// x (B, T, hidden); mask (B, 1, T, S) additive, S = T without a cache,
-    /// else the cached length after this step. With a cache (inference) the
-    /// fused kernels run; without one, only differentiable ops.
-    fn forward(&self, x: &Tensor, rope: (&RotaryEmbedding, &RopeTables), mask: &Tensor, kv: Option<LayerKv>) -> candle_core::Result<Tensor> {
-        let fused = kv.is_some();
+    /// x (B, T, hidden). With a cache (inference) the fused kernels run;
+    /// without one, only differentiable ops.
+    fn forward(&self, x: &Tensor, ctx: Positions) -> candle_core::Result<Tensor> {
+        let fused = matches!(ctx, Positions::Cached { .. });
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let (q, k, v) = match &self.qkv {
@@ -136,39 +151,52 @@ impl Attention {
                 (y.narrow(2, 0, nh * hd)?, y.narrow(2, nh * hd, nkv * hd)?, y.narrow(2, (nh + nkv) * hd, nkv * hd)?)
             }
         };
-        let heads = |x: Tensor, n: usize| x.reshape((b, t, n, hd))?.transpose(1, 2);
-        let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?.contiguous()?);
+        let (mut q, mut k, v) = (q.reshape((b, t, nh, hd))?, k.reshape((b, t, nkv, hd))?, v.reshape((b, t, nkv, hd))?);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q, fused)?;
             k = kn.forward(&k, fused)?;
         }
-        let q = rope.0.apply(&q, rope.1)?;
-        let k = rope.0.apply(&k, rope.1)?.contiguous()?;
-        let (k, v) = match kv {
-            None => (k, v),
-            Some(kv) => kv.append(&k, &v)?,
+        let out = match ctx {
+            Positions::Cached { cache, layer, first, window, rope } => {
+                let attend = Attend {
+                    layer,
+                    first,
+                    heads: nh,
+                    scale: self.scale as f32,
+                    softcap: self.softcap.map(|c| c as f32),
+                    window,
+                    cos: &rope.cos,
+                    sin: &rope.sin,
+                    rot_dim: rope.rot_dim,
+                };
+                let values = |x: &Tensor| x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+                let out = cache.attend(&attend, b, t, &values(&q)?, &values(&k)?, &values(&v)?);
+                Tensor::from_vec(out, (b, t, nh * hd), x.device())?.to_dtype(x.dtype())?
+            }
+            Positions::Full { rope, mask } => {
+                let q = rope.0.apply(&q.transpose(1, 2)?, rope.1)?;
+                let k = rope.0.apply(&k.transpose(1, 2)?, rope.1)?.contiguous()?;
+                let v = v.transpose(1, 2)?.contiguous()?;
+                // Grouped-query attention without copying k/v: query head h uses kv
+                // head h / groups, so view q as (B, kv_heads, groups * T, hd).
+                let groups = nh / nkv;
+                let q = q.contiguous()?.reshape((b, nkv, groups * t, hd))?;
+                let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+                if let Some(cap) = self.softcap {
+                    scores = ((scores / cap)?.tanh()? * cap)?;
+                }
+                let scores = scores.reshape((b, nh, t, t))?.broadcast_add(mask)?;
+                let probs = softmax(&scores, D::Minus1)?.reshape((b, nkv, groups * t, t))?;
+                probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?
+            }
         };
-        let s = k.dim(2)?;
-
-        // Grouped-query attention without copying k/v: query head h uses kv
-        // head h / groups, so view q as (B, kv_heads, groups * T, hd).
-        let groups = nh / nkv;
-        let q = q.contiguous()?.reshape((b, nkv, groups * t, hd))?;
-        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
-        if let Some(cap) = self.softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
-        }
-        let scores = scores.reshape((b, nh, t, s))?.broadcast_add(mask)?;
-        let probs = if fused { candle_nn::ops::softmax_last_dim(&scores)? } else { softmax(&scores, D::Minus1)? };
-        let probs = probs.reshape((b, nkv, groups * t, s))?;
-        let out = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.o.forward(&out)
     }
 }
 
 enum GateUpProj {
     Split { gate: Linear, up: Linear },
-    /// Phi-3: one projection, gate rows then up rows.
+    /// One projection, gate rows then up rows: Phi-3's, or quantized ones fused at load.
     Fused(Linear),
 }
 
@@ -181,7 +209,7 @@ struct Mlp {
 impl Mlp {
     fn new(w: &Weights, p: &str, cfg: &Config) -> Result<Self> {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        let gate_up = if cfg.family == crate::Family::Phi3 {
+        let gate_up = if cfg.family == crate::Family::Phi3 || w.is_quantized(&format!("{p}.gate_up_proj.weight")) {
             GateUpProj::Fused(Linear::new(w, &format!("{p}.gate_up_proj"), 2 * i, h, bias)?)
         } else {
             GateUpProj::Split {
@@ -238,9 +266,9 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: (&RotaryEmbedding, &RopeTables), mask: &Tensor, kv: Option<LayerKv>) -> candle_core::Result<Tensor> {
-        let fused = kv.is_some();
-        let mut h = self.attn.forward(&self.input_norm.forward(x, fused)?, rope, mask, kv)?;
+    fn forward(&self, x: &Tensor, ctx: Positions) -> candle_core::Result<Tensor> {
+        let fused = matches!(ctx, Positions::Cached { .. });
+        let mut h = self.attn.forward(&self.input_norm.forward(x, fused)?, ctx)?;
         if let Some(n) = &self.attn_out_norm {
             h = n.forward(&h, fused)?;
         }
@@ -294,9 +322,15 @@ impl Model {
         Self::new(gguf.hf_config()?, weights, DType::F32, device).with_context(|| format!("cannot build the model in {}", path.display()))
     }
 
-    pub fn new(hf_config: serde_json::Value, weights: Weights, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(hf_config: serde_json::Value, mut weights: Weights, dtype: DType, device: &Device) -> Result<Self> {
         let config = Config::from_hf_json(&hf_config)?;
         let cfg = &config;
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let parts = |names: &[&str]| names.iter().map(|n| format!("{p}.{n}")).collect::<Vec<_>>();
+            weights.fuse_quantized(&parts(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]), &format!("{p}.self_attn.qkv_proj"))?;
+            weights.fuse_quantized(&parts(&["mlp.gate_proj", "mlp.up_proj"]), &format!("{p}.mlp.gate_up_proj"))?;
+        }
         let embed = weights.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
         let head = if cfg.tie_word_embeddings { "model.embed_tokens" } else { "lm_head" };
         let lm_head = Linear::new(&weights, head, cfg.vocab_size, cfg.hidden_size, false)?;
@@ -330,64 +364,67 @@ impl Model {
 
     /// The decoder over `ids` (B, T), whose row r starts at position
     /// `offsets[r]`. With a cache, row r's keys and values are appended to
-    /// `cache` row `first_row + r`, whose first `offsets[r]` positions are
+    /// `cache` slot `first + r`, whose first `offsets[r]` positions are
     /// already filled; without one, `keep` marks the real tokens.
-    fn run(&self, ids: &Tensor, offsets: &[usize], keep: Option<&[Vec<u32>]>, cache: Option<(&KvCache, usize)>) -> Result<Tensor> {
+    fn run(&self, ids: &Tensor, offsets: &[usize], keep: Option<&[Vec<u32>]>, mut cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let positions: Vec<u32> = offsets.iter().flat_map(|&o| (o..o + t).map(|p| p as u32)).collect();
-        let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
+        let positions: Vec<usize> = offsets.iter().flat_map(|&o| o..o + t).collect();
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?;
         if self.config.family.is_gemma() {
             // Gemma scales embeddings by sqrt(hidden_size), rounded to the compute dtype.
             let normalizer = Tensor::new((self.config.hidden_size as f32).sqrt(), &self.device)?.to_dtype(self.dtype)?;
             x = x.broadcast_mul(&normalizer)?;
         }
-        let keys = match cache {
-            Some(_) => offsets.iter().max().copied().unwrap_or(0) + t,
-            None => t,
-        };
-        let full_mask = self.mask(offsets, t, keys, keep, None)?;
-        let sliding_mask = match self.config.sliding_window {
-            Some(w) if self.config.sliding_layers.iter().any(|&s| s) => Some(self.mask(offsets, t, keys, keep, Some(w))?),
-            _ => None,
-        };
         let fused = cache.is_some();
-        let tables_g = self.rope_global.tables(&positions, self.dtype, fused)?;
-        let tables_l = self.rope_local.tables(&positions, self.dtype, fused)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let kv = cache.map(|(c, first)| LayerKv {
-                k: c.k[i].narrow(0, first, b).expect("cache rows checked by the caller"),
-                v: c.v[i].narrow(0, first, b).expect("cache rows checked by the caller"),
-                offsets,
-            });
-            x = match (&sliding_mask, layer.sliding) {
-                (Some(m), true) => layer.forward(&x, (&self.rope_local, &tables_l), m, kv)?,
-                _ => layer.forward(&x, (&self.rope_global, &tables_g), &full_mask, kv)?,
+        if let Some((cache, first)) = cache.as_mut() {
+            let cos_sin = |rope: &RotaryEmbedding| {
+                let (cos, sin) = rope.cos_sin(&positions);
+                CosSin { cos, sin, rot_dim: rope.rot_dim }
             };
+            let (global, local) = (cos_sin(&self.rope_global), cos_sin(&self.rope_local));
+            for (i, layer) in self.layers.iter().enumerate() {
+                let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
+                x = layer.forward(&x, Positions::Cached { cache: &mut **cache, layer: i, first: *first, window, rope })?;
+            }
+        } else {
+            let positions = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), (b, t), &self.device)?;
+            let full_mask = self.mask(t, keep, None)?;
+            let sliding_mask = match self.config.sliding_window {
+                Some(w) if self.config.sliding_layers.iter().any(|&s| s) => Some(self.mask(t, keep, Some(w))?),
+                _ => None,
+            };
+            let tables_g = self.rope_global.tables(&positions, self.dtype)?;
+            let tables_l = self.rope_local.tables(&positions, self.dtype)?;
+            for layer in &self.layers {
+                let ctx = match (&sliding_mask, layer.sliding) {
+                    (Some(m), true) => Positions::Full { rope: (&self.rope_local, &tables_l), mask: m },
+                    _ => Positions::Full { rope: (&self.rope_global, &tables_g), mask: &full_mask },
+                };
+                x = layer.forward(&x, ctx)?;
+            }
         }
         Ok(self.norm.forward(&x, fused)?)
     }
 
-    /// Additive attention mask (B, 1, T, S): query i of row r, at position
-    /// p = offsets[r] + i, sees key position j when j <= p, the key is a real
-    /// token (`keep`, if given) and, for sliding layers, p - j < window. Every
-    /// query sees itself, so rows of padding stay finite.
-    fn mask(&self, offsets: &[usize], t: usize, keys: usize, keep: Option<&[Vec<u32>]>, window: Option<usize>) -> Result<Tensor> {
-        let b = offsets.len();
-        let mut m = vec![0f32; b * t * keys];
-        for (r, &offset) in offsets.iter().enumerate() {
+    /// Additive attention mask (B, 1, T, T): query i of row r sees key j
+    /// when j <= i, the key is a real token (`keep`, if given) and, for
+    /// sliding layers, i - j < window. Every query sees itself, so rows of
+    /// padding stay finite.
+    fn mask(&self, t: usize, keep: Option<&[Vec<u32>]>, window: Option<usize>) -> Result<Tensor> {
+        let b = keep.map_or(1, |k| k.len());
+        let mut m = vec![0f32; b * t * t];
+        for r in 0..b {
             for i in 0..t {
-                let p = offset + i;
-                for j in 0..keys {
+                for j in 0..t {
                     let real = keep.is_none_or(|k| k[r][j] != 0);
-                    let visible = j == p || (j < p && real && window.is_none_or(|w| p - j < w));
+                    let visible = j == i || (j < i && real && window.is_none_or(|w| i - j < w));
                     if !visible {
-                        m[(r * t + i) * keys + j] = f32::MIN;
+                        m[(r * t + i) * t + j] = f32::MIN;
                     }
                 }
             }
         }
-        Ok(Tensor::from_vec(m, (b, 1, t, keys), &self.device)?.to_dtype(self.dtype)?)
+        Ok(Tensor::from_vec(m, (b, 1, t, t), &self.device)?.to_dtype(self.dtype)?)
     }
 
     /// Append `tokens` to cache slot `slot` (a prompt's prefill, or more of a
@@ -412,11 +449,9 @@ impl Model {
 
     fn extend(&self, cache: &mut KvCache, first: usize, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let offsets = cache.lens[first..first + b].to_vec();
-        let hidden = self.run(ids, &offsets, None, Some((cache, first)))?;
-        for len in &mut cache.lens[first..first + b] {
-            *len += t;
-        }
+        let offsets = cache.lens(first..first + b).to_vec();
+        let hidden = self.run(ids, &offsets, None, Some((&mut *cache, first)))?;
+        cache.advance(first..first + b, t);
         Ok(self.logits_of(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)?)
     }
 
@@ -465,104 +500,5 @@ impl Model {
         }
         let sum = Tensor::from_vec(sum, (b, m), &self.device)?.to_dtype(self.dtype)?;
         Ok(sum.matmul(&token_logp)?.squeeze(1)?)
-    }
-}
-
-/// One layer's view of the cache rows that a step extends.
-struct LayerKv<'a> {
-    /// (B, kv_heads, capacity, head_dim) views of the cache.
-    k: Tensor,
-    v: Tensor,
-    offsets: &'a [usize],
-}
-
-impl LayerKv<'_> {
-    /// Write the step's keys and values (B, kv_heads, T, head_dim) at each
-    /// row's offset, in place, and return every cached key and value up to
-    /// the longest row (shorter rows' tails are masked).
-    fn append(&self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let t = k.dim(2)?;
-        for (r, &offset) in self.offsets.iter().enumerate() {
-            self.k.narrow(0, r, 1)?.slice_set(&k.narrow(0, r, 1)?.contiguous()?, 2, offset)?;
-            self.v.narrow(0, r, 1)?.slice_set(&v.narrow(0, r, 1)?.contiguous()?, 2, offset)?;
-        }
-        let keys = self.offsets.iter().max().copied().unwrap_or(0) + t;
-        Ok((self.k.narrow(2, 0, keys)?, self.v.narrow(2, 0, keys)?))
-    }
-}
-
-/// Preallocated keys and values for inference: `slots` sequences of up to
-/// `capacity` positions each, every slot with its own length, so sequences
-/// of different lengths decode in one batch.
-pub struct KvCache {
-    /// Per layer, (slots, kv_heads, capacity, head_dim).
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
-    lens: Vec<usize>,
-    capacity: usize,
-}
-
-impl KvCache {
-    pub fn new(model: &Model, slots: usize, capacity: usize) -> Result<Self> {
-        let c = &model.config;
-        let shape = (slots, c.num_kv_heads, capacity, c.head_dim);
-        let zeros = || Tensor::zeros(shape, model.dtype, &model.device);
-        Ok(KvCache {
-            k: (0..c.num_layers).map(|_| zeros()).collect::<candle_core::Result<_>>()?,
-            v: (0..c.num_layers).map(|_| zeros()).collect::<candle_core::Result<_>>()?,
-            lens: vec![0; slots],
-            capacity,
-        })
-    }
-
-    pub fn slots(&self) -> usize {
-        self.lens.len()
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Positions filled in `slot`.
-    pub fn len(&self, slot: usize) -> usize {
-        self.lens[slot]
-    }
-
-    /// Forget `slot`'s sequence.
-    pub fn clear(&mut self, slot: usize) {
-        self.lens[slot] = 0;
-    }
-
-    /// Make `dst` a copy of `src`'s sequence: N samples share one prefill.
-    pub fn copy_slot(&mut self, src: usize, dst: usize) -> Result<()> {
-        let len = self.lens[src];
-        if src != dst && len > 0 {
-            for buf in self.k.iter().chain(&self.v) {
-                let prefix = buf.narrow(0, src, 1)?.narrow(2, 0, len)?;
-                // slice_set needs a contiguous source in other storage.
-                let prefix = if prefix.is_contiguous() { prefix.copy()? } else { prefix.contiguous()? };
-                buf.narrow(0, dst, 1)?.slice_set(&prefix, 2, 0)?;
-            }
-        }
-        self.lens[dst] = len;
-        Ok(())
-    }
-
-    /// Keep only the first `len` positions of `slot`: a copy of a slot that
-    /// sampled further becomes the bare prompt again.
-    pub fn truncate(&mut self, slot: usize, len: usize) {
-        self.lens[slot] = self.lens[slot].min(len);
-    }
-
-    fn reserve(&self, slots: std::ops::Range<usize>, more: usize) -> Result<()> {
-        if slots.end > self.slots() {
-            bail!("the cache has {} slots, slot {} was asked for", self.slots(), slots.end - 1);
-        }
-        for s in slots {
-            if self.lens[s] + more > self.capacity {
-                bail!("slot {s} would hold {} positions, more than the cache capacity {}", self.lens[s] + more, self.capacity);
-            }
-        }
-        Ok(())
     }
 }

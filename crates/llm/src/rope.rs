@@ -8,7 +8,9 @@ use crate::config::{Rope, RopeScaling};
 pub struct RotaryEmbedding {
     /// (1, 1, rot_dim / 2) inverse frequencies.
     inv_freq: Tensor,
-    rot_dim: usize,
+    inv_freq_values: Vec<f32>,
+    /// The leading dimensions of a head that rotate; the rest pass through.
+    pub rot_dim: usize,
 }
 
 impl RotaryEmbedding {
@@ -20,36 +22,35 @@ impl RotaryEmbedding {
                 scale_frequency(f, &rope.scaling) as f32
             })
             .collect();
+        let inv_freq_values = inv_freq.clone();
         let inv_freq = Tensor::from_vec(inv_freq, (1, 1, rot_dim / 2), device)?;
-        Ok(RotaryEmbedding { inv_freq, rot_dim })
+        Ok(RotaryEmbedding { inv_freq, inv_freq_values, rot_dim })
     }
 
-    /// cos and sin of `positions` (B, T) in `dtype`: for the differentiable
-    /// rotation, or (`fused`) for candle's rope kernel, which has no backward
-    /// pass and so serves inference only.
-    pub fn tables(&self, positions: &Tensor, dtype: DType, fused: bool) -> Result<RopeTables> {
+    /// cos and sin of each of `positions` at every frequency, rot_dim / 2
+    /// per position, computed in f32 as `tables` does: for the KV-cache path.
+    pub fn cos_sin(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let angles: Vec<f32> = positions.iter().flat_map(|&p| self.inv_freq_values.iter().map(move |f| p as f32 * f)).collect();
+        (angles.iter().map(|a| a.cos()).collect(), angles.iter().map(|a| a.sin()).collect())
+    }
+
+    /// cos and sin of `positions` (B, T) in `dtype`, (B, 1, T, rot_dim) with
+    /// the halves repeated: rotate_half written out in differentiable ops.
+    pub fn tables(&self, positions: &Tensor, dtype: DType) -> Result<RopeTables> {
         let freqs = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?.broadcast_mul(&self.inv_freq)?; // (B, T, rot/2)
-        if fused {
-            return Ok(RopeTables::Fused { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? });
-        }
         let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
-        Ok(RopeTables::Full { cos: emb.cos()?.to_dtype(dtype)?, sin: emb.sin()?.to_dtype(dtype)? })
+        Ok(RopeTables { cos: emb.cos()?.to_dtype(dtype)?, sin: emb.sin()?.to_dtype(dtype)? })
     }
 
     /// Rotate x (B, H, T, head_dim).
     pub fn apply(&self, x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
         let head_dim = x.dim(D::Minus1)?;
         let x_rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
-        let out = match tables {
-            RopeTables::Fused { cos, sin } => candle_nn::rotary_emb::rope(&x_rot.contiguous()?, cos, sin)?,
-            RopeTables::Full { cos, sin } => {
-                let half = self.rot_dim / 2;
-                let x1 = x_rot.narrow(D::Minus1, 0, half)?;
-                let x2 = x_rot.narrow(D::Minus1, half, half)?;
-                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-                (x_rot.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?
-            }
-        };
+        let half = self.rot_dim / 2;
+        let x1 = x_rot.narrow(D::Minus1, 0, half)?;
+        let x2 = x_rot.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        let out = (x_rot.broadcast_mul(&tables.cos)? + rotated.broadcast_mul(&tables.sin)?)?;
         if self.rot_dim == head_dim {
             Ok(out)
         } else {
@@ -58,11 +59,10 @@ impl RotaryEmbedding {
     }
 }
 
-pub enum RopeTables {
-    /// (B, 1, T, rot_dim), halves repeated: rotate_half written out.
-    Full { cos: Tensor, sin: Tensor },
-    /// (B, T, rot_dim / 2) for candle's fused kernel.
-    Fused { cos: Tensor, sin: Tensor },
+/// (B, 1, T, rot_dim), halves repeated.
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// Frequency scaling as transformers' rope init functions compute it.

@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::q8::Q8Matrix;
+use crate::qmatmul::QMatrix;
 use candle_core::{
     quantized::{QMatMul, QTensor},
     safetensors::MmapedSafetensors,
@@ -68,19 +68,56 @@ impl Weights {
         Ok(var.as_tensor().clone())
     }
 
-    /// Keep these projections quantized; Q8_0 ones go to our batched kernel.
+    /// Keep these projections quantized; Q8_0 and Q4_1 ones go to our batched kernel.
     pub fn set_quantized(&mut self, quantized: HashMap<String, QTensor>) -> Result<()> {
         self.quantized = quantized
             .into_iter()
             .map(|(k, q)| {
-                let w = match Q8Matrix::from_qtensor(&q)? {
-                    Some(m) => QuantizedWeight::Q8(Arc::new(m)),
+                let w = match QMatrix::from_qtensor(&q)? {
+                    Some(m) => QuantizedWeight::Ours(Arc::new(m)),
                     None => QuantizedWeight::Candle(Arc::new(q)),
                 };
                 Ok((k, w))
             })
             .collect::<Result<_>>()?;
         Ok(())
+    }
+
+    /// Replace the quantized projections `parts` (prefixes, e.g. q, k and v)
+    /// by one, `fused`, holding their rows in order, with their biases
+    /// concatenated: one pass over the activations then serves them all.
+    /// Does nothing unless every part is in our kernel's format.
+    pub fn fuse_quantized(&mut self, parts: &[String], fused: &str) -> Result<()> {
+        let mats: Vec<&QMatrix> = parts
+            .iter()
+            .filter_map(|p| match self.quantized.get(&format!("{p}.weight")) {
+                Some(QuantizedWeight::Ours(m)) => Some(m.as_ref()),
+                _ => None,
+            })
+            .collect();
+        if mats.len() != parts.len() {
+            return Ok(());
+        }
+        let Some(matrix) = QMatrix::concat_rows(&mats) else { return Ok(()) };
+        let biases: Vec<&Var> = parts.iter().filter_map(|p| self.vars.get(&format!("{p}.bias"))).collect();
+        if !biases.is_empty() {
+            if biases.len() != parts.len() {
+                return Ok(());
+            }
+            let bias = Tensor::cat(&biases.iter().map(|v| v.as_tensor()).collect::<Vec<_>>(), 0)?;
+            self.vars.insert(format!("{fused}.bias"), Var::from_tensor(&bias)?);
+        }
+        for p in parts {
+            self.quantized.remove(&format!("{p}.weight"));
+            self.vars.remove(&format!("{p}.bias"));
+        }
+        self.quantized.insert(format!("{fused}.weight"), QuantizedWeight::Ours(Arc::new(matrix)));
+        Ok(())
+    }
+
+    /// Is `name` a projection kept quantized?
+    pub fn is_quantized(&self, name: &str) -> bool {
+        self.quantized.contains_key(name)
     }
 
     /// Were projections kept quantized (inference only)?
@@ -99,7 +136,7 @@ impl Weights {
             bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, q.dims());
         }
         Ok(match q {
-            QuantizedWeight::Q8(m) => LinearWeight::Q8(m.clone()),
+            QuantizedWeight::Ours(m) => LinearWeight::Ours(m.clone()),
             QuantizedWeight::Candle(t) => LinearWeight::Quantized(QMatMul::from_arc(t.clone())?),
         })
     }
@@ -114,21 +151,21 @@ impl Weights {
 
 pub enum LinearWeight {
     Dense(Tensor),
-    /// Q8_0, through our batched kernel.
-    Q8(Arc<Q8Matrix>),
+    /// Q8_0 or Q4_1, through our batched kernel.
+    Ours(Arc<QMatrix>),
     /// Other GGUF block types, through candle's quantized matmul.
     Quantized(QMatMul),
 }
 
 enum QuantizedWeight {
-    Q8(Arc<Q8Matrix>),
+    Ours(Arc<QMatrix>),
     Candle(Arc<QTensor>),
 }
 
 impl QuantizedWeight {
     fn dims(&self) -> Vec<usize> {
         match self {
-            QuantizedWeight::Q8(m) => m.dims().to_vec(),
+            QuantizedWeight::Ours(m) => m.dims().to_vec(),
             QuantizedWeight::Candle(t) => t.shape().dims().to_vec(),
         }
     }

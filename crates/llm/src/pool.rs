@@ -1,0 +1,222 @@
+//! A small thread pool for the quantized matmuls and the cached attention
+//! of decoding, whose workers spin between jobs instead of sleeping.
+//!
+//! A decoding step runs a hundred or more matmuls of well under a
+//! millisecond each. Handing each to a pool whose threads sleep on a futex
+//! (rayon's) costs a wake-up per matmul, and on a busy or virtualised
+//! machine a wake-up can take longer than the matmul. Here the calling
+//! thread works too, and the other workers poll for the next job for a few
+//! milliseconds after each one before they go to sleep, as ggml's do.
+
+use std::{
+    cell::UnsafeCell,
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Condvar, Mutex, OnceLock, TryLockError,
+    },
+    time::{Duration, Instant},
+};
+
+/// How long an idle worker polls before it sleeps.
+const SPIN: Duration = Duration::from_millis(5);
+
+type Task = dyn Fn(usize) + Sync;
+
+struct Shared {
+    /// Bumped for each job; workers watch it.
+    generation: AtomicU64,
+    /// The job's task, valid until every worker has left it.
+    task: UnsafeCell<*const Task>,
+    chunks: AtomicUsize,
+    next: AtomicUsize,
+    /// Workers still inside the current job.
+    busy: AtomicUsize,
+    panicked: AtomicBool,
+    /// Workers asleep or about to be: only then does a job need a wake-up call.
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
+    wake: Condvar,
+}
+
+// SAFETY: `task` is written only by the thread that holds `Pool::submit`,
+// before it publishes the job through `generation` (Release), and read by
+// workers after they see it (Acquire); the submitter waits until `busy` is
+// zero before the task goes out of scope.
+unsafe impl Sync for Shared {}
+
+/// A pointer through which pool tasks write disjoint elements of one buffer.
+pub(crate) struct SharedMut<T>(pub *mut T);
+// SAFETY: users write disjoint elements only, to a buffer that outlives the job.
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// # Safety
+    /// `i` is inside the buffer.
+    pub(crate) unsafe fn add(&self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
+pub struct Pool {
+    shared: &'static Shared,
+    workers: usize,
+    /// One job at a time; a second caller runs its chunks itself.
+    submit: Mutex<()>,
+}
+
+impl Pool {
+    /// The process-wide pool, sized like rayon's (RAYON_NUM_THREADS, or
+    /// every core).
+    pub fn global() -> &'static Pool {
+        static POOL: OnceLock<Pool> = OnceLock::new();
+        POOL.get_or_init(|| Pool::new(rayon::current_num_threads()))
+    }
+
+    fn new(threads: usize) -> Pool {
+        let shared: &'static Shared = Box::leak(Box::new(Shared {
+            generation: AtomicU64::new(0),
+            task: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Task),
+            chunks: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+        }));
+        let workers = threads.max(1) - 1;
+        for i in 0..workers {
+            std::thread::Builder::new()
+                .name(format!("wrpo-pool-{i}"))
+                .spawn(move || worker(shared))
+                .expect("cannot start a pool thread");
+        }
+        Pool { shared, workers, submit: Mutex::new(()) }
+    }
+
+    /// Threads that run a job, the caller included.
+    pub fn threads(&self) -> usize {
+        self.workers + 1
+    }
+
+    /// Run `task(0..chunks)` across the pool; returns when all are done.
+    pub fn run(&self, chunks: usize, task: &(dyn Fn(usize) + Sync)) {
+        let guard = match self.submit.try_lock() {
+            Ok(g) => Some(g),
+            // A chunk panicked in an earlier job, which still ended cleanly.
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if guard.is_none() || self.workers == 0 || chunks < 2 {
+            return (0..chunks).for_each(task);
+        }
+        let s = self.shared;
+        let borrowed: *const (dyn Fn(usize) + Sync + '_) = task;
+        // SAFETY: no worker reads `task` now (`busy` was zero when the last
+        // job returned, and workers read it only after a new generation), and
+        // this job does not return before they are done with it.
+        unsafe { *s.task.get() = std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Task>(borrowed) };
+        s.chunks.store(chunks, Ordering::Relaxed);
+        s.next.store(0, Ordering::Relaxed);
+        s.busy.store(self.workers, Ordering::Relaxed);
+        // SeqCst with the sleepers count: a worker either counts itself
+        // before this job is published, and is woken, or sees the job.
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            // Under the lock, so that no worker is between its check and its wait.
+            drop(s.sleep.lock().unwrap_or_else(|e| e.into_inner()));
+            s.wake.notify_all();
+        }
+        let mine = catch_unwind(AssertUnwindSafe(|| work(s, task)));
+        while s.busy.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        if let Err(panic) = mine {
+            std::panic::resume_unwind(panic);
+        }
+        if s.panicked.swap(false, Ordering::Relaxed) {
+            panic!("a task panicked on a pool thread");
+        }
+    }
+}
+
+/// Take chunks until none are left.
+fn work(s: &Shared, task: &(dyn Fn(usize) + Sync)) {
+    loop {
+        let chunk = s.next.fetch_add(1, Ordering::Relaxed);
+        if chunk >= s.chunks.load(Ordering::Relaxed) {
+            return;
+        }
+        task(chunk);
+    }
+}
+
+fn worker(s: &'static Shared) {
+    let mut seen = 0;
+    loop {
+        // Poll for the next job, then sleep until one comes.
+        let idle = Instant::now();
+        let mut spins = 0u32;
+        while s.generation.load(Ordering::Acquire) == seen {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % 1024 != 0 {
+                continue;
+            }
+            // Let other threads of the process (candle's) have this core.
+            std::thread::yield_now();
+            if idle.elapsed() > SPIN {
+                let guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                let guard = s.wake.wait_while(guard, |_| s.generation.load(Ordering::SeqCst) == seen);
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
+                drop(guard);
+            }
+        }
+        seen = s.generation.load(Ordering::Acquire);
+        // SAFETY: the submitter wrote the task before publishing this
+        // generation and keeps it alive until `busy` reaches zero.
+        let task = unsafe { &**s.task.get() };
+        if catch_unwind(AssertUnwindSafe(|| work(s, task))).is_err() {
+            s.panicked.store(true, Ordering::Relaxed);
+        }
+        s.busy.fetch_sub(1, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_chunk_runs_once_even_from_several_callers() {
+        let pool = Pool::new(3);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for chunks in [0, 1, 2, 7, 100] {
+                        let hits: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+                        pool.run(chunks, &|c| {
+                            hits[c].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn a_panicking_chunk_panics_the_caller() {
+        let pool = Pool::new(2);
+        let result = catch_unwind(AssertUnwindSafe(|| pool.run(8, &|c| assert_ne!(c, 5))));
+        assert!(result.is_err());
+        // The pool still works.
+        let sum = AtomicUsize::new(0);
+        pool.run(4, &|c| {
+            sum.fetch_add(c, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 6);
+    }
+}
