@@ -100,6 +100,13 @@ impl Pool {
         self.workers + 1
     }
 
+    /// `f` on every item of `items` across the pool, each item once.
+    pub fn for_each_mut<T: Send>(&self, items: &mut [T], f: &(dyn Fn(&mut T) + Sync)) {
+        let items_ptr = SharedMut(items.as_mut_ptr());
+        // SAFETY: task i is the only one to touch item i, which outlives the job.
+        self.run(items.len(), &|i| f(unsafe { &mut *items_ptr.add(i) }));
+    }
+
     /// Run `task(0..chunks)` across the pool; returns when all are done.
     pub fn run(&self, chunks: usize, task: &(dyn Fn(usize) + Sync)) {
         let guard = match self.submit.try_lock() {

@@ -11,6 +11,7 @@ use candle_core::{DType, Device};
 use wrpo_common::{hash::sample_seed, Message};
 use wrpo_llm::{
     gguf::is_gguf,
+    pool::Pool,
     sampling::sample,
     ChatMessage, ChatTemplate, KvCache, Model, Rng, Tokenizer,
 };
@@ -156,10 +157,16 @@ impl LocalModel {
             let started = Instant::now();
             let last: Vec<u32> = batch.iter().map(|r| *r.tokens.last().expect("a row has a token")).collect();
             let logits = self.model.decode(&mut cache, &last)?.to_vec2::<f32>()?;
+            // Rows draw in parallel: each has its own generator, so the
+            // tokens do not depend on which thread draws them.
+            let mut draws: Vec<(&mut Row, &[f32])> = batch.iter_mut().zip(&logits).map(|(r, l)| (r, l.as_slice())).collect();
+            Pool::global().for_each_mut(&mut draws, &|(row, logits)| {
+                let token = sample(logits, &settings.sampling, &mut row.rng);
+                row.tokens.push(token);
+            });
             let share = started.elapsed().as_secs_f64() / batch.len() as f64;
             let mut done = Vec::new();
-            for (i, (row, logits)) in batch.iter_mut().zip(&logits).enumerate() {
-                row.tokens.push(sample(logits, &settings.sampling, &mut row.rng));
+            for (i, row) in batch.iter_mut().enumerate() {
                 row.seconds += share;
                 if let Some(finish) = self.finished(row, settings)? {
                     done.push((i, finish));
