@@ -6,12 +6,14 @@ pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod kv;
+pub mod logprob;
 pub mod model;
 pub mod pool;
 pub mod qmatmul;
 pub mod rope;
 pub mod sampling;
 pub mod save;
+pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::ops::{log_softmax, softmax};
+use candle_nn::ops::softmax;
 
 use crate::{
     config::{Activation, Config},
@@ -290,7 +290,7 @@ pub struct Model {
     embed: Tensor,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Option<Linear>,
     rope_global: RotaryEmbedding,
     rope_local: RotaryEmbedding,
     dtype: DType,
@@ -301,7 +301,20 @@ impl Model {
     /// Load an HF model folder (config.json + safetensors) or a GGUF file,
     /// with every weight as `dtype`.
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (hf_config, weights) = if crate::gguf::is_gguf(path) {
+        let (hf_config, weights) = Self::read(path, dtype, device)?;
+        Self::new(hf_config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", path.display()))
+    }
+
+    /// Load as [`Model::load`] does, for inference without autograd
+    /// tracking: the frozen reference model, reward models.
+    pub fn load_frozen(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let (hf_config, mut weights) = Self::read(path, dtype, device)?;
+        weights.freeze();
+        Self::new(hf_config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", path.display()))
+    }
+
+    fn read(path: &Path, dtype: DType, device: &Device) -> Result<(serde_json::Value, Weights)> {
+        Ok(if crate::gguf::is_gguf(path) {
             let gguf = crate::gguf::Gguf::open(path)?;
             (gguf.hf_config()?, gguf.weights(dtype, device)?)
         } else if path.is_dir() {
@@ -311,8 +324,7 @@ impl Model {
             (json, Weights::from_hf_dir(path, dtype, device)?)
         } else {
             bail!("{} is neither an HF model folder nor a GGUF file", path.display());
-        };
-        Self::new(hf_config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", path.display()))
+        })
     }
 
     /// Load a GGUF file for inference, its projections kept quantized.
@@ -332,8 +344,19 @@ impl Model {
             weights.fuse_quantized(&parts(&["mlp.gate_proj", "mlp.up_proj"]), &format!("{p}.mlp.gate_up_proj"))?;
         }
         let embed = weights.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
-        let head = if cfg.tie_word_embeddings { "model.embed_tokens" } else { "lm_head" };
-        let lm_head = Linear::new(&weights, head, cfg.vocab_size, cfg.hidden_size, false)?;
+        // A tied checkpoint that also ships lm_head.weight: the embeddings are
+        // the head, so the copy would be neither trained nor saved correctly.
+        if cfg.tie_word_embeddings {
+            weights.remove("lm_head.weight");
+        }
+        // Sequence-classification checkpoints (reward models) have no LM head.
+        let lm_head = match cfg.tie_word_embeddings || weights.contains("lm_head.weight") {
+            true => {
+                let head = if cfg.tie_word_embeddings { "model.embed_tokens" } else { "lm_head" };
+                Some(Linear::new(&weights, head, cfg.vocab_size, cfg.hidden_size, false)?)
+            }
+            false => None,
+        };
         let layers = (0..cfg.num_layers).map(|i| Block::new(&weights, i, cfg)).collect::<Result<_>>()?;
         Ok(Model {
             norm: RmsNorm::new(&weights, "model.norm", cfg.hidden_size, cfg)?,
@@ -457,7 +480,7 @@ impl Model {
 
     /// Logits (..., vocab) of hidden states, soft-capped where the family does.
     pub fn logits_of(&self, hidden: &Tensor) -> Result<Tensor> {
-        let mut logits = self.lm_head.forward(hidden)?;
+        let mut logits = self.lm_head()?.forward(hidden)?;
         if let Some(cap) = self.config.final_logit_softcapping {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }
@@ -469,36 +492,58 @@ impl Model {
         self.logits_of(&self.hidden_states(input_ids, attention_mask)?)
     }
 
-    /// Summed log-probabilities (B,) of the tokens that `label_mask` (B, T)
-    /// marks with 1: sum over t of log p(input_ids[b, t] | input_ids[b, ..t]).
-    /// The LM head and log-softmax run only at the positions that predict a
-    /// label. Position 0 cannot be a label.
-    pub fn sequence_logprobs(&self, input_ids: &Tensor, attention_mask: &Tensor, label_mask: &Tensor) -> Result<Tensor> {
+    fn lm_head(&self) -> Result<&Linear> {
+        self.lm_head.as_ref().ok_or_else(|| anyhow::anyhow!("this checkpoint has no LM head (no lm_head.weight and untied embeddings), as a reward model's"))
+    }
+
+    /// Summed log-probabilities (B,) of the tokens that `labels` (B rows of
+    /// T flags) marks, and how many each row has: sum over t of
+    /// log p(input_ids[b, t] | input_ids[b, ..t]). The LM head runs only at
+    /// the positions that predict a label, in chunks of rows
+    /// ([`crate::logprob`]), so memory stays bounded whatever the vocabulary.
+    /// A label must be a real token (under `attention_mask`) after position 0,
+    /// and every row needs one.
+    pub fn sequence_logprobs(&self, input_ids: &Tensor, attention_mask: &Tensor, labels: &[Vec<bool>]) -> Result<(Tensor, Vec<usize>)> {
         let (b, t) = input_ids.dims2()?;
         let ids = input_ids.to_vec2::<u32>()?;
-        let labelled = label_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let (mut rows, mut labels, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+        let real = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        if labels.len() != b || labels.iter().any(|l| l.len() != t) {
+            bail!("label mask of {} rows for a batch of {b} x {t}", labels.len());
+        }
+        let (mut rows, mut targets, mut owner, mut counts) = (Vec::new(), Vec::new(), Vec::new(), vec![0; b]);
         for r in 0..b {
+            if labels[r][0] {
+                bail!("row {r}: position 0 cannot be a label (nothing predicts it)");
+            }
             for i in 1..t {
-                if labelled[r][i] != 0 {
+                if labels[r][i] {
+                    if real[r][i] == 0 {
+                        bail!("row {r}: position {i} is a label but padding");
+                    }
                     rows.push((r * t + i - 1) as u32);
-                    labels.push(ids[r][i]);
+                    targets.push(ids[r][i]);
                     owner.push(r);
+                    counts[r] += 1;
                 }
+            }
+            if counts[r] == 0 {
+                bail!("row {r} has no label token");
             }
         }
         let hidden = self.hidden_states(input_ids, attention_mask)?.reshape((b * t, self.config.hidden_size))?;
         let m = rows.len();
         let rows = Tensor::from_vec(rows, m, &self.device)?;
-        let logits = self.logits_of(&hidden.index_select(&rows, 0)?)?;
-        let labels = Tensor::from_vec(labels, (m, 1), &self.device)?;
-        let token_logp = log_softmax(&logits, D::Minus1)?.gather(&labels, 1)?; // (M, 1)
+        let weight = match &self.lm_head()?.weight {
+            LinearWeight::Dense(w) => w,
+            _ => bail!("log-probabilities for training need dense weights; this model was loaded for quantized inference"),
+        };
+        let token_logp = crate::logprob::label_logprobs(&hidden.index_select(&rows, 0)?, weight, &targets, self.config.final_logit_softcapping)?;
         // Sum per sequence with a (B, M) 0/1 matrix: differentiable, one matmul.
         let mut sum = vec![0f32; b * m];
         for (k, &r) in owner.iter().enumerate() {
             sum[r * m + k] = 1.0;
         }
         let sum = Tensor::from_vec(sum, (b, m), &self.device)?.to_dtype(self.dtype)?;
-        Ok(sum.matmul(&token_logp)?.squeeze(1)?)
+        Ok((sum.matmul(&token_logp.unsqueeze(1)?)?.squeeze(1)?, counts))
     }
 }

@@ -19,6 +19,9 @@ pub struct Weights {
     quantized: HashMap<String, QuantizedWeight>,
     /// Where they came from, for error messages.
     origin: String,
+    /// Hand out detached tensors: a frozen model (the reference) records no
+    /// autograd graph.
+    frozen: bool,
 }
 
 impl Weights {
@@ -56,7 +59,7 @@ impl Weights {
     /// Variables holding `tensors` (HF names); `origin` names their source in errors.
     pub fn from_tensors(tensors: HashMap<String, Tensor>, origin: String) -> Result<Self> {
         let vars = tensors.into_iter().map(|(k, t)| Ok((k, Var::from_tensor(&t)?))).collect::<Result<_>>()?;
-        Ok(Weights { vars, quantized: HashMap::new(), origin })
+        Ok(Weights { vars, quantized: HashMap::new(), origin, frozen: false })
     }
 
     /// The tensor `name`, which must have `shape`.
@@ -65,7 +68,22 @@ impl Weights {
         if var.dims() != shape {
             bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, var.dims());
         }
-        Ok(var.as_tensor().clone())
+        Ok(if self.frozen { var.as_tensor().detach() } else { var.as_tensor().clone() })
+    }
+
+    /// From now on, tensors handed out carry no autograd tracking.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.vars.contains_key(name) || self.quantized.contains_key(name)
+    }
+
+    /// Drop a tensor (e.g. a stale `lm_head.weight` beside tied embeddings).
+    pub fn remove(&mut self, name: &str) {
+        self.vars.remove(name);
+        self.quantized.remove(name);
     }
 
     /// Keep these projections quantized; Q8_0 and Q4_1 ones go to our batched kernel.

@@ -126,11 +126,10 @@ fn cached_decoding_equals_full_recomputation() {
     }
 }
 
-fn response_mask(e: &Expected) -> Tensor {
+fn response_mask(e: &Expected) -> Vec<Vec<bool>> {
     // Labels: every real token after the first three (a "prompt").
     let mask = e.mask.to_vec2::<u32>().unwrap();
-    let labels: Vec<Vec<u32>> = mask.iter().map(|row| row.iter().enumerate().map(|(i, &m)| u32::from(i >= 3 && m == 1)).collect()).collect();
-    Tensor::new(labels, &Device::Cpu).unwrap()
+    mask.iter().map(|row| row.iter().enumerate().map(|(i, &m)| i >= 3 && m == 1).collect()).collect()
 }
 
 #[test]
@@ -138,7 +137,7 @@ fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
     for family in FAMILIES {
         let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
         let e = expected(family);
-        let logp = model.sequence_logprobs(&e.ids, &e.mask, &response_mask(&e)).unwrap();
+        let (logp, _) = model.sequence_logprobs(&e.ids, &e.mask, &response_mask(&e)).unwrap();
         let grads = logp.sum_all().unwrap().backward().unwrap();
         let vars = model.weights.vars();
         assert!(vars.len() > 10, "{family}: only {} variables", vars.len());
@@ -156,15 +155,14 @@ fn sequence_logprobs_sum_the_label_tokens_log_softmax() {
     let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
     let e = expected(family);
     let labels = response_mask(&e);
-    let got = model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().to_vec1::<f32>().unwrap();
+    let got = model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().0.to_vec1::<f32>().unwrap();
     // Against the full-vocabulary log-softmax of transformers' logits.
     let logp = candle_nn::ops::log_softmax(&e.logits, D::Minus1).unwrap();
     let ids = e.ids.to_vec2::<u32>().unwrap();
-    let labels = labels.to_vec2::<u32>().unwrap();
     for (b, want_row) in ids.iter().enumerate() {
         let mut want = 0f32;
         for i in 1..want_row.len() {
-            if labels[b][i] == 1 {
+            if labels[b][i] {
                 want += logp.get(b).unwrap().get(i - 1).unwrap().get(want_row[i] as usize).unwrap().to_scalar::<f32>().unwrap();
             }
         }
@@ -179,8 +177,8 @@ fn backward_agrees_with_finite_differences() {
         let model = Model::load(&fixture(family), DType::F64, &Device::Cpu).unwrap();
         let e = expected(family);
         let labels = response_mask(&e);
-        let f = || model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-        let grads = model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().sum_all().unwrap().backward().unwrap();
+        let f = || model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().0.sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let grads = model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().0.sum_all().unwrap().backward().unwrap();
         for (name, var) in model.weights.vars().into_iter().filter(|(n, _)| {
             n.contains("layers.0.") && (n.ends_with("norm.weight") || n.contains("proj")) || n.starts_with("model.embed")
         }) {

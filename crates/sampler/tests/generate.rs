@@ -2,13 +2,12 @@
 //! Llama saved as an HF folder with the repo's tiny ChatML BPE tokenizer.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
 
-use candle_core::{Device, Tensor};
 use serde_json::json;
 use wrpo_common::{
     io::{dataset_files, read_file},
@@ -17,54 +16,15 @@ use wrpo_common::{
     samples::{FinishReason, Sample},
     write_dataset, Message, Provenance, Role,
 };
-use wrpo_llm::{save_hf_checkpoint, Model, Rng, Tokenizer};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A 2-layer Llama with random weights, `context` positions, saved as an HF folder.
+/// A 2-layer Llama with random weights, `context` positions, saved as an HF
+/// folder; its config.json says `model_type`.
 fn tiny_model(dir: &Path, context: usize, model_type: &str) -> PathBuf {
-    let tok = Tokenizer::load(&repo().join("data/fixtures/tokenizer/tiny-bpe")).unwrap();
-    let (v, h, i, layers, heads, kv, hd) = (tok.vocab_size(), 32, 64, 2, 4, 2, 8);
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": v, "hidden_size": h,
-        "intermediate_size": i, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": kv, "head_dim": hd, "max_position_embeddings": context, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false,
-        "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
-    });
-    let mut rng = Rng::new(7);
-    let mut randn = |shape: &[usize], scale: f32| {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    };
-    let mut t = HashMap::new();
-    t.insert("model.embed_tokens.weight".to_string(), randn(&[v, h], 1.0));
-    t.insert("model.norm.weight".to_string(), randn(&[h], 0.1).affine(1.0, 1.0).unwrap());
-    t.insert("lm_head.weight".to_string(), randn(&[v, h], 0.5));
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        for (name, shape) in [
-            ("self_attn.q_proj", [heads * hd, h]),
-            ("self_attn.k_proj", [kv * hd, h]),
-            ("self_attn.v_proj", [kv * hd, h]),
-            ("self_attn.o_proj", [h, heads * hd]),
-            ("mlp.gate_proj", [i, h]),
-            ("mlp.up_proj", [i, h]),
-            ("mlp.down_proj", [h, i]),
-        ] {
-            t.insert(format!("{p}.{name}.weight"), randn(&shape, 0.3));
-        }
-        for norm in ["input_layernorm", "post_attention_layernorm"] {
-            t.insert(format!("{p}.{norm}.weight"), randn(&[h], 0.1).affine(1.0, 1.0).unwrap());
-        }
-    }
-    let weights = wrpo_llm::weights::Weights::from_tensors(t, "tiny".into()).unwrap();
-    let model = Model::new(config, weights, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let out = dir.join("tiny-llama");
-    save_hf_checkpoint(&model, &tok, tok.chat_template.as_deref(), &out).unwrap();
+    let out = wrpo_llm::tiny::tiny_llama(dir, &repo().join("data/fixtures/tokenizer/tiny-bpe"), context, 7).unwrap();
     if model_type != "llama" {
         let path = out.join("config.json");
         let text = fs::read_to_string(&path).unwrap().replace("\"llama\"", &format!("\"{model_type}\""));
