@@ -38,6 +38,23 @@ pub fn sample_seed(seed: u64, prompt_id: &str, model: &str, sample_index: u32) -
     keyed_u64(seed, "sample", &format!("{prompt_id}\0{model}\0{sample_index}"))
 }
 
+/// Parse `--shard i/n`.
+pub fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let err = || format!("--shard takes i/n with 0 <= i < n, e.g. 0/4; got '{text}'");
+    let (i, n) = text.split_once('/').ok_or_else(err)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| err())?, n.trim().parse().map_err(|_| err())?);
+    if i >= n {
+        return Err(err());
+    }
+    Ok((i, n))
+}
+
+/// Which of n disjoint parts (`--shard i/n`) a prompt belongs to: fixed by
+/// its id alone, so every binary splits a run the same way.
+pub fn shard_of(prompt_id: &str, n: usize) -> usize {
+    ((uniform_draw(0, "shard", prompt_id) * n as f64) as usize).min(n - 1)
+}
+
 fn keyed_u64(seed: u64, salt: &str, key: &str) -> u64 {
     let digest = Sha256::new()
         .chain_update(seed.to_le_bytes())

@@ -11,6 +11,7 @@ pub mod hash;
 pub mod io;
 pub mod metrics;
 pub mod pairs;
+pub mod progress;
 pub mod prompts;
 pub mod samples;
 pub mod scored;

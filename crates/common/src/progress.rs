@@ -1,5 +1,5 @@
-//! Progress of a generation run: a bar (samples, tokens/s, ETA) on a
-//! terminal, a plain log line every ten seconds otherwise.
+//! Progress of a long job (generation, scoring, training): a bar (items,
+//! tokens/s, ETA) on a terminal, a plain log line every ten seconds otherwise.
 
 use std::{
     io::IsTerminal,
@@ -16,23 +16,27 @@ pub struct Progress {
     started: Instant,
     last_line: Instant,
     model: String,
+    /// What the items are: "samples", "steps", ...
+    unit: &'static str,
+    /// Extra text shown after the rate (e.g. the loss).
+    note: String,
 }
 
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Progress {
-    pub fn new(total: u64) -> Self {
+    pub fn new(total: u64, unit: &'static str) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} samples, {msg}, ETA {eta}")
+                ProgressStyle::with_template(&format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{msg}}, ETA {{eta}}"))
                     .expect("valid template")
                     .progress_chars("=> "),
             );
             bar
         });
         let now = Instant::now();
-        Progress { bar, total, done: 0, tokens: 0, started: now, last_line: now, model: String::new() }
+        Progress { bar, total, done: 0, tokens: 0, started: now, last_line: now, model: String::new(), unit, note: String::new() }
     }
 
     pub fn set_model(&mut self, alias: &str) {
@@ -50,20 +54,26 @@ impl Progress {
         }
     }
 
-    pub fn add(&mut self, samples: u64, tokens: u64) {
-        self.done += samples;
+    /// Shown after the rate until replaced, e.g. "loss 0.693".
+    pub fn set_note(&mut self, note: String) {
+        self.note = note;
+    }
+
+    pub fn add(&mut self, items: u64, tokens: u64) {
+        self.done += items;
         self.tokens += tokens;
-        let rate = self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let rate = format!("{:.1} {}/s, {:.1} tokens/s{}", self.done as f64 / secs, self.unit, self.tokens as f64 / secs, self.note);
         match &self.bar {
             Some(bar) => {
-                bar.set_message(format!("{rate:.1} tokens/s"));
+                bar.set_message(rate);
                 bar.set_position(self.done);
             }
-            None if self.last_line.elapsed() >= LOG_EVERY => {
+            None if self.last_line.elapsed() >= LOG_EVERY || self.done == self.total => {
                 self.last_line = Instant::now();
                 let left = self.total.saturating_sub(self.done);
-                let eta = self.started.elapsed().as_secs_f64() / self.done.max(1) as f64 * left as f64;
-                eprintln!("{}: {}/{} samples, {rate:.1} tokens/s, ETA {eta:.0} s", self.model, self.done, self.total);
+                let eta = secs / self.done.max(1) as f64 * left as f64;
+                eprintln!("{}: {}/{} {}, {rate}, ETA {eta:.0} s", self.model, self.done, self.total, self.unit);
             }
             None => {}
         }
@@ -75,8 +85,9 @@ impl Progress {
             bar.finish_and_clear();
         }
         eprintln!(
-            "made {} samples, {} tokens in {secs:.1} s ({:.1} tokens/s)",
+            "{} {}, {} tokens in {secs:.1} s ({:.1} tokens/s)",
             self.done,
+            self.unit,
             self.tokens,
             self.tokens as f64 / secs.max(1e-9)
         );

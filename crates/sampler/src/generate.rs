@@ -17,17 +17,17 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use wrpo_common::{
-    hash::uniform_draw,
+    hash::shard_of,
     io::{dataset_files, read_file},
     prompts::{Prompt, Split},
     samples::{FinishReason, Sample},
+    progress::Progress,
     Provenance, ShardWriter,
 };
 use wrpo_llm::SamplingParams;
 
 use crate::{
     local::LocalModel,
-    progress::Progress,
     remote::{RemoteModel, RemoteOptions},
     spec::{ModelSpec, Source},
 };
@@ -58,17 +58,6 @@ pub struct Selection {
     pub limit: Option<usize>,
 }
 
-/// Parse `--shard i/n`.
-pub fn parse_shard(text: &str) -> Result<(usize, usize), String> {
-    let err = || format!("--shard takes i/n with 0 <= i < n, e.g. 0/4; got '{text}'");
-    let (i, n) = text.split_once('/').ok_or_else(err)?;
-    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| err())?, n.trim().parse().map_err(|_| err())?);
-    if i >= n {
-        return Err(err());
-    }
-    Ok((i, n))
-}
-
 /// The prompts `sel` picks, in file order. Ids asked for by --prompt-ids
 /// that the prompts file lacks are an error: a typo must not shrink a run.
 pub fn select_prompts(prompts: Vec<Prompt>, sel: &Selection) -> Result<Vec<Prompt>> {
@@ -94,10 +83,6 @@ pub fn select_prompts(prompts: Vec<Prompt>, sel: &Selection) -> Result<Vec<Promp
         picked.truncate(limit);
     }
     Ok(picked)
-}
-
-fn shard_of(prompt_id: &str, n: usize) -> usize {
-    ((uniform_draw(0, "shard", prompt_id) * n as f64) as usize).min(n - 1)
 }
 
 /// Read `--prompt-ids FILE`: one id per line; blank lines and `#` comments skipped.
@@ -198,7 +183,7 @@ pub fn generate(
     let plans: Vec<(Vec<Job>, usize)> =
         models.iter().map(|spec| plan(prompts, &out.join(&spec.alias), spec, settings)).collect::<Result<_>>()?;
     let total: usize = plans.iter().map(|(jobs, _)| jobs.iter().map(|j| j.sample_indices.len()).sum::<usize>()).sum();
-    let mut progress = Progress::new(total as u64);
+    let mut progress = Progress::new(total as u64, "samples");
     for ((spec, remote), (jobs, already)) in models.iter().zip(remotes).zip(plans) {
         let dir = out.join(&spec.alias);
         let todo: usize = jobs.iter().map(|j| j.sample_indices.len()).sum();

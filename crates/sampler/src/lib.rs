@@ -4,6 +4,5 @@
 pub mod generate;
 pub mod import;
 pub mod local;
-pub mod progress;
 pub mod remote;
 pub mod spec;

@@ -9,12 +9,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use wrpo_common::{
+    hash::parse_shard,
     prompts::{Prompt, Split},
     read_dataset, write_dataset, Provenance,
 };
 use wrpo_llm::SamplingParams;
 use wrpo_sampler::{
-    generate::{generate, parse_shard, read_prompt_ids, select_prompts, RunOptions, Selection, Settings},
+    generate::{generate, read_prompt_ids, select_prompts, RunOptions, Selection, Settings},
     import::{import_prompts, write_rejected, ImportOptions},
     remote::RemoteOptions,
     spec::ModelSpec,
