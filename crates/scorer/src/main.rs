@@ -1,10 +1,21 @@
-use std::path::PathBuf;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
-use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use wrpo_common::{prompts::Prompt, read_dataset, scored::ScoredSample, write_dataset, Provenance};
-use wrpo_scorer::select::{make_pairs, sft_split, ByPrompt, PairOptions, Strategy};
+use wrpo_common::{hash::parse_shard, prompts::Prompt, read_dataset, scored::ScoredSample, write_dataset, Provenance};
+use wrpo_scorer::{
+    reward::RewardSpec,
+    score::{score, write_summary, ScoreOptions, ScoreSettings},
+    select::{make_pairs, sft_split, ByPrompt, PairOptions, Strategy},
+};
 
 const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
 
@@ -18,11 +29,59 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Score every sample with a reward into `scored` shards under OUT/<model>/.
+    /// Rerunning the same command continues an interrupted run.
+    Score(ScoreArgs),
     /// Split the train prompts into an SFT part and a preference part, and
     /// write the SFT set (x, y_ws) and the preference prompts.
     SftSet(SftSetArgs),
     /// Build preference pairs (x, y_ws, y_wt, y_l) for the preference prompts.
     Pairs(PairsArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    F32,
+    Bf16,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// `prompts` dataset the samples answer (messages and reference answers).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// `samples` dataset: a file or a folder of shards (e.g. OUT/*/ of `wrpo-sample generate`).
+    #[arg(long)]
+    samples: PathBuf,
+    /// `rm:PATH` (an HF reward model: *ForSequenceClassification or ArmoRM),
+    /// `similarity:PATH` (a sentence-transformers folder; cosine to the reference),
+    /// `exact` or `numeric[:TOLERANCE]` (verifiers against the reference).
+    #[arg(long, value_parser = RewardSpec::parse)]
+    reward: RewardSpec,
+    /// Output folder: OUT/<model>/part-*.parquet and OUT/summary.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight type of a reward model.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    dtype: DTypeArg,
+    /// Leave out (and count) samples whose prompt has no reference, instead of failing.
+    #[arg(long)]
+    skip_unreferenced: bool,
+    /// `i/n`: this machine's part of the prompts, by a hash of prompt_id (as `wrpo-sample --shard`).
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Padded tokens per forward pass (batch size x longest sequence).
+    #[arg(long, default_value_t = 4096)]
+    batch_tokens: usize,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Rows per committed shard; a shard is also committed every minute.
+    #[arg(long, default_value_t = 2000)]
+    shard_rows: usize,
+    /// Tests only: abort after this many committed shards, as a crash would.
+    #[arg(long, hide = true)]
+    abort_after_shards: Option<usize>,
 }
 
 #[derive(clap::Args, Serialize)]
@@ -76,8 +135,41 @@ fn main() {
     wrpo_common::exit_on_error("wrpo-score", run(Cli::parse()));
 }
 
+/// `OUT.parquet` -> `OUT.summary.json`: where a single-file output's summary goes.
+fn summary_path(out: &Path) -> PathBuf {
+    out.with_extension("summary.json")
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Score(a) => {
+            if let Some(t) = a.threads {
+                // candle sizes its thread pool from this variable when first used.
+                std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
+            }
+            let settings = ScoreSettings {
+                reward: a.reward,
+                dtype: match a.dtype {
+                    DTypeArg::F32 => "f32".into(),
+                    DTypeArg::Bf16 => "bf16".into(),
+                },
+                skip_unreferenced: a.skip_unreferenced,
+                shard: a.shard,
+            };
+            let options = ScoreOptions { batch_tokens: a.batch_tokens.max(1), shard_rows: a.shard_rows.max(1), abort_after_shards: a.abort_after_shards };
+            let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
+            let interrupted = Arc::new(AtomicBool::new(false));
+            let flag = interrupted.clone();
+            ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\ninterrupted: committing finished batches (Ctrl-C again to quit at once)");
+            })
+            .context("cannot install the Ctrl-C handler")?;
+            let summary = score(&a.prompts, &prompts, &a.samples, &settings, &options, &a.out, interrupted)?;
+            eprintln!("{}", serde_json::to_string_pretty(&summary)?);
+        }
         Command::SftSet(args) => {
             if !(0.0..=1.0).contains(&args.sft_fraction) {
                 bail!("--sft-fraction must lie in [0, 1], got {}", args.sft_fraction);
@@ -88,6 +180,14 @@ fn run(cli: Cli) -> Result<()> {
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.source_scores)?;
             write_dataset(&args.out, &split.sft, &prov)?;
             write_dataset(&args.out_preference, &split.preference, &prov)?;
+            let mut y_ws_sources: BTreeMap<&str, usize> = BTreeMap::new();
+            for e in &split.sft {
+                *y_ws_sources.entry(&e.source_model).or_default() += 1;
+            }
+            write_summary(&summary_path(&args.out), &serde_json::json!({
+                "sft_examples": split.sft.len(), "preference_prompts": split.preference.len(),
+                "dropped": {"no_scored_source_sample": split.unscored}, "y_ws_sources": y_ws_sources,
+            }))?;
             eprintln!(
                 "{} SFT examples -> {}; {} preference prompts -> {}; {} train prompts had no scored source sample",
                 split.sft.len(),
@@ -115,6 +215,13 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("no pair could be built from {} prompts: {}", prompts.len(), serde_json::to_string(&dropped)?);
             }
             write_dataset(&args.out, &pairs, &prov)?;
+            let mut y_ws_sources: BTreeMap<&str, usize> = BTreeMap::new();
+            for p in &pairs {
+                *y_ws_sources.entry(&p.y_ws_model).or_default() += 1;
+            }
+            write_summary(&summary_path(&args.out), &serde_json::json!({
+                "pairs": pairs.len(), "prompts": prompts.len(), "dropped": &dropped, "y_ws_sources": y_ws_sources,
+            }))?;
             eprintln!(
                 "{} pairs from {} prompts -> {}; dropped: {}",
                 pairs.len(),

@@ -1,0 +1,476 @@
+//! Reward functions: reward models on the [user, assistant] conversation
+//! (sequence-classification heads and ArmoRM's gated multi-objective head,
+//! over the decoder of `wrpo-llm`), similarity to a reference answer in a
+//! sentence-transformers embedding space, and verifiers against the
+//! reference.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use serde::Serialize;
+use serde_json::Value;
+use wrpo_common::Message;
+use wrpo_llm::{ChatMessage, ChatTemplate, Model, Tokenizer};
+
+/// What `--reward` names.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RewardSpec {
+    /// An HF reward-model folder (a sequence-classification head, or ArmoRM).
+    Rm { path: PathBuf },
+    /// Cosine similarity to the reference in a sentence-transformers model's space.
+    Similarity { path: PathBuf },
+    /// 1 if the normalised response equals the normalised reference, else 0.
+    Exact,
+    /// 1 if the last number in the response equals the reference's within the tolerance.
+    Numeric { tolerance: f64 },
+}
+
+impl RewardSpec {
+    /// `rm:PATH`, `similarity:PATH`, `exact`, `numeric` or `numeric:TOLERANCE`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (kind, arg) = text.split_once(':').map_or((text, None), |(k, a)| (k, Some(a)));
+        let path = || arg.filter(|a| !a.is_empty()).map(PathBuf::from).ok_or_else(|| format!("--reward {kind}: needs a path, as {kind}:PATH"));
+        match kind {
+            "rm" => Ok(RewardSpec::Rm { path: path()? }),
+            "similarity" => Ok(RewardSpec::Similarity { path: path()? }),
+            "exact" if arg.is_none() => Ok(RewardSpec::Exact),
+            "numeric" => {
+                let tolerance = arg.map_or(Ok(1e-6), |a| a.parse::<f64>().map_err(|_| format!("--reward numeric:TOL: '{a}' is not a number")))?;
+                Ok(RewardSpec::Numeric { tolerance })
+            }
+            _ => Err(format!("--reward takes rm:PATH, similarity:PATH, exact or numeric[:TOLERANCE]; got '{text}'")),
+        }
+    }
+
+    /// The model folder to record among a run's inputs.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            RewardSpec::Rm { path } | RewardSpec::Similarity { path } => Some(path),
+            _ => None,
+        }
+    }
+
+    pub fn load(&self, dtype: DType) -> Result<Box<dyn Reward>> {
+        Ok(match self {
+            RewardSpec::Rm { path } => Box::new(RewardModel::load(path, dtype)?),
+            RewardSpec::Similarity { path } => Box::new(Similarity::load(path, dtype)?),
+            RewardSpec::Exact => Box::new(Exact),
+            RewardSpec::Numeric { tolerance } => Box::new(Numeric { tolerance: *tolerance }),
+        })
+    }
+}
+
+/// One response to score.
+pub struct Item<'a> {
+    pub messages: &'a [Message],
+    pub response: &'a str,
+    pub reference: Option<&'a str>,
+}
+
+pub trait Reward {
+    /// The `reward_model` column: what scored the rows.
+    fn name(&self) -> String;
+    /// Can this prompt's reference be scored against? (None for rewards that need none.)
+    fn checkable(&self, reference: Option<&str>) -> bool {
+        reference.is_some()
+    }
+    /// Tokens one item costs in a batch (0 for verifiers): batches are made of
+    /// items of similar cost, up to a budget of padded tokens.
+    fn cost(&self, item: &Item) -> Result<usize>;
+    fn score(&self, items: &[Item]) -> Result<Vec<f64>>;
+}
+
+fn folder_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// Right-padded ids (B, T) and their attention mask.
+fn pad(rows: &[Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> {
+    let t = rows.iter().map(Vec::len).max().unwrap_or(1);
+    let mut ids = vec![0u32; rows.len() * t];
+    let mut mask = vec![0u32; rows.len() * t];
+    for (r, row) in rows.iter().enumerate() {
+        ids[r * t..r * t + row.len()].copy_from_slice(row);
+        mask[r * t..r * t + row.len()].iter_mut().for_each(|m| *m = 1);
+    }
+    Ok((Tensor::from_vec(ids, (rows.len(), t), device)?, Tensor::from_vec(mask, (rows.len(), t), device)?))
+}
+
+/// Rows `positions[r]` of hidden (B, T, H) -> (B, H).
+fn rows_at(hidden: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    let (b, t, h) = hidden.dims3()?;
+    let index: Vec<u32> = positions.iter().enumerate().map(|(r, &p)| (r * t + p) as u32).collect();
+    Ok(hidden.reshape((b * t, h))?.index_select(&Tensor::from_vec(index, b, hidden.device())?, 0)?)
+}
+
+pub const SUPPORTED_RM: &str = "LlamaForSequenceClassification, MistralForSequenceClassification, \
+Qwen2ForSequenceClassification, Qwen3ForSequenceClassification, Gemma2ForSequenceClassification, \
+LlamaForRewardModelWithGating (ArmoRM)";
+
+/// A decoder with a reward head, scoring the conversation rendered by its own chat template.
+pub struct RewardModel {
+    name: String,
+    model: Model,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    head: Head,
+}
+
+enum Head {
+    /// `score.weight` (1, hidden) at the last token.
+    Linear(Tensor),
+    /// ArmoRM: per-objective rewards at the last token, mixed by a gating
+    /// network read at the start of the last assistant header.
+    Gated(Box<Gating>),
+}
+
+struct Gating {
+    regression: Tensor,
+    transform: Tensor,
+    layers: Vec<(Tensor, Tensor)>,
+    logit_scale: f64,
+    temperature: f64,
+    pattern: Vec<u32>,
+}
+
+/// The ids ArmoRM's published code searches for: Llama-3's
+/// `<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n`.
+const ARMORM_PATTERN: [u32; 5] = [128009, 128006, 78191, 128007, 271];
+
+impl RewardModel {
+    pub fn load(path: &Path, dtype: DType) -> Result<Self> {
+        let config = read_json(&path.join("config.json"))?;
+        let arch = config["architectures"][0].as_str().unwrap_or("").to_string();
+        let gated = arch == "LlamaForRewardModelWithGating";
+        let seq_cls = ["Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2"].iter().any(|f| arch == format!("{f}ForSequenceClassification"));
+        if !gated && !seq_cls {
+            bail!("{}: architecture '{arch}' is not a supported reward model; supported: {SUPPORTED_RM}", path.display());
+        }
+        let labels = config["id2label"].as_object().map_or(config["num_labels"].as_u64().unwrap_or(1), |m| m.len() as u64);
+        if seq_cls && labels != 1 {
+            bail!("{}: the head has {labels} labels; a reward model has one", path.display());
+        }
+        let model = Model::load_frozen(path, dtype, &Device::Cpu)?;
+        let tokenizer = Tokenizer::load(path)?;
+        let template = tokenizer.chat_template_for(model.config.family)?;
+        let hidden = model.config.hidden_size;
+        let w = &model.weights;
+        let head = if gated {
+            let k = config["num_objectives"].as_u64().unwrap_or(19) as usize;
+            let n_hidden = config["gating_n_hidden"].as_u64().unwrap_or(3) as usize;
+            let dim = config["gating_hidden_dim"].as_u64().unwrap_or(1024) as usize;
+            let mut layers = Vec::new();
+            for i in 0..=n_hidden {
+                let (out, inp) = (if i == n_hidden { k } else { dim }, if i == 0 { hidden } else { dim });
+                layers.push((w.get(&format!("gating.layers.{i}.weight"), &[out, inp])?, w.get(&format!("gating.layers.{i}.bias"), &[out])?));
+            }
+            let pattern = match config["gating_token_pattern"].as_array() {
+                Some(ids) => ids.iter().map(|v| v.as_u64().map(|v| v as u32).ok_or_else(|| anyhow!("gating_token_pattern holds a non-id"))).collect::<Result<_>>()?,
+                None => ARMORM_PATTERN.to_vec(),
+            };
+            Head::Gated(Box::new(Gating {
+                regression: w.get("regression_layer.weight", &[k, hidden])?,
+                transform: w.get("reward_transform_matrix", &[k, k])?,
+                layers,
+                logit_scale: w.get("gating.logit_scale", &[1])?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0],
+                temperature: config["gating_temperature"].as_f64().unwrap_or(10.0),
+                pattern,
+            }))
+        } else {
+            Head::Linear(w.get("score.weight", &[1, hidden])?)
+        };
+        Ok(RewardModel { name: format!("rm:{}", folder_name(path)), model, tokenizer, template, head })
+    }
+
+    /// Token ids of the conversation (prompt + response as the assistant
+    /// turn), keeping the end when it overflows the context.
+    pub fn conversation_ids(&self, item: &Item) -> Result<Vec<u32>> {
+        let mut turns: Vec<ChatMessage> = item.messages.iter().map(|m| ChatMessage { role: m.role.as_str(), content: &m.content }).collect();
+        turns.push(ChatMessage { role: "assistant", content: item.response });
+        let text = self.template.render(&turns, false)?;
+        let ids = self.tokenizer.encode_chat(&text)?;
+        let context = self.model.config.max_position_embeddings;
+        Ok(if ids.len() > context { ids[ids.len() - context..].to_vec() } else { ids })
+    }
+
+    /// Rewards of token sequences, padded into one batch.
+    pub fn score_ids(&self, rows: &[Vec<u32>]) -> Result<Vec<f64>> {
+        let (ids, mask) = pad(rows, self.model.device())?;
+        let hidden = self.model.hidden_states(&ids, &mask)?;
+        let last: Vec<usize> = rows.iter().map(|r| r.len() - 1).collect();
+        let at_last = rows_at(&hidden, &last)?;
+        let rewards = match &self.head {
+            Head::Linear(w) => at_last.matmul(&w.t()?)?.squeeze(1)?,
+            Head::Gated(g) => {
+                let gate_pos = rows
+                    .iter()
+                    .map(|r| {
+                        r.windows(g.pattern.len()).rposition(|w| w == g.pattern.as_slice()).ok_or_else(|| {
+                            anyhow!("the gating token pattern {:?} (the start of the assistant turn) is not in the conversation", g.pattern)
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut x = rows_at(&hidden, &gate_pos)?;
+                for (i, (w, b)) in g.layers.iter().enumerate() {
+                    x = x.matmul(&w.t()?)?.broadcast_add(b)?;
+                    if i + 1 < g.layers.len() {
+                        x = x.relu()?;
+                    }
+                }
+                let gate = (candle_nn::ops::softmax(&(x / g.temperature)?, D::Minus1)? * g.logit_scale)?;
+                let objectives = at_last.matmul(&g.regression.t()?)?.matmul(&g.transform)?;
+                (gate * objectives)?.sum(1)?
+            }
+        };
+        Ok(rewards.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+    }
+}
+
+impl Reward for RewardModel {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn checkable(&self, _: Option<&str>) -> bool {
+        true
+    }
+    fn cost(&self, item: &Item) -> Result<usize> {
+        Ok(self.conversation_ids(item)?.len())
+    }
+    fn score(&self, items: &[Item]) -> Result<Vec<f64>> {
+        let rows = items.iter().map(|i| self.conversation_ids(i)).collect::<Result<Vec<_>>>()?;
+        self.score_ids(&rows)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pooling {
+    Mean,
+    Cls,
+    Max,
+    MeanSqrtLen,
+}
+
+/// A sentence-transformers model: a BERT (candle-transformers), its pooling
+/// and optional normalisation, as its modules.json lays them out.
+pub struct Similarity {
+    name: String,
+    bert: candle_transformers::models::bert::BertModel,
+    tokenizer: tokenizers::Tokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    /// Embeddings of references already seen: the N samples of a prompt share one.
+    references: RefCell<HashMap<String, Vec<f32>>>,
+}
+
+impl Similarity {
+    pub fn load(path: &Path, dtype: DType) -> Result<Self> {
+        let shown = path.display();
+        let modules = read_json(&path.join("modules.json")).with_context(|| format!("{shown} is not a sentence-transformers folder"))?;
+        let modules = modules.as_array().ok_or_else(|| anyhow!("{shown}/modules.json is not a list"))?;
+        let module = |kind: &str| modules.iter().find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(kind)));
+        let pooling_dir = module("Pooling").and_then(|m| m["path"].as_str()).ok_or_else(|| anyhow!("{shown}/modules.json has no Pooling module"))?;
+        let p = read_json(&path.join(pooling_dir).join("config.json"))?;
+        let on = |k: &str| p[k].as_bool().unwrap_or(false);
+        let pooling = match (on("pooling_mode_cls_token"), on("pooling_mode_mean_tokens"), on("pooling_mode_max_tokens"), on("pooling_mode_mean_sqrt_len_tokens")) {
+            (true, false, false, false) => Pooling::Cls,
+            (false, true, false, false) => Pooling::Mean,
+            (false, false, true, false) => Pooling::Max,
+            (false, false, false, true) => Pooling::MeanSqrtLen,
+            _ => bail!("{shown}/{pooling_dir}/config.json: exactly one of the cls, mean, max and mean_sqrt_len pooling modes must be on"),
+        };
+        let config: candle_transformers::models::bert::Config =
+            serde_json::from_value(read_json(&path.join("config.json"))?).with_context(|| format!("{shown}/config.json is not a BERT config"))?;
+        let weights = path.join("model.safetensors");
+        // SAFETY: mapped read-only; the file must not change while loaded.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[&weights], dtype, &Device::Cpu) }
+            .with_context(|| format!("cannot read {}", weights.display()))?;
+        let bert = candle_transformers::models::bert::BertModel::load(vb, &config).with_context(|| format!("cannot build the BERT in {shown}"))?;
+        let mut tokenizer = tokenizers::Tokenizer::from_file(path.join("tokenizer.json")).map_err(|e| anyhow!("{shown}/tokenizer.json: {e}"))?;
+        let max_length = match read_json(&path.join("sentence_bert_config.json")) {
+            Ok(c) => c["max_seq_length"].as_u64().map_or(config.max_position_embeddings, |v| v as usize),
+            Err(_) => config.max_position_embeddings,
+        };
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams { max_length, ..Default::default() }))
+            .map_err(|e| anyhow!("{e}"))?
+            .with_padding(None);
+        Ok(Similarity {
+            name: format!("similarity:{}", folder_name(path)),
+            bert,
+            tokenizer,
+            pooling,
+            normalize: module("Normalize").is_some(),
+            references: RefCell::default(),
+        })
+    }
+
+    fn ids(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode_fast(text, true).map_err(|e| anyhow!("cannot tokenize: {e}"))?.get_ids().to_vec())
+    }
+
+    /// Sentence embeddings, as SentenceTransformer.encode computes them.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let rows = texts.iter().map(|t| self.ids(t)).collect::<Result<Vec<_>>>()?;
+        let device = &self.bert.device;
+        let (ids, mask) = pad(&rows, device)?;
+        let hidden = self.bert.forward(&ids, &ids.zeros_like()?, Some(&mask))?.to_dtype(DType::F32)?;
+        let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let lens = maskf.sum(1)?; // (B, 1)
+        let pooled = match self.pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => hidden.broadcast_mul(&maskf)?.sum(1)?.broadcast_div(&lens)?,
+            Pooling::MeanSqrtLen => hidden.broadcast_mul(&maskf)?.sum(1)?.broadcast_div(&lens.sqrt()?)?,
+            // Padding set to -1e9 so it never wins, as sentence-transformers does.
+            Pooling::Max => hidden.broadcast_add(&((maskf - 1.0)? * 1e9)?)?.max(1)?,
+        };
+        let pooled = if self.normalize {
+            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            pooled.broadcast_div(&norm)?
+        } else {
+            pooled
+        };
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+    dot / (norm(a) * norm(b))
+}
+
+impl Reward for Similarity {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn cost(&self, item: &Item) -> Result<usize> {
+        Ok(self.ids(item.response)?.len())
+    }
+    fn score(&self, items: &[Item]) -> Result<Vec<f64>> {
+        fn reference<'a>(i: &Item<'a>) -> Result<&'a str> {
+            i.reference.ok_or_else(|| anyhow!("similarity needs a reference answer"))
+        }
+        let mut missing: Vec<&str> = Vec::new();
+        for item in items {
+            let r = reference(item)?;
+            if !self.references.borrow().contains_key(r) && !missing.contains(&r) {
+                missing.push(r);
+            }
+        }
+        if !missing.is_empty() {
+            let embedded = self.embed(&missing)?;
+            self.references.borrow_mut().extend(missing.iter().map(|s| s.to_string()).zip(embedded));
+        }
+        let responses = self.embed(&items.iter().map(|i| i.response).collect::<Vec<_>>())?;
+        let refs = self.references.borrow();
+        items.iter().zip(&responses).map(|(item, e)| Ok(cosine(e, &refs[reference(item)?]))).collect()
+    }
+}
+
+/// Lower case, whitespace collapsed, surrounding punctuation and quotes removed.
+pub fn normalise(text: &str) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let joined = words.join(" ").to_lowercase();
+    joined.trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace()).to_string()
+}
+
+pub struct Exact;
+
+impl Reward for Exact {
+    fn name(&self) -> String {
+        "exact".into()
+    }
+    fn cost(&self, _: &Item) -> Result<usize> {
+        Ok(0)
+    }
+    fn score(&self, items: &[Item]) -> Result<Vec<f64>> {
+        items.iter().map(|i| Ok(f64::from(normalise(i.response) == normalise(i.reference.unwrap_or_default())))).collect()
+    }
+}
+
+/// The last number written in `text` (digits with an optional sign, decimal
+/// point and thousands commas; "1/2" counts as 2), if any.
+pub fn last_number(text: &str) -> Option<f64> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut last = None;
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_digit() || (matches!(chars[i], ',' | '.') && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit()))) {
+                i += 1;
+            }
+            let negative = start > 0 && chars[start - 1] == '-' && (start == 1 || !chars[start - 2].is_alphanumeric());
+            let digits: String = chars[start..i].iter().filter(|&&c| c != ',').collect();
+            if let Ok(v) = digits.parse::<f64>() {
+                last = Some(if negative { -v } else { v });
+            }
+        } else {
+            i += 1;
+        }
+    }
+    last
+}
+
+pub struct Numeric {
+    pub tolerance: f64,
+}
+
+impl Reward for Numeric {
+    fn name(&self) -> String {
+        format!("numeric:{}", self.tolerance)
+    }
+    fn checkable(&self, reference: Option<&str>) -> bool {
+        reference.and_then(last_number).is_some()
+    }
+    fn cost(&self, _: &Item) -> Result<usize> {
+        Ok(0)
+    }
+    fn score(&self, items: &[Item]) -> Result<Vec<f64>> {
+        items
+            .iter()
+            .map(|i| {
+                let want = last_number(i.reference.unwrap_or_default()).ok_or_else(|| anyhow!("the reference '{}' holds no number", i.reference.unwrap_or_default()))?;
+                let close = last_number(i.response).is_some_and(|got| (got - want).abs() <= self.tolerance * want.abs().max(1.0));
+                Ok(f64::from(close))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_what_is_expected() {
+        assert_eq!(RewardSpec::parse("rm:models/rm").unwrap(), RewardSpec::Rm { path: "models/rm".into() });
+        assert_eq!(RewardSpec::parse("numeric").unwrap(), RewardSpec::Numeric { tolerance: 1e-6 });
+        assert_eq!(RewardSpec::parse("numeric:0.01").unwrap(), RewardSpec::Numeric { tolerance: 0.01 });
+        assert!(RewardSpec::parse("similarity:").unwrap_err().contains("needs a path"));
+        assert!(RewardSpec::parse("bleu").unwrap_err().contains("rm:PATH"));
+    }
+
+    #[test]
+    fn verifiers_compare_with_the_reference() {
+        let item = |response, reference| Item { messages: &[], response, reference: Some(reference) };
+        let exact = Exact.score(&[item("  Paris. ", "paris"), item("Lyon", "Paris")]).unwrap();
+        assert_eq!(exact, [1.0, 0.0]);
+        let numeric = Numeric { tolerance: 1e-6 };
+        let got = numeric.score(&[item("2 + 2 = 4", "4"), item("It is 1,234.5 km", "1234.5"), item("-3 degrees", "-3"), item("about 5", "4"), item("no idea", "4")]).unwrap();
+        assert_eq!(got, [1.0, 1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(last_number("x-2 and COVID-19"), Some(19.0));
+        assert!(numeric.score(&[item("4", "four")]).unwrap_err().to_string().contains("holds no number"));
+    }
+}

@@ -1,0 +1,298 @@
+//! `wrpo-score score`: every sample's reward, written as `scored` shards under
+//! `OUT/<model>/`. Work is sorted by length and cut into batches once, from
+//! the whole run; batches are committed whole, so a rerun after a crash
+//! scores exactly the batches that are missing and ends with the rows of an
+//! uninterrupted run.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use wrpo_common::{
+    hash::shard_of,
+    io::{dataset_files, read_file, AtomicFile},
+    progress::Progress,
+    prompts::Prompt,
+    samples::{FinishReason, Sample},
+    scored::ScoredSample,
+    Provenance, ShardWriter,
+};
+
+use crate::reward::{Item, RewardSpec};
+
+pub const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
+
+/// What fixes a reward: a resumed run must use the same.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScoreSettings {
+    pub reward: RewardSpec,
+    /// "f32" or "bf16".
+    pub dtype: String,
+    /// Leave out samples whose prompt has no reference (instead of failing).
+    pub skip_unreferenced: bool,
+    pub shard: Option<(usize, usize)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScoreOptions {
+    /// Padded tokens per batch (batch size x longest item).
+    pub batch_tokens: usize,
+    /// Rows per committed shard (also committed every minute).
+    pub shard_rows: usize,
+    /// Tests: abort the process, as a crash would, after this many shards.
+    #[serde(skip)]
+    pub abort_after_shards: Option<usize>,
+}
+
+/// What a run did, printed and written to `OUT/summary.json`.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub reward_model: String,
+    pub models: BTreeMap<String, ModelSummary>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ModelSummary {
+    /// Rows in OUT/<model>/, from this run and earlier ones.
+    pub scored: usize,
+    /// Samples with finish_reason 'skipped' (nothing to score).
+    pub skipped: usize,
+    /// Samples left out because their prompt has no reference the reward can check (--skip-unreferenced).
+    pub unreferenced: usize,
+    pub reward_mean: Option<f64>,
+    pub reward_min: Option<f64>,
+    pub reward_max: Option<f64>,
+}
+
+/// A sample to score, with the file it came from for error messages.
+struct Work {
+    sample: Sample,
+    file: PathBuf,
+    cost: usize,
+}
+
+/// Read every samples file under `samples`, refusing duplicate keys.
+fn read_samples(samples: &Path) -> Result<Vec<(Sample, PathBuf)>> {
+    let mut seen: HashMap<(String, String, u32), PathBuf> = HashMap::new();
+    let mut out = Vec::new();
+    for path in dataset_files(samples)? {
+        for row in read_file::<Sample>(&path)?.rows {
+            let key = (row.prompt_id.clone(), row.model.clone(), row.sample_index);
+            if let Some(first) = seen.insert(key, path.clone()) {
+                bail!(
+                    "{}: sample (prompt_id {}, model {}, sample_index {}) is also in {}",
+                    path.display(),
+                    row.prompt_id,
+                    row.model,
+                    row.sample_index,
+                    first.display()
+                );
+            }
+            out.push((row, path.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// (prompt_id, sample_index) already scored in `dir`, from the same settings.
+fn existing(dir: &Path, settings: &serde_json::Value) -> Result<Vec<ScoredSample>> {
+    if !dir.exists() || dataset_files(dir).is_err() {
+        return Ok(vec![]);
+    }
+    let mut rows = Vec::new();
+    for path in dataset_files(dir)? {
+        let file = read_file::<ScoredSample>(&path)?;
+        if &file.provenance.config["settings"] != settings {
+            bail!(
+                "{} was scored with other settings ({}), not ({settings}); give this run another --out, or delete that folder",
+                path.display(),
+                file.provenance.config["settings"]
+            );
+        }
+        rows.extend(file.rows);
+    }
+    Ok(rows)
+}
+
+#[derive(Serialize)]
+struct RunConfig<'a> {
+    settings: &'a ScoreSettings,
+    options: &'a ScoreOptions,
+}
+
+pub fn score(
+    prompts_path: &Path,
+    prompts: &[Prompt],
+    samples_path: &Path,
+    settings: &ScoreSettings,
+    options: &ScoreOptions,
+    out: &Path,
+    interrupted: Arc<AtomicBool>,
+) -> Result<Summary> {
+    let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
+    let reward = settings.reward.load(if settings.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 })?;
+    let mut summary = Summary { reward_model: reward.name(), ..Default::default() };
+    let settings_json = serde_json::to_value(settings)?;
+
+    // What is there to score, and what is already scored.
+    let mut todo: BTreeMap<String, Vec<Work>> = BTreeMap::new();
+    let mut done: HashMap<String, Vec<ScoredSample>> = HashMap::new();
+    for (sample, file) in read_samples(samples_path)? {
+        if settings.shard.is_some_and(|(i, n)| shard_of(&sample.prompt_id, n) != i) {
+            continue;
+        }
+        let prompt = by_id.get(sample.prompt_id.as_str()).ok_or_else(|| {
+            anyhow!(
+                "{}: sample (prompt_id {}, model {}, sample_index {}) has no prompt in {}",
+                file.display(),
+                sample.prompt_id,
+                sample.model,
+                sample.sample_index,
+                prompts_path.display()
+            )
+        })?;
+        let model_summary = summary.models.entry(sample.model.clone()).or_default();
+        if sample.finish_reason == FinishReason::Skipped {
+            model_summary.skipped += 1;
+            continue;
+        }
+        if !reward.checkable(prompt.reference.as_deref()) {
+            if !settings.skip_unreferenced {
+                bail!(
+                    "{}: prompt {} has no reference answer {} can check ({:?}); pass --skip-unreferenced to leave such prompts out",
+                    prompts_path.display(),
+                    prompt.prompt_id,
+                    reward.name(),
+                    prompt.reference.as_deref().unwrap_or("none")
+                );
+            }
+            model_summary.unreferenced += 1;
+            continue;
+        }
+        if !done.contains_key(&sample.model) {
+            done.insert(sample.model.clone(), existing(&out.join(&sample.model), &settings_json)?);
+        }
+        let item = Item { messages: &prompt.messages, response: &sample.response, reference: prompt.reference.as_deref() };
+        let cost = reward.cost(&item).with_context(|| format!("{}: sample ({}, {})", file.display(), sample.prompt_id, sample.sample_index))?;
+        todo.entry(sample.model.clone()).or_default().push(Work { sample, file, cost });
+    }
+
+    // Batches per model, fixed by the whole run; those with every row on disk are done.
+    let mut plans = Vec::new();
+    for (model, mut work) in todo {
+        let scored: HashSet<(&str, u32)> = done[&model].iter().map(|r| (r.prompt_id.as_str(), r.sample_index)).collect();
+        work.sort_by(|a, b| a.cost.cmp(&b.cost).then_with(|| a.sample.prompt_id.cmp(&b.sample.prompt_id)).then(a.sample.sample_index.cmp(&b.sample.sample_index)));
+        let batches: Vec<Vec<Work>> = batches(work, options.batch_tokens)
+            .into_iter()
+            .filter(|b| b.iter().any(|w| !scored.contains(&(w.sample.prompt_id.as_str(), w.sample.sample_index))))
+            .collect();
+        plans.push((model, batches));
+    }
+    let total: usize = plans.iter().map(|(_, b)| b.iter().map(Vec::len).sum::<usize>()).sum();
+    let mut progress = Progress::new(total as u64, "samples");
+    let config = RunConfig { settings, options };
+    for (model, batches) in plans {
+        let dir = out.join(&model);
+        let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?.with_input(samples_path)?;
+        if let Some(path) = settings.reward.path() {
+            prov = prov.with_input(path)?;
+        }
+        progress.set_model(&model);
+        let mut writer = ShardWriter::new(&dir, prov, usize::MAX)?;
+        let (mut last_commit, mut shards) = (Instant::now(), 0);
+        for batch in batches {
+            if interrupted.load(Ordering::SeqCst) {
+                break;
+            }
+            let items: Vec<Item> = batch
+                .iter()
+                .map(|w| {
+                    let p = by_id[w.sample.prompt_id.as_str()];
+                    Item { messages: &p.messages, response: &w.sample.response, reference: p.reference.as_deref() }
+                })
+                .collect();
+            let rewards = reward.score(&items).with_context(|| format!("scoring samples of {}", batch[0].file.display()))?;
+            for (w, r) in batch.iter().zip(rewards) {
+                if !r.is_finite() {
+                    bail!("{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written", w.file.display(), w.sample.prompt_id, w.sample.sample_index);
+                }
+                let s = &w.sample;
+                writer.push(ScoredSample {
+                    prompt_id: s.prompt_id.clone(),
+                    model: s.model.clone(),
+                    sample_index: s.sample_index,
+                    response: s.response.clone(),
+                    response_tokens: s.response_tokens,
+                    finish_reason: s.finish_reason,
+                    reward: r,
+                    reward_model: reward.name(),
+                })?;
+            }
+            progress.add(batch.len() as u64, batch.iter().map(|w| w.cost as u64).sum());
+            if writer.pending() >= options.shard_rows || last_commit.elapsed() >= COMMIT_EVERY {
+                writer.flush()?;
+                last_commit = Instant::now();
+                shards += 1;
+                if options.abort_after_shards.is_some_and(|k| shards >= k) {
+                    std::process::abort();
+                }
+            }
+        }
+        writer.finish()?;
+        if interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted; the finished batches are committed: run the same command again to continue");
+        }
+    }
+    progress.finish();
+
+    for (model, s) in summary.models.iter_mut() {
+        let rows = existing(&out.join(model), &settings_json)?;
+        s.scored = rows.len();
+        let rewards: Vec<f64> = rows.iter().map(|r| r.reward).collect();
+        if !rewards.is_empty() {
+            s.reward_mean = Some(rewards.iter().sum::<f64>() / rewards.len() as f64);
+            s.reward_min = rewards.iter().copied().reduce(f64::min);
+            s.reward_max = rewards.iter().copied().reduce(f64::max);
+        }
+    }
+    write_summary(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+/// A shard is committed at least this often, so a crash loses little work.
+const COMMIT_EVERY: Duration = Duration::from_secs(60);
+
+/// Consecutive items (sorted by cost) while batch size x largest cost stays
+/// within `budget`; verifiers (cost 0) go in batches of 256.
+fn batches(work: Vec<Work>, budget: usize) -> Vec<Vec<Work>> {
+    let mut out: Vec<Vec<Work>> = vec![];
+    let mut current: Vec<Work> = vec![];
+    for w in work {
+        let widest = current.iter().map(|c| c.cost).max().unwrap_or(0).max(w.cost);
+        let full = if widest == 0 { current.len() >= 256 } else { (current.len() + 1) * widest > budget };
+        if full && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+        }
+        current.push(w);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Write a summary as pretty JSON, atomically.
+pub fn write_summary(path: &Path, summary: &impl Serialize) -> Result<()> {
+    use std::io::Write;
+    let mut file = AtomicFile::create(path)?;
+    file.file().write_all((serde_json::to_string_pretty(summary)? + "\n").as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    file.commit()
+}
