@@ -1,4 +1,10 @@
-//! Library side of `wrpo-train`: the schedules of a run (and, later, SFT and
-//! WRPO training).
+//! Library side of `wrpo-train`: SFT, reference log-probs and preference
+//! training (WRPO and its baselines) of the target model.
 
+pub mod checkpoint;
+pub mod data;
+pub mod loss;
+pub mod optim;
+pub mod plot;
 pub mod schedule;
+pub mod train;

@@ -1,6 +1,23 @@
-use anyhow::Result;
-use clap::{Parser, Subcommand};
-use wrpo_trainer::schedule::Schedule;
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use wrpo_common::{pairs::Pair, read_dataset, sft::SftExample, write_dataset, Provenance};
+use wrpo_llm::Model;
+use wrpo_trainer::{
+    data::{Encoder, Truncation},
+    loss::{Chosen, LossKind, Objective},
+    optim::AdamWConfig,
+    schedule::Schedule,
+    train::{encode_pairs, encode_sft, load_model, reference_logps, run, Example, LrSchedule, RunInputs, Stage, TrainConfig, PRODUCER},
+};
 
 /// Train the target model: SFT on y_ws, then WRPO on (x, y_ws, y_wt, y_l).
 #[derive(Parser)]
@@ -12,24 +29,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Supervised fine-tuning on (x, y_ws): Target-SFT, the model sampled on
+    /// the preference prompts and the frozen reference of WRPO.
+    Sft(SftArgs),
+    /// Fill ref_logp_y_ws / _y_wt / _y_l of a pairs file with the frozen
+    /// reference model (computed once: the reference never changes).
+    RefLogps(RefArgs),
+    /// Preference training: WRPO, or a baseline (DPO, SimPO, IPO, ...) on the same pairs.
+    Wrpo(WrpoArgs),
     /// Print the learning-rate and alpha schedule of a run as CSV
     /// (step, lr, alpha), to check a configuration before training.
     Schedule {
         /// Training examples (rows of the pairs or SFT set).
         #[arg(long)]
         examples: u64,
-        /// Examples per forward/backward pass.
-        #[arg(long, default_value_t = 1)]
-        micro_batch: u64,
-        /// Micro-batches per optimizer step (global batch = micro_batch * grad_accum).
-        #[arg(long, default_value_t = 128)]
-        grad_accum: u64,
-        #[arg(long, default_value_t = 1.0)]
-        epochs: f64,
-        /// Fraction of the steps spent warming the learning rate up.
-        #[arg(long, default_value_t = 0.1)]
-        warmup_ratio: f64,
-        /// Peak learning rate (recipe: 3e-7 for WRPO, 7e-6 for SFT).
+        #[command(flatten)]
+        steps: Steps,
+        /// Peak learning rate.
         #[arg(long, default_value_t = 3e-7)]
         lr: f64,
         /// Final fusion coefficient alpha (recipe: 0.1).
@@ -41,18 +57,299 @@ enum Command {
     },
 }
 
-fn main() {
-    wrpo_common::exit_on_error("wrpo-train", run(Cli::parse()));
+#[derive(Args)]
+struct Steps {
+    /// Examples per forward/backward pass.
+    #[arg(long, default_value_t = 1)]
+    micro_batch: u64,
+    /// Micro-batches per optimizer step (global batch = micro_batch * grad_accum; recipe: 128).
+    #[arg(long, default_value_t = 128)]
+    grad_accum: u64,
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Fraction of the steps spent warming the learning rate up.
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
 }
 
-fn run(cli: Cli) -> Result<()> {
+#[derive(Args)]
+struct Common {
+    /// The model to train: an HF folder or a GGUF file (dequantized to f32).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output folder: final/ (HF checkpoint), metrics.parquet, metrics.png, checkpoint/.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    steps: Steps,
+    #[arg(long, value_enum, default_value_t = LrSchedule::Cosine)]
+    lr_schedule: LrSchedule,
+    /// Gradient clipping by global norm (0 = none).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Apply weight decay to norms and biases too.
+    #[arg(long)]
+    decay_norms_and_biases: bool,
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f64,
+    /// Prompt + response tokens at most (the response is cut).
+    #[arg(long, default_value_t = 2048)]
+    max_length: usize,
+    /// Prompt tokens at most (the prompt keeps its end).
+    #[arg(long, default_value_t = 1800)]
+    max_prompt_length: usize,
+    /// Fixes the data order.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Do not train the token embeddings (nor a head tied to them).
+    #[arg(long)]
+    freeze_embeddings: bool,
+    /// Print a line every N steps (metrics are kept for every step).
+    #[arg(long, default_value_t = 1)]
+    log_every: u64,
+    /// Save a resumable checkpoint every N steps.
+    #[arg(long, default_value_t = 50)]
+    save_every: u64,
+    /// Evaluate on the eval set every N steps (and at the start and end).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Tests only: abort after this many steps (after saving), as a crash would.
+    #[arg(long, hide = true)]
+    abort_after_steps: Option<u64>,
+}
+
+#[derive(Args)]
+struct SftArgs {
+    #[command(flatten)]
+    common: Common,
+    /// `sft` dataset (from `wrpo-score sft-set`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out `sft` dataset whose loss is logged as eval rows.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Peak learning rate (recipe: 7e-6).
+    #[arg(long, default_value_t = 7e-6)]
+    lr: f64,
+    /// Loss on every token, as the recipe's SFT does (default: response tokens only).
+    #[arg(long)]
+    loss_on_prompt: bool,
+}
+
+#[derive(Args)]
+struct RefArgs {
+    /// The reference model (Target-SFT): an HF folder or a GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// `pairs` dataset.
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Output `pairs` dataset with the reference columns filled.
+    #[arg(long)]
+    out: PathBuf,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 4)]
+    micro_batch: usize,
+    #[arg(long, default_value_t = 2048)]
+    max_length: usize,
+    #[arg(long, default_value_t = 1800)]
+    max_prompt_length: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct WrpoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// `pairs` dataset with reference log-probs (from `wrpo-train ref-logps`).
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Held-out pairs (with reference log-probs) whose metrics are logged as eval rows.
+    #[arg(long)]
+    eval_pairs: Option<PathBuf>,
+    /// Peak learning rate (recipe: 3e-7 for an 8B target).
+    #[arg(long, default_value_t = 3e-7)]
+    lr: f64,
+    #[arg(long, value_enum, default_value_t = LossKind::Wrpo)]
+    loss: LossKind,
+    /// The chosen response of the pairwise losses (dpo, simpo, ipo).
+    #[arg(long, value_enum, default_value_t = Chosen::Target)]
+    dpo_chosen: Chosen,
+    #[arg(long, default_value_t = 0.01)]
+    beta: f64,
+    /// Final fusion coefficient alpha; alpha rises linearly from 0 over the optimizer steps.
+    #[arg(long, default_value_t = 0.1)]
+    alpha_max: f64,
+    /// alpha = alpha_max at every step instead.
+    #[arg(long)]
+    static_alpha: bool,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// SimPO's target reward margin gamma.
+    #[arg(long, default_value_t = 0.5)]
+    simpo_gamma: f64,
+}
+
+fn main() {
+    wrpo_common::exit_on_error("wrpo-train", run_cli(Cli::parse()));
+}
+
+fn set_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
+        // candle sizes its thread pool from this variable when first used.
+        std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
+    }
+}
+
+fn encoder(model: &Model, tokenizer: wrpo_llm::Tokenizer, max_length: usize, max_prompt_length: usize, path: &Path) -> Result<Encoder> {
+    let template = tokenizer.chat_template_for(model.config.family).with_context(|| format!("{}: chat template", path.display()))?;
+    Encoder::new(tokenizer, template, Truncation { max_length, max_prompt_length })
+}
+
+fn train_config(c: &Common, lr: f64) -> TrainConfig {
+    TrainConfig {
+        lr,
+        warmup_ratio: c.steps.warmup_ratio,
+        schedule: c.lr_schedule,
+        epochs: c.steps.epochs,
+        micro_batch: c.steps.micro_batch.max(1) as usize,
+        grad_accum: c.steps.grad_accum.max(1) as usize,
+        max_grad_norm: (c.max_grad_norm > 0.0).then_some(c.max_grad_norm),
+        adamw: AdamWConfig {
+            beta1: c.adam_beta1,
+            beta2: c.adam_beta2,
+            eps: c.adam_eps,
+            weight_decay: c.weight_decay,
+            decay_norms_and_biases: c.decay_norms_and_biases,
+        },
+        truncation: Truncation { max_length: c.max_length, max_prompt_length: c.max_prompt_length },
+        seed: c.seed,
+        freeze_embeddings: c.freeze_embeddings,
+    }
+}
+
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(interrupted)
+}
+
+fn report_truncated(truncated: usize, total: usize, what: &str) {
+    if truncated > 0 {
+        eprintln!("{truncated} of {total} {what} were truncated by --max-length / --max-prompt-length");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train(c: &Common, lr: f64, stage: Stage, model: &Model, enc: &Encoder, examples: &[Example], eval: Option<&[Example]>, inputs: Vec<PathBuf>) -> Result<()> {
+    let config = train_config(c, lr);
+    let template = enc.template().source.clone();
+    let metrics = run(RunInputs {
+        model,
+        tokenizer: enc.tokenizer(),
+        chat_template: &template,
+        examples,
+        eval,
+        stage: &stage,
+        config: &config,
+        out: &c.out,
+        inputs,
+        log_every: c.log_every,
+        save_every: c.save_every,
+        eval_every: c.eval_every,
+        interrupted: interrupt_flag()?,
+        abort_after_steps: c.abort_after_steps,
+    })?;
+    let last = metrics.iter().rev().find(|m| !m.stage.starts_with("eval"));
+    eprintln!(
+        "trained {} steps -> {}/final; metrics in {}/metrics.parquet and metrics.png{}",
+        last.map_or(0, |m| m.step + 1),
+        c.out.display(),
+        c.out.display(),
+        last.map_or(String::new(), |m| format!("; last loss {:.5}", m.loss))
+    );
+    Ok(())
+}
+
+fn run_cli(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Schedule { examples, micro_batch, grad_accum, epochs, warmup_ratio, lr, alpha_max, static_alpha } => {
-            let s = Schedule::new(examples, micro_batch, grad_accum, epochs, warmup_ratio, lr, alpha_max, static_alpha);
+        Command::Schedule { examples, steps, lr, alpha_max, static_alpha } => {
+            let s = Schedule::new(examples, steps.micro_batch, steps.grad_accum, steps.epochs, steps.warmup_ratio, lr, alpha_max, static_alpha);
             println!("step,lr,alpha");
             for step in 0..s.total_steps {
                 println!("{step},{:e},{}", s.lr(step), s.alpha(step));
             }
+        }
+        Command::Sft(a) => {
+            set_threads(a.common.threads);
+            let c = &a.common;
+            let rows = read_dataset::<SftExample>(&a.data)?;
+            let (model, tokenizer) = load_model(&c.model)?;
+            let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
+            let (examples, truncated) = encode_sft(&enc, &rows, a.loss_on_prompt).with_context(|| a.data.display().to_string())?;
+            report_truncated(truncated, examples.len(), "SFT examples");
+            let eval = match &a.eval_data {
+                Some(p) => Some(encode_sft(&enc, &read_dataset::<SftExample>(p)?, a.loss_on_prompt).with_context(|| p.display().to_string())?.0),
+                None => None,
+            };
+            let mut inputs = vec![a.data.clone(), c.model.clone()];
+            inputs.extend(a.eval_data.clone());
+            train(c, a.lr, Stage::Sft { loss_on_prompt: a.loss_on_prompt }, &model, &enc, &examples, eval.as_deref(), inputs)?;
+        }
+        Command::RefLogps(a) => {
+            set_threads(a.threads);
+            let mut pairs = read_dataset::<Pair>(&a.pairs)?;
+            let model = Model::load_frozen(&a.model, DType::F32, &Device::Cpu)?;
+            if model.weights.has_quantized() {
+                bail!("{}: the reference must be a dense model", a.model.display());
+            }
+            let tokenizer = wrpo_llm::Tokenizer::load(&a.model)?;
+            let enc = encoder(&model, tokenizer, a.max_length, a.max_prompt_length, &a.model)?;
+            let (examples, truncated) = encode_pairs(&enc, &pairs, None, &a.pairs)?;
+            report_truncated(truncated, examples.len(), "pairs");
+            let logps = reference_logps(&model, &examples, a.micro_batch)?;
+            for (p, l) in pairs.iter_mut().zip(&logps) {
+                (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) = (Some(l[0]), Some(l[1]), Some(l[2]));
+            }
+            let config = serde_json::json!({"model": a.model, "max_length": a.max_length, "max_prompt_length": a.max_prompt_length});
+            let prov = Provenance::new(PRODUCER, &config)?.with_input(&a.pairs)?.with_input(&a.model)?;
+            write_dataset(&a.out, &pairs, &prov)?;
+            eprintln!("reference log-probs of {} pairs -> {}", pairs.len(), a.out.display());
+        }
+        Command::Wrpo(a) => {
+            set_threads(a.common.threads);
+            let c = &a.common;
+            let objective = Objective { loss: a.loss, chosen: a.dpo_chosen, beta: a.beta, label_smoothing: a.label_smoothing, gamma: a.simpo_gamma };
+            let rows = read_dataset::<Pair>(&a.pairs)?;
+            let (model, tokenizer) = load_model(&c.model)?;
+            let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
+            let (examples, truncated) = encode_pairs(&enc, &rows, Some(&objective), &a.pairs)?;
+            report_truncated(truncated, examples.len(), "pairs");
+            let eval = match &a.eval_pairs {
+                Some(p) => Some(encode_pairs(&enc, &read_dataset::<Pair>(p)?, Some(&objective), p)?.0),
+                None => None,
+            };
+            let mut inputs = vec![a.pairs.clone(), c.model.clone()];
+            inputs.extend(a.eval_pairs.clone());
+            let stage = Stage::Preference { objective, alpha_max: a.alpha_max, static_alpha: a.static_alpha };
+            train(c, a.lr, stage, &model, &enc, &examples, eval.as_deref(), inputs)?;
         }
     }
     Ok(())

@@ -1,0 +1,123 @@
+//! Training examples as token ids, exactly as docs/method.md fixes them:
+//! prompt ids = the target's chat template applied to `messages` with the
+//! generation prompt, tokenized as the sampler tokenizes it; response ids =
+//! the response text tokenized without special tokens, then the one
+//! end-of-turn token at which sampling stops. Log-probs are summed over the
+//! response ids only.
+
+use anyhow::{anyhow, bail, Result};
+use candle_core::{Device, Tensor};
+use wrpo_common::Message;
+use wrpo_llm::{ChatMessage, ChatTemplate, Tokenizer};
+
+/// End-of-turn tokens of the chat formats we know, in order of preference.
+const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"];
+
+/// Turns conversations and responses into ids for one target model.
+pub struct Encoder {
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    /// The token that ends every response.
+    pub end_of_turn: u32,
+    pub truncation: Truncation,
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Truncation {
+    /// Prompt + response tokens at most; the response is cut.
+    pub max_length: usize,
+    /// Prompt tokens at most; the prompt keeps its end.
+    pub max_prompt_length: usize,
+}
+
+/// One sequence: prompt then response; labels are the response positions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sequence {
+    pub ids: Vec<u32>,
+    pub prompt_len: usize,
+    /// Was the prompt or the response cut?
+    pub truncated: bool,
+}
+
+impl Sequence {
+    pub fn response_len(&self) -> usize {
+        self.ids.len() - self.prompt_len
+    }
+}
+
+impl Encoder {
+    pub fn new(tokenizer: Tokenizer, template: ChatTemplate, truncation: Truncation) -> Result<Self> {
+        // The end-of-turn token the template writes after an assistant turn, else EOS.
+        let end_of_turn = END_OF_TURN
+            .iter()
+            .filter(|t| template.source.contains(**t))
+            .find_map(|t| tokenizer.token_to_id(t))
+            .or(tokenizer.eos_id)
+            .ok_or_else(|| anyhow!("the tokenizer has neither an end-of-turn token ({}) nor EOS", END_OF_TURN.join(", ")))?;
+        if truncation.max_prompt_length >= truncation.max_length {
+            bail!("--max-prompt-length ({}) must be below --max-length ({})", truncation.max_prompt_length, truncation.max_length);
+        }
+        Ok(Encoder { tokenizer, template, end_of_turn, truncation })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let turns: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage { role: m.role.as_str(), content: &m.content }).collect();
+        self.tokenizer.encode_chat(&self.template.render(&turns, true)?)
+    }
+
+    pub fn response_ids(&self, response: &str) -> Result<Vec<u32>> {
+        if response.trim().is_empty() {
+            bail!("the response is empty");
+        }
+        let mut ids = self.tokenizer.encode(response, false)?;
+        ids.push(self.end_of_turn);
+        Ok(ids)
+    }
+
+    /// Prompt and response joined, truncated: the prompt keeps its last
+    /// max_prompt_length tokens, then the response is cut to max_length.
+    /// Since max_prompt_length < max_length, a response keeps at least one token.
+    pub fn sequence(&self, prompt: &[u32], response: &[u32]) -> Sequence {
+        let t = self.truncation;
+        let p = &prompt[prompt.len().saturating_sub(t.max_prompt_length)..];
+        let keep = response.len().min(t.max_length - p.len());
+        let truncated = p.len() < prompt.len() || keep < response.len();
+        Sequence { ids: [p, &response[..keep]].concat(), prompt_len: p.len(), truncated }
+    }
+}
+
+/// Sequences padded on the right into one batch.
+pub struct Batch {
+    pub ids: Tensor,
+    pub mask: Tensor,
+    /// Per row: is position t a response (label) token?
+    pub labels: Vec<Vec<bool>>,
+    /// Label tokens in the batch.
+    pub tokens: usize,
+}
+
+impl Batch {
+    pub fn new(seqs: &[&Sequence], device: &Device) -> Result<Self> {
+        let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
+        let (mut ids, mut mask, mut labels) = (vec![0u32; seqs.len() * t], vec![0u32; seqs.len() * t], Vec::new());
+        for (r, s) in seqs.iter().enumerate() {
+            ids[r * t..r * t + s.ids.len()].copy_from_slice(&s.ids);
+            mask[r * t..r * t + s.ids.len()].iter_mut().for_each(|m| *m = 1);
+            labels.push((0..t).map(|i| i >= s.prompt_len && i < s.ids.len()).collect());
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(ids, (seqs.len(), t), device)?,
+            mask: Tensor::from_vec(mask, (seqs.len(), t), device)?,
+            labels,
+            tokens: seqs.iter().map(|s| s.response_len()).sum(),
+        })
+    }
+}

@@ -1,0 +1,152 @@
+//! AdamW over flat f32 buffers, updated in place: gradients of the
+//! micro-batches of a step are summed into one buffer per variable, clipped
+//! by their global norm, and each variable's storage is rewritten in place
+//! (no new tensors per step). The update is torch.optim.AdamW's.
+
+use std::{cell::RefCell, collections::HashMap, path::Path};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{backprop::GradStore, CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor, Var};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Decay norms and biases (1-D tensors) too.
+    pub decay_norms_and_biases: bool,
+}
+
+struct Param {
+    name: String,
+    var: Var,
+    grad: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    decay: bool,
+}
+
+pub struct AdamW {
+    config: AdamWConfig,
+    params: Vec<Param>,
+    /// Optimizer steps taken.
+    pub t: u64,
+}
+
+/// Run `f` on a tensor's f32 storage in place.
+struct InPlace<'a>(RefCell<&'a mut dyn FnMut(&mut [f32])>);
+
+impl InplaceOp1 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = storage else { candle_core::bail!("AdamW updates f32 variables only") };
+        let start = layout.start_offset();
+        (self.0.borrow_mut())(&mut data[start..start + layout.shape().elem_count()]);
+        Ok(())
+    }
+}
+
+/// A contiguous f32 view of a tensor's values, without copying when it already is.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { bail!("training runs on the CPU") };
+    let all = cpu.as_slice::<f32>()?;
+    Ok(f(&all[layout.start_offset()..layout.start_offset() + t.elem_count()]))
+}
+
+impl AdamW {
+    /// `params`: (name, variable) of every trainable tensor, all f32.
+    pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        let params = params
+            .into_iter()
+            .map(|(name, var)| {
+                if var.dtype() != DType::F32 {
+                    bail!("variable {name} is {:?}; training keeps f32 weights", var.dtype());
+                }
+                let n = var.elem_count();
+                let decay = config.decay_norms_and_biases || var.rank() >= 2;
+                Ok(Param { name, var, grad: vec![0.0; n], m: vec![0.0; n], v: vec![0.0; n], decay })
+            })
+            .collect::<Result<_>>()?;
+        Ok(AdamW { config, params, t: 0 })
+    }
+
+    /// Add a backward pass's gradients to the step's sums. Every trainable
+    /// variable must have one: a missing gradient is a bug (a fused op
+    /// without backward) that would otherwise train silently wrong.
+    pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
+        for p in &mut self.params {
+            let g = grads.get(p.var.as_tensor()).ok_or_else(|| anyhow!("variable {} received no gradient", p.name))?;
+            with_values(g, |g| p.grad.iter_mut().zip(g).for_each(|(a, b)| *a += b))?;
+        }
+        Ok(())
+    }
+
+    /// The global L2 norm of the summed gradients.
+    pub fn grad_norm(&self) -> f64 {
+        self.params.iter().map(|p| p.grad.iter().map(|g| (*g as f64).powi(2)).sum::<f64>()).sum::<f64>().sqrt()
+    }
+
+    /// Clip the summed gradients to `max_norm` (as torch's clip_grad_norm_),
+    /// take one AdamW step at `lr`, and zero the sums. Returns the norm
+    /// before clipping.
+    pub fn step(&mut self, lr: f64, max_norm: Option<f64>) -> Result<f64> {
+        let norm = self.grad_norm();
+        let clip = max_norm.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0)) as f32;
+        self.t += 1;
+        let c = &self.config;
+        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
+        let bias1 = 1.0 - c.beta1.powi(self.t as i32);
+        let bias2_sqrt = (1.0 - c.beta2.powi(self.t as i32)).sqrt();
+        let step_size = (lr / bias1) as f32;
+        let eps = c.eps as f32;
+        for p in &mut self.params {
+            let decay = if p.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
+            let (grad, m, v) = (&mut p.grad, &mut p.m, &mut p.v);
+            let mut update = |w: &mut [f32]| {
+                for i in 0..w.len() {
+                    let g = grad[i] * clip;
+                    m[i] = b1 * m[i] + (1.0 - b1) * g;
+                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                    let denom = (v[i].sqrt() / bias2_sqrt as f32) + eps;
+                    w[i] = w[i] * decay - step_size * m[i] / denom;
+                    grad[i] = 0.0;
+                }
+            };
+            p.var.as_tensor().inplace_op1(&InPlace(RefCell::new(&mut update)))?;
+        }
+        Ok(norm)
+    }
+
+    /// Save the moments (m.NAME, v.NAME) to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = HashMap::new();
+        for p in &self.params {
+            let shape = p.var.shape();
+            tensors.insert(format!("m.{}", p.name), Tensor::from_slice(&p.m, shape, &Device::Cpu)?);
+            tensors.insert(format!("v.{}", p.name), Tensor::from_slice(&p.v, shape, &Device::Cpu)?);
+        }
+        candle_core::safetensors::save(&tensors, path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn load(&mut self, path: &Path, t: u64) -> Result<()> {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("cannot read {}", path.display()))?;
+        for p in &mut self.params {
+            for (key, buf) in [("m", &mut p.m), ("v", &mut p.v)] {
+                let name = format!("{key}.{}", p.name);
+                let t = tensors.get(&name).ok_or_else(|| anyhow!("{}: '{name}' is missing", path.display()))?;
+                *buf = t.flatten_all()?.to_vec1::<f32>()?;
+                if buf.len() != p.var.elem_count() {
+                    bail!("{}: '{name}' has {} values, expected {}", path.display(), buf.len(), p.var.elem_count());
+                }
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! metrics.png: loss, reward margins, accuracies and alpha against the step,
+//! one panel each (training rows as lines, eval rows as points).
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use wrpo_common::metrics::StepMetrics;
+
+type Getter = fn(&StepMetrics) -> Option<f64>;
+
+const PANELS: [(&str, Getter); 4] = [
+    ("loss", |m| Some(m.loss)),
+    ("reward margin (chosen - rejected)", |m| m.rewards_margins),
+    ("reward accuracy", |m| m.rewards_accuracies),
+    ("alpha / learning rate (scaled)", |m| m.alpha),
+];
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // A font in the binary: no system fonts needed.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+pub fn plot(metrics: &[StepMetrics], path: &Path) -> Result<()> {
+    register_font();
+    // The backend picks the format by extension: a hidden name ending in .png.
+    let tmp = path.with_file_name(format!(".{}.tmp.png", path.file_stem().unwrap_or_default().to_string_lossy()));
+    {
+        let root = BitMapBackend::new(&tmp, (1200, 800)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
+        let panels = root.split_evenly((2, 2));
+        let max_lr = metrics.iter().map(|m| m.lr).fold(0.0, f64::max);
+        for (area, (title, get)) in panels.iter().zip(PANELS) {
+            let train: Vec<(f64, f64)> = metrics.iter().filter(|m| !m.stage.starts_with("eval")).filter_map(|m| get(m).map(|v| (m.step as f64, v))).collect();
+            let eval: Vec<(f64, f64)> = metrics.iter().filter(|m| m.stage.starts_with("eval")).filter_map(|m| get(m).map(|v| (m.step as f64, v))).collect();
+            // SFT runs have no alpha: that panel shows the learning rate alone.
+            let lr: Vec<(f64, f64)> = if title.starts_with("alpha") {
+                let top = train.iter().map(|p| p.1).fold(0.0, f64::max).max(if train.is_empty() { 1.0 } else { 0.0 });
+                metrics.iter().filter(|m| !m.stage.starts_with("eval")).map(|m| (m.step as f64, m.lr / max_lr.max(1e-30) * top)).collect()
+            } else {
+                vec![]
+            };
+            let all: Vec<&(f64, f64)> = train.iter().chain(&eval).chain(&lr).collect();
+            if all.is_empty() {
+                continue;
+            }
+            let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+            let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+            let pad = ((y1 - y0) * 0.05).max(1e-6);
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+                .map_err(|e| anyhow!("plot: {e}"))?;
+            chart.configure_mesh().x_desc("step").label_style(("sans-serif", 14)).draw().map_err(|e| anyhow!("plot: {e}"))?;
+            chart.draw_series(LineSeries::new(train, BLUE.stroke_width(2))).map_err(|e| anyhow!("plot: {e}"))?;
+            if !lr.is_empty() {
+                chart.draw_series(LineSeries::new(lr, RGBColor(150, 150, 150).stroke_width(1))).map_err(|e| anyhow!("plot: {e}"))?;
+            }
+            chart.draw_series(eval.into_iter().map(|p| Circle::new(p, 5, RED.filled()))).map_err(|e| anyhow!("plot: {e}"))?;
+        }
+        root.present().map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot move the plot to {}: {e}", path.display()))
+}

@@ -1,0 +1,522 @@
+//! The training loop of `wrpo-train sft` and `wrpo-train wrpo`, top to
+//! bottom: encode the examples, then for every optimizer step sum the
+//! gradients of its micro-batches, clip, take an AdamW step, log a metrics
+//! row, and every `save_every` steps save a checkpoint from which a rerun of
+//! the same command continues to the same result.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use wrpo_common::{metrics::StepMetrics, pairs::Pair, progress::Progress, sft::SftExample, write_dataset, Provenance};
+use wrpo_llm::{Model, Rng, Tokenizer};
+
+use crate::{
+    checkpoint,
+    data::{Batch, Encoder, Sequence, Truncation},
+    loss::{Chosen, Inputs, LossKind, Objective, PerY, Y},
+    optim::{AdamW, AdamWConfig},
+    schedule::Schedule,
+};
+
+pub const PRODUCER: &str = concat!("wrpo-train ", env!("CARGO_PKG_VERSION"));
+
+/// Everything that fixes the trained weights: a resumed run must use the same.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    pub lr: f64,
+    pub warmup_ratio: f64,
+    pub schedule: LrSchedule,
+    pub epochs: f64,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    pub max_grad_norm: Option<f64>,
+    pub adamw: AdamWConfig,
+    pub truncation: Truncation,
+    pub seed: u64,
+    pub freeze_embeddings: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+/// What is trained.
+#[derive(Clone, Debug, Serialize)]
+pub enum Stage {
+    /// Next-token loss on the responses (or the whole sequence).
+    Sft { loss_on_prompt: bool },
+    /// A preference objective, with alpha rising to alpha_max or fixed.
+    Preference { objective: Objective, alpha_max: f64, static_alpha: bool },
+}
+
+/// One training example as token ids.
+pub enum Example {
+    Sft { prompt_id: String, seq: Sequence },
+    Pair { prompt_id: String, seqs: PerY<Sequence>, reference: Option<[f64; 3]> },
+}
+
+impl Example {
+    fn prompt_id(&self) -> &str {
+        match self {
+            Example::Sft { prompt_id, .. } | Example::Pair { prompt_id, .. } => prompt_id,
+        }
+    }
+}
+
+fn seq_of(seqs: &PerY<Sequence>, y: Y) -> &Sequence {
+    match y {
+        Y::Ws => seqs.y_ws.as_ref().expect("encoded"),
+        Y::Wt => seqs.y_wt.as_ref().expect("encoded"),
+        Y::L => &seqs.y_l,
+    }
+}
+
+/// Encode SFT examples, counting the truncated ones.
+pub fn encode_sft(enc: &Encoder, rows: &[SftExample], loss_on_prompt: bool) -> Result<(Vec<Example>, usize)> {
+    let mut truncated = 0;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let ctx = || format!("SFT example {}", r.prompt_id);
+        let mut seq = enc.sequence(&enc.prompt_ids(&r.messages).with_context(ctx)?, &enc.response_ids(&r.response).with_context(ctx)?);
+        truncated += usize::from(seq.truncated);
+        if loss_on_prompt {
+            // Every token after the first is a label.
+            seq.prompt_len = 1;
+        }
+        out.push(Example::Sft { prompt_id: r.prompt_id.clone(), seq });
+    }
+    Ok((out, truncated))
+}
+
+/// Encode pairs for `objective`; reference log-probs are required unless it is reference-free.
+pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>, file: &Path) -> Result<(Vec<Example>, usize)> {
+    let needs_ref = objective.is_some_and(Objective::needs_reference);
+    let mut truncated = 0;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, p) in rows.iter().enumerate() {
+        let ctx = |y: &str| format!("{}: row {i} (prompt {}): {y}", file.display(), p.prompt_id);
+        let prompt = enc.prompt_ids(&p.messages).with_context(|| ctx("prompt"))?;
+        let seq = |y: &str, text: &str| -> Result<Sequence> {
+            let s = enc.sequence(&prompt, &enc.response_ids(text).with_context(|| ctx(y))?);
+            Ok(s)
+        };
+        let seqs = PerY { y_ws: Some(seq("y_ws", &p.y_ws)?), y_wt: Some(seq("y_wt", &p.y_wt)?), y_l: seq("y_l", &p.y_l)? };
+        truncated += usize::from([Y::Ws, Y::Wt, Y::L].iter().any(|&y| seq_of(&seqs, y).truncated));
+        let reference = match (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) {
+            (Some(a), Some(b), Some(c)) if [a, b, c].iter().all(|v| v.is_finite()) => Some([a, b, c]),
+            (a, b, c) if needs_ref => {
+                let column = [("ref_logp_y_ws", a), ("ref_logp_y_wt", b), ("ref_logp_y_l", c)].into_iter().find(|(_, v)| !v.is_some_and(f64::is_finite)).unwrap().0;
+                bail!("{}: row {i} (prompt {}): column '{column}' is empty or not finite; run `wrpo-train ref-logps` first", file.display(), p.prompt_id);
+            }
+            _ => None,
+        };
+        out.push(Example::Pair { prompt_id: p.prompt_id.clone(), seqs, reference });
+    }
+    Ok((out, truncated))
+}
+
+/// The example order of an epoch: a permutation fixed by (seed, epoch).
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    for i in (1..n).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// Examples of global micro-batch `k`.
+fn micro_batch(n: usize, micro: usize, seed: u64, k: usize) -> Vec<usize> {
+    let per_epoch = n.div_ceil(micro);
+    let order = epoch_order(n, seed, k / per_epoch);
+    let start = (k % per_epoch) * micro;
+    order[start..(start + micro).min(n)].to_vec()
+}
+
+/// Sums of a step's (or an evaluation's) metrics over its examples.
+#[derive(Default)]
+struct Sums {
+    examples: f64,
+    loss: f64,
+    tokens: usize,
+    /// rewards chosen / source / target / rejected, accuracies (3), logps (4).
+    values: [f64; 11],
+    has_source: bool,
+    has_target: bool,
+}
+
+impl Sums {
+    fn row(&self, stage: &str, step: u64, epoch: f64, lr: f64, alpha: Option<f64>, grad_norm: Option<f64>, secs: f64) -> StepMetrics {
+        let n = self.examples.max(1.0);
+        let v = |i: usize| Some(self.values[i] / n);
+        let pref = alpha.is_some();
+        let when = |ok: bool, i: usize| if pref && ok { v(i) } else { None };
+        StepMetrics {
+            stage: stage.to_string(),
+            step,
+            epoch,
+            loss: self.loss / n,
+            lr,
+            alpha,
+            grad_norm,
+            tokens_per_second: self.tokens as f64 / secs.max(1e-9),
+            rewards_chosen: when(true, 0),
+            rewards_source_chosen: when(self.has_source, 1),
+            rewards_target_chosen: when(self.has_target, 2),
+            rewards_rejected: when(true, 3),
+            rewards_accuracies: when(true, 4),
+            rewards_source_accuracies: when(self.has_source, 5),
+            rewards_pivot_accuracies: when(self.has_target, 6),
+            rewards_margins: if pref { Some((self.values[0] - self.values[3]) / n) } else { None },
+            logps_chosen: when(true, 7),
+            logps_source_chosen: when(self.has_source, 8),
+            logps_target_chosen: when(self.has_target, 9),
+            logps_rejected: when(true, 10),
+        }
+    }
+}
+
+/// The trainer: a model, its examples and what to optimise.
+pub struct Trainer<'a> {
+    pub model: &'a Model,
+    pub stage: &'a Stage,
+    pub config: &'a TrainConfig,
+}
+
+impl Trainer<'_> {
+    /// Loss of a micro-batch, scaled by `1 / denominator` (examples or
+    /// tokens of the whole optimizer step, so accumulation gives the step's
+    /// mean), and its metrics added to `sums`.
+    fn micro_loss(&self, batch: &[&Example], alpha: f64, denominator: f64, sums: &mut Sums) -> Result<Tensor> {
+        let device = self.model.device();
+        match self.stage {
+            Stage::Sft { .. } => {
+                let seqs: Vec<&Sequence> = batch.iter().map(|e| match e {
+                    Example::Sft { seq, .. } => seq,
+                    Example::Pair { .. } => unreachable!("SFT examples only"),
+                }).collect();
+                let b = Batch::new(&seqs, device)?;
+                let (logps, _) = self.model.sequence_logprobs(&b.ids, &b.mask, &b.labels)?;
+                let nll = logps.sum_all()?.neg()?;
+                sums.loss += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                sums.examples += b.tokens as f64;
+                sums.tokens += b.tokens;
+                Ok((nll / denominator)?)
+            }
+            Stage::Preference { objective, .. } => {
+                let ys = objective.responses();
+                let mut seqs = Vec::new();
+                for &y in &ys {
+                    for e in batch {
+                        let Example::Pair { seqs: s, .. } = e else { unreachable!("pairs only") };
+                        seqs.push(seq_of(s, y));
+                    }
+                }
+                let b = Batch::new(&seqs, device)?;
+                let (logps, counts) = self.model.sequence_logprobs(&b.ids, &b.mask, &b.labels)?;
+                let n = batch.len();
+                let part = |k: usize| logps.narrow(0, k * n, n);
+                let lengths_of = |k: usize| Tensor::from_vec(counts[k * n..(k + 1) * n].iter().map(|&c| c as f32).collect(), n, device)?.to_dtype(logps.dtype());
+                let refs_of = |y: Y| -> Result<Tensor> {
+                    let col = match y { Y::Ws => 0, Y::Wt => 1, Y::L => 2 };
+                    let values = batch
+                        .iter()
+                        .map(|e| match e {
+                            Example::Pair { reference: Some(r), .. } => Ok(r[col] as f32),
+                            e => Err(anyhow!("prompt {}: no reference log-probs", e.prompt_id())),
+                        })
+                        .collect::<Result<Vec<f32>>>()?;
+                    Ok(Tensor::from_vec(values, n, device)?.to_dtype(logps.dtype())?)
+                };
+                let k_of = |y: Y| ys.iter().position(|&v| v == y);
+                let per_y = |f: &dyn Fn(usize) -> candle_core::Result<Tensor>| -> Result<PerY<Tensor>> {
+                    Ok(PerY {
+                        y_ws: k_of(Y::Ws).map(f).transpose()?,
+                        y_wt: k_of(Y::Wt).map(f).transpose()?,
+                        y_l: f(k_of(Y::L).expect("y_l always"))?,
+                    })
+                };
+                let reference = if objective.needs_reference() {
+                    Some(PerY {
+                        y_ws: k_of(Y::Ws).map(|_| refs_of(Y::Ws)).transpose()?,
+                        y_wt: k_of(Y::Wt).map(|_| refs_of(Y::Wt)).transpose()?,
+                        y_l: refs_of(Y::L)?,
+                    })
+                } else {
+                    None
+                };
+                let inputs = Inputs { policy: per_y(&part)?, reference, lengths: per_y(&lengths_of)? };
+                let out = objective.forward(&inputs, alpha)?;
+                let loss_sum = out.losses.sum_all()?;
+                self.add_metrics(objective, alpha, &inputs, &out, sums)?;
+                sums.loss += loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                sums.examples += n as f64;
+                sums.tokens += b.tokens;
+                Ok((loss_sum / denominator)?)
+            }
+        }
+    }
+
+    fn add_metrics(&self, objective: &Objective, alpha: f64, x: &Inputs, out: &crate::loss::Output, sums: &mut Sums) -> Result<()> {
+        let vals = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?) };
+        let opt = |t: &Option<Tensor>| t.as_ref().map(vals).transpose();
+        let (r_ws, r_wt, r_l) = (opt(&out.rewards.y_ws)?, opt(&out.rewards.y_wt)?, vals(&out.rewards.y_l)?);
+        let (p_ws, p_wt, p_l) = (opt(&x.policy.y_ws)?, opt(&x.policy.y_wt)?, vals(&x.policy.y_l)?);
+        // Weight of y_ws in "chosen": alpha for the WRPO forms, 1/2 for the mix, 0 or 1 for pairwise ones.
+        let w = match objective.loss {
+            LossKind::Dpo | LossKind::Simpo | LossKind::Ipo => f64::from(objective.chosen == Chosen::Source),
+            LossKind::SigmoidMix => 0.5,
+            _ => alpha,
+        };
+        sums.has_source = r_ws.is_some();
+        sums.has_target = r_wt.is_some();
+        for i in 0..r_l.len() {
+            let mix = |a: &Option<Vec<f64>>, b: &Option<Vec<f64>>| a.as_ref().map_or(0.0, |a| w * a[i]) + b.as_ref().map_or(0.0, |b| (1.0 - w) * b[i]);
+            let chosen = mix(&r_ws, &r_wt);
+            let s = &mut sums.values;
+            s[0] += chosen;
+            s[1] += r_ws.as_ref().map_or(0.0, |r| r[i]);
+            s[2] += r_wt.as_ref().map_or(0.0, |r| r[i]);
+            s[3] += r_l[i];
+            s[4] += f64::from(chosen > r_l[i]);
+            s[5] += r_ws.as_ref().map_or(0.0, |r| f64::from(r[i] > r_l[i]));
+            s[6] += r_wt.as_ref().map_or(0.0, |r| f64::from(r[i] > r_l[i]));
+            s[7] += mix(&p_ws, &p_wt);
+            s[8] += p_ws.as_ref().map_or(0.0, |p| p[i]);
+            s[9] += p_wt.as_ref().map_or(0.0, |p| p[i]);
+            s[10] += p_l[i];
+        }
+        Ok(())
+    }
+
+    /// The mean loss of `batch` (per example for preference losses, per
+    /// label token for SFT), as one optimizer step over it computes it.
+    pub fn batch_loss(&self, batch: &[&Example], alpha: f64) -> Result<Tensor> {
+        self.micro_loss(batch, alpha, self.denominator(batch), &mut Sums::default())
+    }
+
+    /// The denominator of a step's mean: examples for preference losses,
+    /// label tokens for SFT (the mean token loss of the step).
+    fn denominator(&self, batch: &[&Example]) -> f64 {
+        match self.stage {
+            Stage::Sft { .. } => batch.iter().map(|e| match e {
+                Example::Sft { seq, .. } => seq.response_len(),
+                _ => 0,
+            }).sum::<usize>() as f64,
+            Stage::Preference { .. } => batch.len() as f64,
+        }
+    }
+
+    /// Metrics of `examples` without updating (micro-batches of the same size).
+    pub fn evaluate(&self, examples: &[Example], alpha: f64, step: u64, stage: &str) -> Result<StepMetrics> {
+        let mut sums = Sums::default();
+        let started = Instant::now();
+        let all: Vec<&Example> = examples.iter().collect();
+        let denominator = self.denominator(&all);
+        for chunk in all.chunks(self.config.micro_batch) {
+            self.micro_loss(chunk, alpha, denominator, &mut sums)?;
+        }
+        let alpha = matches!(self.stage, Stage::Preference { .. }).then_some(alpha);
+        Ok(sums.row(stage, step, 0.0, 0.0, alpha, None, started.elapsed().as_secs_f64()))
+    }
+}
+
+pub struct RunInputs<'a> {
+    pub model: &'a Model,
+    pub tokenizer: &'a Tokenizer,
+    pub chat_template: &'a str,
+    pub examples: &'a [Example],
+    pub eval: Option<&'a [Example]>,
+    pub stage: &'a Stage,
+    pub config: &'a TrainConfig,
+    pub out: &'a Path,
+    /// Input files, recorded in the metrics' provenance.
+    pub inputs: Vec<PathBuf>,
+    pub log_every: u64,
+    pub save_every: u64,
+    pub eval_every: Option<u64>,
+    pub interrupted: Arc<AtomicBool>,
+    /// Tests: abort the process, as a crash would, after this many steps.
+    pub abort_after_steps: Option<u64>,
+}
+
+pub fn schedule_of(stage: &Stage, config: &TrainConfig, examples: usize) -> Schedule {
+    let (alpha_max, static_alpha) = match stage {
+        Stage::Preference { alpha_max, static_alpha, .. } => (*alpha_max, *static_alpha),
+        Stage::Sft { .. } => (0.0, false),
+    };
+    Schedule::new(examples as u64, config.micro_batch as u64, config.grad_accum as u64, config.epochs, config.warmup_ratio, config.lr, alpha_max, static_alpha)
+}
+
+fn lr_at(s: &Schedule, kind: LrSchedule, step: u64) -> f64 {
+    match kind {
+        LrSchedule::Cosine => s.lr(step),
+        _ if step < s.warmup_steps => s.lr(step),
+        LrSchedule::Constant => s.lr,
+        LrSchedule::Linear => {
+            let decay = s.total_steps.saturating_sub(s.warmup_steps).max(1);
+            s.lr * (1.0 - (step - s.warmup_steps) as f64 / decay as f64).max(0.0)
+        }
+    }
+}
+
+/// Train, resuming from `out/checkpoint` when it exists; returns the metrics rows.
+pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
+    let RunInputs { model, config, stage, examples, out, .. } = r;
+    let stage_name = match stage {
+        Stage::Sft { .. } => "sft".to_string(),
+        Stage::Preference { objective, .. } => serde_json::to_value(objective.loss)?.as_str().unwrap_or("wrpo").to_string(),
+    };
+    let schedule = schedule_of(stage, config, examples.len());
+    if schedule.total_steps == 0 {
+        bail!("no training example");
+    }
+    let trainer = Trainer { model, stage, config };
+    let params: Vec<(String, candle_core::Var)> = model
+        .weights
+        .vars()
+        .into_iter()
+        .filter(|(name, _)| !(config.freeze_embeddings && *name == "model.embed_tokens.weight"))
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect();
+    let mut optimizer = AdamW::new(params, config.adamw.clone())?;
+    let run_config = serde_json::json!({"stage": stage, "train": config, "examples": examples.len()});
+    let mut state = checkpoint::prepare(out, &run_config)?;
+    if let Some(done) = checkpoint::finished(out)? {
+        eprintln!("{} already holds this finished run ({} steps); delete it to train again", out.display(), done.step);
+        return Ok(done.metrics);
+    }
+    if let Some(resumed) = checkpoint::load(out, model, &mut optimizer)? {
+        state = resumed;
+        eprintln!("resuming from {} at step {}/{}", out.join("checkpoint").display(), state.step, schedule.total_steps);
+    }
+    let alpha_of = |step: u64| matches!(stage, Stage::Preference { .. }).then(|| schedule.alpha(step));
+    if state.step == 0 && state.metrics.is_empty() {
+        if let Some(eval) = r.eval {
+            state.metrics.push(trainer.evaluate(eval, alpha_of(0).unwrap_or(0.0), 0, &format!("eval_{stage_name}"))?);
+        }
+    }
+    let per_epoch = examples.len().div_ceil(config.micro_batch);
+    let total_micro = (config.epochs * per_epoch as f64).ceil() as usize;
+    let mut progress = Progress::new(schedule.total_steps, "steps");
+    progress.set_model(&stage_name);
+    progress.add(state.step, 0);
+    while state.step < schedule.total_steps {
+        let step = state.step;
+        let started = Instant::now();
+        let (lr, alpha) = (lr_at(&schedule, config.schedule, step), alpha_of(step));
+        let micro: Vec<Vec<usize>> = (step as usize * config.grad_accum..((step as usize + 1) * config.grad_accum).min(total_micro))
+            .map(|k| micro_batch(examples.len(), config.micro_batch, config.seed, k))
+            .collect();
+        let all: Vec<&Example> = micro.iter().flatten().map(|&i| &examples[i]).collect();
+        let denominator = trainer.denominator(&all);
+        let mut sums = Sums::default();
+        for mb in &micro {
+            let batch: Vec<&Example> = mb.iter().map(|&i| &examples[i]).collect();
+            let loss = trainer.micro_loss(&batch, alpha.unwrap_or(0.0), denominator, &mut sums)?;
+            if !loss.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
+                let ids: Vec<&str> = batch.iter().map(|e| e.prompt_id()).collect();
+                bail!("the loss became {} at step {step} on prompts {ids:?}; the last good checkpoint is kept in {}", loss, out.join("checkpoint").display());
+            }
+            optimizer.accumulate(&loss.backward()?)?;
+        }
+        let grad_norm = optimizer.step(lr, config.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            let ids: Vec<&str> = all.iter().map(|e| e.prompt_id()).collect();
+            bail!("the gradient norm became {grad_norm} at step {step} on prompts {ids:?}; the last good checkpoint is kept");
+        }
+        let epoch = ((step + 1) as f64 * config.grad_accum as f64 / per_epoch as f64).min(config.epochs);
+        let row = sums.row(&stage_name, step, epoch, lr, alpha, Some(grad_norm), started.elapsed().as_secs_f64());
+        progress.set_note(format!(", loss {:.4}{}", row.loss, alpha.map_or(String::new(), |a| format!(", alpha {a:.3}"))));
+        progress.add(1, sums.tokens as u64);
+        if r.log_every > 0 && (step % r.log_every == 0 || step + 1 == schedule.total_steps) {
+            progress.log(&format!("step {step}: loss {:.5}, lr {lr:.3e}, grad norm {grad_norm:.4}{}", row.loss,
+                row.rewards_accuracies.map_or(String::new(), |a| format!(", accuracy {a:.3}, margin {:.4}", row.rewards_margins.unwrap_or(0.0)))));
+        }
+        state.metrics.push(row);
+        state.step += 1;
+        if let (Some(eval), Some(every)) = (r.eval, r.eval_every) {
+            if state.step % every == 0 && state.step < schedule.total_steps {
+                state.metrics.push(trainer.evaluate(eval, alpha.unwrap_or(0.0), state.step, &format!("eval_{stage_name}"))?);
+            }
+        }
+        let interrupted = r.interrupted.load(Ordering::SeqCst);
+        if state.step % r.save_every.max(1) == 0 || interrupted || r.abort_after_steps == Some(state.step) {
+            checkpoint::save(out, model, &optimizer, &state)?;
+        }
+        if r.abort_after_steps == Some(state.step) {
+            std::process::abort();
+        }
+        if interrupted {
+            bail!("interrupted at step {}; the checkpoint is saved: run the same command again to continue", state.step);
+        }
+    }
+    progress.finish();
+    if let Some(eval) = r.eval {
+        let last = schedule.total_steps.saturating_sub(1);
+        state.metrics.push(trainer.evaluate(eval, alpha_of(last).unwrap_or(0.0), schedule.total_steps, &format!("eval_{stage_name}"))?);
+    }
+    // The final checkpoint, then the metrics and their plot.
+    wrpo_llm::save_hf_checkpoint(model, r.tokenizer, Some(r.chat_template), &out.join("final"))?;
+    let mut prov = Provenance::new(PRODUCER, &run_config)?;
+    for input in &r.inputs {
+        prov = prov.with_input(input)?;
+    }
+    write_dataset(&out.join("metrics.parquet"), &state.metrics, &prov)?;
+    crate::plot::plot(&state.metrics, &out.join("metrics.png"))?;
+    checkpoint::finish(out, &state)?;
+    Ok(state.metrics)
+}
+
+/// Load the model to train: an HF folder or a GGUF file (dequantized), f32.
+pub fn load_model(path: &Path) -> Result<(Model, Tokenizer)> {
+    let model = Model::load(path, DType::F32, &Device::Cpu)?;
+    if model.weights.has_quantized() {
+        bail!("{}: a model loaded for quantized inference cannot be trained", path.display());
+    }
+    Ok((model, Tokenizer::load(path)?))
+}
+
+/// Fill the reference log-probs of every pair with the frozen reference
+/// model: the same forward and tokenization as training, computed once.
+pub fn reference_logps(model: &Model, examples: &[Example], micro_batch: usize) -> Result<Vec<[f64; 3]>> {
+    let mut out = Vec::with_capacity(examples.len());
+    let mut progress = Progress::new(examples.len() as u64, "pairs");
+    progress.set_model("ref-logps");
+    for chunk in examples.chunks(micro_batch.max(1)) {
+        let mut seqs = Vec::new();
+        for y in [Y::Ws, Y::Wt, Y::L] {
+            for e in chunk {
+                let Example::Pair { seqs: s, .. } = e else { unreachable!("pairs only") };
+                seqs.push(seq_of(s, y));
+            }
+        }
+        let b = Batch::new(&seqs, model.device())?;
+        let (logps, _) = model.sequence_logprobs(&b.ids, &b.mask, &b.labels)?;
+        let v = logps.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let n = chunk.len();
+        for (i, e) in chunk.iter().enumerate() {
+            let row = [v[i], v[n + i], v[2 * n + i]];
+            if row.iter().any(|x| !x.is_finite()) {
+                bail!("prompt {}: a reference log-prob is not finite ({row:?})", e.prompt_id());
+            }
+            out.push(row);
+        }
+        progress.add(n as u64, b.tokens as u64);
+    }
+    progress.finish();
+    Ok(out)
+}

@@ -1,0 +1,242 @@
+//! `wrpo-train` end to end, through the binary, on a tiny random Llama with
+//! the repo's tiny ChatML tokenizer: learning on a synthetic preference
+//! task, exact resume, the HF checkpoint, and errors on bad inputs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+use wrpo_common::{
+    metrics::StepMetrics, pairs::Pair, read_dataset, sft::SftExample, write_dataset, Message, Provenance, Role,
+};
+use wrpo_llm::Model;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn train_bin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wrpo-train")).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "wrpo-train failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn failed(out: Output) -> String {
+    assert!(!out.status.success(), "wrpo-train should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const GOOD: [&str; 3] = ["Sure, here is the answer.", "Sure, here it is.", "Here is the answer, sure."];
+const BAD: [&str; 3] = ["No.", "I will not.", "No, never."];
+
+fn question(i: usize) -> Vec<Message> {
+    vec![Message::new(Role::User, format!("Question {i}: tell me about topic {}.", i * 7 % 13))]
+}
+
+/// Pairs whose chosen responses are polite and rejected ones refuse.
+fn pairs(range: std::ops::Range<usize>) -> Vec<Pair> {
+    range
+        .map(|i| Pair {
+            prompt_id: format!("q{i}"),
+            messages: question(i),
+            y_ws: GOOD[i % 3].into(),
+            y_ws_model: "source".into(),
+            y_ws_sample_index: 0,
+            y_ws_reward: 1.0,
+            y_wt: GOOD[(i + 1) % 3].into(),
+            y_wt_model: "target-sft".into(),
+            y_wt_sample_index: 0,
+            y_wt_reward: 0.8,
+            y_l: BAD[i % 3].into(),
+            y_l_model: "target-sft".into(),
+            y_l_sample_index: 1,
+            y_l_reward: 0.1,
+            ref_logp_y_ws: None,
+            ref_logp_y_wt: None,
+            ref_logp_y_l: None,
+        })
+        .collect()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    model: String,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let model = wrpo_llm::tiny::tiny_llama(dir.path(), &repo().join("data/fixtures/tokenizer/tiny-bpe"), 128, 11).unwrap();
+        let s = Setup { model: model.display().to_string(), dir };
+        let prov = Provenance::new("test", &json!({})).unwrap();
+        write_dataset(Path::new(&s.path("pairs.parquet")), &pairs(0..16), &prov).unwrap();
+        write_dataset(Path::new(&s.path("eval-pairs.parquet")), &pairs(100..108), &prov).unwrap();
+        for (name, range) in [("sft.parquet", 0..16), ("eval-sft.parquet", 100..108)] {
+            let rows: Vec<SftExample> = range
+                .map(|i| SftExample {
+                    prompt_id: format!("q{i}"),
+                    messages: question(i),
+                    response: GOOD[i % 3].into(),
+                    source_model: "source".into(),
+                    source_sample_index: 0,
+                    reward: 1.0,
+                })
+                .collect();
+            write_dataset(Path::new(&s.path(name)), &rows, &prov).unwrap();
+        }
+        for (pairs, out) in [("pairs.parquet", "pairs-ref.parquet"), ("eval-pairs.parquet", "eval-ref.parquet")] {
+            ok(train_bin(&["ref-logps", "--model", &s.model, "--pairs", &s.path(pairs), "--out", &s.path(out)]));
+        }
+        s
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn wrpo(&self, out: &str, extra: &[&str]) -> Output {
+        let out = self.path(out);
+        let mut args = vec!["wrpo", "--model", &self.model, "--pairs", &self.dir.path().join("pairs-ref.parquet").to_str().unwrap().to_string()]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(
+            ["--out", &out, "--lr", "5e-3", "--beta", "0.1", "--alpha-max", "0.5", "--micro-batch", "4", "--grad-accum", "1", "--epochs", "3", "--warmup-ratio", "0"]
+                .map(String::from),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        train_bin(&args)
+    }
+}
+
+fn metrics(dir: &str) -> Vec<StepMetrics> {
+    read_dataset::<StepMetrics>(&Path::new(dir).join("metrics.parquet")).unwrap()
+}
+
+#[test]
+fn wrpo_learns_held_out_preferences_and_resumes_exactly() {
+    let s = Setup::new();
+    // Reference log-probs are those of the model itself.
+    let refs = read_dataset::<Pair>(Path::new(&s.path("pairs-ref.parquet"))).unwrap();
+    assert!(refs.iter().all(|p| p.ref_logp_y_ws.unwrap() < 0.0 && p.ref_logp_y_l.unwrap() < 0.0));
+
+    ok(s.wrpo("whole", &["--eval-pairs", &s.path("eval-ref.parquet"), "--save-every", "4"]));
+    let m = metrics(&s.path("whole"));
+    let train: Vec<&StepMetrics> = m.iter().filter(|r| r.stage == "wrpo").collect();
+    let eval: Vec<&StepMetrics> = m.iter().filter(|r| r.stage == "eval_wrpo").collect();
+    assert_eq!(train.len(), 12, "16 pairs / 4 per step x 3 epochs");
+    assert_eq!(train[0].alpha, Some(0.0));
+    assert!((train[11].alpha.unwrap() - 0.5).abs() < 1e-12, "alpha reaches alpha_max at the last step");
+    assert!(train.windows(2).all(|w| w[1].alpha >= w[0].alpha));
+    let (first, last) = (eval.first().unwrap(), eval.last().unwrap());
+    assert_eq!(first.rewards_accuracies, Some(0.0), "before training the policy equals the reference");
+    assert!(last.rewards_accuracies.unwrap() >= 0.9, "held-out reward accuracy {:?}", last.rewards_accuracies);
+    assert!(last.loss < first.loss - 0.05, "held-out loss {} -> {}", first.loss, last.loss);
+    assert!(last.rewards_margins.unwrap() > 0.0);
+    for r in &train {
+        assert!(r.grad_norm.unwrap().is_finite() && r.logps_rejected.is_some() && r.rewards_pivot_accuracies.is_some());
+    }
+    assert!(Path::new(&s.path("whole/metrics.png")).exists());
+    assert!(!Path::new(&s.path("whole/checkpoint")).exists(), "a finished run keeps no checkpoint");
+
+    // A crash after step 5, then the same command: the same weights and metrics.
+    let crashed = s.wrpo("resumed", &["--eval-pairs", &s.path("eval-ref.parquet"), "--save-every", "4", "--abort-after-steps", "5"]);
+    assert!(!crashed.status.success());
+    assert!(Path::new(&s.path("resumed/checkpoint/state.json")).exists());
+    let out = ok(s.wrpo("resumed", &["--eval-pairs", &s.path("eval-ref.parquet"), "--save-every", "4"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"), "{}", String::from_utf8_lossy(&out.stderr));
+    let load = |d: &str| Model::load(Path::new(&s.path(d)).join("final").as_path(), DType::F32, &Device::Cpu).unwrap();
+    let (a, b) = (load("whole"), load("resumed"));
+    for ((n, x), (_, y)) in a.weights.vars().iter().zip(b.weights.vars().iter()) {
+        let d = (x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-6, "{n} differs by {d} after resuming");
+    }
+    let strip = |rows: Vec<StepMetrics>| rows.into_iter().map(|r| StepMetrics { tokens_per_second: 0.0, ..r }).collect::<Vec<_>>();
+    assert_eq!(strip(metrics(&s.path("resumed"))), strip(m.clone()));
+
+    // The same folder with other settings is refused; the finished run is left alone.
+    let err = failed(s.wrpo("whole", &["--label-smoothing", "0.1"]));
+    assert!(err.contains("other settings"), "{err}");
+
+    // The checkpoint reloads with the same logits as the trained model would give.
+    let ids = Tensor::new(&[[1u32, 5, 9, 40, 7]], &Device::Cpu).unwrap();
+    let logits = a.forward(&ids, &ids.ones_like().unwrap()).unwrap();
+    assert!(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite()));
+    let tok_cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&s.path("whole/final/tokenizer_config.json"))).unwrap()).unwrap();
+    assert!(tok_cfg["chat_template"].as_str().unwrap().contains("<|im_start|>"));
+}
+
+#[test]
+fn baselines_run_from_the_same_pairs_and_simpo_needs_no_reference() {
+    let s = Setup::new();
+    for (name, loss, extra) in [("dpo", "dpo", "--dpo-chosen=source"), ("ipo", "ipo", "--label-smoothing=0"), ("mix", "sigmoid-mix", "--static-alpha")] {
+        ok(s.wrpo(name, &["--loss", loss, extra]));
+        let m = metrics(&s.path(name));
+        assert_eq!(m.len(), 12);
+        assert_eq!(m[0].stage, loss);
+    }
+    // SimPO on pairs without reference columns.
+    let out = s.path("simpo");
+    ok(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("pairs.parquet"), "--out", &out, "--loss", "simpo", "--micro-batch", "8", "--grad-accum", "1", "--beta", "2"]));
+    // WRPO on them is refused, naming the file and the column.
+    let err = failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("pairs.parquet"), "--out", &s.path("x")]));
+    assert!(err.contains("pairs.parquet") && err.contains("ref_logp_y_ws") && err.contains("ref-logps"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn sft_lowers_the_held_out_loss() {
+    let s = Setup::new();
+    let out = s.path("sft");
+    ok(train_bin(&[
+        "sft", "--model", &s.model, "--data", &s.path("sft.parquet"), "--eval-data", &s.path("eval-sft.parquet"), "--out", &out,
+        "--lr", "3e-3", "--micro-batch", "4", "--grad-accum", "1", "--epochs", "3", "--warmup-ratio", "0",
+    ]));
+    let m = metrics(&out);
+    let eval: Vec<&StepMetrics> = m.iter().filter(|r| r.stage == "eval_sft").collect();
+    assert!(eval.len() >= 2);
+    let (first, last) = (eval[0].loss, eval.last().unwrap().loss);
+    assert!(last < 0.5 * first, "held-out token loss {first} -> {last}");
+    assert!(m.iter().all(|r| r.rewards_accuracies.is_none()));
+    // Target-SFT loads back as a model the sampler can use.
+    Model::load(&Path::new(&out).join("final"), DType::F32, &Device::Cpu).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let s = Setup::new();
+    let prov = Provenance::new("test", &json!({})).unwrap();
+    // An empty response.
+    let mut bad = read_dataset::<Pair>(Path::new(&s.path("pairs-ref.parquet"))).unwrap();
+    bad[3].y_l = "  ".into();
+    write_dataset(Path::new(&s.path("bad.parquet")), &bad, &prov).unwrap();
+    let err = failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("bad.parquet"), "--out", &s.path("o1")]));
+    assert!(err.contains("row 3") && err.contains("q3") && err.contains("y_l") && err.contains("empty"), "{err}");
+    // A NaN reference.
+    let mut bad = read_dataset::<Pair>(Path::new(&s.path("pairs-ref.parquet"))).unwrap();
+    bad[5].ref_logp_y_wt = Some(f64::NAN);
+    write_dataset(Path::new(&s.path("nan.parquet")), &bad, &prov).unwrap();
+    let err = failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("nan.parquet"), "--out", &s.path("o2")]));
+    assert!(err.contains("row 5") && err.contains("ref_logp_y_wt"), "{err}");
+    // A prompt limit that leaves no room for a response.
+    let err = failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("pairs-ref.parquet"), "--out", &s.path("o3"), "--max-length", "12", "--max-prompt-length", "12"]));
+    assert!(err.contains("--max-prompt-length (12) must be below --max-length (12)"), "{err}");
+    // A model loaded for quantized inference cannot be trained.
+    let gguf = repo().join("data/fixtures/llm/gguf");
+    if let Some(q8) = std::fs::read_dir(&gguf).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.to_string_lossy().contains("q8")) {
+        let model = Model::load_quantized(&q8, &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+        let err = model.sequence_logprobs(&ids, &ids.ones_like().unwrap(), &[vec![false, true, true]]).unwrap_err().to_string();
+        assert!(err.contains("quantized"), "{err}");
+    }
+    for o in ["o1", "o2", "o3"] {
+        assert!(!Path::new(&s.path(o)).join("final").exists());
+    }
+}
