@@ -89,7 +89,7 @@ impl CustomOp2 for LabelLogProb {
         let (m, step) = (h.dim(0)?, self.rows);
         let grad = grad.detach();
         let mut grad_h = Vec::new();
-        let mut grad_w = w.zeros_like()?;
+        let mut grad_w: Option<Tensor> = None;
         for start in (0..m).step_by(step) {
             let n = step.min(m - start);
             let hc = h.narrow(0, start, n)?;
@@ -104,9 +104,14 @@ impl CustomOp2 for LabelLogProb {
                 dz = (dz * (1.0 - t.sqr()?)?)?;
             }
             grad_h.push(dz.matmul(&w)?);
-            grad_w = (grad_w + dz.t()?.matmul(&hc)?)?;
+            // (vocab x hidden) per chunk: no zero-filled start, one sum per extra chunk.
+            let part = dz.t()?.matmul(&hc)?;
+            grad_w = Some(match grad_w {
+                Some(g) => (g + part)?,
+                None => part,
+            });
         }
-        Ok((Some(Tensor::cat(&grad_h, 0)?), Some(grad_w)))
+        Ok((Some(Tensor::cat(&grad_h, 0)?), grad_w))
     }
 }
 
