@@ -5,6 +5,7 @@
 //!
 //!   cargo run -p wrpo-common --example synthetic_run -- sources RUN
 //!   cargo run -p wrpo-common --example synthetic_run -- target RUN
+//!   cargo run -p wrpo-common --example synthetic_run -- refs RUN     (pairs-ref.parquet from pairs.parquet)
 //!   cargo run -p wrpo-common --example synthetic_run -- metrics RUN
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use anyhow::{bail, Result};
 use wrpo_common::{
     hash::uniform_draw,
     metrics::StepMetrics,
+    pairs::Pair,
     prompts::{Prompt, Split},
     read_dataset,
     samples::{FinishReason, Sample},
@@ -24,7 +26,7 @@ const N: u32 = 3;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, what, run] = args.as_slice() else { bail!("usage: synthetic_run sources|target|metrics RUN") };
+    let [_, what, run] = args.as_slice() else { bail!("usage: synthetic_run sources|target|refs|metrics RUN") };
     let run = Path::new(run);
     let prov = Provenance::new("synthetic_run example", &serde_json::json!({"what": what}))?;
     match what.as_str() {
@@ -36,6 +38,14 @@ fn main() -> Result<()> {
             }
         }
         "target" => write_samples(run, "target", "target-sft", &read_dataset(&run.join("preference-prompts.parquet"))?, &prov)?,
+        "refs" => {
+            let mut pairs: Vec<Pair> = read_dataset(&run.join("pairs.parquet"))?;
+            for p in &mut pairs {
+                let logp = |y: &str| Some(-40.0 * (1.0 + uniform_draw(42, y, &p.prompt_id)));
+                (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) = (logp("y_ws"), logp("y_wt"), logp("y_l"));
+            }
+            write_dataset(&run.join("pairs-ref.parquet"), &pairs, &prov)?;
+        }
         "metrics" => {
             let rows: Vec<StepMetrics> = (0..10)
                 .map(|step| StepMetrics {

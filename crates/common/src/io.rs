@@ -147,6 +147,14 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Write a text file (JSON, markdown, ...) atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut file = AtomicFile::create(path)?;
+    file.file().write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    file.commit()
+}
+
 /// Write `rows` to the Parquet file `path`, atomically, with ZSTD compression
 /// and the dataset's schema name, version and `prov` in the key-value metadata.
 pub fn write_dataset<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> Result<()> {

@@ -20,6 +20,23 @@ pub mod sft;
 pub use dataset::{Dataset, Message, Role};
 pub use io::{read_dataset, write_dataset, DatasetFile, Provenance, ShardWriter};
 
+/// A flag that the first Ctrl-C sets (the job then finishes its current unit
+/// of work, commits it and exits) after printing `interrupted: {what}`; a
+/// second Ctrl-C exits at once.
+pub fn interrupt_flag(what: &'static str) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::{atomic::Ordering, Arc};
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: {what} (Ctrl-C again to quit at once)");
+    })
+    .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
+    Ok(interrupted)
+}
+
 /// End a binary's `main`: on error print `BIN: error: ...` with the whole
 /// chain of causes (file, column, row) and exit non-zero.
 pub fn exit_on_error(bin: &str, result: anyhow::Result<()>) {

@@ -1,10 +1,4 @@
-use std::{
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -242,15 +236,6 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("no prompt of {} is left after --split, --prompt-ids, --shard and --limit", a.prompts.display());
     }
-    // First Ctrl-C: finish the current step, commit, exit; a second one exits at once.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: committing finished samples (Ctrl-C again to quit at once)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    let interrupted = wrpo_common::interrupt_flag("committing finished samples")?;
     generate(&a.prompts, &prompts, &models, &settings, &selection, &run, &a.out, interrupted)
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use wrpo_common::metrics::StepMetrics;
+use wrpo_common::{io::write_text, metrics::StepMetrics};
 use wrpo_llm::Model;
 
 use crate::optim::AdamW;
@@ -39,16 +39,9 @@ pub fn prepare(out: &Path, config: &Value) -> Result<State> {
             );
         }
     } else {
-        write_atomic(&path, &(serde_json::to_string_pretty(config)? + "\n"))?;
+        write_text(&path, &(serde_json::to_string_pretty(config)? + "\n"))?;
     }
     Ok(State::default())
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut f = wrpo_common::io::AtomicFile::create(path)?;
-    f.file().write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-    f.commit()
 }
 
 pub fn save(out: &Path, model: &Model, optimizer: &AdamW, state: &State) -> Result<()> {
@@ -91,7 +84,7 @@ pub fn load(out: &Path, model: &Model, optimizer: &mut AdamW) -> Result<Option<S
 
 /// The run is complete: the checkpoint is no longer needed.
 pub fn finish(out: &Path, state: &State) -> Result<()> {
-    write_atomic(&out.join("state.json"), &serde_json::to_string(state)?)?;
+    write_text(&out.join("state.json"), &serde_json::to_string(state)?)?;
     let _ = fs::remove_dir_all(out.join("checkpoint"));
     let _ = fs::remove_dir_all(out.join("checkpoint.old"));
     Ok(())

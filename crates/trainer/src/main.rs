@@ -1,10 +1,4 @@
-use std::{
-    path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -238,19 +232,6 @@ fn train_config(c: &Common, lr: f64) -> TrainConfig {
     }
 }
 
-fn interrupt_flag() -> Result<Arc<AtomicBool>> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
-    Ok(interrupted)
-}
-
 fn report_truncated(truncated: usize, total: usize, what: &str) {
     if truncated > 0 {
         eprintln!("{truncated} of {total} {what} were truncated by --max-length / --max-prompt-length");
@@ -274,7 +255,7 @@ fn train(c: &Common, lr: f64, stage: Stage, model: &Model, enc: &Encoder, exampl
         log_every: c.log_every,
         save_every: c.save_every,
         eval_every: c.eval_every,
-        interrupted: interrupt_flag()?,
+        interrupted: wrpo_common::interrupt_flag("saving a checkpoint after this step")?,
         abort_after_steps: c.abort_after_steps,
     })?;
     let last = metrics.iter().rev().find(|m| !m.stage.starts_with("eval"));
