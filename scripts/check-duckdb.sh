@@ -17,5 +17,9 @@ run=$tmp/runs/demo
 "$bin/examples/synthetic_run" target "$run"
 "$bin/wrpo-score" pairs --prompts "$run/preference-prompts.parquet" --source-scores "$run/source-scores" \
   --target-scores "$run/target-scores" --out "$run/pairs.parquet"
+"$bin/examples/synthetic_run" refs "$run"
 "$bin/examples/synthetic_run" metrics "$run"
+# The eval report from the real binary, on the synthetic scores as if they were the eval set's.
+"$bin/wrpo-score" report --prompts "$run/prompts.parquet" --scores "$run/source-scores" --baseline gemma3 --out "$run/eval" > /dev/null
+printf 'stage,seconds,finished_at\nsource-samples,61.2,2026-11-28T16:37:00Z\nwrpo,540.0,2026-11-28T17:00:00Z\n' > "$run/timings.csv"
 python3 scripts/check_duckdb.py README.md "$tmp"

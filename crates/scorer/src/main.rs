@@ -1,18 +1,15 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use wrpo_common::{hash::parse_shard, prompts::Prompt, read_dataset, scored::ScoredSample, write_dataset, Provenance};
+use wrpo_common::{hash::parse_shard, io::write_text, prompts::Prompt, read_dataset, scored::ScoredSample, write_dataset, Provenance};
 use wrpo_scorer::{
     reward::RewardSpec,
+    report,
     score::{score, write_summary, ScoreOptions, ScoreSettings},
     select::{make_pairs, sft_split, ByPrompt, PairOptions, Strategy},
 };
@@ -32,6 +29,10 @@ enum Command {
     /// Score every sample with a reward into `scored` shards under OUT/<model>/.
     /// Rerunning the same command continues an interrupted run.
     Score(ScoreArgs),
+    /// Compare models on held-out prompts from their scored samples: mean
+    /// reward and win rate against a baseline (95% bootstrap intervals),
+    /// numeric accuracy and ROUGE-L; OUT/report.md, report.png, report.parquet.
+    Report(ReportArgs),
     /// Split the train prompts into an SFT part and a preference part, and
     /// write the SFT set (x, y_ws) and the preference prompts.
     SftSet(SftSetArgs),
@@ -82,6 +83,28 @@ struct ScoreArgs {
     /// Tests only: abort after this many committed shards, as a crash would.
     #[arg(long, hide = true)]
     abort_after_shards: Option<usize>,
+}
+
+#[derive(clap::Args, Serialize)]
+struct ReportArgs {
+    /// `prompts` dataset (references for ROUGE-L and the numeric check).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// `scored` dataset of every model compared (a folder of OUT/<model>/ shards).
+    #[arg(long)]
+    scores: PathBuf,
+    /// The model the others are compared with (e.g. the original target).
+    #[arg(long)]
+    baseline: String,
+    /// Models in this order in the table (others follow by name).
+    #[arg(long = "order", value_delimiter = ',')]
+    order: Vec<String>,
+    /// Seed of the bootstrap resamples.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Serialize)]
@@ -158,17 +181,23 @@ fn run(cli: Cli) -> Result<()> {
             };
             let options = ScoreOptions { batch_tokens: a.batch_tokens.max(1), shard_rows: a.shard_rows.max(1), abort_after_shards: a.abort_after_shards };
             let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
-            let interrupted = Arc::new(AtomicBool::new(false));
-            let flag = interrupted.clone();
-            ctrlc::set_handler(move || {
-                if flag.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!("\ninterrupted: committing finished batches (Ctrl-C again to quit at once)");
-            })
-            .context("cannot install the Ctrl-C handler")?;
+            let interrupted = wrpo_common::interrupt_flag("committing finished batches")?;
             let summary = score(&a.prompts, &prompts, &a.samples, &settings, &options, &a.out, interrupted)?;
             eprintln!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Report(args) => {
+            let prompts: Vec<Prompt> = read_dataset(&args.prompts)?;
+            let scored: Vec<ScoredSample> = read_dataset(&args.scores)?;
+            let mut rows = report::report(&prompts, &scored, &args.baseline, args.seed)?;
+            let rank = |m: &str| args.order.iter().position(|o| o == m).unwrap_or(usize::MAX);
+            rows.sort_by(|a, b| rank(&a.model).cmp(&rank(&b.model)).then_with(|| a.model.cmp(&b.model)));
+            let reward = scored.first().map_or(String::new(), |s| s.reward_model.clone());
+            let table = report::markdown(&rows, &args.baseline, &reward);
+            let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.scores)?;
+            write_dataset(&args.out.join("report.parquet"), &rows, &prov)?;
+            report::chart(&rows, &args.out.join("report.png"))?;
+            write_text(&args.out.join("report.md"), &table)?;
+            println!("{table}");
         }
         Command::SftSet(args) => {
             if !(0.0..=1.0).contains(&args.sft_fraction) {

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use wrpo_common::{
     hash::shard_of,
-    io::{dataset_files, read_file, AtomicFile},
+    io::{dataset_files, read_file, write_text},
     progress::Progress,
     prompts::Prompt,
     samples::{FinishReason, Sample},
@@ -291,8 +291,5 @@ fn batches(work: Vec<Work>, budget: usize) -> Vec<Vec<Work>> {
 
 /// Write a summary as pretty JSON, atomically.
 pub fn write_summary(path: &Path, summary: &impl Serialize) -> Result<()> {
-    use std::io::Write;
-    let mut file = AtomicFile::create(path)?;
-    file.file().write_all((serde_json::to_string_pretty(summary)? + "\n").as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-    file.commit()
+    write_text(path, &(serde_json::to_string_pretty(summary)? + "\n"))
 }
