@@ -1,5 +1,7 @@
-//! metrics.png: loss, reward margins, accuracies and alpha against the step,
-//! one panel each (training rows as lines, eval rows as points).
+//! metrics.png: one panel per quantity against the step (training rows as
+//! lines, eval rows as points). Preference runs: loss, reward margin, reward
+//! accuracy, alpha with the learning rate; SFT runs: loss, gradient norm,
+//! learning rate, tokens/s.
 
 use std::path::Path;
 
@@ -9,11 +11,21 @@ use wrpo_common::metrics::StepMetrics;
 
 type Getter = fn(&StepMetrics) -> Option<f64>;
 
-const PANELS: [(&str, Getter); 4] = [
-    ("loss", |m| Some(m.loss)),
-    ("reward margin (chosen - rejected)", |m| m.rewards_margins),
-    ("reward accuracy", |m| m.rewards_accuracies),
-    ("alpha / learning rate (scaled)", |m| m.alpha),
+/// Title, value, and whether eval rows are drawn too.
+type Panel = (&'static str, Getter, bool);
+
+const PREFERENCE: [Panel; 4] = [
+    ("loss", |m| Some(m.loss), true),
+    ("reward margin (chosen - rejected)", |m| m.rewards_margins, true),
+    ("reward accuracy", |m| m.rewards_accuracies, true),
+    ("alpha (grey: learning rate, scaled)", |m| m.alpha, false),
+];
+
+const SFT: [Panel; 4] = [
+    ("loss (mean token NLL)", |m| Some(m.loss), true),
+    ("gradient norm", |m| m.grad_norm, false),
+    ("learning rate", |m| Some(m.lr), false),
+    ("tokens / s", |m| Some(m.tokens_per_second), false),
 ];
 
 fn register_font() {
@@ -33,12 +45,13 @@ pub fn plot(metrics: &[StepMetrics], path: &Path) -> Result<()> {
         root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
         let panels = root.split_evenly((2, 2));
         let max_lr = metrics.iter().map(|m| m.lr).fold(0.0, f64::max);
-        for (area, (title, get)) in panels.iter().zip(PANELS) {
+        let preference = metrics.iter().any(|m| m.alpha.is_some());
+        for (area, (title, get, with_eval)) in panels.iter().zip(if preference { PREFERENCE } else { SFT }) {
             let train: Vec<(f64, f64)> = metrics.iter().filter(|m| !m.stage.starts_with("eval")).filter_map(|m| get(m).map(|v| (m.step as f64, v))).collect();
-            let eval: Vec<(f64, f64)> = metrics.iter().filter(|m| m.stage.starts_with("eval")).filter_map(|m| get(m).map(|v| (m.step as f64, v))).collect();
-            // SFT runs have no alpha: that panel shows the learning rate alone.
+            let eval: Vec<(f64, f64)> =
+                metrics.iter().filter(|m| with_eval && m.stage.starts_with("eval")).filter_map(|m| get(m).map(|v| (m.step as f64, v))).collect();
             let lr: Vec<(f64, f64)> = if title.starts_with("alpha") {
-                let top = train.iter().map(|p| p.1).fold(0.0, f64::max).max(if train.is_empty() { 1.0 } else { 0.0 });
+                let top = train.iter().map(|p| p.1).fold(0.0, f64::max);
                 metrics.iter().filter(|m| !m.stage.starts_with("eval")).map(|m| (m.step as f64, m.lr / max_lr.max(1e-30) * top)).collect()
             } else {
                 vec![]
