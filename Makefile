@@ -9,19 +9,27 @@ SHELL := bash
 BIN            ?= target/release
 WORK           ?= runs/demo
 PROMPTS        ?= data/demo/prompts.jsonl
-TARGET         ?= models/smollm2-135m-instruct-q4_1.gguf
-SOURCES        ?= gemma3=models/gemma-3-270m-q4_k_m.gguf smollm2=models/smollm2-135m-instruct-q4_1.gguf
-REWARD         ?= models/reward
-N              ?= 5
-MAX_NEW_TOKENS ?= 256
+# The default run: Gemma-3-270M (a base model) takes on SmolLM2-135M-Instruct's
+# answers, scored by similarity to the reference answers.
+TARGET         ?= models/gemma-3-270m-q4_k_m.gguf
+SOURCES        ?= smollm2=models/smollm2-135m-instruct-q4_1.gguf
+REWARD         ?= similarity:models/all-minilm-l6-v2
+N              ?= 4
+MAX_NEW_TOKENS ?= 128
 TEMPERATURE    ?= 0.8
 TOP_P          ?= 0.95
 SEED           ?= 42
-EVAL_FRACTION  ?= 0.1
+EVAL_FRACTION  ?= 0.2
+EVAL_N         ?= 3
 SFT_FRACTION   ?= 0.3333333333
 STRATEGY       ?= wrpo
 ALPHA_MAX      ?= 0.1
-BETA           ?= 0.01
+BETA           ?= 0.1
+SFT_LR         ?= 2e-5
+SFT_EPOCHS     ?= 3
+WRPO_LR        ?= 2e-6
+EPOCHS         ?= 1
+MAX_LENGTH     ?= 512
 
 SAMPLE := $(BIN)/wrpo-sample
 SCORE  := $(BIN)/wrpo-score
@@ -29,15 +37,24 @@ TRAIN  := $(BIN)/wrpo-train
 # A pipeline step needs its binary; say how to get it instead of a bare "command not found".
 need = @test -x $(1) || { echo "$(notdir $(1)) is not built yet ($(1) is missing): run 'make build' first" >&2; exit 1; }
 SAMPLING := --n $(N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED)
+LENGTHS  := --max-length $(MAX_LENGTH) --max-prompt-length $$(( $(MAX_LENGTH) / 2 ))
+TRAINING := --micro-batch 2 --grad-accum 2 --warmup-ratio 0.1 $(LENGTHS) --seed $(SEED)
+# Pipeline steps build the binaries first (a no-op when they are up to date);
+# `make ... BUILD=` skips that, e.g. with BIN=target/debug.
+BUILD ?= build
+LIMIT ?=
+EVAL_LIMIT ?=
+# Each step's wall time goes to WORK/timings.csv.
+TIMED = scripts/timed.sh $(WORK)
 
-.PHONY: help build test test-remote models bench-decode bench-sample prompts pairs train clean-run
+.PHONY: help build test test-remote models bench-decode bench-sample prompts pairs train dpo eval clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALPHA_MAX BETA; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS MAX_LENGTH; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -48,14 +65,15 @@ print-%:
 build: ## Build the three binaries (release)
 	cargo build --release --workspace --bins --examples
 
-test: models ## Run every test (the command CI runs), including the demo-model checks
+test: models ## Run every test (the command CI runs), including the demo-model checks and a real-model smoke run of the chain
 	cargo test --workspace -- --include-ignored --skip openai_server_backend
 	bash scripts/check-duckdb.sh
+	bash scripts/smoke.sh
 
 test-remote: models ## The OpenAI-backend test against llama-cpp-python's server on loopback (first run compiles llama.cpp, ~25 min)
 	bash scripts/test-remote.sh
 
-models: ## Fetch the demo GGUF models into models/ (pinned, SHA-256 checked)
+models: ## Fetch the demo models into models/ (GGUF files and the reward's MiniLM; pinned, SHA-256 checked)
 	bash scripts/fetch-models.sh
 
 bench-decode: models ## Decode tokens/s of our quantized path against llama.cpp on SmolLM2 Q4_1 (2 threads)
@@ -68,64 +86,91 @@ prompts: $(WORK)/prompts.parquet ## Import PROMPTS into WORK/prompts.parquet
 
 pairs: $(WORK)/pairs.parquet ## Build the WRPO pairs (samples, scores, SFT, target samples)
 
-train: $(WORK)/wrpo/.done ## Train the target with WRPO on the pairs
+train: $(WORK)/wrpo/.done ## Train the target with WRPO on the pairs (runs every step before it)
+
+dpo: $(WORK)/dpo/.done ## The DPO baseline on the same pairs (chosen = y_wt)
+
+eval: $(WORK)/eval/report.md ## Held-out comparison: original target, Target-SFT, WRPO, DPO (report.md, report.png)
 
 clean-run: ## Delete WORK
 	rm -rf $(WORK)
 
-$(WORK)/prompts.parquet: $(PROMPTS)
+$(WORK)/prompts.parquet: $(PROMPTS) | $(BUILD)
 	$(call need,$(SAMPLE))
-	$(SAMPLE) import --input $< --out $@ --eval-fraction $(EVAL_FRACTION) --seed $(SEED)
+	$(TIMED) import $(SAMPLE) import --input $< --out $@ --reference-column reference --eval-fraction $(EVAL_FRACTION) --seed $(SEED)
 
 # The demo models are fetched on first use; other model paths must exist.
-DEMO_MODELS := models/smollm2-135m-instruct-q4_1.gguf models/gemma-3-270m-q4_k_m.gguf
+DEMO_MODELS := models/smollm2-135m-instruct-q4_1.gguf models/gemma-3-270m-q4_k_m.gguf models/all-minilm-l6-v2
 SOURCE_FILES := $(foreach s,$(SOURCES),$(lastword $(subst =, ,$(s))))
+REWARD_FILES := $(lastword $(subst :, ,$(REWARD)))
 $(DEMO_MODELS):
 	bash scripts/fetch-models.sh
 
 # 1. N samples per train prompt from every source model.
-$(WORK)/source-samples/.done: $(WORK)/prompts.parquet $(filter $(DEMO_MODELS),$(SOURCE_FILES))
+$(WORK)/source-samples/.done: $(WORK)/prompts.parquet $(filter $(DEMO_MODELS),$(SOURCE_FILES)) | $(BUILD)
 	$(call need,$(SAMPLE))
-	$(SAMPLE) generate --prompts $< $(addprefix --model ,$(SOURCES)) --split train $(SAMPLING) --out $(@D)
+	$(TIMED) source-samples $(SAMPLE) generate --prompts $< $(addprefix --model ,$(SOURCES)) --split train $(if $(LIMIT),--limit $(LIMIT)) $(SAMPLING) --out $(@D)
 	touch $@
 
 # 2. Every source sample scored by the reward model.
-$(WORK)/source-scores/.done: $(WORK)/source-samples/.done
+$(WORK)/source-scores/.done: $(WORK)/source-samples/.done $(filter $(DEMO_MODELS),$(REWARD_FILES)) | $(BUILD)
 	$(call need,$(SCORE))
-	$(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(<D) --reward-model $(REWARD) --out $(@D)
+	$(TIMED) source-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(<D) --reward $(REWARD) --out $(@D)
 	touch $@
 
 # 3-4. y_ws per prompt; SFT third and preference two thirds.
-$(WORK)/sft.parquet $(WORK)/preference-prompts.parquet &: $(WORK)/source-scores/.done
+$(WORK)/sft.parquet $(WORK)/preference-prompts.parquet &: $(WORK)/source-scores/.done | $(BUILD)
 	$(call need,$(SCORE))
-	$(SCORE) sft-set --prompts $(WORK)/prompts.parquet --source-scores $(<D) --sft-fraction $(SFT_FRACTION) \
+	$(TIMED) sft-set $(SCORE) sft-set --prompts $(WORK)/prompts.parquet --source-scores $(<D) --sft-fraction $(SFT_FRACTION) \
 	  --seed $(SEED) --out $(WORK)/sft.parquet --out-preference $(WORK)/preference-prompts.parquet
 
 # 5. Target-SFT: the target fine-tuned on (x, y_ws).
-$(WORK)/target-sft/.done: $(WORK)/sft.parquet $(filter $(DEMO_MODELS),$(TARGET))
+$(WORK)/target-sft/.done: $(WORK)/sft.parquet $(filter $(DEMO_MODELS),$(TARGET)) | $(BUILD)
 	$(call need,$(TRAIN))
-	$(TRAIN) sft --model $(TARGET) --data $< --out $(@D) --seed $(SEED)
+	$(TIMED) sft $(TRAIN) sft --model $(TARGET) --data $< --out $(@D) --lr $(SFT_LR) --epochs $(SFT_EPOCHS) --micro-batch 4 --grad-accum 1 --warmup-ratio 0.1 $(LENGTHS) --seed $(SEED)
 	touch $@
 
 # 6. N samples per preference prompt from Target-SFT, scored.
-$(WORK)/target-samples/.done: $(WORK)/target-sft/.done $(WORK)/preference-prompts.parquet
+$(WORK)/target-samples/.done: $(WORK)/target-sft/.done $(WORK)/preference-prompts.parquet | $(BUILD)
 	$(call need,$(SAMPLE))
-	$(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model target-sft=$(WORK)/target-sft $(SAMPLING) --out $(@D)
+	$(TIMED) target-samples $(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model target-sft=$(WORK)/target-sft/final $(SAMPLING) --out $(@D)
 	touch $@
 
-$(WORK)/target-scores/.done: $(WORK)/target-samples/.done
+$(WORK)/target-scores/.done: $(WORK)/target-samples/.done | $(BUILD)
 	$(call need,$(SCORE))
-	$(SCORE) score --prompts $(WORK)/preference-prompts.parquet --samples $(<D) --reward-model $(REWARD) --out $(@D)
+	$(TIMED) target-scores $(SCORE) score --prompts $(WORK)/preference-prompts.parquet --samples $(<D) --reward $(REWARD) --out $(@D)
 	touch $@
 
 # 7-8. (x, y_ws, y_wt, y_l).
-$(WORK)/pairs.parquet: $(WORK)/source-scores/.done $(WORK)/target-scores/.done $(WORK)/preference-prompts.parquet
+$(WORK)/pairs.parquet: $(WORK)/source-scores/.done $(WORK)/target-scores/.done $(WORK)/preference-prompts.parquet | $(BUILD)
 	$(call need,$(SCORE))
-	$(SCORE) pairs --prompts $(WORK)/preference-prompts.parquet --source-scores $(WORK)/source-scores \
+	$(TIMED) pairs $(SCORE) pairs --prompts $(WORK)/preference-prompts.parquet --source-scores $(WORK)/source-scores \
 	  --target-scores $(WORK)/target-scores --strategy $(STRATEGY) --out $@
 
-# 9. WRPO from Target-SFT (the frozen reference) on the pairs.
-$(WORK)/wrpo/.done: $(WORK)/pairs.parquet $(WORK)/target-sft/.done
+# 9. The frozen reference's (Target-SFT's) log-probs of every response, once.
+$(WORK)/pairs-ref.parquet: $(WORK)/pairs.parquet $(WORK)/target-sft/.done | $(BUILD)
 	$(call need,$(TRAIN))
-	$(TRAIN) wrpo --model $(WORK)/target-sft --pairs $< --alpha-max $(ALPHA_MAX) --beta $(BETA) --out $(@D) --seed $(SEED)
+	$(TIMED) ref-logps $(TRAIN) ref-logps --model $(WORK)/target-sft/final --pairs $< --out $@ $(LENGTHS)
+
+# 10. WRPO from Target-SFT on the pairs; DPO on the same pairs as the baseline.
+$(WORK)/wrpo/.done: $(WORK)/pairs-ref.parquet | $(BUILD)
+	$(call need,$(TRAIN))
+	$(TIMED) wrpo $(TRAIN) wrpo --model $(WORK)/target-sft/final --pairs $< --lr $(WRPO_LR) --alpha-max $(ALPHA_MAX) --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING)
 	touch $@
+	@echo "stage times (s), also in $(WORK)/timings.csv:"; column -s, -t $(WORK)/timings.csv
+
+$(WORK)/dpo/.done: $(WORK)/pairs-ref.parquet | $(BUILD)
+	$(call need,$(TRAIN))
+	$(TIMED) dpo $(TRAIN) wrpo --loss dpo --dpo-chosen target --model $(WORK)/target-sft/final --pairs $< --lr $(WRPO_LR) --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING)
+	touch $@
+
+# 11. The held-out prompts answered by the original target, Target-SFT, the WRPO
+# model and the DPO model (same sampling settings), scored with the training
+# reward, and compared with the original target.
+EVAL_MODELS := target=$(TARGET) target-sft=$(WORK)/target-sft/final wrpo=$(WORK)/wrpo/final dpo=$(WORK)/dpo/final
+$(WORK)/eval/report.md: $(WORK)/wrpo/.done $(WORK)/dpo/.done | $(BUILD)
+	$(call need,$(SAMPLE))
+	$(TIMED) eval-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split eval $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(EVAL_MODELS)) \
+	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --out $(WORK)/eval/samples
+	$(TIMED) eval-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(WORK)/eval/samples --reward $(REWARD) --out $(WORK)/eval/scores
+	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(WORK)/eval/scores --baseline target --order target,target-sft,dpo,wrpo --out $(WORK)/eval

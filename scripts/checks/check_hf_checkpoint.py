@@ -6,8 +6,11 @@ transformers with our logits and our tokenization of chat prompts.
 
 transformers loads the folder (AutoModelForCausalLM, AutoTokenizer); for a
 few chat prompts, apply_chat_template(add_generation_prompt=True) must give
-the ids our chat template and tokenizer give, and the logits at every
-position must agree within 1e-4 (f32). Versions: scripts/fixtures/requirements.txt.
+the ids our chat template and tokenizer give, and our logits at every
+position must agree with transformers' within 1e-4, or, for real models
+whose logits reach ~100 (where f32 itself is off by more), be no further from
+transformers' float64 logits than 4x transformers' own float32 error.
+Versions: scripts/fixtures/requirements.txt.
 """
 import json
 import pathlib
@@ -27,16 +30,19 @@ PROMPTS = [
 
 ours = subprocess.run([str(ROOT / "target/release/examples/logits"), str(CHECKPOINT)], check=True, capture_output=True,
                       text=True, input="\n".join(json.dumps(p) for p in PROMPTS) + "\n").stdout.splitlines()
-model = transformers.AutoModelForCausalLM.from_pretrained(CHECKPOINT, dtype=torch.float32, attn_implementation="eager").eval()
+load = lambda dtype: transformers.AutoModelForCausalLM.from_pretrained(CHECKPOINT, dtype=dtype, attn_implementation="eager").eval()
+model, exact = load(torch.float32), load(torch.float64)
 tok = transformers.AutoTokenizer.from_pretrained(CHECKPOINT)
-worst = 0.0
 for prompt, line in zip(PROMPTS, ours):
     got = json.loads(line)
     ids = list(tok.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False))
     assert ids == got["ids"], f"token ids differ for {prompt}:\n  transformers {ids}\n  ours         {got['ids']}"
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0]
-    err = float((logits - torch.tensor(got["logits"])).abs().max())
-    worst = max(worst, err)
-    assert err <= 1e-4, f"logits differ by {err} for {prompt}"
-print(f"{CHECKPOINT}: transformers {transformers.__version__} loads it; same chat ids; max abs logit error {worst:.2e}")
+        theirs, reference = model(torch.tensor([ids])).logits[0], exact(torch.tensor([ids])).logits[0]
+    mine = torch.tensor(got["logits"])
+    err = float((theirs - mine).abs().max())
+    ours_f64, theirs_f64 = float((mine.double() - reference).abs().max()), float((theirs.double() - reference).abs().max())
+    print(f"{prompt[-1]['content'][:40]!r}: ours vs transformers {err:.2e}; vs float64: ours {ours_f64:.2e}, "
+          f"transformers' float32 {theirs_f64:.2e}; max |logit| {float(reference.abs().max()):.1f}")
+    assert err <= 1e-4 or ours_f64 <= 4 * theirs_f64, f"logits differ by {err} for {prompt}"
+print(f"{CHECKPOINT}: transformers {transformers.__version__} loads it with the same chat ids and logits")
