@@ -11,5 +11,4 @@ make --no-print-directory eval BIN=target/debug BUILD= WORK="$work" LIMIT=9 EVAL
 for f in prompts.parquet sft.parquet pairs-ref.parquet wrpo/final/model.safetensors dpo/metrics.parquet eval/report.md; do
   test -s "$work/$f" || { echo "smoke: $f is missing" >&2; exit 1; }
 done
-cat "$work/eval/report.md"
 echo "smoke: 1 passed, 0 failed"

@@ -227,6 +227,20 @@ fn a_missing_or_misshapen_tensor_is_named() {
 }
 
 #[test]
+fn a_tied_checkpoint_shipping_lm_head_trains_and_saves_no_stale_copy() {
+    let (dir, mut tensors) = rewritable_fixture("llama_tied");
+    let embed = tensors["model.embed_tokens.weight"].clone();
+    tensors.insert("lm_head.weight".into(), (embed.clone() * 3.0).unwrap());
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    let model = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    assert!(model.weights.vars().iter().all(|(n, _)| *n != "lm_head.weight"), "the stale head is a variable");
+    // The head is the embedding: the logits are those of the fixture (row 0 has no padding).
+    let e = expected("llama_tied");
+    let got = model.forward(&e.ids, &e.mask).unwrap();
+    assert!(max_abs_diff(&got.get(0).unwrap(), &e.logits.get(0).unwrap()) <= 1e-4);
+}
+
+#[test]
 fn bf16_checkpoints_load_as_f32() {
     let (dir, tensors) = rewritable_fixture("qwen3");
     let bf16: HashMap<_, _> =
