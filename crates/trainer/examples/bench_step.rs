@@ -1,0 +1,87 @@
+//! One WRPO optimizer step, timed, for `make bench-train`: a pair of 3
+//! sequences sharing a prompt (token ids from a JSON file, so the PyTorch
+//! peer runs the very same ones), reference log-probs given, AdamW with
+//! gradient clipping, the trainer's own code path. Prints JSON: seconds per
+//! step (the median of the steps after the first), peak RSS, and this
+//! machine's f32 matmul speed measured with the same library.
+//!     bench_step MODEL_DIR IDS.json STEPS
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+use wrpo_trainer::{
+    data::{Sequence, Truncation},
+    loss::{Chosen, LossKind, Objective, PerY},
+    optim::{AdamW, AdamWConfig},
+    train::{load_model, Example, LrSchedule, Stage, TrainConfig, Trainer},
+};
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+/// GFLOP/s of an LLM-shaped f32 matmul (768 x 640 by 640 x 2048).
+fn matmul_gflops() -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (768, 640), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (640, 2048), &Device::Cpu)?;
+    a.matmul(&b)?;
+    let reps = 20;
+    let t = Instant::now();
+    for _ in 0..reps {
+        a.matmul(&b)?;
+    }
+    Ok(2.0 * 768.0 * 640.0 * 2048.0 * reps as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [model_path, ids_path, steps] = args.as_slice() else { anyhow::bail!("usage: bench_step MODEL_DIR IDS.json STEPS") };
+    let ids: Value = serde_json::from_str(&std::fs::read_to_string(ids_path).context("ids file")?)?;
+    let get = |k: &str| -> Vec<u32> { serde_json::from_value(ids[k].clone()).expect("ids") };
+    let prompt = get("prompt");
+    let seq = |k: &str| Sequence { ids: [prompt.clone(), get(k)].concat(), prompt_len: prompt.len(), truncated: false };
+    let reference = [ids["ref"][0].as_f64().unwrap_or(-500.0), ids["ref"][1].as_f64().unwrap_or(-500.0), ids["ref"][2].as_f64().unwrap_or(-500.0)];
+    let example = Example::Pair { prompt_id: "bench".into(), seqs: PerY { y_ws: Some(seq("y_ws")), y_wt: Some(seq("y_wt")), y_l: seq("y_l") }, reference: Some(reference) };
+
+    let (model, _) = load_model(std::path::Path::new(model_path))?;
+    let objective = Objective { loss: LossKind::Wrpo, chosen: Chosen::Target, beta: 0.1, label_smoothing: 0.0, gamma: 0.0 };
+    let stage = Stage::Preference { objective, alpha_max: 0.1, static_alpha: true };
+    let config = TrainConfig {
+        lr: 1e-6,
+        warmup_ratio: 0.0,
+        schedule: LrSchedule::Constant,
+        epochs: 1.0,
+        micro_batch: 1,
+        grad_accum: 1,
+        max_grad_norm: Some(1.0),
+        adamw: AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decay_norms_and_biases: false },
+        truncation: Truncation { max_length: 4096, max_prompt_length: 2048 },
+        seed: 0,
+        freeze_embeddings: false,
+    };
+    let trainer = Trainer { model: &model, stage: &stage, config: &config };
+    let params = model.weights.vars().into_iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+    let mut optimizer = AdamW::new(params, config.adamw.clone())?;
+    let mut times = vec![];
+    let mut losses = vec![];
+    for _ in 0..steps.parse::<usize>()? {
+        let t = Instant::now();
+        let loss = trainer.batch_loss(&[&example], 0.1)?;
+        losses.push(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        optimizer.accumulate(&loss.backward()?)?;
+        optimizer.step(config.lr, config.max_grad_norm)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mut later = times[1.min(times.len() - 1)..].to_vec();
+    later.sort_by(f64::total_cmp);
+    let params: usize = model.weights.vars().iter().map(|(_, v)| v.elem_count()).sum();
+    println!(
+        "{}",
+        serde_json::json!({"engine": "wrpo-train", "step_seconds": later[later.len() / 2], "first_step_seconds": times[0],
+                           "peak_rss_mb": peak_rss_mb(), "matmul_gflops": matmul_gflops()?, "params": params, "losses": losses})
+    );
+    Ok(())
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One WRPO optimizer step, side by side in one run (make bench-train): our
+# trainer (examples/bench_step) against PyTorch eager (train_peer.py) on the
+# same f32 model folder (exported from the demo GGUF by save_hf), the same 3
+# sequences x 256 tokens of which 64 are the shared prompt, reference
+# log-probs given, AdamW, gradient clipping, 2 threads. For SmolLM2-135M and
+# Gemma-3-270M (262k vocabulary). Prints step times, peak RSS, ratios, and
+# each side's matmul speed measured in the same run.
+# Needs: make models, and a Python with torch and transformers
+# (scripts/bench/requirements.txt; PYTHON picks it, default .venv/bin/python if present).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+STEPS=${STEPS:-4}
+export RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2
+cargo build --release -q --workspace --bins --examples
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for model in smollm2-135m-instruct-q4_1 gemma-3-270m-q4_k_m; do
+  target/release/examples/save_hf "models/$model.gguf" "$work/$model" > /dev/null
+  vocab=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$work/$model/config.json")
+  # Random ids (above the special tokens): 64 prompt tokens, 192 per response.
+  "$PYTHON" - "$vocab" > "$work/ids.json" <<'PY'
+import json, random, sys
+v = int(sys.argv[1]); r = random.Random(0)
+ids = lambda n: [r.randrange(300, min(v, 40000)) for _ in range(n)]
+print(json.dumps({"prompt": ids(64), "y_ws": ids(192), "y_wt": ids(192), "y_l": ids(192), "ref": [-1500.0, -1500.0, -1600.0]}))
+PY
+  ours=$(target/release/examples/bench_step "$work/$model" "$work/ids.json" "$STEPS")
+  peer=$("$PYTHON" scripts/bench/train_peer.py "$work/$model" "$work/ids.json" "$STEPS" 2>/dev/null)
+  "$PYTHON" - "$model" "$ours" "$peer" <<'PY'
+import json, sys
+name, ours, peer = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+for r in (ours, peer):
+    print(f"{name:28s} {r['engine']:10s} step {r['step_seconds']:6.2f} s  peak RSS {r['peak_rss_mb'] / 1024:5.2f} GB  "
+          f"matmul {r['matmul_gflops']:6.1f} GFLOP/s  losses {[round(l, 5) for l in r['losses']]}")
+print(f"{name:28s} speed ratio (PyTorch step time / ours) {peer['step_seconds'] / ours['step_seconds']:.2f}x; "
+      f"memory ratio (ours / PyTorch) {ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}")
+PY
+done
