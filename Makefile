@@ -26,7 +26,7 @@ STRATEGY       ?= wrpo
 ALPHA_MAX      ?= 0.1
 BETA           ?= 0.1
 SFT_LR         ?= 2e-5
-SFT_EPOCHS     ?= 3
+SFT_EPOCHS     ?= 2
 WRPO_LR        ?= 2e-6
 EPOCHS         ?= 1
 MAX_LENGTH     ?= 512
@@ -47,7 +47,7 @@ EVAL_LIMIT ?=
 # Each step's wall time goes to WORK/timings.csv.
 TIMED = scripts/timed.sh $(WORK)
 
-.PHONY: help build test test-remote models bench-decode bench-sample prompts pairs train dpo eval clean-run
+.PHONY: help build test test-remote models bench-decode bench-sample bench-train prompts pairs train dpo eval clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
@@ -81,6 +81,9 @@ bench-decode: models ## Decode tokens/s of our quantized path against llama.cpp 
 
 bench-sample: models ## wrpo-sample generate tokens/s against llama.cpp (sequential, batched) and transformers
 	bash scripts/bench/sample.sh
+
+bench-train: models ## One WRPO step (3 x 256 tokens) of our trainer against PyTorch eager: time and peak memory
+	bash scripts/bench/train.sh
 
 prompts: $(WORK)/prompts.parquet ## Import PROMPTS into WORK/prompts.parquet
 
