@@ -83,6 +83,11 @@ impl Objective {
         !matches!(self.loss, LossKind::Simpo | LossKind::WrpoSimpo)
     }
 
+    /// Does alpha weigh y_ws against y_wt? (Not for the pairwise DPO, SimPO, IPO.)
+    pub fn uses_alpha(&self) -> bool {
+        !matches!(self.loss, LossKind::Dpo | LossKind::Simpo | LossKind::Ipo)
+    }
+
     /// The responses this objective reads: pairwise forms skip the unchosen one.
     pub fn responses(&self) -> Vec<Y> {
         match (self.loss, self.chosen) {

@@ -156,13 +156,15 @@ struct Sums {
     values: [f64; 11],
     has_source: bool,
     has_target: bool,
+    /// Preference metrics were summed (null for SFT rows).
+    preference: bool,
 }
 
 impl Sums {
     fn row(&self, stage: &str, step: u64, epoch: f64, lr: f64, alpha: Option<f64>, grad_norm: Option<f64>, secs: f64) -> StepMetrics {
         let n = self.examples.max(1.0);
         let v = |i: usize| Some(self.values[i] / n);
-        let pref = alpha.is_some();
+        let pref = self.preference;
         let when = |ok: bool, i: usize| if pref && ok { v(i) } else { None };
         StepMetrics {
             stage: stage.to_string(),
@@ -281,6 +283,7 @@ impl Trainer<'_> {
             LossKind::SigmoidMix => 0.5,
             _ => alpha,
         };
+        sums.preference = true;
         sums.has_source = r_ws.is_some();
         sums.has_target = r_wt.is_some();
         for i in 0..r_l.len() {
@@ -329,7 +332,7 @@ impl Trainer<'_> {
         for chunk in all.chunks(self.config.micro_batch) {
             self.micro_loss(chunk, alpha, denominator, &mut sums)?;
         }
-        let alpha = matches!(self.stage, Stage::Preference { .. }).then_some(alpha);
+        let alpha = matches!(self.stage, Stage::Preference { objective, .. } if objective.uses_alpha()).then_some(alpha);
         Ok(sums.row(stage, step, 0.0, 0.0, alpha, None, started.elapsed().as_secs_f64()))
     }
 }
@@ -403,7 +406,8 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         state = resumed;
         eprintln!("resuming from {} at step {}/{}", out.join("checkpoint").display(), state.step, schedule.total_steps);
     }
-    let alpha_of = |step: u64| matches!(stage, Stage::Preference { .. }).then(|| schedule.alpha(step));
+    // The metrics' alpha: null for SFT and for the losses that do not mix y_ws and y_wt.
+    let alpha_of = |step: u64| matches!(stage, Stage::Preference { objective, .. } if objective.uses_alpha()).then(|| schedule.alpha(step));
     if state.step == 0 && state.metrics.is_empty() {
         if let Some(eval) = r.eval {
             state.metrics.push(trainer.evaluate(eval, alpha_of(0).unwrap_or(0.0), 0, &format!("eval_{stage_name}"))?);

@@ -181,6 +181,9 @@ fn baselines_run_from_the_same_pairs_and_simpo_needs_no_reference() {
         let m = metrics(&s.path(name));
         assert_eq!(m.len(), 12);
         assert_eq!(m[0].stage, loss);
+        // Pairwise losses do not use alpha; the mix does.
+        assert_eq!(m[0].alpha.is_some(), loss == "sigmoid-mix", "{loss}");
+        assert!(m.iter().all(|r| r.rewards_accuracies.is_some()));
     }
     // SimPO on pairs without reference columns.
     let out = s.path("simpo");
