@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pairs;
 pub mod progress;
 pub mod prompts;
+pub mod report;
 pub mod samples;
 pub mod scored;
 pub mod sft;

@@ -11,53 +11,10 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Result};
-use serde::{Deserialize, Serialize};
-use wrpo_common::{prompts::Prompt, scored::ScoredSample, Dataset};
+use wrpo_common::{prompts::Prompt, report::ModelReport, scored::ScoredSample};
 use wrpo_llm::Rng;
 
 use crate::reward::last_number;
-
-/// One model's row of the report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelReport {
-    pub model: String,
-    pub prompts: u32,
-    pub samples: u32,
-    pub reward_mean: f64,
-    pub reward_low: f64,
-    pub reward_high: f64,
-    /// Against the baseline; null for the baseline itself.
-    pub win_rate: Option<f64>,
-    pub win_low: Option<f64>,
-    pub win_high: Option<f64>,
-    /// Numeric answers equal to the reference's number, over the prompts that have one.
-    pub verifier_accuracy: Option<f64>,
-    pub verifier_prompts: u32,
-    pub rouge_l: f64,
-}
-
-impl Dataset for ModelReport {
-    const NAME: &'static str = "eval_report";
-    const VERSION: u32 = 1;
-    fn fields() -> Vec<arrow::datatypes::FieldRef> {
-        use arrow::datatypes::{DataType, Field};
-        let f = |n: &str, t: DataType, null: bool| std::sync::Arc::new(Field::new(n, t, null));
-        vec![
-            f("model", DataType::Utf8, false),
-            f("prompts", DataType::UInt32, false),
-            f("samples", DataType::UInt32, false),
-            f("reward_mean", DataType::Float64, false),
-            f("reward_low", DataType::Float64, false),
-            f("reward_high", DataType::Float64, false),
-            f("win_rate", DataType::Float64, true),
-            f("win_low", DataType::Float64, true),
-            f("win_high", DataType::Float64, true),
-            f("verifier_accuracy", DataType::Float64, true),
-            f("verifier_prompts", DataType::UInt32, false),
-            f("rouge_l", DataType::Float64, false),
-        ]
-    }
-}
 
 fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
