@@ -188,18 +188,18 @@ pub fn score(
     // Batches per model, fixed by the whole run; those with every row on disk are done.
     let mut plans = Vec::new();
     for (model, mut work) in todo {
-        let scored: HashSet<(&str, u32)> = done[&model].iter().map(|r| (r.prompt_id.as_str(), r.sample_index)).collect();
+        let scored: HashSet<(String, u32)> = done[&model].iter().map(|r| (r.prompt_id.clone(), r.sample_index)).collect();
         work.sort_by(|a, b| a.cost.cmp(&b.cost).then_with(|| a.sample.prompt_id.cmp(&b.sample.prompt_id)).then(a.sample.sample_index.cmp(&b.sample.sample_index)));
         let batches: Vec<Vec<Work>> = batches(work, options.batch_tokens)
             .into_iter()
-            .filter(|b| b.iter().any(|w| !scored.contains(&(w.sample.prompt_id.as_str(), w.sample.sample_index))))
+            .filter(|b| b.iter().any(|w| !scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index))))
             .collect();
-        plans.push((model, batches));
+        plans.push((model, batches, scored));
     }
-    let total: usize = plans.iter().map(|(_, b)| b.iter().map(Vec::len).sum::<usize>()).sum();
+    let total: usize = plans.iter().map(|(_, b, _)| b.iter().map(Vec::len).sum::<usize>()).sum();
     let mut progress = Progress::new(total as u64, "samples");
     let config = RunConfig { settings, options };
-    for (model, batches) in plans {
+    for (model, batches, scored) in plans {
         let dir = out.join(&model);
         let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?.with_input(samples_path)?;
         if let Some(path) = settings.reward.path() {
@@ -221,6 +221,10 @@ pub fn score(
                 .collect();
             let rewards = reward.score(&items).with_context(|| format!("scoring samples of {}", batch[0].file.display()))?;
             for (w, r) in batch.iter().zip(rewards) {
+                // A batch cut differently by an earlier run (another --batch-tokens) may hold rows already on disk.
+                if scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index)) {
+                    continue;
+                }
                 if !r.is_finite() {
                     bail!("{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written", w.file.display(), w.sample.prompt_id, w.sample.sample_index);
                 }

@@ -261,6 +261,13 @@ fn a_killed_run_rerun_ends_with_the_rows_of_an_uninterrupted_run() {
     assert!(before > 0 && before < 39, "{before} rows after the crash");
     ok(score_bin(&run, &partial, &rm, &["--batch-tokens", "64", "--shard-rows", "4"]));
     assert_eq!(rows(&partial), rows(&whole));
+    // Resumed with other batches: no row twice, none missing.
+    let other = run.path("other");
+    assert!(!score_bin(&run, &other, &rm, &["--batch-tokens", "64", "--shard-rows", "4", "--abort-after-shards", "2"]).status.success());
+    ok(score_bin(&run, &other, &rm, &["--batch-tokens", "150"]));
+    let (a, b) = (rows(&other), rows(&whole));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(a.iter().all(|(k, v)| (v.reward - b[k].reward).abs() < 1e-4));
     // Another reward into the same folder is refused.
     let err = failed(score_bin(&run, &partial, "exact", &[]));
     assert!(err.contains("other settings"), "{err}");

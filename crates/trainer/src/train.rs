@@ -396,7 +396,9 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         .map(|(n, v)| (n.to_string(), v.clone()))
         .collect();
     let mut optimizer = AdamW::new(params, config.adamw.clone())?;
-    let run_config = serde_json::json!({"stage": stage, "train": config, "examples": examples.len()});
+    // The inputs' content is part of the run: a rerun on changed data is refused, not resumed.
+    let hashes = r.inputs.iter().map(|p| wrpo_common::hash::content_sha256(p)).collect::<Result<Vec<_>>>()?;
+    let run_config = serde_json::json!({"stage": stage, "train": config, "examples": examples.len(), "inputs": hashes});
     let mut state = checkpoint::prepare(out, &run_config)?;
     if let Some(done) = checkpoint::finished(out)? {
         eprintln!("{} already holds this finished run ({} steps); delete it to train again", out.display(), done.step);
