@@ -164,6 +164,12 @@ fn wrpo_learns_held_out_preferences_and_resumes_exactly() {
     // The same folder with other settings is refused; the finished run is left alone.
     let err = failed(s.wrpo("whole", &["--label-smoothing", "0.1"]));
     assert!(err.contains("other settings"), "{err}");
+    // So is the same command on changed pairs.
+    let mut changed = read_dataset::<Pair>(Path::new(&s.path("pairs-ref.parquet"))).unwrap();
+    changed[0].y_l = "Something else entirely.".into();
+    write_dataset(Path::new(&s.path("pairs-ref.parquet")), &changed, &Provenance::new("test", &json!({})).unwrap()).unwrap();
+    let err = failed(s.wrpo("whole", &["--eval-pairs", &s.path("eval-ref.parquet"), "--save-every", "4"]));
+    assert!(err.contains("other settings"), "{err}");
 
     // The checkpoint reloads with the same logits as the trained model would give.
     let ids = Tensor::new(&[[1u32, 5, 9, 40, 7]], &Device::Cpu).unwrap();
