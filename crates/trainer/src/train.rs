@@ -16,7 +16,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
-use wrpo_common::{metrics::StepMetrics, pairs::Pair, progress::Progress, sft::SftExample, write_dataset, Provenance};
+use wrpo_common::{io::InputHash, metrics::StepMetrics, pairs::Pair, progress::Progress, sft::SftExample, write_dataset, Provenance};
 use wrpo_llm::{Model, Rng, Tokenizer};
 
 use crate::{
@@ -477,10 +477,9 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
     }
     // The final checkpoint, then the metrics and their plot.
     wrpo_llm::save_hf_checkpoint(model, r.tokenizer, Some(r.chat_template), &out.join("final"))?;
+    // The inputs were hashed once, at the start.
     let mut prov = Provenance::new(PRODUCER, &run_config)?;
-    for input in &r.inputs {
-        prov = prov.with_input(input)?;
-    }
+    prov.inputs = r.inputs.iter().zip(hashes).map(|(p, sha256)| InputHash { path: p.display().to_string(), sha256 }).collect();
     write_dataset(&out.join("metrics.parquet"), &state.metrics, &prov)?;
     crate::plot::plot(&state.metrics, &out.join("metrics.png"))?;
     checkpoint::finish(out, &state)?;
