@@ -47,7 +47,7 @@ EVAL_LIMIT ?=
 # Each step's wall time goes to WORK/timings.csv.
 TIMED = scripts/timed.sh $(WORK)
 
-.PHONY: help build test test-remote models bench-decode bench-sample bench-train prompts pairs train dpo eval clean-run
+.PHONY: help build test test-remote models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
@@ -84,6 +84,9 @@ bench-sample: models ## wrpo-sample generate tokens/s against llama.cpp (sequent
 
 bench-train: models ## One WRPO step (3 x 256 tokens) of our trainer against PyTorch eager: time and peak memory
 	bash scripts/bench/train.sh
+
+bench-score: models $(WORK)/source-samples/.done ## Reward-model scoring of real samples: wrpo-score against PyTorch transformers
+	WORK=$(WORK) bash scripts/bench/score.sh
 
 prompts: $(WORK)/prompts.parquet ## Import PROMPTS into WORK/prompts.parquet
 

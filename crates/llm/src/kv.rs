@@ -28,8 +28,8 @@ pub struct KvCache {
 /// What a layer's attention needs besides the cache.
 pub(crate) struct Attend<'a> {
     pub layer: usize,
-    /// The step extends slots first..first + batch.
-    pub first: usize,
+    /// The step's rows, packed one after another: (cache slot, new positions).
+    pub rows: &'a [(usize, usize)],
     pub heads: usize,
     pub scale: f32,
     pub softcap: Option<f32>,
@@ -94,39 +94,42 @@ impl KvCache {
         self.lens[slot] = self.lens[slot].min(len);
     }
 
-    pub(crate) fn reserve(&self, slots: std::ops::Range<usize>, more: usize) -> Result<()> {
-        if slots.end > self.slots() {
-            bail!("the cache has {} slots, slot {} was asked for", self.slots(), slots.end - 1);
-        }
-        for s in slots {
-            if self.lens[s] + more > self.capacity {
-                bail!("slot {s} would hold {} positions, more than the cache capacity {}", self.lens[s] + more, self.capacity);
+    /// Check that each (slot, new positions) row fits, and that no slot
+    /// appears twice in one step.
+    pub(crate) fn reserve(&self, rows: &[(usize, usize)]) -> Result<()> {
+        for (r, &(slot, more)) in rows.iter().enumerate() {
+            if slot >= self.slots() {
+                bail!("the cache has {} slots, slot {slot} was asked for", self.slots());
+            }
+            if rows[..r].iter().any(|&(s, _)| s == slot) {
+                bail!("slot {slot} is extended twice in one step");
+            }
+            if self.lens[slot] + more > self.capacity {
+                bail!("slot {slot} would hold {} positions, more than the cache capacity {}", self.lens[slot] + more, self.capacity);
             }
         }
         Ok(())
     }
 
-    pub(crate) fn lens(&self, slots: std::ops::Range<usize>) -> &[usize] {
-        &self.lens[slots]
-    }
-
-    pub(crate) fn advance(&mut self, slots: std::ops::Range<usize>, by: usize) {
-        for len in &mut self.lens[slots] {
-            *len += by;
+    pub(crate) fn advance(&mut self, rows: &[(usize, usize)]) {
+        for &(slot, by) in rows {
+            self.lens[slot] += by;
         }
     }
 
-    /// One layer's attention for `t` new positions of each of `b` rows. q is
-    /// (b, t, heads, head_dim), k and v (b, t, kv_heads, head_dim), all
-    /// before rotation; the rotated k and v are written at each row's
-    /// length (which `advance` moves on after the last layer). Query i of a
-    /// row at length L sits at position p = L + i and sees key positions j
-    /// <= p (and p - j < window on sliding layers). Returns (b, t, heads * head_dim).
-    pub(crate) fn attend(&mut self, a: &Attend, b: usize, t: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    /// One layer's attention for the rows of `a.rows`, row r bringing t_r new
+    /// positions to its slot; their tokens are packed one row after another,
+    /// q as (tokens, heads, head_dim), k and v as (tokens, kv_heads,
+    /// head_dim), all before rotation. The rotated k and v are written at
+    /// each slot's length (which `advance` moves on after the last layer).
+    /// Query i of a row whose slot holds L positions sits at position p = L + i
+    /// and sees key positions j <= p (and p - j < window on sliding layers).
+    /// Returns (tokens, heads * head_dim).
+    pub(crate) fn attend(&mut self, a: &Attend, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (nkv, hd, cap) = (self.kv_heads, self.head_dim, self.capacity);
         let (nh, half) = (a.heads, a.rot_dim / 2);
-        let rotate = |x: &[f32], row: usize, out: &mut [f32]| {
-            let (cos, sin) = (&a.cos[row * half..(row + 1) * half], &a.sin[row * half..(row + 1) * half]);
+        let rotate = |x: &[f32], token: usize, out: &mut [f32]| {
+            let (cos, sin) = (&a.cos[token * half..(token + 1) * half], &a.sin[token * half..(token + 1) * half]);
             for d in 0..half {
                 let (x1, x2) = (x[d], x[d + half]);
                 out[d] = x1 * cos[d] - x2 * sin[d];
@@ -134,43 +137,48 @@ impl KvCache {
             }
             out[a.rot_dim..].copy_from_slice(&x[a.rot_dim..]);
         };
-        for r in 0..b {
-            let (slot, len) = (a.first + r, self.lens[a.first + r]);
+        // Where each row's tokens start in the packed layout.
+        let starts: Vec<usize> = a.rows.iter().scan(0, |at, &(_, t)| Some(std::mem::replace(at, *at + t))).collect();
+        for (&(slot, t), &start) in a.rows.iter().zip(&starts) {
+            let len = self.lens[slot];
             for i in 0..t {
                 for h in 0..nkv {
-                    let src = ((r * t + i) * nkv + h) * hd;
+                    let src = ((start + i) * nkv + h) * hd;
                     let dst = ((slot * nkv + h) * cap + len + i) * hd;
-                    rotate(&k[src..src + hd], r * t + i, &mut self.k[a.layer][dst..dst + hd]);
+                    rotate(&k[src..src + hd], start + i, &mut self.k[a.layer][dst..dst + hd]);
                     self.v[a.layer][dst..dst + hd].copy_from_slice(&v[src..src + hd]);
                 }
             }
         }
         let mut q_rot = vec![0f32; q.len()];
-        for (row_head, (x, out)) in q.chunks_exact(hd).zip(q_rot.chunks_exact_mut(hd)).enumerate() {
-            rotate(x, row_head / nh, out);
+        for (token_head, (x, out)) in q.chunks_exact(hd).zip(q_rot.chunks_exact_mut(hd)).enumerate() {
+            rotate(x, token_head / nh, out);
         }
 
-        let mut out = vec![0f32; b * t * nh * hd];
+        let mut out = vec![0f32; q.len()];
         let out_ptr = SharedMut(out.as_mut_ptr());
         let (keys, values, lens) = (&self.k[a.layer], &self.v[a.layer], &self.lens);
         // A task: one row, one kv head, up to 16 queries (prefill has many).
         const QUERIES: usize = 16;
-        let query_chunks = t.div_ceil(QUERIES);
+        let tasks: Vec<(usize, usize, usize)> = (0..a.rows.len())
+            .flat_map(|r| (0..nkv).flat_map(move |h| (0..a.rows[r].1.div_ceil(QUERIES)).map(move |c| (r, h, c))))
+            .collect();
         let groups = nh / nkv;
-        Pool::global().run(b * nkv * query_chunks, &|task| {
-            let (r, h, c) = (task / (nkv * query_chunks), task / query_chunks % nkv, task % query_chunks);
-            let (slot, len) = (a.first + r, lens[a.first + r]);
+        Pool::global().run(tasks.len(), &|task| {
+            let (r, h, c) = tasks[task];
+            let ((slot, t), start) = (a.rows[r], starts[r]);
+            let len = lens[slot];
             let base = (slot * nkv + h) * cap * hd;
             let mut scores = Vec::with_capacity(len + t);
             for i in c * QUERIES..((c + 1) * QUERIES).min(t) {
                 let p = len + i;
-                let start = a.window.map_or(0, |w| (p + 1).saturating_sub(w));
+                let first = a.window.map_or(0, |w| (p + 1).saturating_sub(w));
                 for g in 0..groups {
                     let qh = h * groups + g;
-                    let at = ((r * t + i) * nh + qh) * hd;
+                    let at = ((start + i) * nh + qh) * hd;
                     let query = &q_rot[at..at + hd];
                     scores.clear();
-                    scores.extend((start..=p).map(|j| {
+                    scores.extend((first..=p).map(|j| {
                         let s = dot(query, &keys[base + j * hd..base + (j + 1) * hd]) * a.scale;
                         a.softcap.map_or(s, |cap| (s / cap).tanh() * cap)
                     }));
@@ -181,13 +189,13 @@ impl KvCache {
                         total += *s;
                     }
                     let mut acc = vec![0f32; hd];
-                    for (s, j) in scores.iter().zip(start..=p) {
+                    for (s, j) in scores.iter().zip(first..=p) {
                         let weight = s / total;
                         for (o, &x) in acc.iter_mut().zip(&values[base + j * hd..base + (j + 1) * hd]) {
                             *o += weight * x;
                         }
                     }
-                    // SAFETY: (row, query, head) is written by this task only,
+                    // SAFETY: (token, head) is written by this task only,
                     // and `out` outlives the pool's job.
                     unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.add(at), hd) };
                 }

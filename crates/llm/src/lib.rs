@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod config;
+mod infer;
 pub mod gguf;
 pub mod kv;
 pub mod logprob;

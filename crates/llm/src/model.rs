@@ -11,6 +11,7 @@ use candle_nn::ops::softmax;
 
 use crate::{
     config::{Activation, Config},
+    infer,
     kv::{Attend, KvCache},
     rope::{RopeTables, RotaryEmbedding},
     weights::{LinearWeight, Weights},
@@ -21,7 +22,7 @@ enum Positions<'a> {
     /// The differentiable path: rope tables and an additive mask (B, 1, T, S).
     Full { rope: (&'a RotaryEmbedding, &'a RopeTables), mask: &'a Tensor },
     /// Inference: keys and values go to the cache, which attends.
-    Cached { cache: &'a mut KvCache, layer: usize, first: usize, window: Option<usize>, rope: &'a CosSin },
+    Cached { cache: &'a mut KvCache, layer: usize, rows: &'a [(usize, usize)], window: Option<usize>, rope: &'a CosSin },
 }
 
 /// Rotary cos and sin for each (row, new position) of a cached step.
@@ -49,6 +50,7 @@ impl Linear {
         let (rows, in_dim) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
+            LinearWeight::Dense(w) if infer::applies(&[&x2, w]) => infer::matmul_t(&x2, w)?,
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             LinearWeight::Ours(q) => q.forward(&x2)?,
             LinearWeight::Quantized(q) => q.forward(&x2)?,
@@ -82,6 +84,9 @@ impl RmsNorm {
 
     /// `fused`: candle's kernel, which has no backward pass (inference only).
     fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
+        if infer::applies(&[x, &self.weight]) {
+            return infer::rms_norm(x, &self.weight, self.eps, self.offset);
+        }
         if fused {
             let scale = if self.offset == 0.0 { self.weight.clone() } else { (&self.weight + self.offset)? };
             return candle_nn::ops::rms_norm(&x.contiguous()?, &scale, self.eps as f32);
@@ -157,10 +162,10 @@ impl Attention {
             k = kn.forward(&k, fused)?;
         }
         let out = match ctx {
-            Positions::Cached { cache, layer, first, window, rope } => {
+            Positions::Cached { cache, layer, rows, window, rope } => {
                 let attend = Attend {
                     layer,
-                    first,
+                    rows,
                     heads: nh,
                     scale: self.scale as f32,
                     softcap: self.softcap.map(|c| c as f32),
@@ -170,7 +175,7 @@ impl Attention {
                     rot_dim: rope.rot_dim,
                 };
                 let values = |x: &Tensor| x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
-                let out = cache.attend(&attend, b, t, &values(&q)?, &values(&k)?, &values(&v)?);
+                let out = cache.attend(&attend, &values(&q)?, &values(&k)?, &values(&v)?);
                 Tensor::from_vec(out, (b, t, nh * hd), x.device())?.to_dtype(x.dtype())?
             }
             Positions::Full { rope, mask } => {
@@ -229,12 +234,13 @@ impl Mlp {
                 (y.narrow(D::Minus1, 0, i)?, y.narrow(D::Minus1, i, i)?)
             }
         };
-        let gate = match self.activation {
-            Activation::Silu => gate.silu()?,
-            Activation::GeluTanh => gate.gelu()?,
-            Activation::Gelu => gate.gelu_erf()?,
+        let hidden = match self.activation {
+            Activation::Silu | Activation::GeluTanh if infer::applies(&[&gate, &up]) => infer::gated(&gate, &up, self.activation == Activation::GeluTanh)?,
+            Activation::Silu => (gate.silu()? * up)?,
+            Activation::GeluTanh => (gate.gelu()? * up)?,
+            Activation::Gelu => (gate.gelu_erf()? * up)?,
         };
-        self.down.forward(&(gate * up)?)
+        self.down.forward(&hidden)
     }
 }
 
@@ -272,11 +278,19 @@ impl Block {
         if let Some(n) = &self.attn_out_norm {
             h = n.forward(&h, fused)?;
         }
-        let x = (x + h)?;
+        let x = residual(x, &h)?;
         let mut h = self.mlp.forward(&self.mlp_norm.forward(&x, fused)?)?;
         if let Some(n) = &self.mlp_out_norm {
             h = n.forward(&h, fused)?;
         }
+        residual(&x, &h)
+    }
+}
+
+fn residual(x: &Tensor, h: &Tensor) -> candle_core::Result<Tensor> {
+    if infer::applies(&[x, h]) {
+        infer::add(x, h)
+    } else {
         x + h
     }
 }
@@ -382,16 +396,20 @@ impl Model {
     /// positions count from 0 in every row (right padding).
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let keep = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        self.run(input_ids, &vec![0; keep.len()], Some(&keep), None)
+        self.run(input_ids, Some(&keep), None)
     }
 
-    /// The decoder over `ids` (B, T), whose row r starts at position
-    /// `offsets[r]`. With a cache, row r's keys and values are appended to
-    /// `cache` slot `first + r`, whose first `offsets[r]` positions are
-    /// already filled; without one, `keep` marks the real tokens.
-    fn run(&self, ids: &Tensor, offsets: &[usize], keep: Option<&[Vec<u32>]>, mut cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+    /// The decoder over `ids` (B, T). Without a cache, every row starts at
+    /// position 0 and `keep` marks its real tokens. With one, the ids are
+    /// the tokens of `rows` packed one after another, row (slot, n) bringing
+    /// n tokens whose keys and values are appended to that cache slot, at the
+    /// positions after those it holds.
+    fn run(&self, ids: &Tensor, keep: Option<&[Vec<u32>]>, mut cache: Option<(&mut KvCache, &[(usize, usize)])>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let positions: Vec<usize> = offsets.iter().flat_map(|&o| o..o + t).collect();
+        let positions: Vec<usize> = match &cache {
+            Some((cache, rows)) => rows.iter().flat_map(|&(slot, n)| cache.len(slot)..cache.len(slot) + n).collect(),
+            None => (0..b).flat_map(|_| 0..t).collect(),
+        };
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?;
         if self.config.family.is_gemma() {
             // Gemma scales embeddings by sqrt(hidden_size), rounded to the compute dtype.
@@ -399,7 +417,7 @@ impl Model {
             x = x.broadcast_mul(&normalizer)?;
         }
         let fused = cache.is_some();
-        if let Some((cache, first)) = cache.as_mut() {
+        if let Some((cache, rows)) = cache.as_mut() {
             let cos_sin = |rope: &RotaryEmbedding| {
                 let (cos, sin) = rope.cos_sin(&positions);
                 CosSin { cos, sin, rot_dim: rope.rot_dim }
@@ -407,7 +425,7 @@ impl Model {
             let (global, local) = (cos_sin(&self.rope_global), cos_sin(&self.rope_local));
             for (i, layer) in self.layers.iter().enumerate() {
                 let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
-                x = layer.forward(&x, Positions::Cached { cache: &mut **cache, layer: i, first: *first, window, rope })?;
+                x = layer.forward(&x, Positions::Cached { cache: &mut **cache, layer: i, rows, window, rope })?;
             }
         } else {
             let positions = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), (b, t), &self.device)?;
@@ -453,29 +471,33 @@ impl Model {
     /// Append `tokens` to cache slot `slot` (a prompt's prefill, or more of a
     /// sequence) and return the next-token logits (vocab,) as f32.
     pub fn prefill(&self, cache: &mut KvCache, slot: usize, tokens: &[u32]) -> Result<Tensor> {
-        if tokens.is_empty() {
-            bail!("prefill needs at least one token");
-        }
-        cache.reserve(slot..slot + 1, tokens.len())?;
-        let ids = Tensor::from_slice(tokens, (1, tokens.len()), &self.device)?;
-        let logits = self.extend(cache, slot, &ids)?;
-        Ok(logits.squeeze(0)?)
+        let hidden = self.prefill_hidden(cache, &[(slot, tokens)])?;
+        Ok(self.logits_of(&hidden.narrow(0, tokens.len() - 1, 1)?)?.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
     /// One decoding step for cache slots 0..tokens.len(), each with its own
     /// length: append token r to slot r and return next-token logits (n, vocab) f32.
     pub fn decode(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Tensor> {
-        cache.reserve(0..tokens.len(), 1)?;
-        let ids = Tensor::from_slice(tokens, (tokens.len(), 1), &self.device)?;
-        self.extend(cache, 0, &ids)
+        let rows: Vec<(usize, &[u32])> = tokens.iter().enumerate().map(|(r, t)| (r, std::slice::from_ref(t))).collect();
+        Ok(self.logits_of(&self.prefill_hidden(cache, &rows)?)?.to_dtype(DType::F32)?)
     }
 
-    fn extend(&self, cache: &mut KvCache, first: usize, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let offsets = cache.lens(first..first + b).to_vec();
-        let hidden = self.run(ids, &offsets, None, Some((&mut *cache, first)))?;
-        cache.advance(first..first + b, t);
-        Ok(self.logits_of(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)?)
+    /// Append each row's tokens to its cache slot, all rows in one pass with
+    /// no padding, and return the final-normed hidden states of every new
+    /// token (total tokens, hidden), rows one after another: what reward
+    /// models read. Sequences that share a prefix compute it once: prefill
+    /// it, `copy_slot` it, then extend each copy.
+    pub fn prefill_hidden(&self, cache: &mut KvCache, rows: &[(usize, &[u32])]) -> Result<Tensor> {
+        if rows.is_empty() || rows.iter().any(|(_, t)| t.is_empty()) {
+            bail!("prefill needs at least one token per row");
+        }
+        let shape: Vec<(usize, usize)> = rows.iter().map(|(slot, t)| (*slot, t.len())).collect();
+        cache.reserve(&shape)?;
+        let ids: Vec<u32> = rows.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        let ids = Tensor::from_vec(ids, (1, shape.iter().map(|r| r.1).sum::<usize>()), &self.device)?;
+        let hidden = self.run(&ids, None, Some((&mut *cache, &shape)))?;
+        cache.advance(&shape);
+        Ok(hidden.squeeze(0)?)
     }
 
     /// Logits (..., vocab) of hidden states, soft-capped where the family does.

@@ -49,7 +49,7 @@ impl LocalModel {
     pub fn load(path: &Path) -> Result<Self> {
         let device = Device::Cpu;
         let quantized = is_gguf(path);
-        let model = if quantized { Model::load_quantized(path, &device)? } else { Model::load(path, DType::F32, &device)? };
+        let model = if quantized { Model::load_quantized(path, &device)? } else { Model::load_frozen(path, DType::F32, &device)? };
         let tokenizer = Tokenizer::load(path)?;
         let template = tokenizer.chat_template_for(model.config.family)?;
         Ok(LocalModel { model, tokenizer, template, quantized })

@@ -71,7 +71,8 @@ struct ScoreArgs {
     /// `i/n`: this machine's part of the prompts, by a hash of prompt_id (as `wrpo-sample --shard`).
     #[arg(long, value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
-    /// Padded tokens per forward pass (batch size x longest sequence).
+    /// Tokens per batch: padded (batch size x longest) for similarity models; for reward
+    /// models, which run each sequence unpadded and each prompt once, the sum of lengths.
     #[arg(long, default_value_t = 4096)]
     batch_tokens: usize,
     /// CPU threads [default: all cores].

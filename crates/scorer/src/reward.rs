@@ -6,6 +6,7 @@
 
 use std::{
     cell::RefCell,
+    ops::Range,
     collections::HashMap,
     path::{Path, PathBuf},
 };
@@ -15,7 +16,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 use serde_json::Value;
 use wrpo_common::Message;
-use wrpo_llm::{ChatMessage, ChatTemplate, Model, Tokenizer};
+use wrpo_llm::{ChatMessage, ChatTemplate, KvCache, Model, Tokenizer};
 
 /// What `--reward` names.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -83,6 +84,12 @@ pub trait Reward {
     /// Tokens one item costs in a batch (0 for verifiers): batches are made of
     /// items of similar cost, up to a budget of padded tokens.
     fn cost(&self, item: &Item) -> Result<usize>;
+    /// True when an item costs its own tokens (no padding) and samples of one
+    /// prompt, batched together, compute the prompt once: work is then
+    /// ordered by prompt rather than by length.
+    fn shares_prompts(&self) -> bool {
+        false
+    }
     fn score(&self, items: &[Item]) -> Result<Vec<f64>>;
 }
 
@@ -105,13 +112,6 @@ fn pad(rows: &[Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> {
         mask[r * t..r * t + row.len()].iter_mut().for_each(|m| *m = 1);
     }
     Ok((Tensor::from_vec(ids, (rows.len(), t), device)?, Tensor::from_vec(mask, (rows.len(), t), device)?))
-}
-
-/// Rows `positions[r]` of hidden (B, T, H) -> (B, H).
-fn rows_at(hidden: &Tensor, positions: &[usize]) -> Result<Tensor> {
-    let (b, t, h) = hidden.dims3()?;
-    let index: Vec<u32> = positions.iter().enumerate().map(|(r, &p)| (r * t + p) as u32).collect();
-    Ok(hidden.reshape((b * t, h))?.index_select(&Tensor::from_vec(index, b, hidden.device())?, 0)?)
 }
 
 pub const SUPPORTED_RM: &str = "LlamaForSequenceClassification, MistralForSequenceClassification, \
@@ -204,24 +204,51 @@ impl RewardModel {
         Ok(if ids.len() > context { ids[ids.len() - context..].to_vec() } else { ids })
     }
 
-    /// Rewards of token sequences, padded into one batch.
-    pub fn score_ids(&self, rows: &[Vec<u32>]) -> Result<Vec<f64>> {
-        let (ids, mask) = pad(rows, self.model.device())?;
-        let hidden = self.model.hidden_states(&ids, &mask)?;
-        let last: Vec<usize> = rows.iter().map(|r| r.len() - 1).collect();
-        let at_last = rows_at(&hidden, &last)?;
+    /// Rewards of token sequences on the inference path: no padding and no
+    /// LM head. The rows of a group (samples of one prompt) share the tokens
+    /// of its prompt, which run once; then the rows run together, packed.
+    pub fn score_ids(&self, rows: &[Vec<u32>], groups: &[Range<usize>]) -> Result<Vec<f64>> {
+        let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
+        // Slot 0 holds the shared prefix, slots 1.. its copies.
+        let mut cache = KvCache::new(&self.model, ROWS_PER_PASS + 1, longest)?;
+        let (mut at_last, mut at_gate) = (Vec::with_capacity(rows.len()), Vec::new());
+        for group in groups {
+            let group = &rows[group.clone()];
+            // The shared prefix, leaving every row at least its last token to run.
+            let shared = match group {
+                [_] => 0,
+                _ => group.iter().map(|r| common_prefix(&group[0], r).min(r.len() - 1)).min().unwrap_or(0),
+            };
+            cache.clear(0);
+            let prefix = if shared > 0 { Some(self.model.prefill_hidden(&mut cache, &[(0, &group[0][..shared])])?) } else { None };
+            for pass in group.chunks(ROWS_PER_PASS) {
+                for slot in 1..=pass.len() {
+                    cache.copy_slot(0, slot)?;
+                }
+                let parts: Vec<(usize, &[u32])> = pass.iter().enumerate().map(|(i, r)| (i + 1, &r[shared..])).collect();
+                let hidden = self.model.prefill_hidden(&mut cache, &parts)?;
+                let mut start = 0;
+                for row in pass {
+                    let rest = hidden.narrow(0, start, row.len() - shared)?;
+                    start += row.len() - shared;
+                    at_last.push(rest.get(rest.dim(0)? - 1)?);
+                    if let Head::Gated(g) = &self.head {
+                        let at = row.windows(g.pattern.len()).rposition(|w| w == g.pattern.as_slice()).ok_or_else(|| {
+                            anyhow!("the gating token pattern {:?} (the start of the assistant turn) is not in the conversation", g.pattern)
+                        })?;
+                        at_gate.push(match &prefix {
+                            Some(p) if at < shared => p.get(at)?,
+                            _ => rest.get(at - shared)?,
+                        });
+                    }
+                }
+            }
+        }
+        let at_last = Tensor::stack(&at_last, 0)?;
         let rewards = match &self.head {
             Head::Linear(w) => at_last.matmul(&w.t()?)?.squeeze(1)?,
             Head::Gated(g) => {
-                let gate_pos = rows
-                    .iter()
-                    .map(|r| {
-                        r.windows(g.pattern.len()).rposition(|w| w == g.pattern.as_slice()).ok_or_else(|| {
-                            anyhow!("the gating token pattern {:?} (the start of the assistant turn) is not in the conversation", g.pattern)
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let mut x = rows_at(&hidden, &gate_pos)?;
+                let mut x = Tensor::stack(&at_gate, 0)?;
                 for (i, (w, b)) in g.layers.iter().enumerate() {
                     x = x.matmul(&w.t()?)?.broadcast_add(b)?;
                     if i + 1 < g.layers.len() {
@@ -237,6 +264,13 @@ impl RewardModel {
     }
 }
 
+/// Rows a reward model runs in one pass at most (each holds a cache slot).
+const ROWS_PER_PASS: usize = 8;
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 impl Reward for RewardModel {
     fn name(&self) -> String {
         self.name.clone()
@@ -247,9 +281,20 @@ impl Reward for RewardModel {
     fn cost(&self, item: &Item) -> Result<usize> {
         Ok(self.conversation_ids(item)?.len())
     }
+    fn shares_prompts(&self) -> bool {
+        true
+    }
     fn score(&self, items: &[Item]) -> Result<Vec<f64>> {
         let rows = items.iter().map(|i| self.conversation_ids(i)).collect::<Result<Vec<_>>>()?;
-        self.score_ids(&rows)
+        // Consecutive items with the same messages: samples of one prompt.
+        let mut groups: Vec<Range<usize>> = vec![];
+        for i in 0..items.len() {
+            match groups.last_mut() {
+                Some(g) if items[g.start].messages == items[i].messages => g.end = i + 1,
+                _ => groups.push(i..i + 1),
+            }
+        }
+        self.score_ids(&rows, &groups)
     }
 }
 

@@ -189,8 +189,12 @@ pub fn score(
     let mut plans = Vec::new();
     for (model, mut work) in todo {
         let scored: HashSet<(String, u32)> = done[&model].iter().map(|r| (r.prompt_id.clone(), r.sample_index)).collect();
-        work.sort_by(|a, b| a.cost.cmp(&b.cost).then_with(|| a.sample.prompt_id.cmp(&b.sample.prompt_id)).then(a.sample.sample_index.cmp(&b.sample.sample_index)));
-        let batches: Vec<Vec<Work>> = batches(work, options.batch_tokens)
+        let by_key = |a: &Work, b: &Work| a.sample.prompt_id.cmp(&b.sample.prompt_id).then(a.sample.sample_index.cmp(&b.sample.sample_index));
+        match reward.shares_prompts() {
+            true => work.sort_by(by_key),
+            false => work.sort_by(|a, b| a.cost.cmp(&b.cost).then_with(|| by_key(a, b))),
+        }
+        let batches: Vec<Vec<Work>> = batches(work, options.batch_tokens, reward.shares_prompts())
             .into_iter()
             .filter(|b| b.iter().any(|w| !scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index))))
             .collect();
@@ -274,14 +278,16 @@ pub fn score(
 /// A shard is committed at least this often, so a crash loses little work.
 const COMMIT_EVERY: Duration = Duration::from_secs(60);
 
-/// Consecutive items (sorted by cost) while batch size x largest cost stays
-/// within `budget`; verifiers (cost 0) go in batches of 256.
-fn batches(work: Vec<Work>, budget: usize) -> Vec<Vec<Work>> {
+/// Consecutive items while the batch's tokens stay within `budget`: batch
+/// size x largest cost when batches are padded, the sum of costs when not
+/// (`unpadded`); verifiers (cost 0) go in batches of 256.
+fn batches(work: Vec<Work>, budget: usize, unpadded: bool) -> Vec<Vec<Work>> {
     let mut out: Vec<Vec<Work>> = vec![];
     let mut current: Vec<Work> = vec![];
     for w in work {
         let widest = current.iter().map(|c| c.cost).max().unwrap_or(0).max(w.cost);
-        let full = if widest == 0 { current.len() >= 256 } else { (current.len() + 1) * widest > budget };
+        let tokens = if unpadded { current.iter().map(|c| c.cost).sum::<usize>() + w.cost } else { (current.len() + 1) * widest };
+        let full = if widest == 0 { current.len() >= 256 } else { tokens > budget };
         if full && !current.is_empty() {
             out.push(std::mem::take(&mut current));
         }

@@ -71,9 +71,18 @@ fn reward_models_equal_transformers_with_padding_in_the_batch() {
             assert!((g - w).abs() <= 1e-4, "{name}: reward {g} vs transformers' {w}");
         }
         // Alone, each gives the same reward.
+        let alone = |item: &Item| rm.score(std::slice::from_ref(item)).unwrap()[0];
         for (item, w) in items.iter().zip(&want) {
-            let alone = rm.score(std::slice::from_ref(item)).unwrap()[0];
-            assert!((alone - w).abs() <= 1e-4, "{name}: alone {alone} vs {w}");
+            assert!((alone(item) - w).abs() <= 1e-4, "{name}: alone {} vs {w}", alone(item));
+        }
+        // Two samples per prompt, batched together, share the prompt's
+        // prefill (and ArmoRM's gate, read inside it): the same rewards as alone.
+        let shared: Vec<Item> = items
+            .iter()
+            .flat_map(|i| [items[3].response, i.response].map(|response| Item { messages: i.messages, response, reference: None }))
+            .collect();
+        for (item, together) in shared.iter().zip(rm.score(&shared).unwrap()) {
+            assert!((together - alone(item)).abs() <= 1e-5, "{name}: {together} with its prompt's other sample vs {} alone", alone(item));
         }
     }
 }

@@ -1,0 +1,181 @@
+//! f32 kernels of the inference path (sampling, reward models, reference
+//! log-probs) on our pool: dense matmul, RMSNorm, gated activation and the
+//! residual add.
+//!
+//! candle runs a dense matmul on rayon's threads, its fused RMSNorm on
+//! rayon's too, and its large element-wise ops on a third set (its barrier
+//! pool), while the cached attention and the quantized matmuls run on
+//! [`Pool`]'s. On a 2-core machine their spinning workers take turns
+//! stealing each other's cores: a quarter of a reward model's time went to
+//! spinning. Here every step of a layer runs on the one pool; the matmul
+//! calls the `gemm` kernels candle uses, single-threaded, per block of output
+//! columns. Nothing here has a backward pass: the model uses these only when
+//! no gradient is tracked, and falls back to candle's ops for other dtypes.
+
+use candle_core::{CpuStorage, DType, Storage, Tensor, D};
+
+use crate::pool::{Pool, SharedMut};
+
+/// Whether these kernels take `tensors`: f32 on the CPU, no gradient tracked.
+pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op())
+}
+
+/// `f` on the f32 values of a CPU tensor (copied first if not contiguous).
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        candle_core::bail!("the inference kernels need f32 CPU tensors");
+    };
+    Ok(f(&values[start..end]))
+}
+
+/// Fill `out` row by row (rows of `row` values) across the pool: `f(r, row r)`.
+fn fill_rows(out: &mut [f32], row: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let rows = out.len() / row;
+    let per_task = (16 * 1024 / row).max(1);
+    let ptr = SharedMut(out.as_mut_ptr());
+    Pool::global().run(rows.div_ceil(per_task), &|c| {
+        for r in c * per_task..((c + 1) * per_task).min(rows) {
+            // SAFETY: row r is written by this task only; `out` outlives the job.
+            f(r, unsafe { std::slice::from_raw_parts_mut(ptr.add(r * row), row) });
+        }
+    });
+}
+
+/// x (m, k) · wᵀ for a weight w (n, k): (m, n).
+pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let ((m, k), (n, wk)) = (x.dims2()?, w.dims2()?);
+    if k != wk {
+        candle_core::bail!("matmul: input has {k} features, the weight {wk}");
+    }
+    let mut out = vec![0f32; m * n];
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    // Column blocks (multiples of 16, the kernels' width), two per thread so
+    // that the threads balance.
+    let pool = Pool::global();
+    let width = n.div_ceil(2 * pool.threads()).next_multiple_of(16);
+    with_values(x, |xv| {
+        with_values(w, |wv| {
+            pool.run(n.div_ceil(width), &|c| {
+                let (start, cols) = (c * width, width.min(n - c * width));
+                // SAFETY: this task writes columns start..start + cols of
+                // `out` only, which outlives the job; x is (m, k) and w (n, k),
+                // both row-major, as checked above.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        cols,
+                        k,
+                        out_ptr.add(start),
+                        1,
+                        n as isize,
+                        false,
+                        xv.as_ptr(),
+                        1,
+                        k as isize,
+                        wv.as_ptr().add(start * k),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            })
+        })
+    })??;
+    Tensor::from_vec(out, (m, n), x.device())
+}
+
+/// x / sqrt(mean(x^2) + eps) * (offset + weight) over the last dimension.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> candle_core::Result<Tensor> {
+    let dim = weight.dim(0)?;
+    let scale = with_values(weight, |w| w.iter().map(|&v| (v as f64 + offset) as f32).collect::<Vec<_>>())?;
+    let mut out = vec![0f32; x.elem_count()];
+    with_values(x, |xs| {
+        fill_rows(&mut out, dim, &|r, y| {
+            let row = &xs[r * dim..(r + 1) * dim];
+            let mean_sq = row.iter().map(|&v| v * v).sum::<f32>() / dim as f32;
+            let inv = 1.0 / (mean_sq + eps as f32).sqrt();
+            for ((y, &v), &s) in y.iter_mut().zip(row).zip(&scale) {
+                *y = v * inv * s;
+            }
+        })
+    })?;
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// `f(a, b)` element by element, for tensors of one shape.
+fn zip_map(a: &Tensor, b: &Tensor, f: &(dyn Fn(f32, f32) -> f32 + Sync)) -> candle_core::Result<Tensor> {
+    if a.shape() != b.shape() {
+        candle_core::bail!("shapes {:?} and {:?} differ", a.shape(), b.shape());
+    }
+    let width = a.dim(D::Minus1)?;
+    let mut out = vec![0f32; a.elem_count()];
+    with_values(a, |x| {
+        with_values(b, |y| {
+            fill_rows(&mut out, width, &|r, o| {
+                let at = r * width..(r + 1) * width;
+                for ((o, &x), &y) in o.iter_mut().zip(&x[at.clone()]).zip(&y[at]) {
+                    *o = f(x, y);
+                }
+            })
+        })
+    })??;
+    Tensor::from_vec(out, a.shape(), a.device())
+}
+
+/// act(gate) * up: SiLU, or GELU's tanh form when `gelu_tanh`.
+pub(crate) fn gated(gate: &Tensor, up: &Tensor, gelu_tanh: bool) -> candle_core::Result<Tensor> {
+    let c = (2.0 / std::f32::consts::PI).sqrt();
+    match gelu_tanh {
+        true => zip_map(gate, up, &|g, u| 0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh()) * u),
+        false => zip_map(gate, up, &|g, u| g / (1.0 + (-g).exp()) * u),
+    }
+}
+
+/// a + b (the residual stream).
+pub(crate) fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    zip_map(a, b, &|x, y| x + y)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn matmul_equals_candles_at_every_shape() {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(1, 8, 3), (7, 64, 100), (33, 576, 1536), (130, 40, 17)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let err = max_diff(&super::matmul_t(&x, &w).unwrap(), &x.matmul(&w.t().unwrap()).unwrap());
+            assert!(err < 1e-3, "({m}, {k}, {n}): {err}");
+        }
+    }
+
+    #[test]
+    fn element_wise_kernels_equal_candles() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (3, 5, 96), &dev).unwrap();
+        let y = Tensor::randn(0f32, 2.0, (3, 5, 96), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, 96, &dev).unwrap();
+        let norm = x.broadcast_div(&(x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6).unwrap().sqrt().unwrap()).unwrap();
+        let want = norm.broadcast_mul(&(&w + 1.0).unwrap()).unwrap();
+        assert!(max_diff(&super::rms_norm(&x, &w, 1e-6, 1.0).unwrap(), &want) < 1e-5);
+        let silu = (x.silu().unwrap() * &y).unwrap();
+        assert!(max_diff(&super::gated(&x, &y, false).unwrap(), &silu) < 1e-5);
+        let gelu = (x.gelu().unwrap() * &y).unwrap();
+        assert!(max_diff(&super::gated(&x, &y, true).unwrap(), &gelu) < 1e-5);
+        assert!(max_diff(&super::add(&x, &y).unwrap(), &(&x + &y).unwrap()) < 1e-6);
+    }
+}
