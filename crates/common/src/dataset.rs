@@ -70,9 +70,14 @@ impl Message {
 /// `messages: list<struct<role: utf8, content: utf8>>`, the chat column of
 /// prompts, SFT sets and pairs.
 pub(crate) fn messages_field() -> FieldRef {
+    conversation_field("messages")
+}
+
+/// A column `name: list<struct<role: utf8, content: utf8>>`.
+pub(crate) fn conversation_field(name: &str) -> FieldRef {
     let turn = Fields::from(vec![utf8("role"), utf8("content")]);
     field(
-        "messages",
+        name,
         DataType::List(Arc::new(Field::new("item", DataType::Struct(turn), false))),
         false,
     )

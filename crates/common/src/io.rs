@@ -177,6 +177,27 @@ pub fn write_dataset<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> 
     out.commit_file(file)
 }
 
+/// Write `rows` as Parquet (with provenance, as [`write_dataset`]) or as
+/// JSON lines, chosen by the extension of `path` (`.parquet`, `.jsonl`).
+pub fn write_rows<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> Result<()> {
+    use std::io::Write;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => write_dataset(path, rows, prov),
+        Some("jsonl") => {
+            let mut out = AtomicFile::create(path)?;
+            let mut writer = std::io::BufWriter::new(out.file());
+            for row in rows {
+                serde_json::to_writer(&mut writer, row)?;
+                writer.write_all(b"\n")?;
+            }
+            writer.flush().with_context(|| format!("cannot write {}", path.display()))?;
+            drop(writer);
+            out.commit()
+        }
+        _ => bail!("{}: the output's extension must be .parquet or .jsonl", path.display()),
+    }
+}
+
 /// Writes a large dataset as `dir/part-00000.parquet`, `dir/part-00001.parquet`,
 /// ...: every shard is committed atomically as soon as it is full, so finished
 /// work survives a crash, and DuckDB reads `dir/*.parquet` as one table.

@@ -7,6 +7,7 @@
 //! the column or the row at fault.
 
 pub mod dataset;
+pub mod export;
 pub mod hash;
 pub mod io;
 pub mod metrics;

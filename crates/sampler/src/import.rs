@@ -26,6 +26,8 @@ use wrpo_common::{
     hash::{prompt_id, uniform_draw},
     io::AtomicFile,
     prompts::{Prompt, Split},
+    samples::{FinishReason, Sample},
+    scored::ScoredSample,
     Message, Role,
 };
 
@@ -80,7 +82,7 @@ pub fn import_prompts(path: &Path, opts: &ImportOptions) -> Result<Imported> {
     if !(0.0..=1.0).contains(&opts.eval_fraction) {
         bail!("--eval-fraction must lie in [0, 1], got {}", opts.eval_fraction);
     }
-    let rows = if is_parquet(path)? { parquet_rows(path)? } else { jsonl_rows(path)? };
+    let rows = read_rows(path)?;
     let origin = opts
         .origin
         .clone()
@@ -118,6 +120,106 @@ pub fn import_prompts(path: &Path, opts: &ImportOptions) -> Result<Imported> {
         }
     }
     Ok(out)
+}
+
+/// Rows that already carry several responses per prompt and their reward
+/// scores, as `princeton-nlp/llama3-ultrafeedback-armorm` has them:
+/// `prompt_id` (optional), `prompt` (or `messages` / `conversations`),
+/// `all_generated_responses` (strings) and `all_rm_scores` (numbers, one per
+/// response). They become `samples` of `model` and their `scored` rows.
+#[derive(Debug, Default)]
+pub struct ImportedScored {
+    pub samples: Vec<Sample>,
+    pub scored: Vec<ScoredSample>,
+    pub rejected: Vec<Rejected>,
+    /// Rows dropped because an identical row had the same id.
+    pub duplicates: usize,
+}
+
+pub fn import_scored(path: &Path, model: &str, reward_model: &str) -> Result<ImportedScored> {
+    let mut out = ImportedScored::default();
+    // prompt_id -> (where it was first seen, its conversation and responses)
+    let mut seen: HashMap<String, (String, Vec<Message>, Vec<String>)> = HashMap::new();
+    for row in read_rows(path)? {
+        let converted = row.parsed.and_then(|obj| {
+            let (id, messages, _) = convert(&obj, &ImportOptions::default())?;
+            let responses: Vec<String> = list(&obj, "all_generated_responses", "a string", |v| v.as_str().map(str::to_string))?;
+            let scores: Vec<f64> = list(&obj, "all_rm_scores", "a finite number", |v| v.as_f64().filter(|x| x.is_finite()))?;
+            if responses.is_empty() {
+                return Err("'all_generated_responses' is empty".into());
+            }
+            if responses.len() != scores.len() {
+                return Err(format!("{} responses but {} scores in 'all_rm_scores'", responses.len(), scores.len()));
+            }
+            Ok((id, messages, responses, scores))
+        });
+        let (id, messages, responses, scores) = match converted {
+            Ok(c) => c,
+            Err(reason) => {
+                out.rejected.push(Rejected { location: row.location, reason, raw: row.raw });
+                continue;
+            }
+        };
+        if let Some((first, m, r)) = seen.get(&id) {
+            if *m == messages && *r == responses {
+                out.duplicates += 1;
+            } else {
+                let reason = format!("prompt_id '{id}' is already used by {first} for other content");
+                out.rejected.push(Rejected { location: row.location, reason, raw: row.raw });
+            }
+            continue;
+        }
+        for (k, (response, reward)) in responses.iter().zip(&scores).enumerate() {
+            out.samples.push(Sample {
+                prompt_id: id.clone(),
+                model: model.to_string(),
+                sample_index: k as u32,
+                // Not known for imported rows: how the generator rendered the
+                // prompt, token counts, sampling settings, time.
+                prompt_text: String::new(),
+                response: response.clone(),
+                prompt_tokens: 0,
+                response_tokens: 0,
+                finish_reason: FinishReason::Stop,
+                skip_reason: None,
+                temperature: 0.0,
+                top_p: 1.0,
+                top_k: 0,
+                seed: 0,
+                generation_seconds: 0.0,
+            });
+            out.scored.push(ScoredSample {
+                prompt_id: id.clone(),
+                model: model.to_string(),
+                sample_index: k as u32,
+                response: response.clone(),
+                response_tokens: 0,
+                finish_reason: FinishReason::Stop,
+                reward: *reward,
+                reward_model: reward_model.to_string(),
+            });
+        }
+        seen.insert(id, (row.location, messages, responses));
+    }
+    Ok(out)
+}
+
+/// The list in `column`, every item converted by `item` (None: not `what`).
+fn list<T>(obj: &Map<String, Value>, column: &str, what: &str, item: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>, String> {
+    let values = match obj.get(column) {
+        None | Some(Value::Null) => return Err(format!("no '{column}' column")),
+        Some(Value::Array(values)) => values,
+        Some(v) => return Err(format!("'{column}' must be a list, found {}", kind(v))),
+    };
+    values.iter().enumerate().map(|(i, v)| item(v).ok_or_else(|| format!("'{column}' item {i} (0-based) must be {what}, found {}", kind(v)))).collect()
+}
+
+fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
+    if is_parquet(path)? {
+        parquet_rows(path)
+    } else {
+        jsonl_rows(path)
+    }
 }
 
 fn is_parquet(path: &Path) -> Result<bool> {

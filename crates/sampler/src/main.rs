@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,9 +10,9 @@ use wrpo_common::{
 use wrpo_llm::SamplingParams;
 use wrpo_sampler::{
     generate::{generate, read_prompt_ids, select_prompts, RunOptions, Selection, Settings},
-    import::{import_prompts, write_rejected, ImportOptions},
+    import::{import_prompts, import_scored, write_rejected, ImportOptions, Rejected},
     remote::RemoteOptions,
-    spec::ModelSpec,
+    spec::{check_alias, ModelSpec},
 };
 
 /// Sample responses from source and target models (WRPO pipeline, step 1 and 6).
@@ -60,6 +60,34 @@ enum Command {
         #[arg(long)]
         skip_bad: bool,
         /// Where --skip-bad writes rejected rows [default: OUT with .rejected.jsonl].
+        #[arg(long)]
+        rejected: Option<PathBuf>,
+    },
+    /// Import responses already sampled and scored, several per prompt with
+    /// their rewards (`prompt_id`, `prompt`, `all_generated_responses`,
+    /// `all_rm_scores`, as princeton-nlp/llama3-ultrafeedback-armorm), as
+    /// `samples` under OUT_SAMPLES/MODEL/ and `scored` under OUT_SCORES/MODEL/,
+    /// ready for `wrpo-score sft-set` and `pairs`. The prompts come from
+    /// `wrpo-sample import` of the same file.
+    ImportScored {
+        /// Input file: JSON lines or Parquet (told apart by content).
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out_samples: PathBuf,
+        #[arg(long)]
+        out_scores: PathBuf,
+        /// The name of the model that made the responses (an output folder name).
+        #[arg(long)]
+        model: String,
+        /// The name of the reward model that scored them (the `reward_model` column).
+        #[arg(long)]
+        reward_model: String,
+        /// Import the good rows and write the bad ones, with their reasons, to
+        /// the --rejected file, instead of stopping at the first bad row.
+        #[arg(long)]
+        skip_bad: bool,
+        /// Where --skip-bad writes rejected rows [default: OUT_SCORES/MODEL.rejected.jsonl].
         #[arg(long)]
         rejected: Option<PathBuf>,
     },
@@ -153,6 +181,9 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => run_generate(args),
+        Command::ImportScored { input, out_samples, out_scores, model, reward_model, skip_bad, rejected } => {
+            run_import_scored(input, out_samples, out_scores, model, reward_model, skip_bad, rejected)
+        }
         Command::Import {
             input,
             out,
@@ -167,25 +198,11 @@ fn run(cli: Cli) -> Result<()> {
             let opts = ImportOptions { eval_fraction, seed, reference_column, strip_last_assistant, origin };
             let imported = import_prompts(&input, &opts)?;
             let bad = &imported.rejected;
-            if !bad.is_empty() && !skip_bad {
-                let shown: Vec<String> =
-                    bad.iter().take(10).map(|r| format!("  {}:{}: {}", input.display(), r.location, r.reason)).collect();
-                bail!(
-                    "{} bad row(s) in {}; nothing was written. Fix them, or pass --skip-bad to import the rest:\n{}{}",
-                    bad.len(),
-                    input.display(),
-                    shown.join("\n"),
-                    if bad.len() > 10 { "\n  ..." } else { "" }
-                );
-            }
+            check_rejected(&input, bad, skip_bad)?;
             if imported.prompts.is_empty() {
                 bail!("{} holds no importable prompt", input.display());
             }
-            if !bad.is_empty() {
-                let path = rejected.unwrap_or_else(|| out.with_extension("rejected.jsonl"));
-                write_rejected(&path, bad)?;
-                eprintln!("wrote {} rejected row(s) with their reasons to {}", bad.len(), path.display());
-            }
+            save_rejected(bad, rejected.unwrap_or_else(|| out.with_extension("rejected.jsonl")))?;
             let prov = Provenance::new(concat!("wrpo-sample ", env!("CARGO_PKG_VERSION")), &opts)?.with_input(&input)?;
             write_dataset(&out, &imported.prompts, &prov)?;
             let eval = imported.prompts.iter().filter(|p| p.split == Split::Eval).count();
@@ -200,6 +217,61 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Bad rows stop an import (naming the first ten) unless `skip_bad`.
+fn check_rejected(input: &Path, bad: &[Rejected], skip_bad: bool) -> Result<()> {
+    if !bad.is_empty() && !skip_bad {
+        let shown: Vec<String> = bad.iter().take(10).map(|r| format!("  {}:{}: {}", input.display(), r.location, r.reason)).collect();
+        bail!(
+            "{} bad row(s) in {}; nothing was written. Fix them, or pass --skip-bad to import the rest:\n{}{}",
+            bad.len(),
+            input.display(),
+            shown.join("\n"),
+            if bad.len() > 10 { "\n  ..." } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// With --skip-bad, the bad rows and their reasons go to `path`.
+fn save_rejected(bad: &[Rejected], path: PathBuf) -> Result<()> {
+    if !bad.is_empty() {
+        write_rejected(&path, bad)?;
+        eprintln!("wrote {} rejected row(s) with their reasons to {}", bad.len(), path.display());
+    }
+    Ok(())
+}
+
+fn run_import_scored(input: PathBuf, out_samples: PathBuf, out_scores: PathBuf, model: String, reward_model: String, skip_bad: bool, rejected: Option<PathBuf>) -> Result<()> {
+    check_alias(&model).context("--model")?;
+    let imported = import_scored(&input, &model, &reward_model)?;
+    check_rejected(&input, &imported.rejected, skip_bad)?;
+    if imported.samples.is_empty() {
+        bail!("{} holds no importable row", input.display());
+    }
+    let files = [out_samples.join(&model).join("part-00000.parquet"), out_scores.join(&model).join("part-00000.parquet")];
+    for f in &files {
+        if f.exists() {
+            bail!("{} already exists; delete it to import again, or give other output folders", f.display());
+        }
+        std::fs::create_dir_all(f.parent().unwrap()).with_context(|| format!("cannot create {}", f.parent().unwrap().display()))?;
+    }
+    let config = serde_json::json!({"model": model, "reward_model": reward_model, "skip_bad": skip_bad});
+    let prov = Provenance::new(concat!("wrpo-sample ", env!("CARGO_PKG_VERSION")), &config)?.with_input(&input)?;
+    write_dataset(&files[0], &imported.samples, &prov)?;
+    write_dataset(&files[1], &imported.scored, &prov)?;
+    save_rejected(&imported.rejected, rejected.unwrap_or_else(|| out_scores.join(format!("{model}.rejected.jsonl"))))?;
+    eprintln!(
+        "imported {} scored samples of {} prompts into {} and {}; {} duplicate row(s) dropped, {} bad row(s) skipped",
+        imported.samples.len(),
+        imported.samples.iter().filter(|s| s.sample_index == 0).count(),
+        files[0].display(),
+        files[1].display(),
+        imported.duplicates,
+        imported.rejected.len()
+    );
+    Ok(())
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -37,7 +37,7 @@ impl ModelSpec {
             let Some(alias) = alias else {
                 bail!("model '{spec}': a remote model needs an alias, as in name=openai:{url}");
             };
-            check_alias(&alias, spec)?;
+            check_alias(&alias).with_context(|| format!("model '{spec}'"))?;
             let source = Source::Openai { base_url: base_url.trim_end_matches('/').to_string(), served_name: served_name.to_string() };
             return Ok(ModelSpec { alias, source });
         }
@@ -50,16 +50,16 @@ impl ModelSpec {
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| anyhow::anyhow!("model '{spec}': cannot name it after its path; write alias=PATH"))?,
         };
-        check_alias(&alias, spec)?;
+        check_alias(&alias).with_context(|| format!("model '{spec}'"))?;
         Ok(ModelSpec { alias, source: Source::Local { path } })
     }
 }
 
 /// Aliases name output folders: keep them to characters every file system takes.
-fn check_alias(alias: &str, spec: &str) -> Result<()> {
+pub fn check_alias(alias: &str) -> Result<()> {
     let ok = !alias.is_empty() && !alias.starts_with('.') && alias.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !ok {
-        bail!("model '{spec}': alias '{alias}' may only hold letters, digits, '-', '_' and '.', and may not start with '.'");
+        bail!("alias '{alias}' may only hold letters, digits, '-', '_' and '.', and may not start with '.'");
     }
     Ok(())
 }
@@ -88,7 +88,7 @@ mod tests {
         assert!(e.contains("#served-name"), "{e}");
         let e = ModelSpec::parse("openai:http://host:8000/v1#m").unwrap_err().to_string();
         assert!(e.contains("needs an alias"), "{e}");
-        let e = ModelSpec::parse("a b=models/x.gguf").unwrap_err().to_string();
+        let e = format!("{:#}", ModelSpec::parse("a b=models/x.gguf").unwrap_err());
         assert!(e.contains("alias 'a b'"), "{e}");
         let e = ModelSpec::parse("x=openai:ftp://host/v1#m").unwrap_err().to_string();
         assert!(e.contains("not an http"), "{e}");

@@ -9,9 +9,12 @@ use parquet::arrow::ArrowWriter;
 use wrpo_common::{
     hash::prompt_id,
     prompts::{Prompt, Split},
-    read_dataset, Message, Role,
+    read_dataset,
+    scored::ScoredSample,
+    Message, Role,
 };
-use wrpo_sampler::import::{import_prompts, ImportOptions};
+use wrpo_sampler::import::{import_prompts, import_scored, ImportOptions};
+use serde_json::json;
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -239,3 +242,57 @@ fn the_cli_writes_nothing_on_bad_rows_unless_told_to_skip_them() {
     let run = wrpo_sample(&["import", "--input", "/nonexistent.jsonl", "--out", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&run.stderr).contains("cannot open /nonexistent.jsonl"));
 }
+
+#[test]
+fn import_scored_names_every_bad_row_class_with_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scored.jsonl");
+    let good = |id: &str| json!({"prompt_id": id, "prompt": "q", "all_generated_responses": ["a", "b"], "all_rm_scores": [0.1, 0.2]});
+    let mut rows = vec![
+        good("ok"),
+        json!({"prompt_id": "p1", "prompt": "q", "all_rm_scores": [0.1]}),
+        json!({"prompt_id": "p2", "prompt": "q", "all_generated_responses": "a", "all_rm_scores": [0.1]}),
+        json!({"prompt_id": "p3", "prompt": "q", "all_generated_responses": ["a", 3], "all_rm_scores": [0.1, 0.2]}),
+        json!({"prompt_id": "p4", "prompt": "q", "all_generated_responses": ["a", "b"], "all_rm_scores": [0.1]}),
+        json!({"prompt_id": "p5", "prompt": "q", "all_generated_responses": ["a"], "all_rm_scores": [null]}),
+        json!({"prompt_id": "p6", "prompt": "q", "all_generated_responses": [], "all_rm_scores": []}),
+        json!({"prompt_id": "p7", "all_generated_responses": ["a"], "all_rm_scores": [1.0]}),
+        json!({"prompt_id": "ok", "prompt": "another question", "all_generated_responses": ["a", "b"], "all_rm_scores": [0.1, 0.2]}),
+        good("ok"),
+    ];
+    rows.push(json!([1, 2]));
+    std::fs::write(&path, rows.iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
+    let imported = import_scored(&path, "m", "rm").unwrap();
+    let got: Vec<(String, String)> = imported.rejected.iter().map(|r| (r.location.clone(), r.reason.clone())).collect();
+    let want = [
+        ("line 2", "no 'all_generated_responses' column"),
+        ("line 3", "'all_generated_responses' must be a list, found a string"),
+        ("line 4", "'all_generated_responses' item 1 (0-based) must be a string, found a number"),
+        ("line 5", "2 responses but 1 scores in 'all_rm_scores'"),
+        ("line 6", "'all_rm_scores' item 0 (0-based) must be a finite number, found null"),
+        ("line 7", "'all_generated_responses' is empty"),
+        ("line 8", "no 'prompt', 'messages' or 'conversations' column"),
+        ("line 9", "prompt_id 'ok' is already used by line 1 for other content"),
+        ("line 11", "expected a JSON object, found a list"),
+    ];
+    assert_eq!(got, want.map(|(l, r)| (l.to_string(), r.to_string())));
+    assert_eq!(imported.duplicates, 1, "line 10 repeats line 1");
+    assert_eq!(imported.samples.len(), 2);
+    assert_eq!(imported.scored.iter().map(|s| s.reward).collect::<Vec<_>>(), [0.1, 0.2]);
+
+    // The binary writes nothing while bad rows remain, unless --skip-bad.
+    let (samples, scores) = (dir.path().join("samples"), dir.path().join("scores"));
+    let run = |extra: &[&str]| {
+        let args = ["import-scored", "--input", path.to_str().unwrap(), "--out-samples", samples.to_str().unwrap(), "--out-scores", scores.to_str().unwrap(), "--model", "m", "--reward-model", "rm"];
+        Command::new(env!("CARGO_BIN_EXE_wrpo-sample")).args(args).args(extra).output().unwrap()
+    };
+    let out = run(&[]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("line 4: 'all_generated_responses' item 1"));
+    assert!(!samples.exists() && !scores.exists());
+    assert!(run(&["--skip-bad"]).status.success());
+    assert_eq!(read_dataset::<ScoredSample>(&scores).unwrap().len(), 2);
+    assert_eq!(std::fs::read_to_string(scores.join("m.rejected.jsonl")).unwrap().lines().count(), 9);
+    let again = run(&["--skip-bad"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"), "a second import never mixes with the first");
+}
+

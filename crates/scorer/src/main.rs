@@ -6,7 +6,16 @@ use std::{
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use wrpo_common::{hash::parse_shard, io::write_text, prompts::Prompt, read_dataset, scored::ScoredSample, write_dataset, Provenance};
+use wrpo_common::{
+    export::{TrlExample, WrpoExample},
+    hash::parse_shard,
+    io::{write_rows, write_text},
+    pairs::Pair,
+    prompts::Prompt,
+    read_dataset,
+    scored::ScoredSample,
+    write_dataset, Provenance,
+};
 use wrpo_scorer::{
     reward::RewardSpec,
     report,
@@ -38,6 +47,41 @@ enum Command {
     SftSet(SftSetArgs),
     /// Build preference pairs (x, y_ws, y_wt, y_l) for the preference prompts.
     Pairs(PairsArgs),
+    /// Write pairs in the shape a GPU trainer reads: the official WRPO
+    /// recipe's (chosen = [y_ws, y_wt], rejected = [y_l]) or TRL's
+    /// conversational preference data; Parquet or JSON lines by OUT's extension.
+    Export(ExportArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum ExportFormat {
+    Wrpo,
+    Trl,
+}
+
+#[derive(Clone, Copy, PartialEq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum ChosenArg {
+    /// y_ws, the best source response.
+    Source,
+    /// y_wt, the best target response (as the DPO baseline).
+    Target,
+}
+
+#[derive(clap::Args, Serialize)]
+struct ExportArgs {
+    /// `pairs` dataset (from `wrpo-score pairs`).
+    #[arg(long)]
+    pairs: PathBuf,
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    /// `--format trl`: which response is `chosen`.
+    #[arg(long, value_enum, default_value = "target")]
+    chosen: ChosenArg,
+    /// Output file: .parquet or .jsonl.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -226,6 +270,18 @@ fn run(cli: Cli) -> Result<()> {
                 args.out_preference.display(),
                 split.unscored
             );
+        }
+        Command::Export(args) => {
+            let pairs = read_dataset::<Pair>(&args.pairs)?;
+            let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.pairs)?;
+            match args.format {
+                ExportFormat::Wrpo => write_rows(&args.out, &pairs.iter().map(WrpoExample::from_pair).collect::<Vec<_>>(), &prov)?,
+                ExportFormat::Trl => {
+                    let rows: Vec<_> = pairs.iter().map(|p| TrlExample::from_pair(p, args.chosen == ChosenArg::Source)).collect();
+                    write_rows(&args.out, &rows, &prov)?
+                }
+            }
+            eprintln!("{} pairs -> {}", pairs.len(), args.out.display());
         }
         Command::Pairs(args) => {
             let prompts = read_dataset::<Prompt>(&args.prompts)?;
