@@ -12,7 +12,7 @@
 //! columns. Nothing here has a backward pass: the model uses these only when
 //! no gradient is tracked, and falls back to candle's ops for other dtypes.
 
-use candle_core::{CpuStorage, DType, Storage, Tensor, D};
+use candle_core::{DType, Storage, Tensor, WithDType, D};
 
 use crate::pool::{Pool, SharedMut};
 
@@ -21,14 +21,15 @@ pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op())
 }
 
-/// `f` on the f32 values of a CPU tensor (copied first if not contiguous).
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+/// `f` on the values of a CPU tensor of element type T (copied first if not
+/// contiguous).
+pub(crate) fn with_values<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-        candle_core::bail!("the inference kernels need f32 CPU tensors");
+    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        candle_core::bail!("the inference kernels need CPU tensors");
     };
-    Ok(f(&values[start..end]))
+    Ok(f(&cpu.as_slice::<T>()?[start..end]))
 }
 
 /// Fill `out` row by row (rows of `row` values) across the pool: `f(r, row r)`.
@@ -44,6 +45,58 @@ fn fill_rows(out: &mut [f32], row: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)
     });
 }
 
+/// A strided f32 matrix operand: element (i, j) at `ptr[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<T> {
+    pub ptr: *const T,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// dst (m, n), row-major with row stride `dst_rs`, = lhs (m, k) · rhs (k, n),
+/// plus dst's old values when `accumulate`; blocks of dst's columns run on the
+/// pool (multiples of 16, the kernels' width; two per thread, for balance).
+///
+/// # Safety
+/// The operands hold the elements their shapes and strides reach, and `dst`
+/// holds m rows of n columns that nothing else reads or writes meanwhile.
+pub(crate) unsafe fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: *mut T, dst_rs: usize, lhs: Operand<T>, rhs: Operand<T>, accumulate: bool) {
+    struct Ptrs<T>(*mut T, Operand<T>, Operand<T>);
+    // SAFETY: the tasks write disjoint column blocks of dst and only read the operands.
+    unsafe impl<T> Sync for Ptrs<T> {}
+    let ptrs = Ptrs(dst, lhs, rhs);
+    let pool = Pool::global();
+    let width = n.div_ceil(2 * pool.threads()).next_multiple_of(16);
+    pool.run(n.div_ceil(width), &|c| {
+        let (start, cols) = (c * width, width.min(n - c * width));
+        let Ptrs(dst, lhs, rhs) = &ptrs;
+        // SAFETY: as the caller promised; this task touches columns start..start + cols.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                dst.add(start),
+                1,
+                dst_rs as isize,
+                accumulate,
+                lhs.ptr,
+                lhs.cs as isize,
+                lhs.rs as isize,
+                rhs.ptr.add(start * rhs.cs),
+                rhs.cs as isize,
+                rhs.rs as isize,
+                if accumulate { T::one() } else { T::zero() },
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+}
+
 /// x (m, k) · wᵀ for a weight w (n, k): (m, n).
 pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let ((m, k), (n, wk)) = (x.dims2()?, w.dims2()?);
@@ -51,42 +104,11 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         candle_core::bail!("matmul: input has {k} features, the weight {wk}");
     }
     let mut out = vec![0f32; m * n];
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    // Column blocks (multiples of 16, the kernels' width), two per thread so
-    // that the threads balance.
-    let pool = Pool::global();
-    let width = n.div_ceil(2 * pool.threads()).next_multiple_of(16);
-    with_values(x, |xv| {
-        with_values(w, |wv| {
-            pool.run(n.div_ceil(width), &|c| {
-                let (start, cols) = (c * width, width.min(n - c * width));
-                // SAFETY: this task writes columns start..start + cols of
-                // `out` only, which outlives the job; x is (m, k) and w (n, k),
-                // both row-major, as checked above.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        cols,
-                        k,
-                        out_ptr.add(start),
-                        1,
-                        n as isize,
-                        false,
-                        xv.as_ptr(),
-                        1,
-                        k as isize,
-                        wv.as_ptr().add(start * k),
-                        k as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                }
-            })
+    with_values(x, |xv: &[f32]| {
+        with_values(w, |wv: &[f32]| {
+            let (lhs, rhs) = (Operand { ptr: xv.as_ptr(), rs: k, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: 1, cs: k });
+            // SAFETY: x is (m, k) and w (n, k), both row-major; out is (m, n).
+            unsafe { gemm(m, n, k, out.as_mut_ptr(), n, lhs, rhs, false) }
         })
     })??;
     Tensor::from_vec(out, (m, n), x.device())
@@ -95,9 +117,9 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 /// x / sqrt(mean(x^2) + eps) * (offset + weight) over the last dimension.
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> candle_core::Result<Tensor> {
     let dim = weight.dim(0)?;
-    let scale = with_values(weight, |w| w.iter().map(|&v| (v as f64 + offset) as f32).collect::<Vec<_>>())?;
+    let scale = with_values(weight, |w: &[f32]| w.iter().map(|&v| (v as f64 + offset) as f32).collect::<Vec<_>>())?;
     let mut out = vec![0f32; x.elem_count()];
-    with_values(x, |xs| {
+    with_values(x, |xs: &[f32]| {
         fill_rows(&mut out, dim, &|r, y| {
             let row = &xs[r * dim..(r + 1) * dim];
             let mean_sq = row.iter().map(|&v| v * v).sum::<f32>() / dim as f32;
@@ -117,8 +139,8 @@ fn zip_map(a: &Tensor, b: &Tensor, f: &(dyn Fn(f32, f32) -> f32 + Sync)) -> cand
     }
     let width = a.dim(D::Minus1)?;
     let mut out = vec![0f32; a.elem_count()];
-    with_values(a, |x| {
-        with_values(b, |y| {
+    with_values(a, |x: &[f32]| {
+        with_values(b, |y: &[f32]| {
             fill_rows(&mut out, width, &|r, o| {
                 let at = r * width..(r + 1) * width;
                 for ((o, &x), &y) in o.iter_mut().zip(&x[at.clone()]).zip(&y[at]) {

@@ -8,9 +8,15 @@
 //! the analytic gradient of log p(label):
 //!   d/dlogit_v = g * (1[v = label] - p_v)   (times 1 - tanh^2 under soft-capping).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
+use num_traits::Float;
 
-/// Rows of logits materialised at a time: about 64 MB for a 262k vocabulary.
+use crate::{
+    infer::{self, Operand},
+    pool::{Pool, SharedMut},
+};
+
+/// Rows of logits materialised at a time: about 64 MB.
 const CHUNK_ELEMS: usize = 16 << 20;
 
 /// log p(labels[i] | hidden[i]) for hidden (M, H) and an LM head weight
@@ -25,54 +31,114 @@ pub fn label_logprobs(hidden: &Tensor, weight: &Tensor, labels: &[u32], softcap:
 }
 
 fn label_logprobs_in_chunks(hidden: &Tensor, weight: &Tensor, labels: &[u32], softcap: Option<f64>, rows: usize) -> Result<Tensor> {
-    let values = forward_values(&hidden.detach(), &weight.detach(), labels, softcap, rows)?;
-    hidden.apply_op2(weight, LabelLogProb { labels: labels.to_vec(), softcap, values, rows })
+    let op = LabelLogProb { labels: labels.to_vec(), softcap, rows };
+    let values = op.run(hidden, weight, None)?.0;
+    hidden.apply_op2(weight, LabelLogProbOp { op, values })
 }
 
 fn chunk_rows(vocab: usize) -> usize {
     (CHUNK_ELEMS / vocab.max(1)).max(1)
 }
 
-/// Capped logits of a chunk of rows, and tanh(logits / cap) when capped.
-fn logits(h: &Tensor, w: &Tensor, softcap: Option<f64>) -> Result<(Tensor, Option<Tensor>)> {
-    let raw = h.matmul(&w.t()?)?;
-    Ok(match softcap {
-        Some(cap) => {
-            let t = (raw / cap)?.tanh()?;
-            ((&t * cap)?, Some(t))
-        }
-        None => (raw, None),
-    })
-}
-
-fn labels_tensor(labels: &[u32], device: &candle_core::Device) -> Result<Tensor> {
-    Tensor::from_slice(labels, (labels.len(), 1), device)
-}
-
-fn forward_values(h: &Tensor, w: &Tensor, labels: &[u32], softcap: Option<f64>, step: usize) -> Result<Tensor> {
-    let m = h.dim(0)?;
-    let mut out = Vec::new();
-    for start in (0..m).step_by(step) {
-        let n = step.min(m - start);
-        let (z, _) = logits(&h.narrow(0, start, n)?, w, softcap)?;
-        let max = z.max_keepdim(D::Minus1)?;
-        let lse = (z.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
-        let picked = z.gather(&labels_tensor(&labels[start..start + n], h.device())?, 1)?;
-        out.push((picked - lse)?.squeeze(1)?);
-    }
-    Tensor::cat(&out, 0)
-}
-
 struct LabelLogProb {
     labels: Vec<u32>,
     softcap: Option<f64>,
-    /// The forward's result, computed from the same inputs before the op is applied.
-    values: Tensor,
     /// Rows per chunk.
     rows: usize,
 }
 
-impl CustomOp2 for LabelLogProb {
+/// The gradients of hidden (M, H) and weight (V, H).
+type Grads<T> = (Vec<T>, Vec<T>);
+
+impl LabelLogProb {
+    /// The log-probabilities (M,), and with `grad` (d loss / d log-prob per
+    /// row) the gradients. Each chunk of rows: logits by one matmul into a
+    /// reused buffer, soft-capping, log-sum-exp and, backward, the analytic
+    /// gradient written over the logits in place, then two matmuls; the
+    /// weight's gradient accumulates into one (V, H) buffer.
+    /// As [`LabelLogProb::run_as`], in f64 for f64 inputs and in f32 otherwise.
+    fn run(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let dtype = if hidden.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        let (h, w, g) = (hidden.detach().to_dtype(dtype)?, weight.detach().to_dtype(dtype)?, grad.map(|g| g.to_dtype(dtype)).transpose()?);
+        let dev = hidden.device();
+        let (values, grads) = match dtype {
+            DType::F64 => {
+                let (values, grads) = self.run_as::<f64>(&h, &w, g.map(|g| g.to_vec1()).transpose()?)?;
+                (Tensor::new(values, dev)?, grads.map(|(gh, gw)| (Tensor::new(gh, dev), Tensor::new(gw, dev))))
+            }
+            _ => {
+                let (values, grads) = self.run_as::<f32>(&h, &w, g.map(|g| g.to_vec1()).transpose()?)?;
+                (Tensor::new(values, dev)?, grads.map(|(gh, gw)| (Tensor::new(gh, dev), Tensor::new(gw, dev))))
+            }
+        };
+        let grads = match grads {
+            Some((gh, gw)) => Some((gh?.reshape(hidden.shape())?.to_dtype(hidden.dtype())?, gw?.reshape(weight.shape())?.to_dtype(weight.dtype())?)),
+            None => None,
+        };
+        Ok((values.to_dtype(hidden.dtype())?, grads))
+    }
+
+    fn run_as<T: WithDType + Float>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<Vec<T>>) -> Result<(Vec<T>, Option<Grads<T>>)> {
+        let ((m, hd), v) = (hidden.dims2()?, weight.dim(0)?);
+        let cap = self.softcap.map(|c| T::from(c).expect("a float"));
+        let mut values = vec![T::zero(); m];
+        let mut grads = grad.as_ref().map(|_| (vec![T::zero(); m * hd], vec![T::zero(); v * hd]));
+        let mut z = vec![T::zero(); self.rows.min(m) * v];
+        infer::with_values(hidden, |h: &[T]| {
+            infer::with_values(weight, |w: &[T]| {
+                for start in (0..m).step_by(self.rows) {
+                    let n = self.rows.min(m - start);
+                    let z = &mut z[..n * v];
+                    let h_chunk = Operand { ptr: h[start * hd..].as_ptr(), rs: hd, cs: 1 };
+                    // SAFETY: h holds rows start..start + n of hd values, w is (v, hd), z is (n, v).
+                    unsafe { infer::gemm(n, v, hd, z.as_mut_ptr(), v, h_chunk, Operand { ptr: w.as_ptr(), rs: 1, cs: hd }, false) };
+                    let mut rows: Vec<(usize, &mut [T])> = z.chunks_exact_mut(v).enumerate().collect();
+                    let out = SharedMut(values[start..].as_mut_ptr());
+                    Pool::global().for_each_mut(&mut rows, &|(r, z)| {
+                        if let Some(cap) = cap {
+                            z.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+                        }
+                        let max = z.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
+                        let lse = max + z.iter().fold(T::zero(), |sum, &x| sum + (x - max).exp()).ln();
+                        let label = self.labels[start + *r] as usize;
+                        let z_label = z[label];
+                        // SAFETY: row r of this chunk writes value start + r only.
+                        unsafe { *out.add(*r) = z_label - lse };
+                        if let Some(g) = &grad {
+                            // d log p(label) / d z_j = 1[j = label] - p_j, times the
+                            // cap's d z / d raw = 1 - (z / cap)^2; written over z.
+                            let g = g[start + *r];
+                            let through_cap = |z: T| cap.map_or(T::one(), |c| T::one() - (z / c) * (z / c));
+                            for x in z.iter_mut() {
+                                *x = -g * (*x - lse).exp() * through_cap(*x);
+                            }
+                            z[label] += g * through_cap(z_label);
+                        }
+                    });
+                    if let Some((grad_h, grad_w)) = grads.as_mut() {
+                        let dz = z.as_ptr();
+                        // SAFETY: dz is (n, v), w (v, hd), h's chunk (n, hd); grad_h's rows
+                        // start..start + n and grad_w (v, hd) are written by these calls only.
+                        unsafe {
+                            infer::gemm(n, hd, v, grad_h[start * hd..].as_mut_ptr(), hd, Operand { ptr: dz, rs: v, cs: 1 }, Operand { ptr: w.as_ptr(), rs: hd, cs: 1 }, false);
+                            infer::gemm(v, hd, n, grad_w.as_mut_ptr(), hd, Operand { ptr: dz, rs: 1, cs: v }, h_chunk, start > 0);
+                        }
+                    }
+                }
+            })
+        })??;
+        Ok((values, grads))
+    }
+}
+
+/// The candle op: forward values computed beforehand (detached), the
+/// analytic backward.
+struct LabelLogProbOp {
+    op: LabelLogProb,
+    values: Tensor,
+}
+
+impl CustomOp2 for LabelLogProbOp {
     fn name(&self) -> &'static str {
         "label-logprob"
     }
@@ -85,40 +151,15 @@ impl CustomOp2 for LabelLogProb {
     }
 
     fn bwd(&self, hidden: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (h, w) = (hidden.detach(), weight.detach());
-        let (m, step) = (h.dim(0)?, self.rows);
-        let grad = grad.detach();
-        let mut grad_h = Vec::new();
-        let mut grad_w: Option<Tensor> = None;
-        for start in (0..m).step_by(step) {
-            let n = step.min(m - start);
-            let hc = h.narrow(0, start, n)?;
-            let (z, tanh) = logits(&hc, &w, self.softcap)?;
-            // g * (onehot - softmax): the fused softmax is fine here, nothing differentiates through it.
-            let p = candle_nn::ops::softmax_last_dim(&z)?;
-            let labels = labels_tensor(&self.labels[start..start + n], h.device())?;
-            let ones = Tensor::ones((n, 1), p.dtype(), h.device())?;
-            let dz = p.neg()?.scatter_add(&labels, &ones, 1)?;
-            let mut dz = dz.broadcast_mul(&grad.narrow(0, start, n)?.unsqueeze(1)?)?;
-            if let Some(t) = tanh {
-                dz = (dz * (1.0 - t.sqr()?)?)?;
-            }
-            grad_h.push(dz.matmul(&w)?);
-            // (vocab x hidden) per chunk: no zero-filled start, one sum per extra chunk.
-            let part = dz.t()?.matmul(&hc)?;
-            grad_w = Some(match grad_w {
-                Some(g) => (g + part)?,
-                None => part,
-            });
-        }
-        Ok((Some(Tensor::cat(&grad_h, 0)?), grad_w))
+        let (grad_h, grad_w) = self.op.run(hidden, weight, Some(grad))?.1.expect("gradients were asked for");
+        Ok((Some(grad_h), Some(grad_w)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Var, D};
     use candle_nn::ops::log_softmax;
 
     /// The chunked op against log_softmax + gather through candle's autograd,
@@ -137,7 +178,8 @@ mod tests {
                 if let Some(c) = softcap {
                     z = ((z / c).unwrap().tanh().unwrap() * c).unwrap();
                 }
-                log_softmax(&z, D::Minus1).unwrap().gather(&labels_tensor(&labels, &dev).unwrap(), 1).unwrap().squeeze(1).unwrap()
+                let index = Tensor::from_slice(&labels, (m, 1), &dev).unwrap();
+                log_softmax(&z, D::Minus1).unwrap().gather(&index, 1).unwrap().squeeze(1).unwrap()
             };
             // Chunks of 3 rows: 7 rows make two whole chunks and a partial one.
             let ours = label_logprobs_in_chunks(&hidden, &weight, &labels, softcap, 3).unwrap();
