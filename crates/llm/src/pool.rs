@@ -139,10 +139,12 @@ impl Pool {
         while s.busy.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
         }
+        // Cleared whichever panic is raised, so that it does not poison the next job.
+        let theirs = s.panicked.swap(false, Ordering::Relaxed);
         if let Err(panic) = mine {
             std::panic::resume_unwind(panic);
         }
-        if s.panicked.swap(false, Ordering::Relaxed) {
+        if theirs {
             panic!("a task panicked on a pool thread");
         }
     }
@@ -220,6 +222,22 @@ mod tests {
         let result = catch_unwind(AssertUnwindSafe(|| pool.run(8, &|c| assert_ne!(c, 5))));
         assert!(result.is_err());
         // The pool still works.
+        let sum = AtomicUsize::new(0);
+        pool.run(4, &|c| {
+            sum.fetch_add(c, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn a_job_whose_chunks_all_panic_does_not_poison_the_next() {
+        let pool = Pool::new(2);
+        // Slow chunks, so that the worker takes some while the caller panics on its own.
+        let failing = |_| {
+            std::thread::sleep(Duration::from_millis(10));
+            panic!("chunk failed");
+        };
+        assert!(catch_unwind(AssertUnwindSafe(|| pool.run(8, &failing))).is_err());
         let sum = AtomicUsize::new(0);
         pool.run(4, &|c| {
             sum.fetch_add(c, Ordering::Relaxed);

@@ -3,7 +3,10 @@
 //! tokenizer.json, tokenizer_config.json with the chat template, and
 //! generation_config.json. The folder appears whole or not at all.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
@@ -22,10 +25,32 @@ pub fn save_hf_checkpoint(model: &Model, tokenizer: &Tokenizer, chat_template: O
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let tmp = tempfile::Builder::new().prefix(".checkpoint-").tempdir_in(parent).with_context(|| format!("cannot write in {}", parent.display()))?;
     write_files(model, tokenizer, chat_template, tmp.path(), MAX_SHARD_BYTES)?;
+    replace_dir(&tmp.keep(), dir)
+}
+
+/// `dir.old`: where [`replace_dir`] sets the folder it replaces aside.
+pub fn set_aside(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".old");
+    dir.with_file_name(name)
+}
+
+/// Move the finished folder `new` to `dir`, replacing what is there so that
+/// a crash at any point leaves the old folder or the new one whole: the old
+/// one is set aside (as `dir.old`) before the new one moves in, and deleted
+/// only after. If an earlier crash left only `dir.old`, that is the old one.
+pub fn replace_dir(new: &Path, dir: &Path) -> Result<()> {
+    let old = set_aside(dir);
     if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("cannot delete {}", old.display()))?;
+        }
+        std::fs::rename(dir, &old).with_context(|| format!("cannot set {} aside", dir.display()))?;
     }
-    std::fs::rename(tmp.keep(), dir).with_context(|| format!("cannot move the checkpoint to {}", dir.display()))?;
+    std::fs::rename(new, dir).with_context(|| format!("cannot move {} to {}", new.display(), dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("cannot delete {}", old.display()))?;
+    }
     Ok(())
 }
 
@@ -105,6 +130,30 @@ fn write_files(model: &Model, tokenizer: &Tokenizer, chat_template: Option<&str>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn replacing_a_folder_leaves_the_old_or_the_new_one_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("final");
+        let folder = |name: &str, text: &str| {
+            let p = root.path().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("model.safetensors"), text).unwrap();
+            p
+        };
+        let read = |p: &Path| std::fs::read_to_string(p.join("model.safetensors")).unwrap();
+        std::fs::rename(folder("first", "old"), &dir).unwrap();
+        super::replace_dir(&folder("second", "new"), &dir).unwrap();
+        assert_eq!(read(&dir), "new");
+        assert!(!super::set_aside(&dir).exists());
+        // A crash between setting the old one aside and moving the new one in
+        // leaves the old one whole as final.old; the next save replaces it.
+        std::fs::rename(&dir, super::set_aside(&dir)).unwrap();
+        assert_eq!(read(&super::set_aside(&dir)), "new");
+        super::replace_dir(&folder("third", "newer"), &dir).unwrap();
+        assert_eq!(read(&dir), "newer");
+        assert!(!super::set_aside(&dir).exists());
+    }
+
     use super::*;
     use candle_core::Device;
 

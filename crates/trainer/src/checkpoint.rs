@@ -56,14 +56,7 @@ pub fn save(out: &Path, model: &Model, optimizer: &AdamW, state: &State) -> Resu
     for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
         fs::File::open(tmp.join(f))?.sync_all()?;
     }
-    let (current, old) = (out.join("checkpoint"), out.join("checkpoint.old"));
-    if current.exists() {
-        let _ = fs::remove_dir_all(&old);
-        fs::rename(&current, &old).context("cannot set the previous checkpoint aside")?;
-    }
-    fs::rename(&tmp, &current).context("cannot move the new checkpoint into place")?;
-    let _ = fs::remove_dir_all(&old);
-    Ok(())
+    wrpo_llm::save::replace_dir(&tmp, &out.join("checkpoint"))
 }
 
 /// The last checkpoint in OUT, loaded into `model` and `optimizer`.
