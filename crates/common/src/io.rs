@@ -158,6 +158,10 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
 /// Write `rows` to the Parquet file `path`, atomically, with ZSTD compression
 /// and the dataset's schema name, version and `prov` in the key-value metadata.
 pub fn write_dataset<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> Result<()> {
+    // What a reader would refuse is never written.
+    for (i, row) in rows.iter().enumerate() {
+        row.check().map_err(|e| anyhow!("{}: row {i} (0-based) of {} is invalid, nothing was written: {e}", path.display(), T::NAME))?;
+    }
     let fields = T::fields();
     let schema = Arc::new(Schema::new(fields.clone()));
     let props = WriterProperties::builder()

@@ -49,6 +49,11 @@ impl Dataset for Pair {
     }
     fn check(&self) -> Result<(), String> {
         check_conversation(&self.messages)?;
+        for (y, reward) in [("y_ws", self.y_ws_reward), ("y_wt", self.y_wt_reward), ("y_l", self.y_l_reward)] {
+            if !reward.is_finite() {
+                return Err(format!("{y}_reward is {reward}"));
+            }
+        }
         if self.y_wt_reward < self.y_l_reward {
             return Err(format!("y_wt reward {} is below y_l reward {}", self.y_wt_reward, self.y_l_reward));
         }

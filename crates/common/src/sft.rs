@@ -30,6 +30,10 @@ impl Dataset for SftExample {
         ]
     }
     fn check(&self) -> Result<(), String> {
-        check_conversation(&self.messages)
+        check_conversation(&self.messages)?;
+        if !self.reward.is_finite() {
+            return Err(format!("reward is {}", self.reward));
+        }
+        Ok(())
     }
 }

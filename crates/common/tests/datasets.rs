@@ -243,11 +243,28 @@ fn row_checks_name_the_row() {
     let err = format!("{:#}", read_dataset::<ScoredSample>(&path).unwrap_err());
     assert!(err.contains("s.parquet") && err.contains("exploded"), "{err}");
 
+}
+
+#[test]
+fn an_invalid_row_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.parquet");
     let mut bad = prompt(0);
     bad.messages.push(Message::new(Role::Assistant, "answer"));
-    write_dataset(&path, &[prompt(1), bad], &prov()).unwrap();
-    let err = read_dataset::<Prompt>(&path).unwrap_err().to_string();
+    let err = write_dataset(&path, &[prompt(1), bad], &prov()).unwrap_err().to_string();
     assert!(err.contains("row 1 (0-based)") && err.contains("must end with a user turn"), "{err}");
+    assert!(!path.exists());
+    // NaN rewards: refused in scored samples, SFT examples and pairs alike.
+    let mut s = scored(0);
+    s.reward = f64::NAN;
+    assert!(write_dataset(&path, &[s], &prov()).unwrap_err().to_string().contains("reward is NaN"));
+    let mut e = sft(0);
+    e.reward = f64::NAN;
+    assert!(write_dataset(&path, &[e], &prov()).unwrap_err().to_string().contains("reward is NaN"));
+    let mut q = pair(0);
+    q.y_ws_reward = f64::INFINITY;
+    assert!(write_dataset(&path, &[q], &prov()).unwrap_err().to_string().contains("y_ws_reward is inf"));
+    assert!(!path.exists());
 }
 
 #[test]

@@ -13,13 +13,14 @@ use wrpo_common::{
     sft::SftExample,
 };
 
-/// Scored samples grouped by prompt, skipped samples left out.
+/// Scored samples grouped by prompt, skipped samples and rewards that are
+/// not numbers (which no ordering can rank) left out.
 pub struct ByPrompt<'a>(HashMap<&'a str, Vec<&'a ScoredSample>>);
 
 impl<'a> ByPrompt<'a> {
     pub fn new(scores: &'a [ScoredSample]) -> Self {
         let mut map: HashMap<&str, Vec<&ScoredSample>> = HashMap::new();
-        for s in scores.iter().filter(|s| s.finish_reason != FinishReason::Skipped) {
+        for s in scores.iter().filter(|s| s.finish_reason != FinishReason::Skipped && !s.reward.is_nan()) {
             map.entry(&s.prompt_id).or_default().push(s);
         }
         ByPrompt(map)

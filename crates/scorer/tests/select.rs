@@ -114,3 +114,12 @@ fn fusechat_pairs_stay_within_one_source_and_the_gap_band() {
     assert_eq!((p.y_ws.as_str(), p.y_wt.as_str(), p.y_l.as_str()), ("a0", "a0", "a1"));
     assert_eq!(dropped.gap_out_of_band, 1);
 }
+
+#[test]
+fn a_reward_that_is_not_a_number_is_never_chosen() {
+    let prompts = [prompt("p", Split::Train)];
+    let source = [scored("p", "a", 0, "good", 0.5), scored("p", "a", 1, "nan", f64::NAN)];
+    let target = [scored("p", "t", 0, "best", 0.9), scored("p", "t", 1, "nan", f64::NAN), scored("p", "t", 2, "worst", -0.9)];
+    let (pairs, _) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &wrpo());
+    assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str(), pairs[0].y_l.as_str()), ("good", "best", "worst"));
+}
