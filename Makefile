@@ -30,6 +30,8 @@ SFT_EPOCHS     ?= 2
 WRPO_LR        ?= 2e-6
 EPOCHS         ?= 1
 MAX_LENGTH     ?= 512
+# Non-empty: a response cut off at MAX_NEW_TOKENS may be y_ws or y_wt.
+ALLOW_TRUNCATED ?=
 
 SAMPLE := $(BIN)/wrpo-sample
 SCORE  := $(BIN)/wrpo-score
@@ -54,7 +56,7 @@ help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS MAX_LENGTH; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS MAX_LENGTH; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -128,7 +130,7 @@ $(WORK)/source-scores/.done: $(WORK)/source-samples/.done $(filter $(DEMO_MODELS
 $(WORK)/sft.parquet $(WORK)/preference-prompts.parquet &: $(WORK)/source-scores/.done | $(BUILD)
 	$(call need,$(SCORE))
 	$(TIMED) sft-set $(SCORE) sft-set --prompts $(WORK)/prompts.parquet --source-scores $(<D) --sft-fraction $(SFT_FRACTION) \
-	  --seed $(SEED) --out $(WORK)/sft.parquet --out-preference $(WORK)/preference-prompts.parquet
+	  --seed $(SEED) $(if $(ALLOW_TRUNCATED),--allow-truncated) --out $(WORK)/sft.parquet --out-preference $(WORK)/preference-prompts.parquet
 
 # 5. Target-SFT: the target fine-tuned on (x, y_ws).
 $(WORK)/target-sft/.done: $(WORK)/sft.parquet $(filter $(DEMO_MODELS),$(TARGET)) | $(BUILD)
@@ -151,7 +153,7 @@ $(WORK)/target-scores/.done: $(WORK)/target-samples/.done | $(BUILD)
 $(WORK)/pairs.parquet: $(WORK)/source-scores/.done $(WORK)/target-scores/.done $(WORK)/preference-prompts.parquet | $(BUILD)
 	$(call need,$(SCORE))
 	$(TIMED) pairs $(SCORE) pairs --prompts $(WORK)/preference-prompts.parquet --source-scores $(WORK)/source-scores \
-	  --target-scores $(WORK)/target-scores --strategy $(STRATEGY) --out $@
+	  --target-scores $(WORK)/target-scores --strategy $(STRATEGY) $(if $(ALLOW_TRUNCATED),--allow-truncated) --out $@
 
 # 9. The frozen reference's (Target-SFT's) log-probs of every response, once.
 $(WORK)/pairs-ref.parquet: $(WORK)/pairs.parquet $(WORK)/target-sft/.done | $(BUILD)

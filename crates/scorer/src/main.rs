@@ -20,7 +20,7 @@ use wrpo_scorer::{
     reward::RewardSpec,
     report,
     score::{score, write_summary, ScoreOptions, ScoreSettings},
-    select::{make_pairs, sft_split, ByPrompt, PairOptions, Strategy},
+    select::{check_scores, make_pairs, sft_split, ByPrompt, PairOptions, Strategy},
 };
 
 const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
@@ -166,6 +166,9 @@ struct SftSetArgs {
     /// Seed of the SFT/preference split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Let a response cut off by the token limit (finish_reason 'length') be y_ws.
+    #[arg(long)]
+    allow_truncated: bool,
     /// Output `sft` dataset.
     #[arg(long)]
     out: PathBuf,
@@ -194,6 +197,10 @@ struct PairsArgs {
     /// fusechat: largest reward gap kept.
     #[arg(long, default_value_t = 0.1)]
     max_gap: f64,
+    /// Let a response cut off by the token limit (finish_reason 'length') be
+    /// y_ws or y_wt; it may always be y_l.
+    #[arg(long)]
+    allow_truncated: bool,
     /// Output `pairs` dataset.
     #[arg(long)]
     out: PathBuf,
@@ -251,7 +258,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let prompts = read_dataset::<Prompt>(&args.prompts)?;
             let scores = read_dataset::<ScoredSample>(&args.source_scores)?;
-            let split = sft_split(&prompts, &ByPrompt::new(&scores), args.sft_fraction, args.seed);
+            check_scores(&[(&args.source_scores, &scores)])?;
+            let split = sft_split(&prompts, &ByPrompt::new(&scores), args.sft_fraction, args.seed, args.allow_truncated);
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.source_scores)?;
             write_dataset(&args.out, &split.sft, &prov)?;
             write_dataset(&args.out_preference, &split.preference, &prov)?;
@@ -261,15 +269,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             write_summary(&summary_path(&args.out), &serde_json::json!({
                 "sft_examples": split.sft.len(), "preference_prompts": split.preference.len(),
-                "dropped": {"no_scored_source_sample": split.unscored}, "y_ws_sources": y_ws_sources,
+                "dropped": {"no_scored_source_sample": split.unscored, "only_truncated": split.only_truncated}, "y_ws_sources": y_ws_sources,
             }))?;
             eprintln!(
-                "{} SFT examples -> {}; {} preference prompts -> {}; {} train prompts had no scored source sample",
+                "{} SFT examples -> {}; {} preference prompts -> {}; {} train prompts had no scored source sample, {} only truncated ones",
                 split.sft.len(),
                 args.out.display(),
                 split.preference.len(),
                 args.out_preference.display(),
-                split.unscored
+                split.unscored,
+                split.only_truncated
             );
         }
         Command::Export(args) => {
@@ -296,7 +305,9 @@ fn run(cli: Cli) -> Result<()> {
                 (None, Strategy::Wrpo) => bail!("--strategy wrpo needs --target-scores"),
                 (None, Strategy::Fusechat) => Vec::new(),
             };
-            let opts = PairOptions { strategy: args.strategy, min_gap: args.min_gap, max_gap: args.max_gap };
+            let target_path = args.target_scores.clone().unwrap_or_default();
+            check_scores(&[(&args.source_scores, &source), (&target_path, &target)])?;
+            let opts = PairOptions { strategy: args.strategy, allow_truncated: args.allow_truncated, min_gap: args.min_gap, max_gap: args.max_gap };
             let (pairs, dropped) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &opts);
             if pairs.is_empty() {
                 bail!("no pair could be built from {} prompts: {}", prompts.len(), serde_json::to_string(&dropped)?);

@@ -1,7 +1,11 @@
 //! Build the SFT set and the preference pairs from scored samples
-//! (wrpo.md, data construction steps 3-8).
+//! (docs/method.md, data construction).
 
-use std::{cmp::Ordering, collections::HashMap};
+use std::{
+    cmp::Ordering,
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use serde::Serialize;
 use wrpo_common::{
@@ -31,6 +35,31 @@ impl<'a> ByPrompt<'a> {
     }
 }
 
+/// Refuse scores that cannot be compared: rows from more than one reward
+/// model (their scales differ), or a (prompt_id, model, sample_index) twice.
+pub fn check_scores(sets: &[(&Path, &[ScoredSample])]) -> anyhow::Result<()> {
+    let mut first: Option<(&Path, &str)> = None;
+    for (path, rows) in sets {
+        let mut seen = HashSet::new();
+        for r in rows.iter() {
+            match first {
+                None => first = Some((path, &r.reward_model)),
+                Some((p, m)) if m != r.reward_model => anyhow::bail!(
+                    "{} holds rewards of '{}' and {} of '{m}': rewards of different reward models cannot be compared; score both with one",
+                    path.display(),
+                    r.reward_model,
+                    p.display()
+                ),
+                _ => {}
+            }
+            if !seen.insert((&r.prompt_id, &r.model, r.sample_index)) {
+                anyhow::bail!("{}: sample (prompt_id {}, model {}, sample_index {}) is scored twice", path.display(), r.prompt_id, r.model, r.sample_index);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Order by reward; equal rewards by (model, sample_index), so that the best
 /// and worst responses do not depend on the order of the input files.
 fn by_reward(a: &&ScoredSample, b: &&ScoredSample) -> Ordering {
@@ -40,8 +69,9 @@ fn by_reward(a: &&ScoredSample, b: &&ScoredSample) -> Ordering {
         .then_with(|| b.sample_index.cmp(&a.sample_index))
 }
 
-fn best<'a>(samples: &[&'a ScoredSample]) -> Option<&'a ScoredSample> {
-    samples.iter().copied().max_by(by_reward)
+/// The best response; one cut off by the token limit only if `allow_truncated`.
+fn best<'a>(samples: &[&'a ScoredSample], allow_truncated: bool) -> Option<&'a ScoredSample> {
+    samples.iter().copied().filter(|s| allow_truncated || s.finish_reason != FinishReason::Length).max_by(by_reward)
 }
 
 fn worst<'a>(samples: &[&'a ScoredSample]) -> Option<&'a ScoredSample> {
@@ -57,16 +87,20 @@ pub struct SftSplit {
     pub preference: Vec<Prompt>,
     /// Train prompts without any scored source sample, left out of both.
     pub unscored: usize,
+    /// Train prompts whose source samples were all cut off by the token
+    /// limit (not eligible as y_ws unless allowed), left out of both.
+    pub only_truncated: usize,
 }
 
 /// Split the train prompts at random (fixed by `seed` and each prompt_id) into
 /// an SFT part of about `sft_fraction` and a preference part, and pick y_ws,
 /// the best source response over all models and samples, for the SFT part.
-pub fn sft_split(prompts: &[Prompt], source: &ByPrompt, sft_fraction: f64, seed: u64) -> SftSplit {
+pub fn sft_split(prompts: &[Prompt], source: &ByPrompt, sft_fraction: f64, seed: u64, allow_truncated: bool) -> SftSplit {
     let mut out = SftSplit::default();
     for p in prompts.iter().filter(|p| p.split == Split::Train) {
-        let Some(y_ws) = best(source.get(&p.prompt_id)) else {
-            out.unscored += 1;
+        let samples = source.get(&p.prompt_id);
+        let Some(y_ws) = best(samples, allow_truncated) else {
+            *(if samples.is_empty() { &mut out.unscored } else { &mut out.only_truncated }) += 1;
             continue;
         };
         if uniform_draw(seed, "sft", &p.prompt_id) < sft_fraction {
@@ -102,6 +136,8 @@ pub enum Strategy {
 #[derive(Clone, Debug, Serialize)]
 pub struct PairOptions {
     pub strategy: Strategy,
+    /// Let a response cut off by the token limit be y_ws or y_wt (it may always be y_l).
+    pub allow_truncated: bool,
     pub min_gap: f64,
     pub max_gap: f64,
 }
@@ -114,6 +150,8 @@ pub struct Dropped {
     pub all_identical: usize,
     pub best_worst_tie: usize,
     pub gap_out_of_band: usize,
+    /// Every candidate for y_ws or y_wt was cut off by the token limit.
+    pub only_truncated: usize,
 }
 
 pub fn make_pairs(prompts: &[Prompt], source: &ByPrompt, target: &ByPrompt, opts: &PairOptions) -> (Vec<Pair>, Dropped) {
@@ -121,7 +159,7 @@ pub fn make_pairs(prompts: &[Prompt], source: &ByPrompt, target: &ByPrompt, opts
     let mut dropped = Dropped::default();
     for p in prompts {
         let chosen = match opts.strategy {
-            Strategy::Wrpo => wrpo_triple(source.get(&p.prompt_id), target.get(&p.prompt_id), &mut dropped),
+            Strategy::Wrpo => wrpo_triple(source.get(&p.prompt_id), target.get(&p.prompt_id), opts.allow_truncated, &mut dropped),
             Strategy::Fusechat => fusechat_pair(source.get(&p.prompt_id), opts, &mut dropped),
         };
         if let Some((y_ws, y_wt, y_l)) = chosen {
@@ -151,11 +189,11 @@ pub fn make_pairs(prompts: &[Prompt], source: &ByPrompt, target: &ByPrompt, opts
 
 type Triple<'a> = (&'a ScoredSample, &'a ScoredSample, &'a ScoredSample);
 
-fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], dropped: &mut Dropped) -> Option<Triple<'a>> {
-    let Some(y_ws) = best(source) else {
+fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], allow_truncated: bool, dropped: &mut Dropped) -> Option<Triple<'a>> {
+    if source.is_empty() {
         dropped.no_source_sample += 1;
         return None;
-    };
+    }
     if target.len() < 2 {
         dropped.fewer_than_two_samples += 1;
         return None;
@@ -164,7 +202,11 @@ fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], dro
         dropped.all_identical += 1;
         return None;
     }
-    let (y_wt, y_l) = (best(target)?, worst(target)?);
+    let (Some(y_ws), Some(y_wt)) = (best(source, allow_truncated), best(target, allow_truncated)) else {
+        dropped.only_truncated += 1;
+        return None;
+    };
+    let y_l = worst(target)?;
     if y_wt.reward == y_l.reward {
         dropped.best_worst_tie += 1;
         return None;
@@ -182,14 +224,17 @@ fn fusechat_pair<'a>(source: &[&'a ScoredSample], opts: &PairOptions, dropped: &
         by_model.entry(&s.model).or_default().push(s);
     }
     let mut candidates = Vec::new();
-    let (mut few, mut identical, mut tie) = (true, true, true);
+    let (mut few, mut identical, mut truncated, mut tie) = (true, true, true, true);
     for samples in by_model.values().filter(|s| s.len() >= 2) {
         few = false;
         if samples.iter().all(|s| s.response == samples[0].response) {
             continue;
         }
         identical = false;
-        let (w, l) = (best(samples)?, worst(samples)?);
+        let (Some(w), Some(l)) = (best(samples, opts.allow_truncated), worst(samples)) else {
+            continue;
+        };
+        truncated = false;
         if w.reward == l.reward {
             continue;
         }
@@ -205,6 +250,8 @@ fn fusechat_pair<'a>(source: &[&'a ScoredSample], opts: &PairOptions, dropped: &
             &mut dropped.fewer_than_two_samples
         } else if identical {
             &mut dropped.all_identical
+        } else if truncated {
+            &mut dropped.only_truncated
         } else if tie {
             &mut dropped.best_worst_tie
         } else {

@@ -4,7 +4,7 @@ use wrpo_common::{
     scored::ScoredSample,
     Message, Role,
 };
-use wrpo_scorer::select::{make_pairs, sft_split, ByPrompt, Dropped, PairOptions, Strategy};
+use wrpo_scorer::select::{check_scores, make_pairs, sft_split, ByPrompt, Dropped, PairOptions, Strategy};
 
 fn prompt(id: &str, split: Split) -> Prompt {
     Prompt {
@@ -43,7 +43,7 @@ fn sft_split_takes_a_third_of_train_prompts_with_their_best_source_response() {
         scores.push(skipped);
     }
     let source = ByPrompt::new(&scores);
-    let split = sft_split(&prompts, &source, 1.0 / 3.0, 42);
+    let split = sft_split(&prompts, &source, 1.0 / 3.0, 42, false);
     assert_eq!(split.unscored, 0); // p0 is eval, so never counted
     assert_eq!(split.sft.len() + split.preference.len(), 810);
     assert!((230..310).contains(&split.sft.len()), "{} SFT of 810", split.sft.len());
@@ -52,13 +52,13 @@ fn sft_split_takes_a_third_of_train_prompts_with_their_best_source_response() {
     }
     assert!(split.preference.iter().all(|p| p.split == Split::Train));
 
-    let again = sft_split(&prompts, &source, 1.0 / 3.0, 42);
+    let again = sft_split(&prompts, &source, 1.0 / 3.0, 42, false);
     assert_eq!(again.sft, split.sft);
-    assert_ne!(sft_split(&prompts, &source, 1.0 / 3.0, 7).sft, split.sft);
+    assert_ne!(sft_split(&prompts, &source, 1.0 / 3.0, 7, false).sft, split.sft);
 }
 
 fn wrpo() -> PairOptions {
-    PairOptions { strategy: Strategy::Wrpo, min_gap: 0.0, max_gap: f64::INFINITY }
+    PairOptions { strategy: Strategy::Wrpo, allow_truncated: false, min_gap: 0.0, max_gap: f64::INFINITY }
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn wrpo_pairs_take_the_best_source_and_the_best_and_worst_target_responses() {
     assert_eq!(p.ref_logp_y_ws, None);
     assert_eq!(
         dropped,
-        Dropped { no_source_sample: 1, fewer_than_two_samples: 1, all_identical: 1, best_worst_tie: 1, gap_out_of_band: 0 }
+        Dropped { no_source_sample: 1, fewer_than_two_samples: 1, all_identical: 1, best_worst_tie: 1, ..Dropped::default() }
     );
 }
 
@@ -107,7 +107,7 @@ fn fusechat_pairs_stay_within_one_source_and_the_gap_band() {
         scored("wide", "a", 0, "a0", 0.9),
         scored("wide", "a", 1, "a1", 0.1),
     ];
-    let opts = PairOptions { strategy: Strategy::Fusechat, min_gap: 0.01, max_gap: 0.1 };
+    let opts = PairOptions { strategy: Strategy::Fusechat, allow_truncated: false, min_gap: 0.01, max_gap: 0.1 };
     let (pairs, dropped) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&[]), &opts);
     assert_eq!(pairs.len(), 1);
     let p = &pairs[0];
@@ -122,4 +122,45 @@ fn a_reward_that_is_not_a_number_is_never_chosen() {
     let target = [scored("p", "t", 0, "best", 0.9), scored("p", "t", 1, "nan", f64::NAN), scored("p", "t", 2, "worst", -0.9)];
     let (pairs, _) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &wrpo());
     assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str(), pairs[0].y_l.as_str()), ("good", "best", "worst"));
+}
+
+#[test]
+fn a_truncated_response_is_never_y_ws_or_y_wt_unless_allowed() {
+    let prompts = [prompt("p", Split::Train), prompt("q", Split::Train)];
+    let cut = |mut s: ScoredSample| {
+        s.finish_reason = FinishReason::Length;
+        s
+    };
+    let source = [cut(scored("p", "a", 0, "long source", 0.9)), scored("p", "a", 1, "source", 0.5), cut(scored("q", "a", 0, "cut", 0.9))];
+    let target = [
+        cut(scored("p", "t", 0, "long target", 0.9)),
+        scored("p", "t", 1, "target", 0.4),
+        cut(scored("p", "t", 2, "long worst", -0.9)),
+        cut(scored("q", "t", 0, "x", 0.1)),
+        cut(scored("q", "t", 1, "y", 0.2)),
+    ];
+    let (src, tgt) = (ByPrompt::new(&source), ByPrompt::new(&target));
+    let (pairs, dropped) = make_pairs(&prompts, &src, &tgt, &wrpo());
+    assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str(), pairs[0].y_l.as_str()), ("source", "target", "long worst"));
+    assert_eq!(dropped, Dropped { only_truncated: 1, ..Dropped::default() }, "q has only truncated responses");
+    let (pairs, _) = make_pairs(&prompts, &src, &tgt, &PairOptions { allow_truncated: true, ..wrpo() });
+    assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str()), ("long source", "long target"));
+    let split = sft_split(&prompts, &src, 1.0, 42, false);
+    assert_eq!((split.sft.len(), split.only_truncated), (1, 1));
+    assert_eq!(split.sft[0].response, "source");
+}
+
+#[test]
+fn scores_of_two_reward_models_or_a_key_twice_are_refused() {
+    let path = std::path::Path::new("scores");
+    let mut other = scored("p", "a", 1, "x", 0.1);
+    other.reward_model = "another-rm".into();
+    let rows = [scored("p", "a", 0, "y", 0.2), other];
+    let err = check_scores(&[(path, &rows)]).unwrap_err().to_string();
+    assert!(err.contains("'another-rm'") && err.contains("'rm'"), "{err}");
+    let twice = [scored("p", "a", 0, "y", 0.2), scored("p", "a", 0, "y again", 0.3)];
+    let err = check_scores(&[(path, &twice)]).unwrap_err().to_string();
+    assert!(err.contains("(prompt_id p, model a, sample_index 0) is scored twice"), "{err}");
+    let target = [scored("p", "t", 0, "z", 0.0)];
+    assert!(check_scores(&[(path, &rows[..1]), (path, &target)]).is_ok());
 }
