@@ -23,3 +23,19 @@ run=$tmp/runs/demo
 "$bin/wrpo-score" report --prompts "$run/prompts.parquet" --scores "$run/source-scores" --baseline gemma3 --out "$run/eval" > /dev/null
 printf 'stage,seconds,finished_at\nsource-samples,61.2,2026-11-28T16:37:00Z\nwrpo,540.0,2026-11-28T17:00:00Z\n' > "$run/timings.csv"
 python3 scripts/check_duckdb.py README.md "$tmp"
+# Files rewritten by DuckDB (nullable columns, list items named 'element', no
+# wrpo metadata) read back: pairs filtered in SQL, exported by wrpo-score;
+# prompts rewritten, sampled by wrpo-sample.
+python3 - "$run" "$tmp" <<'PY'
+import sys
+import duckdb
+run, tmp = sys.argv[1:3]
+duckdb.sql(f"COPY (SELECT * FROM '{run}/pairs.parquet' WHERE y_wt_reward > y_l_reward) TO '{tmp}/mine.parquet'")
+duckdb.sql(f"COPY (SELECT * FROM '{run}/prompts.parquet' WHERE split = 'train' LIMIT 2) TO '{tmp}/prompts-duckdb.parquet'")
+PY
+"$bin/wrpo-score" export --pairs "$tmp/mine.parquet" --format trl --out "$tmp/mine.jsonl" 2> /dev/null
+test -s "$tmp/mine.jsonl"
+"$bin/wrpo-sample" generate --prompts "$tmp/prompts-duckdb.parquet" --model models/smollm2-135m-instruct-q4_1.gguf \
+  --n 1 --max-new-tokens 2 --out "$tmp/samples" 2> /dev/null
+test -s "$tmp/samples/smollm2-135m-instruct-q4_1/part-00000.parquet"
+echo "duckdb rewrites: pairs and prompts read back"

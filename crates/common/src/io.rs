@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use arrow::{array::RecordBatch, datatypes::Schema};
+use arrow::{
+    array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, StructArray},
+    datatypes::{DataType, FieldRef, Schema},
+};
 use parquet::{
     arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter, ProjectionMask},
     basic::{Compression, ZstdLevel},
@@ -52,7 +55,8 @@ impl Provenance {
     pub fn new(producer: impl Into<String>, config: &impl Serialize) -> Result<Self> {
         Ok(Provenance {
             producer: producer.into(),
-            command: std::env::args().collect(),
+            // Lossy: a path that is not UTF-8 must not make the run panic.
+            command: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect(),
             config: serde_json::to_value(config).context("cannot serialise the configuration")?,
             inputs: Vec::new(),
         })
@@ -331,7 +335,7 @@ pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
         let Some((i, have)) = found.column_with_name(want.name()) else {
             bail!("{shown}: column '{}' is missing (expected {})", want.name(), want.data_type());
         };
-        if have.data_type() != want.data_type() {
+        if !compatible(have.data_type(), want.data_type()) {
             bail!(
                 "{shown}: column '{}' has type {}, expected {}",
                 want.name(),
@@ -348,6 +352,7 @@ pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
     for batch in reader {
         let batch = batch.with_context(|| format!("cannot decode {shown}"))?;
         check_nulls(path, &batch, &expected, rows.len())?;
+        let batch = conform(path, &batch, &expected)?;
         let decoded: Vec<T> = serde_arrow::from_record_batch(&batch)
             .with_context(|| format!("{shown}: cannot decode {} rows", T::NAME))?;
         for (i, row) in decoded.iter().enumerate() {
@@ -358,15 +363,64 @@ pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
     Ok(DatasetFile { path: path.to_path_buf(), version, provenance, rows })
 }
 
+/// Whether a column written by another tool holds what `want` does: the same
+/// types up to nullability (values are checked), the names of list items
+/// (`item`, `element`) and the string encoding (`Utf8`, `LargeUtf8`, `Utf8View`).
+fn compatible(have: &DataType, want: &DataType) -> bool {
+    let string = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    match (have, want) {
+        (h, w) if string(h) && string(w) => true,
+        (DataType::List(h) | DataType::LargeList(h), DataType::List(w)) => compatible(h.data_type(), w.data_type()),
+        (DataType::Struct(h), DataType::Struct(w)) => {
+            h.len() == w.len() && w.iter().all(|wf| h.iter().any(|hf| hf.name() == wf.name() && compatible(hf.data_type(), wf.data_type())))
+        }
+        (h, w) => h == w,
+    }
+}
+
+/// The batch with exactly the expected columns and types (a no-op for files
+/// this crate wrote): nulls were checked, so casting only renames list items,
+/// reorders struct fields and re-encodes strings.
+fn conform(path: &Path, batch: &RecordBatch, expected: &[FieldRef]) -> Result<RecordBatch> {
+    let columns = expected
+        .iter()
+        .map(|want| {
+            let column = batch.column_by_name(want.name()).expect("projected column");
+            if column.data_type() == want.data_type() {
+                return Ok(column.clone());
+            }
+            let column = match (column.data_type(), want.data_type()) {
+                // Struct fields by name, whatever order the writer used.
+                (DataType::List(h), DataType::List(w)) => match (h.data_type(), w.data_type()) {
+                    (DataType::Struct(_), DataType::Struct(wf)) => {
+                        let list = column.as_list::<i32>();
+                        let items = list.values().as_struct();
+                        let fields = wf.iter().map(|f| arrow::compute::cast(items.column_by_name(f.name()).expect("checked"), f.data_type()));
+                        let items = StructArray::try_new(wf.clone(), fields.collect::<Result<_, _>>()?, items.nulls().cloned())?;
+                        Arc::new(ListArray::try_new(w.clone(), list.offsets().clone(), Arc::new(items), list.nulls().cloned())?) as ArrayRef
+                    }
+                    _ => column.clone(),
+                },
+                _ => column.clone(),
+            };
+            arrow::compute::cast(&column, want.data_type()).map_err(anyhow::Error::from)
+        })
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("{}: cannot read its columns as the expected types", path.display()))?;
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(expected.to_vec())), columns)?)
+}
+
 fn read_metadata<T: Dataset>(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<(u32, Provenance)> {
     let shown = path.display();
     let get = |key: &str| kv.and_then(|kv| kv.iter().find(|e| e.key == key)).and_then(|e| e.value.clone());
     let Some(schema) = get(keys::SCHEMA) else {
-        bail!(
-            "{shown}: not a WRPO dataset (no '{}' key in its Parquet key-value metadata); expected a '{}' dataset",
-            keys::SCHEMA,
+        // Rewritten by DuckDB, pyarrow or polars (which drop our metadata):
+        // read it if its columns match, saying that its provenance is unknown.
+        eprintln!(
+            "{shown}: no WRPO metadata (written by another tool?); reading it as a '{}' dataset, provenance unknown",
             T::NAME
         );
+        return Ok((T::VERSION, Provenance { producer: String::new(), command: vec![], config: serde_json::Value::Null, inputs: vec![] }));
     };
     if schema != T::NAME {
         bail!("{shown}: is a '{schema}' dataset, expected a '{}' dataset", T::NAME);
@@ -396,7 +450,7 @@ fn read_metadata<T: Dataset>(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<
     Ok((version, provenance))
 }
 
-fn check_nulls(path: &Path, batch: &RecordBatch, expected: &[arrow::datatypes::FieldRef], first_row: usize) -> Result<()> {
+fn check_nulls(path: &Path, batch: &RecordBatch, expected: &[FieldRef], first_row: usize) -> Result<()> {
     for want in expected.iter().filter(|f| !f.is_nullable()) {
         let column = batch.column_by_name(want.name()).expect("projected column");
         if column.null_count() > 0 {
@@ -407,6 +461,18 @@ fn check_nulls(path: &Path, batch: &RecordBatch, expected: &[arrow::datatypes::F
                 want.name(),
                 first_row + row
             );
+        }
+        // Inside a list of turns (files of other writers allow nulls there).
+        if let Some(list) = column.as_list_opt::<i32>() {
+            let items = list.values();
+            let mut nulls: Vec<&dyn Array> = vec![items.as_ref()];
+            if let Some(s) = items.as_struct_opt() {
+                nulls.extend(s.columns().iter().map(|c| c.as_ref()));
+            }
+            if let Some(item) = nulls.iter().find_map(|a| (0..a.len()).find(|&i| a.is_null(i))) {
+                let row = list.offsets().windows(2).position(|w| (w[0] as usize..w[1] as usize).contains(&item)).unwrap_or(0);
+                bail!("{}: column '{}' holds a null at row {} (0-based); it may not", path.display(), want.name(), first_row + row);
+            }
         }
     }
     Ok(())

@@ -3,8 +3,9 @@
 use std::{fs, path::Path, sync::Arc};
 
 use arrow::{
-    array::{ArrayRef, Float64Array, RecordBatch, StringArray},
-    datatypes::{Field, Schema},
+    array::{ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, StructArray},
+    buffer::OffsetBuffer,
+    datatypes::{DataType, Field, Fields, Schema},
 };
 use parquet::{arrow::ArrowWriter, file::metadata::KeyValue, file::properties::WriterProperties};
 use wrpo_common::{
@@ -224,9 +225,10 @@ fn newer_versions_and_foreign_files_are_rejected() {
     let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
     assert!(err.contains("schema version 2 is newer than this build reads (up to 1)"), "{err}");
 
-    write_raw(&path, scored_columns(Arc::new(Float64Array::from(vec![0.5]))), vec![]);
+    // Without our metadata, a file whose columns do not match is refused.
+    write_raw(&path, vec![("text", Arc::new(StringArray::from(vec!["x"])) as ArrayRef)], vec![]);
     let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
-    assert!(err.contains("not a WRPO dataset"), "{err}");
+    assert!(err.contains("column 'prompt_id' is missing"), "{err}");
 
     fs::write(&path, b"PAR1 not really").unwrap();
     let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
@@ -316,4 +318,44 @@ fn shards_are_numbered_on_from_existing_ones_and_read_as_one_dataset() {
     fs::create_dir(&empty).unwrap();
     let err = read_dataset::<Sample>(&empty).unwrap_err().to_string();
     assert!(err.contains("holds no .parquet files"), "{err}");
+}
+
+/// What DuckDB's COPY (or pyarrow, polars) writes: nullable fields, large or
+/// view strings, list items named `element`, struct fields in another order,
+/// and none of our metadata.
+#[test]
+fn a_file_rewritten_by_another_tool_reads_back_and_nulls_are_still_named() {
+    use arrow::array::{LargeStringArray, StringViewArray};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duck.parquet");
+    let turns = |contents: Vec<Option<&str>>| -> ArrayRef {
+        let n = contents.len();
+        let fields = Fields::from(vec![Field::new("content", DataType::LargeUtf8, true), Field::new("role", DataType::Utf8View, true)]);
+        let items = StructArray::new(
+            fields.clone(),
+            vec![Arc::new(LargeStringArray::from(contents)) as ArrayRef, Arc::new(StringViewArray::from(vec!["user"; n]))],
+            None,
+        );
+        let item = Arc::new(Field::new("element", DataType::Struct(fields), true));
+        Arc::new(ListArray::new(item, OffsetBuffer::from_lengths(vec![1; n]), Arc::new(items), None))
+    };
+    let columns = |contents: Vec<Option<&str>>| {
+        vec![
+            ("prompt_id", Arc::new(LargeStringArray::from(vec!["a", "b"])) as ArrayRef),
+            ("messages", turns(contents)),
+            ("reference", Arc::new(StringViewArray::from(vec![Some("42"), None])) as ArrayRef),
+            ("split", Arc::new(StringArray::from(vec!["train", "eval"])) as ArrayRef),
+            ("origin", Arc::new(StringArray::from(vec!["duckdb", "duckdb"])) as ArrayRef),
+        ]
+    };
+    write_raw(&path, columns(vec![Some("What is 6 x 7?"), Some("Hi")]), vec![]);
+    let file = read_file::<Prompt>(&path).unwrap();
+    assert_eq!(file.rows.len(), 2);
+    assert_eq!(file.rows[0].messages, [Message::new(Role::User, "What is 6 x 7?")]);
+    assert_eq!((file.rows[0].reference.as_deref(), file.rows[1].reference.as_deref()), (Some("42"), None));
+    assert_eq!(file.provenance.producer, "", "provenance unknown");
+    // A null where a value is required is named with its row, nested or not.
+    write_raw(&path, columns(vec![Some("What is 6 x 7?"), None]), vec![]);
+    let err = read_dataset::<Prompt>(&path).unwrap_err().to_string();
+    assert!(err.contains("column 'messages' holds a null at row 1"), "{err}");
 }

@@ -276,6 +276,9 @@ fn run_import_scored(input: PathBuf, out_samples: PathBuf, out_scores: PathBuf, 
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
+    if a.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
     if let Some(t) = a.threads {
         // candle sizes its thread pools from this variable when first used.
         std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());

@@ -42,10 +42,11 @@ impl ModelSpec {
             return Ok(ModelSpec { alias, source });
         }
         let path = PathBuf::from(rest);
+        // Named after the folder (Qwen2.5-7B) or the GGUF file without its extension.
+        let is_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         let alias = match alias {
             Some(a) => a,
-            None => path
-                .file_stem()
+            None => if is_gguf { path.file_stem() } else { path.file_name() }
                 .map(|s| s.to_string_lossy().into_owned())
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| anyhow::anyhow!("model '{spec}': cannot name it after its path; write alias=PATH"))?,
@@ -80,6 +81,13 @@ mod tests {
             s.source,
             Source::Openai { base_url: "http://10.0.0.2:8000/v1".into(), served_name: "meta-llama/Llama-3.1-70B".into() }
         );
+    }
+
+    #[test]
+    fn a_model_is_named_after_its_whole_folder_name_or_its_gguf_file() {
+        assert_eq!(ModelSpec::parse("models/Qwen2.5-7B").unwrap().alias, "Qwen2.5-7B");
+        assert_eq!(ModelSpec::parse("models/Qwen2.5-7B/").unwrap().alias, "Qwen2.5-7B");
+        assert_eq!(ModelSpec::parse("models/smollm2-135m-instruct-q4_1.gguf").unwrap().alias, "smollm2-135m-instruct-q4_1");
     }
 
     #[test]

@@ -296,3 +296,17 @@ fn import_scored_names_every_bad_row_class_with_its_row() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"), "a second import never mixes with the first");
 }
 
+
+#[test]
+fn arguments_that_are_not_utf8_or_out_of_range_give_errors_not_panics() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "p.jsonl", "{\"prompt\": \"hi\"}\n");
+    // A file name that is not UTF-8 (a Latin-1 é): provenance records it lossily.
+    let out = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.parquet"));
+    let status = Command::new(env!("CARGO_BIN_EXE_wrpo-sample")).arg("import").arg("--input").arg(&input).arg("--out").arg(&out).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(out.exists());
+    let zero = wrpo_sample(&["generate", "--prompts", "p.parquet", "--model", "m.gguf", "--max-new-tokens", "0", "--out", "o"]);
+    assert!(!zero.status.success() && String::from_utf8_lossy(&zero.stderr).contains("--max-new-tokens must be at least 1"));
+}
