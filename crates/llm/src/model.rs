@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{quantized::GgmlDType, DType, Device, Module, Tensor, D};
 use candle_nn::ops::softmax;
 
 use crate::{
@@ -339,6 +339,22 @@ impl Model {
         } else {
             bail!("{} is neither an HF model folder nor a GGUF file", path.display());
         })
+    }
+
+    /// Load for sampling: a GGUF file keeps its quantized projections; an HF
+    /// folder is quantized at load to `quantize` (Q8_0, Q4_1), or stays f32
+    /// with None. Inference only either way.
+    pub fn load_for_inference(path: &Path, quantize: Option<GgmlDType>, device: &Device) -> Result<Self> {
+        match quantize {
+            _ if crate::gguf::is_gguf(path) => Self::load_quantized(path, device),
+            None => Self::load_frozen(path, DType::F32, device),
+            Some(q) => {
+                let (hf_config, mut weights) = Self::read(path, DType::F32, device)?;
+                weights.quantize_projections(q)?;
+                weights.freeze();
+                Self::new(hf_config, weights, DType::F32, device).with_context(|| format!("cannot build the model in {}", path.display()))
+            }
+        }
     }
 
     /// Load a GGUF file for inference, its projections kept quantized.

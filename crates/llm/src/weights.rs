@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::qmatmul::QMatrix;
 use candle_core::{
-    quantized::{QMatMul, QTensor},
+    quantized::{GgmlDType, QMatMul, QTensor},
     safetensors::MmapedSafetensors,
     DType, Device, Tensor, Var,
 };
@@ -84,6 +84,28 @@ impl Weights {
     pub fn remove(&mut self, name: &str) {
         self.vars.remove(name);
         self.quantized.remove(name);
+    }
+
+    /// Quantize the projections and the LM head of dense weights for
+    /// inference (an HF checkpoint sampled as fast as a GGUF file): each
+    /// `*_proj` and `lm_head` weight is replaced by its `dtype` blocks; the
+    /// embeddings keep their dense table for lookups and gain a quantized copy
+    /// for a tied head. Weights whose rows are not whole blocks stay dense.
+    pub fn quantize_projections(&mut self, dtype: GgmlDType) -> Result<()> {
+        let block = dtype.block_size();
+        let mut quantized = HashMap::new();
+        for (name, var) in &self.vars {
+            let projection = name.ends_with("_proj.weight") || name == "lm_head.weight";
+            let embeddings = name == "model.embed_tokens.weight";
+            if (projection || embeddings) && var.rank() == 2 && var.dim(1)? % block == 0 {
+                let q = QTensor::quantize(&var.as_tensor().to_dtype(DType::F32)?, dtype).with_context(|| format!("cannot quantize '{name}'"))?;
+                quantized.insert(name.clone(), q);
+            }
+        }
+        for name in quantized.keys().filter(|n| n.as_str() != "model.embed_tokens.weight") {
+            self.vars.remove(name);
+        }
+        self.set_quantized(quantized)
     }
 
     /// Keep these projections quantized; Q8_0 and Q4_1 ones go to our batched kernel.

@@ -89,3 +89,41 @@ fn demo_models_match_transformers_gguf_loader_and_the_quantized_path_follows() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs the demo models: make models"]
+fn an_hf_checkpoint_quantized_at_load_follows_its_f32_model() {
+    use candle_core::{quantized::GgmlDType, DType, Device};
+    use wrpo_llm::Model;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, file) in MODELS {
+        // The GGUF model as an f32 HF checkpoint, as `wrpo-train sft` writes one.
+        let dense = Model::load(&model(file), DType::F32, &Device::Cpu).unwrap();
+        let tokenizer = Tokenizer::from_gguf(&Gguf::open(&model(file)).unwrap()).unwrap();
+        let hf = dir.path().join(name);
+        wrpo_llm::save_hf_checkpoint(&dense, &tokenizer, None, &hf).unwrap();
+        drop(dense);
+        let exact = Model::load_for_inference(&hf, None, &Device::Cpu).unwrap();
+        let q8 = Model::load_for_inference(&hf, Some(GgmlDType::Q8_0), &Device::Cpu).unwrap();
+        let reference = read_json(root().join(format!("data/fixtures/demo/{name}.json")));
+        for case in reference["cases"].as_array().unwrap() {
+            let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let (logits, tokens) = greedy(&exact, &ids, 16);
+            let (qlogits, qtokens) = greedy(&q8, &ids, 16);
+            // Over the f32 model's 20 most likely tokens, as the GGUF check above.
+            let mut top: Vec<usize> = (0..logits.len()).collect();
+            top.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let err = top[..20].iter().map(|&i| (logits[i] - qlogits[i]).abs()).fold(0f32, f32::max);
+            let same = tokens.iter().zip(&qtokens).take_while(|(a, b)| a == b).count();
+            println!(
+                "{name} {:?}: q8_0 top-20 first-step logits within {err:.2e} of f32; greedy equal for {same} of 16 tokens{}",
+                case["text"],
+                if same < 16 { format!(" (first difference: {} vs {})", qtokens[same], tokens[same]) } else { String::new() }
+            );
+            assert!(err < 1.0, "{name}: q8_0 logits differ from f32 by {err}");
+            // Its first choice is the f32 model's, or a near-tie of it.
+            let best = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert!(best - logits[qtokens[0] as usize] < 0.5, "{name}: q8_0's first token is {} below f32's best", best - logits[qtokens[0] as usize]);
+        }
+    }
+}

@@ -44,6 +44,35 @@ pub struct Settings {
     pub seed: u64,
     /// Generation also stops at these strings (cut from the response).
     pub stop: Vec<String>,
+    /// How an HF folder's weights are quantized at load (GGUF files keep theirs).
+    pub quantize: Quantize,
+}
+
+/// Quantization of an HF checkpoint's projections and LM head at load, for sampling.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, clap::ValueEnum)]
+pub enum Quantize {
+    /// 8-bit blocks of 32 (llama.cpp's Q8_0): near-exact, the fast kernel.
+    #[value(name = "q8_0")]
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks of 32 with an offset (Q4_1): faster still, less exact.
+    #[value(name = "q4_1")]
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    /// f32 as stored: exact, several times slower.
+    #[value(name = "none")]
+    #[serde(rename = "none")]
+    None,
+}
+
+impl Quantize {
+    pub fn ggml(self) -> Option<candle_core::quantized::GgmlDType> {
+        match self {
+            Quantize::Q8_0 => Some(candle_core::quantized::GgmlDType::Q8_0),
+            Quantize::Q4_1 => Some(candle_core::quantized::GgmlDType::Q4_1),
+            Quantize::None => None,
+        }
+    }
 }
 
 /// Which prompts a run covers.
@@ -209,7 +238,7 @@ pub fn generate(
         };
         sink.progress.set_model(&spec.alias);
         let local = match &spec.source {
-            Source::Local { path } => Some(LocalModel::load(path).with_context(|| format!("model '{}'", spec.alias))?),
+            Source::Local { path } => Some(LocalModel::load(path, settings.quantize).with_context(|| format!("model '{}'", spec.alias))?),
             Source::Openai { .. } => None,
         };
         let started = Instant::now();

@@ -7,7 +7,7 @@
 use std::{collections::VecDeque, path::Path, time::Instant};
 
 use anyhow::Result;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use wrpo_common::{hash::sample_seed, Message};
 use wrpo_llm::{
     gguf::is_gguf,
@@ -16,7 +16,7 @@ use wrpo_llm::{
     ChatMessage, ChatTemplate, KvCache, Model, Rng, Tokenizer,
 };
 
-use crate::generate::{Finish, Job, Outcome, Settings, Sink};
+use crate::generate::{Finish, Job, Outcome, Quantize, Settings, Sink};
 
 pub struct LocalModel {
     model: Model,
@@ -44,12 +44,12 @@ struct Row {
 }
 
 impl LocalModel {
-    /// A GGUF file keeps its quantized projections (inference only); an HF
-    /// folder loads as f32.
-    pub fn load(path: &Path) -> Result<Self> {
+    /// A GGUF file keeps its quantized projections; an HF folder is
+    /// quantized at load as `quantize` says (inference only either way).
+    pub fn load(path: &Path, quantize: Quantize) -> Result<Self> {
         let device = Device::Cpu;
-        let quantized = is_gguf(path);
-        let model = if quantized { Model::load_quantized(path, &device)? } else { Model::load_frozen(path, DType::F32, &device)? };
+        let quantized = is_gguf(path) || quantize != Quantize::None;
+        let model = Model::load_for_inference(path, quantize.ggml(), &device)?;
         let tokenizer = Tokenizer::load(path)?;
         let template = tokenizer.chat_template_for(model.config.family)?;
         Ok(LocalModel { model, tokenizer, template, quantized })
@@ -64,7 +64,7 @@ impl LocalModel {
             c.hidden_size,
             c.vocab_size,
             c.max_position_embeddings,
-            if self.quantized { "quantized GGUF weights" } else { "f32 weights" }
+            if self.quantized { "quantized weights" } else { "f32 weights" }
         )
     }
 

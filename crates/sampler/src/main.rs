@@ -9,7 +9,7 @@ use wrpo_common::{
 };
 use wrpo_llm::SamplingParams;
 use wrpo_sampler::{
-    generate::{generate, read_prompt_ids, select_prompts, RunOptions, Selection, Settings},
+    generate::{generate, read_prompt_ids, select_prompts, Quantize, RunOptions, Selection, Settings},
     import::{import_prompts, import_scored, write_rejected, ImportOptions, Rejected},
     remote::RemoteOptions,
     spec::{check_alias, ModelSpec},
@@ -126,6 +126,11 @@ struct GenerateArgs {
     min_p: f32,
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
+    /// HF folders: quantize the projections and LM head at load for speed
+    /// (q8_0: near-exact and several times faster than none, f32; sampling is
+    /// random anyway, and training's log-probs are computed in f32).
+    #[arg(long, value_enum, default_value = "q8_0")]
+    quantize: Quantize,
     /// With the prompt id, model alias and sample index, fixes each sample's random stream.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -290,6 +295,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         seed: a.seed,
         stop: a.stop,
+        quantize: a.quantize,
     };
     let selection = Selection {
         split: match a.split {
