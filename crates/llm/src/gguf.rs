@@ -211,7 +211,11 @@ impl Gguf {
             } else if arch == "llama" && name.ends_with("attn_k.weight") {
                 q = unpermute_quantized_rows(&q, kv_heads, device)?;
             }
-            if matches!(q.dtype(), GgmlDType::Q5_0 | GgmlDType::Q5_1) {
+            // Block types our kernel does not run (k-quants among them) become
+            // Q8_0, which it does: 8 bits re-encode 4-6-bit values closely, and
+            // candle's generic quantized matmul streams the whole weight once
+            // per batch row.
+            if !matches!(q.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_1) && q.shape().dims2()?.1 % GgmlDType::Q8_0.block_size() == 0 {
                 q = QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?;
             }
             quantized.insert(hf, q);
