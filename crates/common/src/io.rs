@@ -389,6 +389,11 @@ fn conform(path: &Path, batch: &RecordBatch, expected: &[FieldRef]) -> Result<Re
             if column.data_type() == want.data_type() {
                 return Ok(column.clone());
             }
+            // A large list as a list of the same items first, so that its struct fields are matched by name below.
+            let column = match column.data_type() {
+                DataType::LargeList(h) => arrow::compute::cast(column, &DataType::List(h.clone()))?,
+                _ => column.clone(),
+            };
             let column = match (column.data_type(), want.data_type()) {
                 // Struct fields by name, whatever order the writer used.
                 (DataType::List(h), DataType::List(w)) => match (h.data_type(), w.data_type()) {

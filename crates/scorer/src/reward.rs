@@ -209,8 +209,9 @@ impl RewardModel {
     /// of its prompt, which run once; then the rows run together, packed.
     pub fn score_ids(&self, rows: &[Vec<u32>], groups: &[Range<usize>]) -> Result<Vec<f64>> {
         let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
-        // Slot 0 holds the shared prefix, slots 1.. its copies.
-        let mut cache = KvCache::new(&self.model, ROWS_PER_PASS + 1, longest)?;
+        // Slot 0 holds the shared prefix, slots 1.. its copies, one per row of a pass.
+        let widest = groups.iter().map(|g| g.len()).max().unwrap_or(1).min(ROWS_PER_PASS);
+        let mut cache = KvCache::new(&self.model, widest + 1, longest)?;
         let (mut at_last, mut at_gate) = (Vec::with_capacity(rows.len()), Vec::new());
         for group in groups {
             let group = &rows[group.clone()];
