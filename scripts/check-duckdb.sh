@@ -37,5 +37,5 @@ PY
 test -s "$tmp/mine.jsonl"
 "$bin/wrpo-sample" generate --prompts "$tmp/prompts-duckdb.parquet" --model models/smollm2-135m-instruct-q4_1.gguf \
   --n 1 --max-new-tokens 2 --out "$tmp/samples" 2> /dev/null
-test -s "$tmp/samples/smollm2-135m-instruct-q4_1/part-00000.parquet"
+ls "$tmp"/samples/smollm2-135m-instruct-q4_1/part-00000-*.parquet > /dev/null
 echo "duckdb rewrites: pairs and prompts read back"

@@ -55,6 +55,11 @@ pub fn shard_of(prompt_id: &str, n: usize) -> usize {
     ((uniform_draw(0, "shard", prompt_id) * n as f64) as usize).min(n - 1)
 }
 
+/// Eight hex digits of the SHA-256 of `key`: a short name that differs when keys do.
+pub fn short_hash(key: &str) -> String {
+    hex(&Sha256::digest(key.as_bytes())[..4])
+}
+
 fn keyed_u64(seed: u64, salt: &str, key: &str) -> u64 {
     let digest = Sha256::new()
         .chain_update(seed.to_le_bytes())

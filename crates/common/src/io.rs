@@ -206,28 +206,82 @@ pub fn write_rows<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> Res
     }
 }
 
-/// Writes a large dataset as `dir/part-00000.parquet`, `dir/part-00001.parquet`,
-/// ...: every shard is committed atomically as soon as it is full, so finished
-/// work survives a crash, and DuckDB reads `dir/*.parquet` as one table.
-/// New shards are numbered after those already in `dir` (a resumed run adds to
-/// them).
+/// Writes a large dataset as `dir/part-00000-TAG.parquet`,
+/// `dir/part-00001-TAG.parquet`, ...: every shard is committed atomically as
+/// soon as it is full, so finished work survives a crash, and DuckDB reads
+/// `dir/*.parquet` as one table. New shards are numbered after those already
+/// in `dir` (a resumed run adds to them); TAG differs for every writer
+/// (machine, process, start time), so the folders of several machines'
+/// `--shard` runs can be copied into one without overwriting each other. A
+/// lock file in `dir` refuses a second writer while one is at work.
 pub struct ShardWriter<T: Dataset> {
     dir: PathBuf,
     prov: Provenance,
     rows_per_shard: usize,
     rows: Vec<T>,
     next: usize,
+    tag: String,
+    /// Held, not read: dropping the writer releases it.
+    _lock: DirLock,
+}
+
+/// `dir/.lock`, holding "HOST PID" of the process writing `dir`; removed when dropped.
+struct DirLock(PathBuf);
+
+impl DirLock {
+    fn acquire(dir: &Path) -> Result<Self> {
+        use std::io::Write;
+        let path = dir.join(".lock");
+        let me = format!("{} {}", hostname(), std::process::id());
+        for _ in 0..2 {
+            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(me.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+                    return Ok(DirLock(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = fs::read_to_string(&path).unwrap_or_default();
+                    let (host, pid) = holder.trim().split_once(' ').unwrap_or(("?", "?"));
+                    // A process of this machine that is gone (killed, crashed) left it behind.
+                    let gone = host == hostname() && pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+                    if !gone {
+                        bail!(
+                            "{} is being written by process {pid} on {host} ({}); wait for it to finish, or delete that file if the process is gone",
+                            dir.display(),
+                            path.display()
+                        );
+                    }
+                    fs::remove_file(&path).with_context(|| format!("cannot remove the stale lock {}", path.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            }
+        }
+        bail!("cannot take the lock {}", path.display())
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
 impl<T: Dataset> ShardWriter<T> {
     pub fn new(dir: &Path, prov: Provenance, rows_per_shard: usize) -> Result<Self> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+        let lock = DirLock::acquire(dir)?;
         let next = shard_files(dir)?
             .iter()
             .filter_map(|p| shard_number(p))
             .max()
             .map_or(0, |n| n + 1);
-        Ok(ShardWriter { dir: dir.to_path_buf(), prov, rows_per_shard: rows_per_shard.max(1), rows: Vec::new(), next })
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let tag = crate::hash::short_hash(&format!("{} {} {nanos}", hostname(), std::process::id()));
+        Ok(ShardWriter { dir: dir.to_path_buf(), prov, rows_per_shard: rows_per_shard.max(1), rows: Vec::new(), next, tag, _lock: lock })
     }
 
     pub fn push(&mut self, row: T) -> Result<()> {
@@ -248,20 +302,23 @@ impl<T: Dataset> ShardWriter<T> {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(format!("part-{:05}.parquet", self.next));
+        let path = self.dir.join(format!("part-{:05}-{}.parquet", self.next, self.tag));
         write_dataset(&path, &self.rows, &self.prov)?;
         self.rows.clear();
         self.next += 1;
         Ok(())
     }
 
+    /// Commit what is left; the lock is released with the writer.
     pub fn finish(mut self) -> Result<()> {
         self.flush()
     }
 }
 
+/// N of `part-N-TAG.parquet` (or of `part-N.parquet`, as earlier versions named shards).
 fn shard_number(path: &Path) -> Option<usize> {
-    path.file_name()?.to_str()?.strip_prefix("part-")?.strip_suffix(".parquet")?.parse().ok()
+    let rest = path.file_name()?.to_str()?.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    rest.split('-').next()?.parse().ok()
 }
 
 /// The Parquet files of a dataset: `path` itself, or every visible `*.parquet`

@@ -310,7 +310,9 @@ fn shards_are_numbered_on_from_existing_ones_and_read_as_one_dataset() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "part-00003.parquet"]);
+    let numbers: Vec<&str> = names.iter().map(|n| &n[..10]).collect();
+    assert_eq!(numbers, ["part-00000", "part-00001", "part-00002", "part-00003"], "{names:?}");
+    assert_ne!(names[0][11..], names[3][11..], "each writer tags its shards: {names:?}");
     let rows = read_dataset::<Sample>(&dir.path().join("samples")).unwrap();
     assert_eq!(rows, (0..11).map(sample).collect::<Vec<_>>());
 
@@ -358,4 +360,37 @@ fn a_file_rewritten_by_another_tool_reads_back_and_nulls_are_still_named() {
     write_raw(&path, columns(vec![Some("What is 6 x 7?"), None]), vec![]);
     let err = read_dataset::<Prompt>(&path).unwrap_err().to_string();
     assert!(err.contains("column 'messages' holds a null at row 1"), "{err}");
+}
+
+#[test]
+fn two_machines_shards_copied_into_one_folder_read_as_one_dataset_and_a_second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // `--shard 0/2` and `--shard 1/2`, each on its own machine, into folders of the same name.
+    let (a, b, merged) = (dir.path().join("a/samples/m"), dir.path().join("b/samples/m"), dir.path().join("merged"));
+    for (out, rows) in [(&a, 0..5), (&b, 5..9)] {
+        let mut w = ShardWriter::<Sample>::new(out, prov(), 2).unwrap();
+        for i in rows {
+            w.push(sample(i)).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    fs::create_dir(&merged).unwrap();
+    for f in dataset_files(&a).unwrap().into_iter().chain(dataset_files(&b).unwrap()) {
+        let to = merged.join(f.file_name().unwrap());
+        assert!(!to.exists(), "{} would be overwritten", to.display());
+        fs::copy(&f, to).unwrap();
+    }
+    let mut rows = read_dataset::<Sample>(&merged).unwrap();
+    rows.sort_by(|x, y| (&x.prompt_id, x.sample_index).cmp(&(&y.prompt_id, y.sample_index)));
+    assert_eq!(rows, (0..9).map(sample).collect::<Vec<_>>());
+
+    // While one writer holds the folder, a second is refused; once it is done, it may start.
+    let first = ShardWriter::<Sample>::new(&a, prov(), 2).unwrap();
+    let err = ShardWriter::<Sample>::new(&a, prov(), 2).err().unwrap().to_string();
+    assert!(err.contains("is being written by process") && err.contains(".lock"), "{err}");
+    first.finish().unwrap();
+    ShardWriter::<Sample>::new(&a, prov(), 2).unwrap();
+    // A lock left by a process of this machine that is gone is taken over.
+    fs::write(a.join(".lock"), format!("{} 4294967", fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim())).unwrap();
+    ShardWriter::<Sample>::new(&a, prov(), 2).unwrap();
 }
