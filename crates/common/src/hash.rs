@@ -70,8 +70,42 @@ fn keyed_u64(seed: u64, salt: &str, key: &str) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().unwrap())
 }
 
-/// SHA-256 of a file's bytes.
+/// SHA-256 of a file's bytes. Files of 64 MB or more (model weights) are
+/// hashed once and remembered by (path, size, modification time) in
+/// `~/.cache/wrpo/sha256.json` (or under `$XDG_CACHE_HOME`), so a rerun does
+/// not read gigabytes again; a file that changes changes its key.
 pub fn file_sha256(path: &Path) -> Result<String> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|d| d.join("wrpo/sha256.json"));
+    file_sha256_cached(path, cache)
+}
+
+fn file_sha256_cached(path: &Path, cache: Option<std::path::PathBuf>) -> Result<String> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if meta.len() < 64 << 20 {
+        return hash_bytes_of(path);
+    }
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let key = format!("{}\t{}\t{modified}", fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display(), meta.len());
+    let mut known: std::collections::BTreeMap<String, String> =
+        cache.as_ref().and_then(|c| fs::read_to_string(c).ok()).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    if let Some(hash) = known.get(&key) {
+        return Ok(hash.clone());
+    }
+    let hash = hash_bytes_of(path)?;
+    if let Some(cache) = cache {
+        known.insert(key, hash.clone());
+        // A cache that cannot be written only costs a re-hash next time.
+        let _ = fs::create_dir_all(cache.parent().expect("a file in a folder"))
+            .map_err(anyhow::Error::from)
+            .and_then(|_| crate::io::write_text(&cache, &serde_json::to_string_pretty(&known)?));
+    }
+    Ok(hash)
+}
+
+fn hash_bytes_of(path: &Path) -> Result<String> {
     let mut f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -125,6 +159,23 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn large_files_are_hashed_once_per_path_size_and_modification_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, cache) = (dir.path().join("model.gguf"), dir.path().join("cache/sha256.json"));
+        fs::write(&file, vec![7u8; 64 << 20]).unwrap();
+        let hash = file_sha256_cached(&file, Some(cache.clone())).unwrap();
+        assert_eq!(hash, hash_bytes_of(&file).unwrap());
+        // The second time the cache answers (a planted value proves it).
+        let text = fs::read_to_string(&cache).unwrap();
+        fs::write(&cache, text.replace(&hash, "planted")).unwrap();
+        assert_eq!(file_sha256_cached(&file, Some(cache.clone())).unwrap(), "planted");
+        // A rewritten file has another modification time, so it is hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&file, vec![8u8; 64 << 20]).unwrap();
+        assert_eq!(file_sha256_cached(&file, Some(cache)).unwrap(), hash_bytes_of(&file).unwrap());
+    }
+
     use super::*;
     use crate::Role;
 

@@ -209,21 +209,28 @@ pub fn generate(
         bail!("two --model options have the same alias; write alias=PATH to tell them apart");
     }
 
+    // What each model's shards record as their inputs: the prompts and the model file's content.
+    let provs: Vec<Provenance> = models
+        .iter()
+        .map(|spec| {
+            let config = ModelConfig { model: spec, settings, selection, run };
+            let prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?;
+            match &spec.source {
+                Source::Local { path } => prov.with_input(path),
+                Source::Openai { .. } => Ok(prov),
+            }
+        })
+        .collect::<Result<_>>()?;
     let plans: Vec<(Vec<Job>, usize)> =
-        models.iter().map(|spec| plan(prompts, &out.join(&spec.alias), spec, settings)).collect::<Result<_>>()?;
+        models.iter().zip(&provs).map(|(spec, prov)| plan(prompts, &out.join(&spec.alias), spec, settings, prov)).collect::<Result<_>>()?;
     let total: usize = plans.iter().map(|(jobs, _)| jobs.iter().map(|j| j.sample_indices.len()).sum::<usize>()).sum();
     let mut progress = Progress::new(total as u64, "samples");
-    for ((spec, remote), (jobs, already)) in models.iter().zip(remotes).zip(plans) {
+    for (((spec, remote), (jobs, already)), prov) in models.iter().zip(remotes).zip(plans).zip(provs) {
         let dir = out.join(&spec.alias);
         let todo: usize = jobs.iter().map(|j| j.sample_indices.len()).sum();
         progress.log(&format!("{}: {todo} samples to make, {already} already in {}", spec.alias, dir.display()));
         if todo == 0 {
             continue;
-        }
-        let config = ModelConfig { model: spec, settings, selection, run };
-        let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?;
-        if let Source::Local { path } = &spec.source {
-            prov = prov.with_input(path)?;
         }
         let mut sink = ShardSink {
             alias: &spec.alias,
@@ -271,8 +278,8 @@ pub fn generate(
 
 /// The jobs still to do for `spec`: every (prompt, sample_index) not yet in
 /// `dir`, and how many are. Existing shards must come from the same settings.
-fn plan<'a>(prompts: &'a [Prompt], dir: &Path, spec: &ModelSpec, settings: &Settings) -> Result<(Vec<Job<'a>>, usize)> {
-    let done = existing_samples(dir, spec, settings)?;
+fn plan<'a>(prompts: &'a [Prompt], dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Provenance) -> Result<(Vec<Job<'a>>, usize)> {
+    let done = existing_samples(dir, spec, settings, prov)?;
     let jobs = prompts
         .iter()
         .map(|p| Job {
@@ -285,17 +292,33 @@ fn plan<'a>(prompts: &'a [Prompt], dir: &Path, spec: &ModelSpec, settings: &Sett
 }
 
 /// (prompt_id, sample_index) of the samples already committed in `dir`.
-fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings) -> Result<HashSet<(String, u32)>> {
+/// They must come from the same model, settings (but for `--n`: raising it
+/// makes only the new samples) and content of the model and prompts files.
+fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Provenance) -> Result<HashSet<(String, u32)>> {
     let mut done = HashSet::new();
     if !dir.exists() || dataset_files(dir).is_err() {
         return Ok(done);
     }
+    let without_n = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        v.as_object_mut().map(|o| o.remove("n"));
+        v
+    };
     let want_model = serde_json::to_value(spec)?;
-    let want_settings = serde_json::to_value(settings)?;
+    let want_settings = without_n(&serde_json::to_value(settings)?);
     for path in dataset_files(dir)? {
         let file = read_file::<Sample>(&path)?;
+        for (then, now) in file.provenance.inputs.iter().zip(&prov.inputs) {
+            if then.sha256 != now.sha256 {
+                bail!(
+                    "{} was made from another {} (its content changed since); give this run another --out, or delete that folder to start over",
+                    path.display(),
+                    now.path
+                );
+            }
+        }
         let config = &file.provenance.config;
-        if config["model"] != want_model || config["settings"] != want_settings {
+        if config["model"] != want_model || without_n(&config["settings"]) != want_settings {
             bail!(
                 "{} was made with other settings or another model ({} {}), not ({} {}); \
                  give this run another --out, or delete that folder to start over",

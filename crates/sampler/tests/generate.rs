@@ -213,6 +213,36 @@ fn an_aborted_run_resumes_to_exactly_the_uninterrupted_rows() {
 }
 
 #[test]
+fn raising_n_makes_only_the_new_samples_and_changed_inputs_are_refused() {
+    let s = setup();
+    let out = s.out("grow");
+    ok(s.run(&out, &["--n", "2"]));
+    let two = rows(Path::new(&out));
+    let grown = ok(s.run(&out, &["--n", "3"]));
+    assert!(String::from_utf8_lossy(&grown.stderr).contains("7 samples to make, 14 already"), "{}", String::from_utf8_lossy(&grown.stderr));
+    let three = rows(Path::new(&out));
+    assert!(two.iter().all(|(k, v)| three[k] == *v), "the first two samples are kept as they were");
+    assert_eq!(three.len(), 21);
+
+    // A model file replaced under the same path: its samples would mix with the old ones.
+    let weights = s.root.join("tiny-llama/model.safetensors");
+    let mut bytes = fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&weights, bytes).unwrap();
+    let err = failed(s.run(&out, &["--n", "4"]));
+    assert!(err.contains("was made from another") && err.contains("tiny"), "{err}");
+    // So would a changed prompts file.
+    let t = setup();
+    let out = t.out("prompts");
+    ok(t.run(&out, &["--n", "1"]));
+    fs::create_dir_all(t.root.join("other")).unwrap();
+    fs::write(&t.prompts, fs::read(prompts_file(&t.root.join("other"), &["Another question?"])).unwrap()).unwrap();
+    let err = failed(t.run(&out, &["--n", "1"]));
+    assert!(err.contains("was made from another") && err.contains(&t.prompts), "{err}");
+}
+
+#[test]
 fn shards_limit_split_and_prompt_ids_select_prompts() {
     let s = setup();
     let whole = s.out("whole");
