@@ -46,6 +46,20 @@ impl Gguf {
         Ok(Gguf { path: path.to_path_buf(), content })
     }
 
+    /// Refuse a file cut short: every tensor's data must lie inside it
+    /// (checked from the header alone, before anything is read).
+    pub fn check_extents(&self) -> Result<()> {
+        let len = std::fs::metadata(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?.len();
+        for (name, info) in &self.content.tensor_infos {
+            let bytes = (info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()) as u64;
+            let end = self.content.tensor_data_offset + info.offset + bytes;
+            if end > len {
+                bail!("{}: tensor '{name}' ends at byte {end}, but the file has {len}: the file is cut short (an interrupted download?)", self.path.display());
+            }
+        }
+        Ok(())
+    }
+
     pub fn meta(&self, key: &str) -> Option<&gguf_file::Value> {
         self.content.metadata.get(key)
     }

@@ -198,7 +198,10 @@ pub fn generate(
     for spec in models {
         match &spec.source {
             Source::Local { path } if !path.exists() => bail!("model '{}': {} does not exist", spec.alias, path.display()),
-            Source::Local { .. } => remotes.push(None),
+            Source::Local { path } => {
+                LocalModel::check(path).with_context(|| format!("model '{}'", spec.alias))?;
+                remotes.push(None)
+            }
             Source::Openai { base_url, served_name } => remotes.push(Some(
                 RemoteModel::connect(base_url, served_name, &run.remote).with_context(|| format!("model '{}'", spec.alias))?,
             )),
@@ -232,6 +235,11 @@ pub fn generate(
         if todo == 0 {
             continue;
         }
+        // The model first: one that fails to load leaves no output folder behind.
+        let local = match &spec.source {
+            Source::Local { path } => Some(LocalModel::load(path, settings.quantize).with_context(|| format!("model '{}'", spec.alias))?),
+            Source::Openai { .. } => None,
+        };
         let mut sink = ShardSink {
             alias: &spec.alias,
             settings,
@@ -244,10 +252,6 @@ pub fn generate(
             progress: &mut progress,
         };
         sink.progress.set_model(&spec.alias);
-        let local = match &spec.source {
-            Source::Local { path } => Some(LocalModel::load(path, settings.quantize).with_context(|| format!("model '{}'", spec.alias))?),
-            Source::Openai { .. } => None,
-        };
         let started = Instant::now();
         let result = match (&local, remote) {
             (Some(model), _) => {

@@ -6,7 +6,7 @@
 
 use std::{collections::VecDeque, path::Path, time::Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::Device;
 use wrpo_common::{hash::sample_seed, Message};
 use wrpo_llm::{
@@ -53,6 +53,24 @@ impl LocalModel {
         let tokenizer = Tokenizer::load(path)?;
         let template = tokenizer.chat_template_for(model.config.family)?;
         Ok(LocalModel { model, tokenizer, template, quantized })
+    }
+
+    /// What can be checked without loading the weights: the architecture is
+    /// supported, a GGUF file is whole, the tokenizer and a chat template are
+    /// there. Run for every model before any sampling starts.
+    pub fn check(path: &Path) -> Result<()> {
+        let family = if is_gguf(path) {
+            let gguf = wrpo_llm::gguf::Gguf::open(path)?;
+            gguf.check_extents()?;
+            wrpo_llm::Config::from_hf_json(&gguf.hf_config()?)?.family
+        } else {
+            let file = path.join("config.json");
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let json = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?;
+            wrpo_llm::Config::from_hf_json(&json).with_context(|| format!("{}", file.display()))?.family
+        };
+        Tokenizer::load(path)?.chat_template_for(family)?;
+        Ok(())
     }
 
     pub fn describe(&self) -> String {

@@ -318,6 +318,14 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
     ]));
     assert!(err.contains("model 'far'") && err.contains("http://127.0.0.1:9/v1/models") && err.contains("2 attempt"), "{err}");
     assert!(!Path::new(&out).exists() || dataset_files(Path::new(&out)).is_err(), "a failed run wrote samples");
+
+    // A GGUF file cut short, given second: refused before the first model samples anything.
+    let whole = fs::read(repo().join("data/fixtures/llm/gguf/llama.q8_0.gguf")).unwrap();
+    let cut = s.root.join("cut.gguf");
+    fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", &s.model, "--model", &format!("cut={}", cut.display()), "--out", &out]));
+    assert!(err.contains("model 'cut'") && err.contains("cut short"), "{err}");
+    assert!(!Path::new(&out).join("tiny").exists(), "no folder for a run that did not start");
 }
 
 /// Against a real OpenAI-compatible server (llama-cpp-python's, started by
