@@ -111,7 +111,8 @@ $(WORK)/prompts.parquet: $(PROMPTS) | $(BUILD)
 DEMO_MODELS := models/smollm2-135m-instruct-q4_1.gguf models/gemma-3-270m-q4_k_m.gguf models/all-minilm-l6-v2
 SOURCE_FILES := $(foreach s,$(SOURCES),$(lastword $(subst =, ,$(s))))
 REWARD_FILES := $(lastword $(subst :, ,$(REWARD)))
-$(DEMO_MODELS):
+# One recipe makes all three (a grouped target), so `make -j` runs the fetch once.
+$(DEMO_MODELS) &:
 	bash scripts/fetch-models.sh
 
 # 1. N samples per train prompt from every source model.

@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p models
+# One fetch at a time (two make targets, or two shells, may start one each).
+exec 9> models/.fetch.lock
+flock 9
 cache=models/.download
 mkdir -p "$cache"
 
