@@ -125,9 +125,16 @@ impl Gguf {
         if let Some(dims) = self.meta_u32(&key("rope.dimension_count")).filter(|&d| d != head_dim) {
             o.insert("partial_rotary_factor".into(), (dims as f64 / head_dim as f64).into());
         }
-        if self.meta_str(&key("rope.scaling.type")) == Some("linear") {
-            let factor = self.meta_f64(&key("rope.scaling.factor")).unwrap_or(1.0);
-            o.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": factor}));
+        match self.meta_str(&key("rope.scaling.type")) {
+            None | Some("none") => {}
+            Some("linear") => {
+                let factor = self.meta_f64(&key("rope.scaling.factor")).unwrap_or(1.0);
+                o.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": factor}));
+            }
+            // Passed on so that the config refuses it by name, never ignored (yarn, ...).
+            Some(other) => {
+                o.insert("rope_scaling".into(), json!({"rope_type": other}));
+            }
         }
         if let Some(w) = self.meta_u32(&key("attention.sliding_window")) {
             o.insert("sliding_window".into(), w.into());

@@ -350,3 +350,25 @@ fn the_quantized_inference_path_follows_the_dequantized_model() {
         assert!(!out.path().join("ckpt").exists());
     }
 }
+
+#[test]
+fn a_gguf_rope_scaling_we_do_not_implement_is_refused_by_name() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let src = fixture("gguf").join("llama.gguf");
+    let mut reader = std::io::BufReader::new(std::fs::File::open(&src).unwrap());
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> =
+        content.tensor_infos.keys().map(|n| (n.clone(), content.tensor(&mut reader, n, &Device::Cpu).unwrap())).collect();
+    let arch = content.metadata["general.architecture"].to_string().unwrap().clone();
+    let yarn = Value::String("yarn".into());
+    let mut metadata: Vec<(&str, &Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let key = format!("{arch}.rope.scaling.type");
+    metadata.push((&key, &yarn));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("yarn.gguf");
+    let mut out = std::fs::File::create(&path).unwrap();
+    gguf_file::write(&mut out, &metadata, &tensors.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>()).unwrap();
+    drop(out);
+    let err = format!("{:#}", Model::load(&path, DType::F32, &Device::Cpu).err().unwrap());
+    assert!(err.contains("unsupported rope type 'yarn'"), "{err}");
+}
