@@ -38,12 +38,24 @@ pub struct Tokenizer {
     json: Value,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
-    /// Does encoding a fresh text start with BOS?
+    /// Does encoding a fresh text start with BOS? (add_bos_token, or GGUF's add_bos_token)
     pub add_bos: bool,
+    /// BOS that the post-processor puts before plain text, with no add_bos_token to say.
+    text_bos: bool,
     /// Ids that end generation: EOS and the end-of-turn tokens.
     pub stop_ids: Vec<u32>,
     /// The model's Jinja chat template, if it ships one.
     pub chat_template: Option<String>,
+}
+
+/// The special token a post-processor puts before a single sequence, if
+/// any: TemplateProcessing, alone or inside a Sequence of processors.
+fn template_bos(post: &Value) -> Option<String> {
+    match post["type"].as_str()? {
+        "TemplateProcessing" => post["single"].as_array()?.first()?["SpecialToken"]["id"].as_str().map(str::to_string),
+        "Sequence" => post["processors"].as_array()?.iter().find_map(template_bos),
+        _ => None,
+    }
 }
 
 impl Tokenizer {
@@ -90,6 +102,13 @@ impl Tokenizer {
         tok.bos_id = id_of(token_text(&config["bos_token"])).or(model_config["bos_token_id"].as_u64().map(|v| v as u32));
         tok.eos_id = id_of(token_text(&config["eos_token"])).or(model_config["eos_token_id"].as_u64().map(|v| v as u32));
         tok.add_bos = config["add_bos_token"].as_bool().unwrap_or(false);
+        // Unless the config says, plain text gets BOS as the post-processor
+        // puts it (Llama-3's TemplateProcessing writes <|begin_of_text|>).
+        let by_post_processor = template_bos(&tok.json["post_processor"]).filter(|_| config["add_bos_token"].is_null());
+        tok.text_bos = by_post_processor.is_some();
+        if tok.bos_id.is_none() {
+            tok.bos_id = id_of(by_post_processor);
+        }
         for source in [&generation["eos_token_id"], &model_config["eos_token_id"]] {
             match source {
                 Value::Number(n) => tok.stop_ids.extend(n.as_u64().map(|v| v as u32)),
@@ -178,7 +197,7 @@ impl Tokenizer {
 
     fn from_json(json: Value, chat_template: Option<String>) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json)?).map_err(|e| anyhow!("cannot build the tokenizer: {e}"))?;
-        Ok(Tokenizer { inner, json, bos_id: None, eos_id: None, add_bos: false, stop_ids: vec![], chat_template })
+        Ok(Tokenizer { inner, json, bos_id: None, eos_id: None, add_bos: false, text_bos: false, stop_ids: vec![], chat_template })
     }
 
     fn finish_stop_ids(&mut self) {
@@ -192,9 +211,13 @@ impl Tokenizer {
     /// rendered chat template writes them) become their ids; BOS is added
     /// in front when `add_bos` and the tokenizer asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        self.encode_with(text, add_bos && (self.add_bos || self.text_bos))
+    }
+
+    fn encode_with(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode_fast(text, false).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        if add_bos && self.add_bos {
+        if bos {
             ids.extend(self.bos_id);
         }
         ids.extend_from_slice(enc.get_ids());
@@ -206,7 +229,8 @@ impl Tokenizer {
     /// apply_chat_template(tokenize=True) and llama.cpp agree on this.
     pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>> {
         let bos_written = self.bos_id.and_then(|id| self.id_to_token(id)).is_some_and(|bos| rendered.starts_with(&bos));
-        self.encode(rendered, !bos_written)
+        // Not the post-processor's BOS: apply_chat_template tokenizes without special tokens.
+        self.encode_with(rendered, !bos_written && self.add_bos)
     }
 
     /// Text of `ids`, special tokens left out.

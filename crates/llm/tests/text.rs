@@ -93,3 +93,40 @@ fn a_broken_template_is_reported() {
     let err = ChatTemplate::new("{% for m in messages %}", "", "").err().unwrap();
     assert!(format!("{err:#}").contains("does not parse"), "{err:#}");
 }
+
+/// Llama-3-style tokenizers add BOS through their post-processor, not
+/// add_bos_token: plain text gets it as the tokenizers library's own
+/// encode(add_special_tokens) gives it, also when the processor sits in a
+/// Sequence; an explicit add_bos_token still decides.
+#[test]
+fn bos_comes_from_the_post_processor_when_the_config_does_not_say() {
+    let src = fixtures("tokenizer").join("tiny-bpe");
+    let mut json = read_json(src.join("tokenizer.json"));
+    let bos = "<|endoftext|>";
+    let bos_id = json["added_tokens"].as_array().unwrap().iter().find(|t| t["content"] == bos).unwrap()["id"].clone();
+    let template = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}
+    });
+    let mut config = read_json(src.join("tokenizer_config.json"));
+    config.as_object_mut().unwrap().remove("add_bos_token");
+    config.as_object_mut().unwrap().remove("bos_token");
+    for post in [template.clone(), serde_json::json!({"type": "Sequence", "processors": [template]})] {
+        let dir = tempfile::tempdir().unwrap();
+        json["post_processor"] = post;
+        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let ours = Tokenizer::load(dir.path()).unwrap().encode("hello world", true).unwrap();
+        let reference = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        let want = reference.encode("hello world", true).unwrap().get_ids().to_vec();
+        assert_eq!(ours, want);
+        assert_eq!(ours[0] as u64, bos_id.as_u64().unwrap());
+        let mut explicit = config.clone();
+        explicit["add_bos_token"] = false.into();
+        std::fs::write(dir.path().join("tokenizer_config.json"), explicit.to_string()).unwrap();
+        assert_eq!(Tokenizer::load(dir.path()).unwrap().encode("hello world", true).unwrap(), want[1..]);
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    }
+}
