@@ -1,4 +1,4 @@
-//! Learning-rate and fusion-coefficient schedules (wrpo.md, "Objective").
+//! Learning-rate and fusion-coefficient schedules (docs/method.md, "Objective").
 
 use serde::Serialize;
 
