@@ -47,45 +47,36 @@ struct LabelLogProb {
     rows: usize,
 }
 
-/// The gradients of hidden (M, H) and weight (V, H).
-type Grads<T> = (Vec<T>, Vec<T>);
-
 impl LabelLogProb {
-    /// The log-probabilities (M,), and with `grad` (d loss / d log-prob per
-    /// row) the gradients. Each chunk of rows: logits by one matmul into a
-    /// reused buffer, soft-capping, log-sum-exp and, backward, the analytic
-    /// gradient written over the logits in place, then two matmuls; the
-    /// weight's gradient accumulates into one (V, H) buffer.
-    /// As [`LabelLogProb::run_as`], in f64 for f64 inputs and in f32 otherwise.
+    /// The log-probabilities (M,) and, with `grad` (d loss / d log-prob per
+    /// row), the gradients of hidden
+    /// and weight, as tensors of their dtypes: computed in f64 for f64 inputs
+    /// (the finite-difference checks) and in f32 otherwise.
     fn run(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
-        let dtype = if hidden.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        let (h, w, g) = (hidden.detach().to_dtype(dtype)?, weight.detach().to_dtype(dtype)?, grad.map(|g| g.to_dtype(dtype)).transpose()?);
-        let dev = hidden.device();
-        let (values, grads) = match dtype {
-            DType::F64 => {
-                let (values, grads) = self.run_as::<f64>(&h, &w, g.map(|g| g.to_vec1()).transpose()?)?;
-                (Tensor::new(values, dev)?, grads.map(|(gh, gw)| (Tensor::new(gh, dev), Tensor::new(gw, dev))))
-            }
-            _ => {
-                let (values, grads) = self.run_as::<f32>(&h, &w, g.map(|g| g.to_vec1()).transpose()?)?;
-                (Tensor::new(values, dev)?, grads.map(|(gh, gw)| (Tensor::new(gh, dev), Tensor::new(gw, dev))))
-            }
+        let (values, grads) = match hidden.dtype() {
+            DType::F64 => self.run_as::<f64>(hidden, weight, grad)?,
+            _ => self.run_as::<f32>(hidden, weight, grad)?,
         };
-        let grads = match grads {
-            Some((gh, gw)) => Some((gh?.reshape(hidden.shape())?.to_dtype(hidden.dtype())?, gw?.reshape(weight.shape())?.to_dtype(weight.dtype())?)),
-            None => None,
-        };
+        let as_input = |g: Tensor, like: &Tensor| g.reshape(like.shape())?.to_dtype(like.dtype());
+        let grads = grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((as_input(gh, hidden)?, as_input(gw, weight)?))).transpose()?;
         Ok((values.to_dtype(hidden.dtype())?, grads))
     }
 
-    fn run_as<T: WithDType + Float>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<Vec<T>>) -> Result<(Vec<T>, Option<Grads<T>>)> {
+    /// [`LabelLogProb::run`] in element type T. Each chunk of rows: logits by
+    /// one matmul into a reused buffer, soft-capping, log-sum-exp and,
+    /// backward, the analytic gradient written over the logits in place, then
+    /// two matmuls; the weight's gradient accumulates into one (V, H) buffer.
+    fn run_as<T: WithDType + Float>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let dev = hidden.device().clone();
+        let (hidden, weight) = (hidden.detach().to_dtype(T::DTYPE)?, weight.detach().to_dtype(T::DTYPE)?);
+        let grad = grad.map(|g| g.to_dtype(T::DTYPE)?.to_vec1::<T>()).transpose()?;
         let ((m, hd), v) = (hidden.dims2()?, weight.dim(0)?);
         let cap = self.softcap.map(|c| T::from(c).expect("a float"));
         let mut values = vec![T::zero(); m];
         let mut grads = grad.as_ref().map(|_| (vec![T::zero(); m * hd], vec![T::zero(); v * hd]));
         let mut z = vec![T::zero(); self.rows.min(m) * v];
-        infer::with_values(hidden, |h: &[T]| {
-            infer::with_values(weight, |w: &[T]| {
+        infer::with_values(&hidden, |h: &[T]| {
+            infer::with_values(&weight, |w: &[T]| {
                 for start in (0..m).step_by(self.rows) {
                     let n = self.rows.min(m - start);
                     let z = &mut z[..n * v];
@@ -127,7 +118,8 @@ impl LabelLogProb {
                 }
             })
         })??;
-        Ok((values, grads))
+        let grads = grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((Tensor::new(gh, &dev)?, Tensor::new(gw, &dev)?))).transpose()?;
+        Ok((Tensor::new(values, &dev)?, grads))
     }
 }
 
