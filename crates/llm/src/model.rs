@@ -331,14 +331,23 @@ impl Model {
         Ok(if crate::gguf::is_gguf(path) {
             let gguf = crate::gguf::Gguf::open(path)?;
             (gguf.hf_config()?, gguf.weights(dtype, device)?)
-        } else if path.is_dir() {
-            let file = path.join("config.json");
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let json = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?;
-            (json, Weights::from_hf_dir(path, dtype, device)?)
         } else {
-            bail!("{} is neither an HF model folder nor a GGUF file", path.display());
+            (Self::hf_config(path)?, Weights::from_hf_dir(path, dtype, device)?)
         })
+    }
+
+    /// The HF config of a model, without reading its weights: an HF folder's
+    /// config.json, or what a GGUF file's metadata implies.
+    pub fn hf_config(path: &Path) -> Result<serde_json::Value> {
+        if crate::gguf::is_gguf(path) {
+            return crate::gguf::Gguf::open(path)?.hf_config();
+        }
+        if !path.is_dir() {
+            bail!("{} is neither an HF model folder nor a GGUF file", path.display());
+        }
+        let file = path.join("config.json");
+        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))
     }
 
     /// Load for sampling: a GGUF file keeps its quantized projections; an HF

@@ -59,16 +59,10 @@ impl LocalModel {
     /// supported, a GGUF file is whole, the tokenizer and a chat template are
     /// there. Run for every model before any sampling starts.
     pub fn check(path: &Path) -> Result<()> {
-        let family = if is_gguf(path) {
-            let gguf = wrpo_llm::gguf::Gguf::open(path)?;
-            gguf.check_extents()?;
-            wrpo_llm::Config::from_hf_json(&gguf.hf_config()?)?.family
-        } else {
-            let file = path.join("config.json");
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let json = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?;
-            wrpo_llm::Config::from_hf_json(&json).with_context(|| format!("{}", file.display()))?.family
-        };
+        if is_gguf(path) {
+            wrpo_llm::gguf::Gguf::open(path)?.check_extents()?;
+        }
+        let family = wrpo_llm::Config::from_hf_json(&Model::hf_config(path)?).with_context(|| format!("{}", path.display()))?.family;
         Tokenizer::load(path)?.chat_template_for(family)?;
         Ok(())
     }
