@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -24,56 +24,15 @@ use wrpo_common::{
     progress::Progress,
     Provenance, ShardWriter,
 };
-use wrpo_llm::SamplingParams;
 
 use crate::{
+    backend::{Backend, Finish, Job, Outcome, Settings, Sink},
     local::LocalModel,
     remote::{RemoteModel, RemoteOptions},
     spec::{ModelSpec, Source},
 };
 
 pub const PRODUCER: &str = concat!("wrpo-sample ", env!("CARGO_PKG_VERSION"));
-
-/// Everything that fixes a sample's text. A resumed run must use the same.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Settings {
-    /// Samples per prompt.
-    pub n: u32,
-    pub sampling: SamplingParams,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-    /// Generation also stops at these strings (cut from the response).
-    pub stop: Vec<String>,
-    /// How an HF folder's weights are quantized at load (GGUF files keep theirs).
-    pub quantize: Quantize,
-}
-
-/// Quantization of an HF checkpoint's projections and LM head at load, for sampling.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, clap::ValueEnum)]
-pub enum Quantize {
-    /// 8-bit blocks of 32 (llama.cpp's Q8_0): near-exact, the fast kernel.
-    #[value(name = "q8_0")]
-    #[serde(rename = "q8_0")]
-    Q8_0,
-    /// 4-bit blocks of 32 with an offset (Q4_1): faster still, less exact.
-    #[value(name = "q4_1")]
-    #[serde(rename = "q4_1")]
-    Q4_1,
-    /// f32 as stored: exact, several times slower.
-    #[value(name = "none")]
-    #[serde(rename = "none")]
-    None,
-}
-
-impl Quantize {
-    pub fn ggml(self) -> Option<candle_core::quantized::GgmlDType> {
-        match self {
-            Quantize::Q8_0 => Some(candle_core::quantized::GgmlDType::Q8_0),
-            Quantize::Q4_1 => Some(candle_core::quantized::GgmlDType::Q4_1),
-            Quantize::None => None,
-        }
-    }
-}
 
 /// Which prompts a run covers.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -125,38 +84,6 @@ pub fn read_prompt_ids(path: &Path) -> Result<Vec<String>> {
     Ok(ids)
 }
 
-/// How one sample ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Finish {
-    Stop,
-    Length,
-    Skipped(String),
-}
-
-/// What an engine produced for one (prompt, sample_index).
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub prompt_text: String,
-    pub response: String,
-    pub prompt_tokens: u32,
-    pub response_tokens: u32,
-    pub finish: Finish,
-    pub seconds: f64,
-}
-
-/// The samples still to make for one prompt.
-pub struct Job<'a> {
-    pub prompt: &'a Prompt,
-    pub sample_indices: Vec<u32>,
-}
-
-/// Where engines hand finished samples.
-pub trait Sink {
-    fn push(&mut self, prompt_id: &str, sample_index: u32, outcome: Outcome) -> Result<()>;
-    /// Ctrl-C was pressed: stop taking new work.
-    fn interrupted(&self) -> bool;
-}
-
 /// Options of the generation run that do not change the text.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunOptions {
@@ -194,18 +121,16 @@ pub fn generate(
         bail!("--n must be at least 1");
     }
     // Check every model before writing anything.
-    let mut remotes = Vec::new();
+    let mut engines = Vec::new();
     for spec in models {
-        match &spec.source {
+        let engine = match &spec.source {
             Source::Local { path } if !path.exists() => bail!("model '{}': {} does not exist", spec.alias, path.display()),
-            Source::Local { path } => {
-                LocalModel::check(path).with_context(|| format!("model '{}'", spec.alias))?;
-                remotes.push(None)
+            Source::Local { path } => LocalModel::check(path).map(|()| Engine::Local(path.clone())),
+            Source::Openai { base_url, served_name } => {
+                RemoteModel::connect(base_url, served_name, &run.remote).map(|m| Engine::Ready(Box::new(m)))
             }
-            Source::Openai { base_url, served_name } => remotes.push(Some(
-                RemoteModel::connect(base_url, served_name, &run.remote).with_context(|| format!("model '{}'", spec.alias))?,
-            )),
-        }
+        };
+        engines.push(engine.with_context(|| format!("model '{}'", spec.alias))?);
     }
     let aliases: HashSet<&str> = models.iter().map(|m| m.alias.as_str()).collect();
     if aliases.len() != models.len() {
@@ -228,7 +153,7 @@ pub fn generate(
         models.iter().zip(&provs).map(|(spec, prov)| plan(prompts, &out.join(&spec.alias), spec, settings, prov)).collect::<Result<_>>()?;
     let total: usize = plans.iter().map(|(jobs, _)| jobs.iter().map(|j| j.sample_indices.len()).sum::<usize>()).sum();
     let mut progress = Progress::new(total as u64, "samples");
-    for (((spec, remote), (jobs, already)), prov) in models.iter().zip(remotes).zip(plans).zip(provs) {
+    for (((spec, engine), (jobs, already)), prov) in models.iter().zip(engines).zip(plans).zip(provs) {
         let dir = out.join(&spec.alias);
         let todo: usize = jobs.iter().map(|j| j.sample_indices.len()).sum();
         progress.log(&format!("{}: {todo} samples to make, {already} already in {}", spec.alias, dir.display()));
@@ -236,10 +161,7 @@ pub fn generate(
             continue;
         }
         // The model first: one that fails to load leaves no output folder behind.
-        let local = match &spec.source {
-            Source::Local { path } => Some(LocalModel::load(path, settings.quantize).with_context(|| format!("model '{}'", spec.alias))?),
-            Source::Openai { .. } => None,
-        };
+        let backend = engine.open(settings, run).with_context(|| format!("model '{}'", spec.alias))?;
         let mut sink = ShardSink {
             alias: &spec.alias,
             settings,
@@ -253,14 +175,8 @@ pub fn generate(
         };
         sink.progress.set_model(&spec.alias);
         let started = Instant::now();
-        let result = match (&local, remote) {
-            (Some(model), _) => {
-                sink.progress.log(&format!("{}: {}", spec.alias, model.describe()));
-                model.generate(&jobs, settings, run.batch_size, &spec.alias, &mut sink)
-            }
-            (None, Some(remote)) => remote.generate(&jobs, settings, &spec.alias, &mut sink),
-            (None, None) => unreachable!("remote models are connected above"),
-        };
+        sink.progress.log(&format!("{}: {}", spec.alias, backend.describe()));
+        let result = backend.generate(&jobs, settings, &spec.alias, &mut sink);
         let secs = started.elapsed().as_secs_f64();
         let (samples, tokens) = sink.made;
         sink.progress.log(&format!(
@@ -278,6 +194,22 @@ pub fn generate(
     }
     progress.finish();
     Ok(())
+}
+
+/// A model that passed the checks: a local one loads when its turn comes, so
+/// that only one model's weights are in memory at a time.
+enum Engine {
+    Local(PathBuf),
+    Ready(Box<dyn Backend>),
+}
+
+impl Engine {
+    fn open(self, settings: &Settings, run: &RunOptions) -> Result<Box<dyn Backend>> {
+        Ok(match self {
+            Engine::Local(path) => Box::new(LocalModel::load(&path, settings.quantize, run.batch_size)?),
+            Engine::Ready(backend) => backend,
+        })
+    }
 }
 
 /// The jobs still to do for `spec`: every (prompt, sample_index) not yet in

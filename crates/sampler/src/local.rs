@@ -16,13 +16,15 @@ use wrpo_llm::{
     ChatMessage, ChatTemplate, KvCache, Model, Rng, Tokenizer,
 };
 
-use crate::generate::{Finish, Job, Outcome, Quantize, Settings, Sink};
+use crate::backend::{Backend, Finish, Job, Outcome, Quantize, Settings, Sink};
 
 pub struct LocalModel {
     model: Model,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     quantized: bool,
+    /// Sequences decoded together (KV-cache slots).
+    batch_size: usize,
 }
 
 /// A prompt rendered and tokenized once for all its samples.
@@ -46,13 +48,13 @@ struct Row {
 impl LocalModel {
     /// A GGUF file keeps its quantized projections; an HF folder is
     /// quantized at load as `quantize` says (inference only either way).
-    pub fn load(path: &Path, quantize: Quantize) -> Result<Self> {
+    pub fn load(path: &Path, quantize: Quantize, batch_size: usize) -> Result<Self> {
         let device = Device::Cpu;
         let quantized = is_gguf(path) || quantize != Quantize::None;
         let model = Model::load_for_inference(path, quantize.ggml(), &device)?;
         let tokenizer = Tokenizer::load(path)?;
         let template = tokenizer.chat_template_for(model.config.family)?;
-        Ok(LocalModel { model, tokenizer, template, quantized })
+        Ok(LocalModel { model, tokenizer, template, quantized, batch_size: batch_size.max(1) })
     }
 
     /// What can be checked without loading the weights: the architecture is
@@ -67,7 +69,60 @@ impl LocalModel {
         Ok(())
     }
 
-    pub fn describe(&self) -> String {
+    fn prepare<'a>(&self, job: &'a Job) -> Result<Prepared<'a>, String> {
+        let messages: Vec<ChatMessage> = job.prompt.messages.iter().map(chat_message).collect();
+        let text = self.template.render(&messages, true).map_err(|e| format!("the chat template refused the prompt: {e:#}"))?;
+        let ids = self.tokenizer.encode_chat(&text).map_err(|e| format!("{e:#}"))?;
+        let context = self.model.config.max_position_embeddings;
+        if ids.len() >= context {
+            return Err(format!("the prompt has {} tokens; the model's context holds {context}", ids.len()));
+        }
+        Ok(Prepared { prompt_id: &job.prompt.prompt_id, text, ids })
+    }
+
+    /// Has `row` ended with its newest token? Stop ids and stop strings end
+    /// it as `stop`, its token limit as `length`.
+    fn finished(&self, row: &Row, settings: &Settings) -> Result<Option<Finish>> {
+        let last = *row.tokens.last().expect("a row has a token");
+        if self.tokenizer.stop_ids.contains(&last) {
+            return Ok(Some(Finish::Stop));
+        }
+        if !settings.stop.is_empty() {
+            let text = self.tokenizer.decode(&row.tokens)?;
+            if settings.stop.iter().any(|s| text.contains(s.as_str())) {
+                return Ok(Some(Finish::Stop));
+            }
+        }
+        Ok((row.tokens.len() >= row.limit).then_some(Finish::Length))
+    }
+
+    fn emit(&self, prepared: &[Prepared], mut row: Row, finish: Finish, stop: &[String], sink: &mut dyn Sink) -> Result<()> {
+        let p = &prepared[row.prepared];
+        if finish == Finish::Stop && row.tokens.last().is_some_and(|t| self.tokenizer.stop_ids.contains(t)) {
+            row.tokens.pop();
+        }
+        let mut response = self.tokenizer.decode(&row.tokens)?;
+        // A stop string ends the response and is not part of it.
+        if let Some(cut) = stop.iter().filter_map(|s| response.find(s.as_str())).min() {
+            response.truncate(cut);
+        }
+        sink.push(
+            p.prompt_id,
+            row.sample_index,
+            Outcome {
+                prompt_text: p.text.clone(),
+                response,
+                prompt_tokens: p.ids.len() as u32,
+                response_tokens: row.tokens.len() as u32,
+                finish,
+                seconds: row.seconds,
+            },
+        )
+    }
+}
+
+impl Backend for LocalModel {
+    fn describe(&self) -> String {
         let c = &self.model.config;
         format!(
             "{:?}, {} layers, hidden {}, vocab {}, context {}, {}",
@@ -80,19 +135,7 @@ impl LocalModel {
         )
     }
 
-    fn prepare<'a>(&self, job: &'a Job) -> Result<Prepared<'a>, String> {
-        let messages: Vec<ChatMessage> = job.prompt.messages.iter().map(chat_message).collect();
-        let text = self.template.render(&messages, true).map_err(|e| format!("the chat template refused the prompt: {e:#}"))?;
-        let ids = self.tokenizer.encode_chat(&text).map_err(|e| format!("{e:#}"))?;
-        let context = self.model.config.max_position_embeddings;
-        if ids.len() >= context {
-            return Err(format!("the prompt has {} tokens; the model's context holds {context}", ids.len()));
-        }
-        Ok(Prepared { prompt_id: &job.prompt.prompt_id, text, ids })
-    }
-
-    /// Make every sample `jobs` asks for, handing each to `sink` as it finishes.
-    pub fn generate(&self, jobs: &[Job], settings: &Settings, batch_size: usize, alias: &str, sink: &mut dyn Sink) -> Result<()> {
+    fn generate(&self, jobs: &[Job], settings: &Settings, alias: &str, sink: &mut dyn Sink) -> Result<()> {
         let mut prepared = Vec::new();
         let mut queue = VecDeque::new();
         for job in jobs {
@@ -121,7 +164,7 @@ impl LocalModel {
         }
         let context = self.model.config.max_position_embeddings;
         let capacity = prepared.iter().map(|p| (p.ids.len() + settings.max_new_tokens).min(context)).max().unwrap_or(1);
-        let mut cache = KvCache::new(&self.model, batch_size.clamp(1, queue.len()), capacity)?;
+        let mut cache = KvCache::new(&self.model, self.batch_size.clamp(1, queue.len()), capacity)?;
         let mut batch: Vec<Row> = Vec::new();
         // The next-token logits after a prompt, kept while its samples are queued.
         let mut prompt_logits: Option<(usize, Vec<f32>)> = None;
@@ -195,46 +238,6 @@ impl LocalModel {
             }
         }
         Ok(())
-    }
-
-    /// Has `row` ended with its newest token? Stop ids and stop strings end
-    /// it as `stop`, its token limit as `length`.
-    fn finished(&self, row: &Row, settings: &Settings) -> Result<Option<Finish>> {
-        let last = *row.tokens.last().expect("a row has a token");
-        if self.tokenizer.stop_ids.contains(&last) {
-            return Ok(Some(Finish::Stop));
-        }
-        if !settings.stop.is_empty() {
-            let text = self.tokenizer.decode(&row.tokens)?;
-            if settings.stop.iter().any(|s| text.contains(s.as_str())) {
-                return Ok(Some(Finish::Stop));
-            }
-        }
-        Ok((row.tokens.len() >= row.limit).then_some(Finish::Length))
-    }
-
-    fn emit(&self, prepared: &[Prepared], mut row: Row, finish: Finish, stop: &[String], sink: &mut dyn Sink) -> Result<()> {
-        let p = &prepared[row.prepared];
-        if finish == Finish::Stop && row.tokens.last().is_some_and(|t| self.tokenizer.stop_ids.contains(t)) {
-            row.tokens.pop();
-        }
-        let mut response = self.tokenizer.decode(&row.tokens)?;
-        // A stop string ends the response and is not part of it.
-        if let Some(cut) = stop.iter().filter_map(|s| response.find(s.as_str())).min() {
-            response.truncate(cut);
-        }
-        sink.push(
-            p.prompt_id,
-            row.sample_index,
-            Outcome {
-                prompt_text: p.text.clone(),
-                response,
-                prompt_tokens: p.ids.len() as u32,
-                response_tokens: row.tokens.len() as u32,
-                finish,
-                seconds: row.seconds,
-            },
-        )
     }
 }
 

@@ -9,7 +9,8 @@ use wrpo_common::{
 };
 use wrpo_llm::SamplingParams;
 use wrpo_sampler::{
-    generate::{generate, read_prompt_ids, select_prompts, Quantize, RunOptions, Selection, Settings},
+    backend::{Quantize, Settings},
+    generate::{generate, read_prompt_ids, select_prompts, RunOptions, Selection},
     import::{import_prompts, import_scored, write_rejected, ImportOptions, Rejected},
     remote::RemoteOptions,
     spec::{check_alias, ModelSpec},
@@ -161,12 +162,20 @@ struct GenerateArgs {
     /// Requests in flight per remote model.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Retries of a remote request on 429, 5xx, timeouts and connection errors.
+    /// Retries of a remote request on 408, 429, 5xx, timeouts, dropped
+    /// connections and answers without a sample (honouring Retry-After).
     #[arg(long, default_value_t = 5)]
     retries: u32,
-    /// Seconds a remote request may take.
+    /// Seconds a remote request may take, answer included.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Seconds to wait for a connection to a remote server to open.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
+    /// Environment variable holding the remote server's API key (sent as a
+    /// Bearer token) [default: OPENAI_API_KEY, if set].
+    #[arg(long)]
+    api_key_env: Option<String>,
     /// For tests: abort, as a crash would, after committing this many shards.
     #[arg(long, hide = true)]
     abort_after_shards: Option<usize>,
@@ -310,7 +319,13 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let run = RunOptions {
         batch_size: a.batch_size.max(1),
         shard_rows: a.shard_rows.max(1),
-        remote: RemoteOptions { concurrency: a.concurrency.max(1), retries: a.retries, timeout_seconds: a.timeout },
+        remote: RemoteOptions {
+            concurrency: a.concurrency.max(1),
+            retries: a.retries,
+            timeout_seconds: a.timeout,
+            connect_timeout_seconds: a.connect_timeout,
+            api_key_env: a.api_key_env,
+        },
         abort_after_shards: a.abort_after_shards,
     };
     let all: Vec<Prompt> = read_dataset(&a.prompts)?;

@@ -362,3 +362,143 @@ fn openai_server_backend() {
     let first: Vec<&String> = a.values().map(|r| &r.response).collect();
     assert!(first.windows(2).any(|w| w[0] != w[1]), "every sample is the same text: the seeds were not sent");
 }
+
+/// A scripted OpenAI-compatible server on loopback. The user message says how
+/// it answers: `empty` gets an empty choice list, then an error object, then
+/// null content, then a sample; `long` always gets 400 (context too long);
+/// `busy` gets 429 with Retry-After: 1 once; `cut` gets a body cut short
+/// once; anything else a sample. Requests without `Bearer sekrit` get 401.
+/// Returns the base URL and a log of (message, when) per chat request.
+fn fake_openai_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>) {
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        net::TcpListener,
+        sync::{Arc, Mutex},
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let log: Arc<Mutex<Vec<(String, std::time::Instant)>>> = Arc::default();
+    let server_log = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let (mut stream, log) = (stream.unwrap(), server_log.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut request_line, mut headers) = (String::new(), Vec::new());
+                reader.read_line(&mut request_line).unwrap();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    headers.push(line.trim().to_ascii_lowercase());
+                }
+                let length = headers.iter().find_map(|h| h.strip_prefix("content-length: ")).map_or(0, |n| n.parse().unwrap());
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                let reply = |stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &str| {
+                    let head = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n", body.len());
+                    let _ = stream.write_all(format!("{head}{body}").as_bytes());
+                };
+                if !headers.iter().any(|h| h == "authorization: bearer sekrit") {
+                    return reply(&mut stream, "401 Unauthorized", "", r#"{"error":{"message":"invalid api key"}}"#);
+                }
+                if request_line.starts_with("GET") {
+                    return reply(&mut stream, "200 OK", "", r#"{"data":[{"id":"fake"}]}"#);
+                }
+                let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let message = request["messages"][0]["content"].as_str().unwrap().to_string();
+                let attempt = {
+                    let mut log = log.lock().unwrap();
+                    log.push((message.clone(), std::time::Instant::now()));
+                    log.iter().filter(|(m, _)| *m == message).count()
+                };
+                let sample = json!({
+                    "choices": [{"message": {"role": "assistant", "content": format!("answer to {message}")}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3}
+                })
+                .to_string();
+                match (message.as_str(), attempt) {
+                    ("empty", 1) => reply(&mut stream, "200 OK", "", r#"{"choices":[]}"#),
+                    ("empty", 2) => reply(&mut stream, "200 OK", "", r#"{"error":{"message":"overloaded"}}"#),
+                    ("empty", 3) => reply(&mut stream, "200 OK", "", r#"{"choices":[{"message":{"content":null},"finish_reason":"stop"}]}"#),
+                    ("long", _) => reply(&mut stream, "400 Bad Request", "", r#"{"error":{"message":"maximum context length is 8 tokens"}}"#),
+                    ("busy", 1) => reply(&mut stream, "429 Too Many Requests", "retry-after: 1\r\n", r#"{"error":{"message":"slow down"}}"#),
+                    ("cut", 1) => {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\nconnection: close\r\n\r\n";
+                        let _ = stream.write_all(format!("{head}{}", &sample[..30]).as_bytes());
+                    }
+                    _ => reply(&mut stream, "200 OK", "", &sample),
+                }
+            });
+        }
+    });
+    (url, log)
+}
+
+fn sample_remote(args: &[&str], key: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wrpo-sample"));
+    command.arg("generate").args(args).env_remove("OPENAI_API_KEY").env_remove("WRPO_TEST_KEY");
+    if let Some(key) = key {
+        command.env("WRPO_TEST_KEY", key);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn remote_faults_are_retried_refusals_skipped_and_bad_keys_stop() {
+    let (url, log) = fake_openai_server();
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_file(dir.path(), &["empty", "long", "busy", "cut", "plain"]).display().to_string();
+    let model = format!("remote=openai:{url}#fake");
+    let out = dir.path().join("out").display().to_string();
+    let args = ["--prompts", &prompts, "--model", &model, "--out", &out, "--n", "1", "--max-new-tokens", "8", "--retries", "4"];
+
+    // The key comes from the variable --api-key-env names; a wrong one stops at once.
+    let err = failed(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY"]].concat(), None));
+    assert!(err.contains("WRPO_TEST_KEY") && err.contains("not set"), "{err}");
+    let err = failed(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY"]].concat(), Some("wrong")));
+    assert!(err.contains("HTTP 401") && err.contains("invalid api key"), "{err}");
+    assert!(!Path::new(&out).exists(), "nothing written");
+
+    ok(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY"]].concat(), Some("sekrit")));
+    let rows: BTreeMap<String, Sample> = rows(Path::new(&out)).into_values().map(|r| (r.prompt_id.clone(), r)).collect();
+    assert_eq!(rows.len(), 5);
+    for (id, text) in [("p00", "empty"), ("p02", "busy"), ("p03", "cut"), ("p04", "plain")] {
+        let r = &rows[id];
+        assert_eq!((r.response.as_str(), r.finish_reason, r.response_tokens), (format!("answer to {text}").as_str(), FinishReason::Stop, 3), "{r:?}");
+    }
+    let long = &rows["p01"];
+    assert_eq!(long.finish_reason, FinishReason::Skipped);
+    assert!(long.skip_reason.as_deref().unwrap().contains("HTTP 400") && long.skip_reason.as_deref().unwrap().contains("maximum context length"), "{long:?}");
+
+    let log = log.lock().unwrap();
+    let attempts = |m: &str| log.iter().filter(|(t, _)| t == m).map(|(_, at)| *at).collect::<Vec<_>>();
+    assert_eq!(attempts("empty").len(), 4, "empty choices, an error object and null content are each tried again");
+    assert_eq!(attempts("long").len(), 1, "a 400 is not tried again");
+    assert_eq!(attempts("cut").len(), 2, "a body cut short is tried again");
+    let busy = attempts("busy");
+    assert_eq!(busy.len(), 2);
+    assert!(busy[1] - busy[0] >= std::time::Duration::from_millis(950), "Retry-After: 1 honoured, waited {:?}", busy[1] - busy[0]);
+    drop(log);
+
+    // A rerun has nothing left to do: the skipped row counts as done.
+    let again = ok(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY"]].concat(), Some("sekrit")));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 samples to make"));
+}
+
+#[test]
+fn a_server_refusing_every_request_stops_the_run_without_skipped_rows() {
+    let (url, _log) = fake_openai_server();
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_file(dir.path(), &["long"; 1]).display().to_string();
+    let model = format!("remote=openai:{url}#fake");
+    let out = dir.path().join("out").display().to_string();
+    // OPENAI_API_KEY is read when --api-key-env is not given.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wrpo-sample"));
+    command.args(["generate", "--prompts", &prompts, "--model", &model, "--out", &out, "--n", "9", "--max-new-tokens", "8"]);
+    let err = failed(command.env("OPENAI_API_KEY", "sekrit").output().unwrap());
+    assert!(err.contains("the first 8 requests were all refused") && err.contains("HTTP 400"), "{err}");
+    assert!(dataset_files(Path::new(&out).join("remote").as_path()).map_or(true, |f| f.is_empty()), "no skipped row committed");
+}
