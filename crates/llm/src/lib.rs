@@ -6,6 +6,7 @@ pub mod chat;
 pub mod config;
 mod infer;
 pub mod gguf;
+pub mod grad_ops;
 pub mod kv;
 pub mod logprob;
 pub mod model;

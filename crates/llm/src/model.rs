@@ -11,7 +11,7 @@ use candle_nn::ops::softmax;
 
 use crate::{
     config::{Activation, Config},
-    infer,
+    grad_ops, infer,
     kv::{Attend, KvCache},
     rope::{RopeTables, RotaryEmbedding},
     weights::{LinearWeight, Weights},
@@ -51,6 +51,7 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
             LinearWeight::Dense(w) if infer::applies(&[&x2, w]) => infer::matmul_t(&x2, w)?,
+            LinearWeight::Dense(w) if grad_ops::applies(&[&x2, w]) => grad_ops::linear(&x2, w)?,
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             LinearWeight::Ours(q) => q.forward(&x2)?,
             LinearWeight::Quantized(q) => q.forward(&x2)?,
@@ -90,6 +91,9 @@ impl RmsNorm {
         if fused {
             let scale = if self.offset == 0.0 { self.weight.clone() } else { (&self.weight + self.offset)? };
             return candle_nn::ops::rms_norm(&x.contiguous()?, &scale, self.eps as f32);
+        }
+        if grad_ops::applies(&[x, &self.weight]) {
+            return grad_ops::rms_norm(x, &self.weight, self.eps, self.offset);
         }
         let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
@@ -236,6 +240,7 @@ impl Mlp {
         };
         let hidden = match self.activation {
             Activation::Silu | Activation::GeluTanh if infer::applies(&[&gate, &up]) => infer::gated(&gate, &up, self.activation == Activation::GeluTanh)?,
+            Activation::Silu | Activation::GeluTanh if grad_ops::applies(&[&gate, &up]) => grad_ops::gated(&gate, &up, self.activation == Activation::GeluTanh)?,
             Activation::Silu => (gate.silu()? * up)?,
             Activation::GeluTanh => (gate.gelu()? * up)?,
             Activation::Gelu => (gate.gelu_erf()? * up)?,

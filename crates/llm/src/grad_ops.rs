@@ -1,0 +1,344 @@
+//! The training forward's matmuls, RMSNorm and gated activation as candle
+//! ops with their analytic backward, each one kernel on our pool.
+//!
+//! Written out of candle's primitives, an RMSNorm is seven ops forward and
+//! more backward, each with its own buffer and its own trip through candle's
+//! thread pool, and a matmul against a weight's transpose comes back with a
+//! transposed gradient that is copied again. These do each in one pass, in
+//! f32, or in f64 for the finite-difference checks ([`applies`] says which
+//! tensors they take). candle's autograd calls `bwd`; a gradient is returned
+//! for every input, so no variable is left without one.
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use num_traits::Float;
+
+use crate::{
+    infer::{gemm, with_values, Operand},
+    pool::{Pool, SharedMut},
+};
+
+/// Whether these ops take `tensors`: f32 or f64 on the CPU.
+pub fn applies(tensors: &[&Tensor]) -> bool {
+    tensors.iter().all(|t| matches!(t.dtype(), DType::F32 | DType::F64) && t.device().is_cpu())
+}
+
+/// The values of an input of a custom op, which must be contiguous.
+fn values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
+        None => candle_core::bail!("a fused training op got a non-contiguous input"),
+    }
+}
+
+/// `n` rows of `width` values, split into tasks on the pool: `f(first row, rows)`.
+fn over_rows<T: Send>(out: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    let rows = out.len() / width.max(1);
+    let per_task = (8 * 1024 / width.max(1)).max(1);
+    let ptr = SharedMut(out.as_mut_ptr());
+    Pool::global().run(rows.div_ceil(per_task), &|c| {
+        let (first, n) = (c * per_task, per_task.min(rows - c * per_task));
+        // SAFETY: task c alone writes rows first..first + n; `out` outlives the job.
+        f(first, unsafe { std::slice::from_raw_parts_mut(ptr.add(first * width), n * width) });
+    });
+}
+
+fn tensor<T: WithDType>(v: Vec<T>, shape: &Shape, like: &Tensor) -> Result<Tensor> {
+    Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())
+}
+
+/// x (m, k) · wᵀ for a weight w (n, k): (m, n), differentiable in both.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let ((_, k), (_, wk)) = (x.dims2()?, w.dims2()?);
+    if k != wk {
+        candle_core::bail!("linear: input has {k} features, the weight {wk}");
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp)
+}
+
+struct LinearOp;
+
+/// dst (m, n) = a (m, k) · b (k, n), the operands read through their strides.
+fn matmul_into<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], a: Operand<T>, b: Operand<T>) {
+    // SAFETY: the callers pass operands of the shapes and strides they describe, and dst of m * n.
+    unsafe { gemm(m, n, k, dst.as_mut_ptr(), n, a, b, false) }
+}
+
+fn linear_fwd<T: WithDType>(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+    let ((m, k), (n, _)) = (lx.shape().dims2()?, lw.shape().dims2()?);
+    let (xv, wv) = (values::<T>(x, lx)?, values::<T>(w, lw)?);
+    let mut y = vec![T::zero(); m * n];
+    matmul_into(m, n, k, &mut y, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: 1, cs: k });
+    Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
+}
+
+/// dx = dy · w (m, k) and dw = dyᵀ · x (n, k).
+fn linear_bwd<T: WithDType>(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let ((m, k), (n, _)) = (x.dims2()?, w.dims2()?);
+    let (x32, w32, dy32) = (x.to_dtype(T::DTYPE)?, w.to_dtype(T::DTYPE)?, dy.to_dtype(T::DTYPE)?);
+    let (mut dx, mut dw) = (vec![T::zero(); m * k], vec![T::zero(); n * k]);
+    with_values(&x32, |xv: &[T]| {
+        with_values(&w32, |wv: &[T]| {
+            with_values(&dy32, |g: &[T]| {
+                matmul_into(m, k, n, &mut dx, Operand { ptr: g.as_ptr(), rs: n, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: k, cs: 1 });
+                matmul_into(n, k, m, &mut dw, Operand { ptr: g.as_ptr(), rs: 1, cs: n }, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 });
+            })
+        })
+    })???;
+    Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+        match x.dtype() {
+            DType::F64 => linear_fwd::<f64>(x, lx, w, lw),
+            _ => linear_fwd::<f32>(x, lx, w, lw),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = match x.dtype() {
+            DType::F64 => linear_bwd::<f64>(x, w, dy)?,
+            _ => linear_bwd::<f32>(x, w, dy)?,
+        };
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) * (offset + w),
+/// differentiable in x and w.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNormOp { eps, offset })
+}
+
+struct RmsNormOp {
+    eps: f64,
+    offset: f64,
+}
+
+impl RmsNormOp {
+    fn fwd<T: WithDType + Float>(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (xv, wv) = (values::<T>(x, lx)?, values::<T>(w, lw)?);
+        let (dim, offset, eps) = (wv.len(), T::from(self.offset).unwrap(), T::from(self.eps).unwrap());
+        let mut y = vec![T::zero(); xv.len()];
+        over_rows(&mut y, dim, &|first, out| {
+            for (r, y) in out.chunks_exact_mut(dim).enumerate() {
+                let row = &xv[(first + r) * dim..][..dim];
+                let inv = inv_rms(row, eps);
+                for ((y, &v), &w) in y.iter_mut().zip(row).zip(wv) {
+                    *y = v * inv * (offset + w);
+                }
+            }
+        });
+        Ok((T::to_cpu_storage_owned(y), lx.shape().clone()))
+    }
+
+    /// With x̂ = x / rms and s = offset + w:
+    /// dx = (dy·s - x̂ · mean(dy·s·x̂)) / rms, dw = Σ_rows dy·x̂.
+    fn bwd_as<T: WithDType + Float>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (xt, wt, gt) = (x.to_dtype(T::DTYPE)?, w.to_dtype(T::DTYPE)?, dy.to_dtype(T::DTYPE)?);
+        let dim = w.elem_count();
+        let (offset, eps) = (T::from(self.offset).unwrap(), T::from(self.eps).unwrap());
+        let n = T::from(dim).unwrap();
+        let mut dx = vec![T::zero(); x.elem_count()];
+        let rows = x.elem_count() / dim;
+        // dw: one partial sum per task, added up after.
+        let per_task = (8 * 1024 / dim).max(1);
+        let tasks = rows.div_ceil(per_task);
+        let mut partial = vec![T::zero(); tasks * dim];
+        with_values(&xt, |xv: &[T]| {
+            with_values(&wt, |wv: &[T]| {
+                with_values(&gt, |g: &[T]| {
+                    let (dx_ptr, part_ptr) = (SharedMut(dx.as_mut_ptr()), SharedMut(partial.as_mut_ptr()));
+                    Pool::global().run(tasks, &|c| {
+                        // SAFETY: task c alone writes rows of dx in its range and its own partial row.
+                        let part = unsafe { std::slice::from_raw_parts_mut(part_ptr.add(c * dim), dim) };
+                        for r in c * per_task..((c + 1) * per_task).min(rows) {
+                            let (row, g) = (&xv[r * dim..][..dim], &g[r * dim..][..dim]);
+                            let dx = unsafe { std::slice::from_raw_parts_mut(dx_ptr.add(r * dim), dim) };
+                            let inv = inv_rms(row, eps);
+                            let mean = row.iter().zip(g).zip(wv).fold(T::zero(), |a, ((&v, &g), &w)| a + g * (offset + w) * v * inv) / n;
+                            for (j, d) in dx.iter_mut().enumerate() {
+                                let xhat = row[j] * inv;
+                                *d = (g[j] * (offset + wv[j]) - xhat * mean) * inv;
+                                part[j] = part[j] + g[j] * xhat;
+                            }
+                        }
+                    });
+                })
+            })
+        })???;
+        let mut dw = vec![T::zero(); dim];
+        for part in partial.chunks_exact(dim) {
+            dw.iter_mut().zip(part).for_each(|(a, &b)| *a = *a + b);
+        }
+        Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
+    }
+}
+
+fn inv_rms<T: Float>(row: &[T], eps: T) -> T {
+    let mean_sq = row.iter().fold(T::zero(), |a, &v| a + v * v) / T::from(row.len()).unwrap();
+    T::one() / (mean_sq + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+        match x.dtype() {
+            DType::F64 => self.fwd::<f64>(x, lx, w, lw),
+            _ => self.fwd::<f32>(x, lx, w, lw),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = match x.dtype() {
+            DType::F64 => self.bwd_as::<f64>(x, w, dy)?,
+            _ => self.bwd_as::<f32>(x, w, dy)?,
+        };
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// act(gate) * up, element by element, differentiable in both: SiLU, or
+/// GELU's tanh form when `gelu_tanh`.
+pub fn gated(gate: &Tensor, up: &Tensor, gelu_tanh: bool) -> Result<Tensor> {
+    if gate.shape() != up.shape() {
+        candle_core::bail!("gated: shapes {:?} and {:?} differ", gate.shape(), up.shape());
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, GatedOp { gelu_tanh })
+}
+
+struct GatedOp {
+    gelu_tanh: bool,
+}
+
+impl GatedOp {
+    /// act(g) and act'(g).
+    fn act<T: Float>(&self, g: T) -> (T, T) {
+        let one = T::one();
+        if self.gelu_tanh {
+            let (c, k) = (T::from((2.0 / std::f64::consts::PI).sqrt()).unwrap(), T::from(0.044715).unwrap());
+            let half = T::from(0.5).unwrap();
+            let t = (c * (g + k * g * g * g)).tanh();
+            (half * g * (one + t), half * (one + t) + half * g * (one - t * t) * c * (one + T::from(3.0).unwrap() * k * g * g))
+        } else {
+            let s = one / (one + (-g).exp());
+            (g * s, s * (one + g * (one - s)))
+        }
+    }
+
+    fn fwd<T: WithDType + Float>(&self, g: &CpuStorage, lg: &Layout, u: &CpuStorage, lu: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (gv, uv) = (values::<T>(g, lg)?, values::<T>(u, lu)?);
+        let width = lg.shape().dims().last().copied().unwrap_or(1);
+        let mut h = vec![T::zero(); gv.len()];
+        over_rows(&mut h, width, &|first, out| {
+            let at = first * width;
+            for ((h, &g), &u) in out.iter_mut().zip(&gv[at..]).zip(&uv[at..]) {
+                *h = self.act(g).0 * u;
+            }
+        });
+        Ok((T::to_cpu_storage_owned(h), lg.shape().clone()))
+    }
+
+    /// d gate = dh · up · act'(gate), d up = dh · act(gate), written into one buffer of two halves.
+    fn bwd_as<T: WithDType + Float>(&self, gate: &Tensor, up: &Tensor, dh: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (gt, ut, dt) = (gate.to_dtype(T::DTYPE)?, up.to_dtype(T::DTYPE)?, dh.to_dtype(T::DTYPE)?);
+        let n = gate.elem_count();
+        let mut both = vec![T::zero(); 2 * n];
+        with_values(&gt, |gv: &[T]| {
+            with_values(&ut, |uv: &[T]| {
+                with_values(&dt, |d: &[T]| {
+                    // Pairs (d gate, d up) side by side, so rows of the buffer split into tasks.
+                    over_rows(&mut both, 2, &|first, out| {
+                        for (i, pair) in out.chunks_exact_mut(2).enumerate() {
+                            let e = first + i;
+                            let (a, da) = self.act(gv[e]);
+                            pair[0] = d[e] * uv[e] * da;
+                            pair[1] = d[e] * a;
+                        }
+                    });
+                })
+            })
+        })???;
+        let (d_gate, d_up): (Vec<T>, Vec<T>) = both.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
+        Ok((tensor(d_gate, gate.shape(), gate)?, tensor(d_up, up.shape(), up)?))
+    }
+}
+
+impl CustomOp2 for GatedOp {
+    fn name(&self) -> &'static str {
+        "gated-activation"
+    }
+
+    fn cpu_fwd(&self, g: &CpuStorage, lg: &Layout, u: &CpuStorage, lu: &Layout) -> Result<(CpuStorage, Shape)> {
+        match g.dtype() {
+            DType::F64 => self.fwd::<f64>(g, lg, u, lu),
+            _ => self.fwd::<f32>(g, lg, u, lu),
+        }
+    }
+
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _: &Tensor, dh: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = match gate.dtype() {
+            DType::F64 => self.bwd_as::<f64>(gate, up, dh)?,
+            _ => self.bwd_as::<f32>(gate, up, dh)?,
+        };
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// Each op against the same maths in candle's primitives: values and the
+    /// gradients of a random weighting of the output, in f64 (so both sides
+    /// are exact to rounding) and in f32.
+    fn check(name: &str, dtype: DType, shapes: [&[usize]; 2], ours: &dyn Fn(&Tensor, &Tensor) -> Tensor, naive: &dyn Fn(&Tensor, &Tensor) -> Tensor) {
+        // candle's own GELU backward rounds its constants to six digits.
+        let grad_tol = if name == "gelu" { 1e-5 } else if dtype == DType::F64 { 1e-9 } else { 1e-3 };
+        let dev = Device::Cpu;
+        let a = Var::from_tensor(&Tensor::randn(0f64, 1.0, shapes[0], &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, shapes[1], &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+        let (y, want) = (ours(&a, &b), naive(&a, &b));
+        let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
+        assert!(max_diff(&y, &want) < tol, "{name} {dtype:?}: values differ by {}", max_diff(&y, &want));
+        let coef = Tensor::randn(0f64, 1.0, y.shape(), &dev).unwrap().to_dtype(dtype).unwrap();
+        let g = (&y * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_want = (&want * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+        for (which, v) in [("first", &a), ("second", &b)] {
+            let (got, want) = (g.get(v).expect("a gradient for every input"), g_want.get(v).unwrap());
+            assert!(max_diff(got, want) < grad_tol, "{name} {dtype:?}: d {which} differs by {}", max_diff(got, want));
+        }
+    }
+
+    #[test]
+    fn fused_ops_and_their_gradients_equal_candles_primitives() {
+        for dtype in [DType::F64, DType::F32] {
+            check("linear", dtype, [&[37, 24], &[19, 24]], &|x, w| super::linear(x, w).unwrap(), &|x, w| x.matmul(&w.t().unwrap()).unwrap());
+            for offset in [0.0, 1.0] {
+                check(
+                    "rms_norm",
+                    dtype,
+                    [&[3, 5, 24], &[24]],
+                    &|x, w| super::rms_norm(x, w, 1e-6, offset).unwrap(),
+                    &|x, w| {
+                        let inv = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6).unwrap().sqrt().unwrap();
+                        x.broadcast_div(&inv).unwrap().broadcast_mul(&(w + offset).unwrap()).unwrap()
+                    },
+                );
+            }
+            check("silu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, false).unwrap(), &|g, u| (g.silu().unwrap() * u).unwrap());
+            check("gelu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, true).unwrap(), &|g, u| (g.gelu().unwrap() * u).unwrap());
+        }
+    }
+}
