@@ -2,6 +2,7 @@
 //! for every supported family, so sampling, scoring and training run the same
 //! forward pass (and match HF transformers).
 
+pub mod attention;
 pub mod chat;
 pub mod config;
 mod infer;

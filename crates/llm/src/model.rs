@@ -7,9 +7,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{quantized::GgmlDType, DType, Device, Module, Tensor, D};
-use candle_nn::ops::softmax;
 
 use crate::{
+    attention::{self, Packing},
     config::{Activation, Config},
     grad_ops, infer,
     kv::{Attend, KvCache},
@@ -19,8 +19,8 @@ use crate::{
 
 /// How a layer sees the positions of its input.
 enum Positions<'a> {
-    /// The differentiable path: rope tables and an additive mask (B, 1, T, S).
-    Full { rope: (&'a RotaryEmbedding, &'a RopeTables), mask: &'a Tensor },
+    /// Training (and reference log-probs): one packed row, differentiable.
+    Packed { rope: (&'a RotaryEmbedding, &'a RopeTables), packing: &'a Packing, window: Option<usize> },
     /// Inference: keys and values go to the cache, which attends.
     Cached { cache: &'a mut KvCache, layer: usize, rows: &'a [(usize, usize)], window: Option<usize>, rope: &'a CosSin },
 }
@@ -182,21 +182,11 @@ impl Attention {
                 let out = cache.attend(&attend, &values(&q)?, &values(&k)?, &values(&v)?);
                 Tensor::from_vec(out, (b, t, nh * hd), x.device())?.to_dtype(x.dtype())?
             }
-            Positions::Full { rope, mask } => {
+            Positions::Packed { rope, packing, window } => {
                 let q = rope.0.apply(&q.transpose(1, 2)?, rope.1)?;
-                let k = rope.0.apply(&k.transpose(1, 2)?, rope.1)?.contiguous()?;
-                let v = v.transpose(1, 2)?.contiguous()?;
-                // Grouped-query attention without copying k/v: query head h uses kv
-                // head h / groups, so view q as (B, kv_heads, groups * T, hd).
-                let groups = nh / nkv;
-                let q = q.contiguous()?.reshape((b, nkv, groups * t, hd))?;
-                let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
-                if let Some(cap) = self.softcap {
-                    scores = ((scores / cap)?.tanh()? * cap)?;
-                }
-                let scores = scores.reshape((b, nh, t, t))?.broadcast_add(mask)?;
-                let probs = softmax(&scores, D::Minus1)?.reshape((b, nkv, groups * t, t))?;
-                probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?
+                let k = rope.0.apply(&k.transpose(1, 2)?, rope.1)?;
+                let a = attention::Attention { packing, heads: nh, kv_heads: nkv, scale: self.scale, softcap: self.softcap, window };
+                attention::attention(&q, &k, &v.transpose(1, 2)?, &a)?
             }
         };
         self.o.forward(&out)
@@ -421,81 +411,55 @@ impl Model {
         &self.device
     }
 
-    /// Final-normed hidden states (B, T, hidden) of `input_ids` (B, T) u32.
-    /// `attention_mask` (B, T) marks real tokens with 1 and padding with 0;
-    /// positions count from 0 in every row (right padding).
-    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let keep = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        self.run(input_ids, Some(&keep), None)
+    /// Token embeddings (1, N, hidden) of `ids`, scaled as the family does.
+    fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        let x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
+        if !self.config.family.is_gemma() {
+            return Ok(x);
+        }
+        // Gemma scales embeddings by sqrt(hidden_size), rounded to the compute dtype.
+        let normalizer = Tensor::new((self.config.hidden_size as f32).sqrt(), &self.device)?.to_dtype(self.dtype)?;
+        Ok(x.broadcast_mul(&normalizer)?)
     }
 
-    /// The decoder over `ids` (B, T). Without a cache, every row starts at
-    /// position 0 and `keep` marks its real tokens. With one, the ids are
-    /// the tokens of `rows` packed one after another, row (slot, n) bringing
-    /// n tokens whose keys and values are appended to that cache slot, at the
-    /// positions after those it holds.
-    fn run(&self, ids: &Tensor, keep: Option<&[Vec<u32>]>, mut cache: Option<(&mut KvCache, &[(usize, usize)])>) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let positions: Vec<usize> = match &cache {
-            Some((cache, rows)) => rows.iter().flat_map(|&(slot, n)| cache.len(slot)..cache.len(slot) + n).collect(),
-            None => (0..b).flat_map(|_| 0..t).collect(),
+    /// The training forward: final-normed hidden states (N, hidden) of a
+    /// packed row of `ids` laid out as `packing` says, differentiable.
+    fn run_packed(&self, ids: &[u32], packing: &Packing) -> Result<Tensor> {
+        if ids.len() != packing.len() || ids.is_empty() {
+            bail!("{} token ids for a packing of {}", ids.len(), packing.len());
+        }
+        let mut x = self.embed(ids)?;
+        let positions = Tensor::from_vec(packing.positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), (1, ids.len()), &self.device)?;
+        let tables_g = self.rope_global.tables(&positions, self.dtype)?;
+        let tables_l = self.rope_local.tables(&positions, self.dtype)?;
+        for layer in &self.layers {
+            let ctx = match layer.sliding {
+                true => Positions::Packed { rope: (&self.rope_local, &tables_l), packing, window: self.config.sliding_window },
+                false => Positions::Packed { rope: (&self.rope_global, &tables_g), packing, window: None },
+            };
+            x = layer.forward(&x, ctx)?;
+        }
+        Ok(self.norm.forward(&x, false)?.squeeze(0)?)
+    }
+
+    /// The inference forward: the tokens of `rows` packed one after another,
+    /// row (slot, n) bringing n tokens whose keys and values are appended to
+    /// that cache slot, at the positions after those it holds. Final-normed
+    /// hidden states (total tokens, hidden).
+    fn run_cached(&self, ids: &[u32], cache: &mut KvCache, rows: &[(usize, usize)]) -> Result<Tensor> {
+        let positions: Vec<usize> = rows.iter().flat_map(|&(slot, n)| cache.len(slot)..cache.len(slot) + n).collect();
+        let mut x = self.embed(ids)?;
+        let cos_sin = |rope: &RotaryEmbedding| {
+            let (cos, sin) = rope.cos_sin(&positions);
+            CosSin { cos, sin, rot_dim: rope.rot_dim }
         };
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?;
-        if self.config.family.is_gemma() {
-            // Gemma scales embeddings by sqrt(hidden_size), rounded to the compute dtype.
-            let normalizer = Tensor::new((self.config.hidden_size as f32).sqrt(), &self.device)?.to_dtype(self.dtype)?;
-            x = x.broadcast_mul(&normalizer)?;
+        let (global, local) = (cos_sin(&self.rope_global), cos_sin(&self.rope_local));
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
+            x = layer.forward(&x, Positions::Cached { cache: &mut *cache, layer: i, rows, window, rope })?;
         }
-        let fused = cache.is_some();
-        if let Some((cache, rows)) = cache.as_mut() {
-            let cos_sin = |rope: &RotaryEmbedding| {
-                let (cos, sin) = rope.cos_sin(&positions);
-                CosSin { cos, sin, rot_dim: rope.rot_dim }
-            };
-            let (global, local) = (cos_sin(&self.rope_global), cos_sin(&self.rope_local));
-            for (i, layer) in self.layers.iter().enumerate() {
-                let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
-                x = layer.forward(&x, Positions::Cached { cache: &mut **cache, layer: i, rows, window, rope })?;
-            }
-        } else {
-            let positions = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), (b, t), &self.device)?;
-            let full_mask = self.mask(t, keep, None)?;
-            let sliding_mask = match self.config.sliding_window {
-                Some(w) if self.config.sliding_layers.iter().any(|&s| s) => Some(self.mask(t, keep, Some(w))?),
-                _ => None,
-            };
-            let tables_g = self.rope_global.tables(&positions, self.dtype)?;
-            let tables_l = self.rope_local.tables(&positions, self.dtype)?;
-            for layer in &self.layers {
-                let ctx = match (&sliding_mask, layer.sliding) {
-                    (Some(m), true) => Positions::Full { rope: (&self.rope_local, &tables_l), mask: m },
-                    _ => Positions::Full { rope: (&self.rope_global, &tables_g), mask: &full_mask },
-                };
-                x = layer.forward(&x, ctx)?;
-            }
-        }
-        Ok(self.norm.forward(&x, fused)?)
-    }
-
-    /// Additive attention mask (B, 1, T, T): query i of row r sees key j
-    /// when j <= i, the key is a real token (`keep`, if given) and, for
-    /// sliding layers, i - j < window. Every query sees itself, so rows of
-    /// padding stay finite.
-    fn mask(&self, t: usize, keep: Option<&[Vec<u32>]>, window: Option<usize>) -> Result<Tensor> {
-        let b = keep.map_or(1, |k| k.len());
-        let mut m = vec![0f32; b * t * t];
-        for r in 0..b {
-            for i in 0..t {
-                for j in 0..t {
-                    let real = keep.is_none_or(|k| k[r][j] != 0);
-                    let visible = j == i || (j < i && real && window.is_none_or(|w| i - j < w));
-                    if !visible {
-                        m[(r * t + i) * t + j] = f32::MIN;
-                    }
-                }
-            }
-        }
-        Ok(Tensor::from_vec(m, (b, 1, t, t), &self.device)?.to_dtype(self.dtype)?)
+        Ok(self.norm.forward(&x, true)?.squeeze(0)?)
     }
 
     /// Append `tokens` to cache slot `slot` (a prompt's prefill, or more of a
@@ -524,10 +488,9 @@ impl Model {
         let shape: Vec<(usize, usize)> = rows.iter().map(|(slot, t)| (*slot, t.len())).collect();
         cache.reserve(&shape)?;
         let ids: Vec<u32> = rows.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        let ids = Tensor::from_vec(ids, (1, shape.iter().map(|r| r.1).sum::<usize>()), &self.device)?;
-        let hidden = self.run(&ids, None, Some((&mut *cache, &shape)))?;
+        let hidden = self.run_cached(&ids, cache, &shape)?;
         cache.advance(&shape);
-        Ok(hidden.squeeze(0)?)
+        Ok(hidden)
     }
 
     /// Logits (..., vocab) of hidden states, soft-capped where the family does.
@@ -539,63 +502,88 @@ impl Model {
         Ok(logits)
     }
 
-    /// Logits (B, T, vocab) at every position.
+    /// Logits (B, T, vocab) at every position of `input_ids` (B, T) u32.
+    /// `attention_mask` (B, T) marks real tokens with 1 and padding with 0,
+    /// on the right; positions count from 0 in every row, and padding gets
+    /// zero logits.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.logits_of(&self.hidden_states(input_ids, attention_mask)?)
+        let (b, t) = input_ids.dims2()?;
+        let (ids, keep) = (input_ids.to_vec2::<u32>()?, attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?);
+        let mut lens = Vec::with_capacity(b);
+        for (r, row) in keep.iter().enumerate() {
+            let len = row.iter().take_while(|&&m| m != 0).count();
+            if len == 0 || row[len..].iter().any(|&m| m != 0) {
+                bail!("row {r} of the attention mask is not real tokens followed by right padding");
+            }
+            lens.push(len);
+        }
+        let packed: Vec<u32> = ids.iter().zip(&lens).flat_map(|(row, &len)| row[..len].iter().copied()).collect();
+        let packing = Packing::new(&lens.iter().map(|&len| (len, vec![])).collect::<Vec<_>>());
+        let logits = self.logits_of(&self.run_packed(&packed, &packing)?)?;
+        let mut rows = Vec::with_capacity(b);
+        let mut at = 0;
+        for len in lens {
+            rows.push(logits.narrow(0, at, len)?.pad_with_zeros(0, 0, t - len)?);
+            at += len;
+        }
+        Ok(Tensor::stack(&rows, 0)?)
     }
 
     fn lm_head(&self) -> Result<&Linear> {
         self.lm_head.as_ref().ok_or_else(|| anyhow::anyhow!("this checkpoint has no LM head (no lm_head.weight and untied embeddings), as a reward model's"))
     }
 
-    /// Summed log-probabilities (B,) of the tokens that `labels` (B rows of
-    /// T flags) marks, and how many each row has: sum over t of
-    /// log p(input_ids[b, t] | input_ids[b, ..t]). The LM head runs only at
-    /// the positions that predict a label, in chunks of rows
-    /// ([`crate::logprob`]), so memory stays bounded whatever the vocabulary.
-    /// A label must be a real token (under `attention_mask`) after position 0,
-    /// and every row needs one.
-    pub fn sequence_logprobs(&self, input_ids: &Tensor, attention_mask: &Tensor, labels: &[Vec<bool>]) -> Result<(Tensor, Vec<usize>)> {
-        let (b, t) = input_ids.dims2()?;
-        let ids = input_ids.to_vec2::<u32>()?;
-        let real = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        if labels.len() != b || labels.iter().any(|l| l.len() != t) {
-            bail!("label mask of {} rows for a batch of {b} x {t}", labels.len());
-        }
-        let (mut rows, mut targets, mut owner, mut counts) = (Vec::new(), Vec::new(), Vec::new(), vec![0; b]);
-        for r in 0..b {
-            if labels[r][0] {
-                bail!("row {r}: position 0 cannot be a label (nothing predicts it)");
-            }
-            for i in 1..t {
-                if labels[r][i] {
-                    if real[r][i] == 0 {
-                        bail!("row {r}: position {i} is a label but padding");
-                    }
-                    rows.push((r * t + i - 1) as u32);
-                    targets.push(ids[r][i]);
-                    owner.push(r);
-                    counts[r] += 1;
-                }
-            }
-            if counts[r] == 0 {
-                bail!("row {r} has no label token");
+    /// Summed log-probabilities (N,) of each sequence's response given its
+    /// prompt, for sequences given as (prompt, response) token ids: the sum
+    /// over response tokens y_t of log p(y_t | prompt, y_<t). Sequences with
+    /// the same prompt are packed after one copy of it, which the forward
+    /// computes once. The LM head runs only at the positions that predict a
+    /// response token, in chunks of rows ([`crate::logprob`]), so memory
+    /// stays bounded whatever the vocabulary.
+    pub fn response_logprobs(&self, seqs: &[(&[u32], &[u32])]) -> Result<Tensor> {
+        for (i, (prompt, response)) in seqs.iter().enumerate() {
+            if prompt.is_empty() || response.is_empty() {
+                bail!("sequence {i}: a prompt of {} and a response of {} tokens; both need at least one", prompt.len(), response.len());
             }
         }
-        let hidden = self.hidden_states(input_ids, attention_mask)?.reshape((b * t, self.config.hidden_size))?;
-        let m = rows.len();
-        let rows = Tensor::from_vec(rows, m, &self.device)?;
+        // Groups of sequences sharing a prompt, in order of first appearance.
+        let mut groups: Vec<(&[u32], Vec<usize>)> = Vec::new();
+        for (i, (prompt, _)) in seqs.iter().enumerate() {
+            match groups.iter_mut().find(|(p, _)| p == prompt) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((prompt, vec![i])),
+            }
+        }
+        let packing = Packing::new(&groups.iter().map(|(p, m)| (p.len(), m.iter().map(|&i| seqs[i].1.len()).collect())).collect::<Vec<_>>());
+        let (mut ids, mut rows, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (prompt, members) in &groups {
+            let last_of_prompt = ids.len() + prompt.len() - 1;
+            ids.extend_from_slice(prompt);
+            for &i in members {
+                let response = seqs[i].1;
+                // The prompt's last token predicts the first response token, each response token the next.
+                rows.push(last_of_prompt as u32);
+                rows.extend((ids.len()..ids.len() + response.len() - 1).map(|r| r as u32));
+                targets.extend_from_slice(response);
+                owner.extend(std::iter::repeat_n(i, response.len()));
+                ids.extend_from_slice(response);
+            }
+        }
         let weight = match &self.lm_head()?.weight {
             LinearWeight::Dense(w) => w,
             _ => bail!("log-probabilities for training need dense weights; this model was loaded for quantized inference"),
         };
+        let hidden = self.run_packed(&ids, &packing)?;
+        let m = rows.len();
+        let rows = Tensor::from_vec(rows, m, &self.device)?;
         let token_logp = crate::logprob::label_logprobs(&hidden.index_select(&rows, 0)?, weight, &targets, self.config.final_logit_softcapping)?;
-        // Sum per sequence with a (B, M) 0/1 matrix: differentiable, one matmul.
-        let mut sum = vec![0f32; b * m];
-        for (k, &r) in owner.iter().enumerate() {
-            sum[r * m + k] = 1.0;
+        // Sum per sequence with a (N, M) 0/1 matrix: differentiable, one matmul.
+        let n = seqs.len();
+        let mut sum = vec![0f32; n * m];
+        for (k, &i) in owner.iter().enumerate() {
+            sum[i * m + k] = 1.0;
         }
-        let sum = Tensor::from_vec(sum, (b, m), &self.device)?.to_dtype(self.dtype)?;
-        Ok((sum.matmul(&token_logp.unsqueeze(1)?)?.squeeze(1)?, counts))
+        let sum = Tensor::from_vec(sum, (n, m), &self.device)?.to_dtype(self.dtype)?;
+        Ok(sum.matmul(&token_logp.unsqueeze(1)?)?.squeeze(1)?)
     }
 }

@@ -126,10 +126,25 @@ fn cached_decoding_equals_full_recomputation() {
     }
 }
 
-fn response_mask(e: &Expected) -> Vec<Vec<bool>> {
-    // Labels: every real token after the first three (a "prompt").
-    let mask = e.mask.to_vec2::<u32>().unwrap();
-    mask.iter().map(|row| row.iter().enumerate().map(|(i, &m)| i >= 3 && m == 1).collect()).collect()
+/// Each fixture row's real tokens as (prompt, response): the first three
+/// tokens are the prompt.
+fn sequences(e: &Expected) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let (ids, mask) = (e.ids.to_vec2::<u32>().unwrap(), e.mask.to_vec2::<u32>().unwrap());
+    ids.iter().zip(&mask).map(|(row, m)| {
+        let real = m.iter().filter(|&&x| x == 1).count();
+        (row[..3].to_vec(), row[3..real].to_vec())
+    }).collect()
+}
+
+/// Both rows' responses after row 0's prompt, and row 1 whole: two
+/// sequences share a prompt, which the packed forward computes once.
+fn shared(e: &Expected) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let s = sequences(e);
+    vec![s[0].clone(), (s[0].0.clone(), s[1].1.clone()), s[1].clone()]
+}
+
+fn borrowed(seqs: &[(Vec<u32>, Vec<u32>)]) -> Vec<(&[u32], &[u32])> {
+    seqs.iter().map(|(p, r)| (p.as_slice(), r.as_slice())).collect()
 }
 
 #[test]
@@ -137,7 +152,7 @@ fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
     for family in FAMILIES {
         let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
         let e = expected(family);
-        let (logp, _) = model.sequence_logprobs(&e.ids, &e.mask, &response_mask(&e)).unwrap();
+        let logp = model.response_logprobs(&borrowed(&shared(&e))).unwrap();
         let grads = logp.sum_all().unwrap().backward().unwrap();
         let vars = model.weights.vars();
         assert!(vars.len() > 10, "{family}: only {} variables", vars.len());
@@ -150,23 +165,42 @@ fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
 }
 
 #[test]
-fn sequence_logprobs_sum_the_label_tokens_log_softmax() {
+fn response_logprobs_sum_the_response_tokens_log_softmax() {
     let family = "qwen2";
     let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
     let e = expected(family);
-    let labels = response_mask(&e);
-    let got = model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().0.to_vec1::<f32>().unwrap();
+    let seqs = sequences(&e);
+    let got = model.response_logprobs(&borrowed(&seqs)).unwrap().to_vec1::<f32>().unwrap();
     // Against the full-vocabulary log-softmax of transformers' logits.
     let logp = candle_nn::ops::log_softmax(&e.logits, D::Minus1).unwrap();
-    let ids = e.ids.to_vec2::<u32>().unwrap();
-    for (b, want_row) in ids.iter().enumerate() {
+    for (b, (prompt, response)) in seqs.iter().enumerate() {
         let mut want = 0f32;
-        for i in 1..want_row.len() {
-            if labels[b][i] {
-                want += logp.get(b).unwrap().get(i - 1).unwrap().get(want_row[i] as usize).unwrap().to_scalar::<f32>().unwrap();
-            }
+        for (j, &token) in response.iter().enumerate() {
+            want += logp.get(b).unwrap().get(prompt.len() + j - 1).unwrap().get(token as usize).unwrap().to_scalar::<f32>().unwrap();
         }
         assert!((got[b] - want).abs() < 1e-3, "row {b}: {} vs {want}", got[b]);
+    }
+}
+
+/// Sequences packed after one shared prompt give the log-probs and the
+/// gradients that each computed alone gives, for every family (Gemma's
+/// sliding windows and soft-capping included).
+#[test]
+fn a_shared_prompt_computed_once_changes_no_log_prob_or_gradient() {
+    for family in FAMILIES {
+        let model = Model::load(&fixture(family), DType::F64, &Device::Cpu).unwrap();
+        let seqs = shared(&expected(family));
+        let packed = model.response_logprobs(&borrowed(&seqs)).unwrap();
+        let alone: Vec<Tensor> = seqs.iter().map(|(p, r)| model.response_logprobs(&[(p, r)]).unwrap()).collect();
+        let alone = Tensor::cat(&alone, 0).unwrap();
+        let err = (&packed - &alone).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        assert!(err < 1e-9, "{family}: packed log-probs differ from separate ones by {err}");
+        let (g_packed, g_alone) = (packed.sum_all().unwrap().backward().unwrap(), alone.sum_all().unwrap().backward().unwrap());
+        for (name, var) in model.weights.vars() {
+            let (a, b) = (g_packed.get(var.as_tensor()).unwrap(), g_alone.get(var.as_tensor()).unwrap());
+            let err = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            assert!(err < 1e-9, "{family}: the gradient of {name} differs by {err}");
+        }
     }
 }
 
@@ -176,9 +210,9 @@ fn backward_agrees_with_finite_differences() {
     for family in ["llama", "gemma2", "gemma3", "phi3", "qwen3"] {
         let model = Model::load(&fixture(family), DType::F64, &Device::Cpu).unwrap();
         let e = expected(family);
-        let labels = response_mask(&e);
-        let f = || model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().0.sum_all().unwrap().to_scalar::<f64>().unwrap();
-        let grads = model.sequence_logprobs(&e.ids, &e.mask, &labels).unwrap().0.sum_all().unwrap().backward().unwrap();
+        let seqs = shared(&e);
+        let f = || model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let grads = model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().backward().unwrap();
         for (name, var) in model.weights.vars().into_iter().filter(|(n, _)| {
             n.contains("layers.0.") && (n.ends_with("norm.weight") || n.contains("proj")) || n.starts_with("model.embed")
         }) {

@@ -6,7 +6,6 @@
 //! response ids only.
 
 use anyhow::{anyhow, bail, Result};
-use candle_core::{Device, Tensor};
 use wrpo_common::Message;
 use wrpo_llm::{ChatMessage, ChatTemplate, Tokenizer};
 
@@ -91,33 +90,5 @@ impl Encoder {
         let keep = response.len().min(t.max_length - p.len());
         let truncated = p.len() < prompt.len() || keep < response.len();
         Sequence { ids: [p, &response[..keep]].concat(), prompt_len: p.len(), truncated }
-    }
-}
-
-/// Sequences padded on the right into one batch.
-pub struct Batch {
-    pub ids: Tensor,
-    pub mask: Tensor,
-    /// Per row: is position t a response (label) token?
-    pub labels: Vec<Vec<bool>>,
-    /// Label tokens in the batch.
-    pub tokens: usize,
-}
-
-impl Batch {
-    pub fn new(seqs: &[&Sequence], device: &Device) -> Result<Self> {
-        let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
-        let (mut ids, mut mask, mut labels) = (vec![0u32; seqs.len() * t], vec![0u32; seqs.len() * t], Vec::new());
-        for (r, s) in seqs.iter().enumerate() {
-            ids[r * t..r * t + s.ids.len()].copy_from_slice(&s.ids);
-            mask[r * t..r * t + s.ids.len()].iter_mut().for_each(|m| *m = 1);
-            labels.push((0..t).map(|i| i >= s.prompt_len && i < s.ids.len()).collect());
-        }
-        Ok(Batch {
-            ids: Tensor::from_vec(ids, (seqs.len(), t), device)?,
-            mask: Tensor::from_vec(mask, (seqs.len(), t), device)?,
-            labels,
-            tokens: seqs.iter().map(|s| s.response_len()).sum(),
-        })
     }
 }

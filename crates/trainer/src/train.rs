@@ -21,7 +21,7 @@ use wrpo_llm::{Model, Rng, Tokenizer};
 
 use crate::{
     checkpoint,
-    data::{Batch, Encoder, Sequence, Truncation},
+    data::{Encoder, Sequence, Truncation},
     loss::{Chosen, Inputs, LossKind, Objective, PerY, Y},
     optim::{AdamW, AdamWConfig},
     schedule::Schedule,
@@ -74,6 +74,11 @@ impl Example {
             Example::Sft { prompt_id, .. } | Example::Pair { prompt_id, .. } => prompt_id,
         }
     }
+}
+
+/// Sequences as the model's (prompt, response) token ids.
+fn split<'a>(seqs: &[&'a Sequence]) -> Vec<(&'a [u32], &'a [u32])> {
+    seqs.iter().map(|s| s.ids.split_at(s.prompt_len)).collect()
 }
 
 fn seq_of(seqs: &PerY<Sequence>, y: Y) -> &Sequence {
@@ -210,12 +215,12 @@ impl Trainer<'_> {
                     Example::Sft { seq, .. } => seq,
                     Example::Pair { .. } => unreachable!("SFT examples only"),
                 }).collect();
-                let b = Batch::new(&seqs, device)?;
-                let (logps, _) = self.model.sequence_logprobs(&b.ids, &b.mask, &b.labels)?;
+                let logps = self.model.response_logprobs(&split(&seqs))?;
                 let nll = logps.sum_all()?.neg()?;
+                let tokens: usize = seqs.iter().map(|s| s.response_len()).sum();
                 sums.loss += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                sums.examples += b.tokens as f64;
-                sums.tokens += b.tokens;
+                sums.examples += tokens as f64;
+                sums.tokens += tokens;
                 Ok((nll / denominator)?)
             }
             Stage::Preference { objective, .. } => {
@@ -227,8 +232,8 @@ impl Trainer<'_> {
                         seqs.push(seq_of(s, y));
                     }
                 }
-                let b = Batch::new(&seqs, device)?;
-                let (logps, counts) = self.model.sequence_logprobs(&b.ids, &b.mask, &b.labels)?;
+                let logps = self.model.response_logprobs(&split(&seqs))?;
+                let counts: Vec<usize> = seqs.iter().map(|s| s.response_len()).collect();
                 let n = batch.len();
                 let part = |k: usize| logps.narrow(0, k * n, n);
                 let lengths_of = |k: usize| Tensor::from_vec(counts[k * n..(k + 1) * n].iter().map(|&c| c as f32).collect(), n, device)?.to_dtype(logps.dtype());
@@ -266,7 +271,7 @@ impl Trainer<'_> {
                 self.add_metrics(objective, alpha, &inputs, &out, sums)?;
                 sums.loss += loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 sums.examples += n as f64;
-                sums.tokens += b.tokens;
+                sums.tokens += counts.iter().sum::<usize>();
                 Ok((loss_sum / denominator)?)
             }
         }
@@ -509,8 +514,7 @@ pub fn reference_logps(model: &Model, examples: &[Example], micro_batch: usize) 
                 seqs.push(seq_of(s, y));
             }
         }
-        let b = Batch::new(&seqs, model.device())?;
-        let (logps, _) = model.sequence_logprobs(&b.ids, &b.mask, &b.labels)?;
+        let logps = model.response_logprobs(&split(&seqs))?;
         let v = logps.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let n = chunk.len();
         for (i, e) in chunk.iter().enumerate() {
@@ -520,7 +524,7 @@ pub fn reference_logps(model: &Model, examples: &[Example], micro_batch: usize) 
             }
             out.push(row);
         }
-        progress.add(n as u64, b.tokens as u64);
+        progress.add(n as u64, seqs.iter().map(|s| s.response_len() as u64).sum());
     }
     progress.finish();
     Ok(out)

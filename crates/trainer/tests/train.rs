@@ -245,8 +245,7 @@ fn bad_inputs_are_named() {
     let gguf = repo().join("data/fixtures/llm/gguf");
     if let Some(q8) = std::fs::read_dir(&gguf).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.to_string_lossy().contains("q8")) {
         let model = Model::load_quantized(&q8, &Device::Cpu).unwrap();
-        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
-        let err = model.sequence_logprobs(&ids, &ids.ones_like().unwrap(), &[vec![false, true, true]]).unwrap_err().to_string();
+        let err = model.response_logprobs(&[(&[1u32][..], &[2u32, 3][..])]).unwrap_err().to_string();
         assert!(err.contains("quantized"), "{err}");
     }
     for o in ["o1", "o2", "o3"] {
