@@ -8,6 +8,8 @@
 //! the analytic gradient of log p(label):
 //!   d/dlogit_v = g * (1[v = label] - p_v)   (times 1 - tanh^2 under soft-capping).
 
+use std::{any::Any, sync::Mutex};
+
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use num_traits::Float;
 
@@ -32,8 +34,11 @@ pub fn label_logprobs(hidden: &Tensor, weight: &Tensor, labels: &[u32], softcap:
 
 fn label_logprobs_in_chunks(hidden: &Tensor, weight: &Tensor, labels: &[u32], softcap: Option<f64>, rows: usize) -> Result<Tensor> {
     let op = LabelLogProb { labels: labels.to_vec(), softcap, rows };
-    let values = op.run(hidden, weight, None)?.0;
-    hidden.apply_op2(weight, LabelLogProbOp { op, values })
+    // Training keeps the logits for the backward: one matmul of the three
+    // fewer, for (rows x vocab) floats until the backward has run.
+    let keep = hidden.track_op() || weight.track_op();
+    let (values, _, kept) = op.run(hidden, weight, None, None, keep)?;
+    hidden.apply_op2(weight, LabelLogProbOp { op, values, kept: Mutex::new(kept) })
 }
 
 fn chunk_rows(vocab: usize) -> usize {
@@ -47,26 +52,34 @@ struct LabelLogProb {
     rows: usize,
 }
 
+/// Soft-capped logits (rows x vocab) and each row's log-sum-exp, of element
+/// type T, kept from the forward.
+type Kept = Box<dyn Any + Send + Sync>;
+
+/// The log-probabilities (M,), the gradients of hidden and weight when
+/// `grad` is given, and the logits when `keep`.
+type Run = (Tensor, Option<(Tensor, Tensor)>, Option<Kept>);
+
 impl LabelLogProb {
-    /// The log-probabilities (M,) and, with `grad` (d loss / d log-prob per
-    /// row), the gradients of hidden
-    /// and weight, as tensors of their dtypes: computed in f64 for f64 inputs
-    /// (the finite-difference checks) and in f32 otherwise.
-    fn run(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
-        let (values, grads) = match hidden.dtype() {
-            DType::F64 => self.run_as::<f64>(hidden, weight, grad)?,
-            _ => self.run_as::<f32>(hidden, weight, grad)?,
+    /// The log-probabilities and, with `grad` (d loss / d log-prob per row),
+    /// the gradients of hidden and weight, as tensors of their dtypes:
+    /// computed in f64 for f64 inputs (the finite-difference checks) and in
+    /// f32 otherwise. `kept` logits from the forward spare their matmul.
+    fn run(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>, kept: Option<Kept>, keep: bool) -> Result<Run> {
+        let (values, grads, kept) = match hidden.dtype() {
+            DType::F64 => self.run_as::<f64>(hidden, weight, grad, kept, keep)?,
+            _ => self.run_as::<f32>(hidden, weight, grad, kept, keep)?,
         };
         let as_input = |g: Tensor, like: &Tensor| g.reshape(like.shape())?.to_dtype(like.dtype());
         let grads = grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((as_input(gh, hidden)?, as_input(gw, weight)?))).transpose()?;
-        Ok((values.to_dtype(hidden.dtype())?, grads))
+        Ok((values.to_dtype(hidden.dtype())?, grads, kept))
     }
 
     /// [`LabelLogProb::run`] in element type T. Each chunk of rows: logits by
-    /// one matmul into a reused buffer, soft-capping, log-sum-exp and,
-    /// backward, the analytic gradient written over the logits in place, then
-    /// two matmuls; the weight's gradient accumulates into one (V, H) buffer.
-    fn run_as<T: WithDType + Float>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    /// one matmul (or kept ones), soft-capping, log-sum-exp and, backward, the
+    /// analytic gradient written over the logits in place, then two matmuls;
+    /// the weight's gradient accumulates into one (V, H) buffer.
+    fn run_as<T: WithDType + Float>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>, kept: Option<Kept>, keep: bool) -> Result<Run> {
         let dev = hidden.device().clone();
         let (hidden, weight) = (hidden.detach().to_dtype(T::DTYPE)?, weight.detach().to_dtype(T::DTYPE)?);
         let grad = grad.map(|g| g.to_dtype(T::DTYPE)?.to_vec1::<T>()).transpose()?;
@@ -74,34 +87,42 @@ impl LabelLogProb {
         let cap = self.softcap.map(|c| T::from(c).expect("a float"));
         let mut values = vec![T::zero(); m];
         let mut grads = grad.as_ref().map(|_| (vec![T::zero(); m * hd], vec![T::zero(); v * hd]));
-        let mut z = vec![T::zero(); self.rows.min(m) * v];
+        let kept = kept.map(|k| k.downcast::<(Vec<T>, Vec<T>)>().map(|b| *b)).transpose().map_err(|_| candle_core::Error::Msg("label-logprob: kept logits of another dtype".into()))?;
+        let have_logits = kept.is_some();
+        // All rows' logits when kept or keeping; else one chunk's, reused.
+        let (mut z, mut lse) = kept.unwrap_or_else(|| (vec![T::zero(); if keep { m } else { self.rows.min(m) } * v], vec![T::zero(); m]));
         infer::with_values(&hidden, |h: &[T]| {
             infer::with_values(&weight, |w: &[T]| {
                 for start in (0..m).step_by(self.rows) {
                     let n = self.rows.min(m - start);
-                    let z = &mut z[..n * v];
+                    let z = if z.len() == m * v { &mut z[start * v..(start + n) * v] } else { &mut z[..n * v] };
                     let h_chunk = Operand { ptr: h[start * hd..].as_ptr(), rs: hd, cs: 1 };
-                    // SAFETY: h holds rows start..start + n of hd values, w is (v, hd), z is (n, v).
-                    unsafe { infer::gemm(n, v, hd, z.as_mut_ptr(), v, h_chunk, Operand { ptr: w.as_ptr(), rs: 1, cs: hd }, false) };
+                    if !have_logits {
+                        // SAFETY: h holds rows start..start + n of hd values, w is (v, hd), z is (n, v).
+                        unsafe { infer::gemm(n, v, hd, z.as_mut_ptr(), v, h_chunk, Operand { ptr: w.as_ptr(), rs: 1, cs: hd }, false) };
+                    }
                     let mut rows: Vec<(usize, &mut [T])> = z.chunks_exact_mut(v).enumerate().collect();
-                    let out = SharedMut(values[start..].as_mut_ptr());
+                    let (out, lse_out) = (SharedMut(values[start..].as_mut_ptr()), SharedMut(lse[start..].as_mut_ptr()));
                     Pool::global().for_each_mut(&mut rows, &|(r, z)| {
-                        if let Some(cap) = cap {
-                            z.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
-                        }
-                        let max = z.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
-                        let lse = max + z.iter().fold(T::zero(), |sum, &x| sum + (x - max).exp()).ln();
                         let label = self.labels[start + *r] as usize;
-                        let z_label = z[label];
-                        // SAFETY: row r of this chunk writes value start + r only.
-                        unsafe { *out.add(*r) = z_label - lse };
+                        // SAFETY: row r of this chunk alone reads and writes value and lse start + r.
+                        let lse = unsafe { &mut *lse_out.add(*r) };
+                        if !have_logits {
+                            if let Some(cap) = cap {
+                                z.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+                            }
+                            let max = z.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
+                            *lse = max + z.iter().fold(T::zero(), |sum, &x| sum + (x - max).exp()).ln();
+                            unsafe { *out.add(*r) = z[label] - *lse };
+                        }
                         if let Some(g) = &grad {
                             // d log p(label) / d z_j = 1[j = label] - p_j, times the
                             // cap's d z / d raw = 1 - (z / cap)^2; written over z.
                             let g = g[start + *r];
                             let through_cap = |z: T| cap.map_or(T::one(), |c| T::one() - (z / c) * (z / c));
+                            let z_label = z[label];
                             for x in z.iter_mut() {
-                                *x = -g * (*x - lse).exp() * through_cap(*x);
+                                *x = -g * (*x - *lse).exp() * through_cap(*x);
                             }
                             z[label] += g * through_cap(z_label);
                         }
@@ -119,15 +140,18 @@ impl LabelLogProb {
             })
         })??;
         let grads = grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((Tensor::new(gh, &dev)?, Tensor::new(gw, &dev)?))).transpose()?;
-        Ok((Tensor::new(values, &dev)?, grads))
+        let kept: Option<Kept> = (keep && !have_logits).then(|| Box::new((z, lse)) as Kept);
+        Ok((Tensor::new(values, &dev)?, grads, kept))
     }
 }
 
 /// The candle op: forward values computed beforehand (detached), the
-/// analytic backward.
+/// analytic backward from the kept logits (taken by the first backward;
+/// recomputed if there is another).
 struct LabelLogProbOp {
     op: LabelLogProb,
     values: Tensor,
+    kept: Mutex<Option<Kept>>,
 }
 
 impl CustomOp2 for LabelLogProbOp {
@@ -143,7 +167,8 @@ impl CustomOp2 for LabelLogProbOp {
     }
 
     fn bwd(&self, hidden: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (grad_h, grad_w) = self.op.run(hidden, weight, Some(grad))?.1.expect("gradients were asked for");
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (grad_h, grad_w) = self.op.run(hidden, weight, Some(grad), kept, false)?.1.expect("gradients were asked for");
         Ok((Some(grad_h), Some(grad_w)))
     }
 }
@@ -178,10 +203,13 @@ mod tests {
             let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(max_diff(&naive, &ours) < 1e-5);
             let g_naive = (&naive * &coef).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ours = (&ours * &coef).unwrap().sum_all().unwrap().backward().unwrap();
-            for var in [&hidden, &weight] {
-                let (a, b) = (g_naive.get(var).unwrap(), g_ours.get(var).unwrap());
-                assert!(max_diff(a, b) < 1e-5, "softcap {softcap:?}: {}", max_diff(a, b));
+            // The first backward uses the logits kept by the forward; a second one recomputes them.
+            for pass in ["kept", "recomputed"] {
+                let g_ours = (&ours * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+                for var in [&hidden, &weight] {
+                    let (a, b) = (g_naive.get(var).unwrap(), g_ours.get(var).unwrap());
+                    assert!(max_diff(a, b) < 1e-5, "softcap {softcap:?}, {pass} logits: {}", max_diff(a, b));
+                }
             }
         }
     }

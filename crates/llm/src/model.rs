@@ -1,7 +1,8 @@
-//! One config-driven decoder for every supported family, built only from
-//! differentiable candle ops (generic softmax / log_softmax, RMSNorm written
-//! out, rotate_half rope): candle's fused kernels have no backward pass and
-//! would silently drop gradients.
+//! One config-driven decoder for every supported family, with two forwards:
+//! the training one over a packed row (differentiable: candle ops and our own
+//! ops with an analytic backward, `grad_ops`, `attention`, `logprob`; candle's
+//! fused kernels have no backward pass and would silently drop gradients),
+//! and the cached one for sampling and scoring.
 
 use std::path::Path;
 
