@@ -140,8 +140,9 @@ impl Gguf {
             o.insert("sliding_window".into(), w.into());
         }
         if gemma {
-            // llama.cpp scales queries by 1/sqrt(key_length) for these sizes.
-            o.insert("query_pre_attn_scalar".into(), head_dim.into());
+            let layers = need("block_count")?;
+            let scalar = gemma_query_scalar(&arch, layers, hidden, heads, head_dim, self.meta_f64(&key("attention.scale")));
+            o.insert("query_pre_attn_scalar".into(), scalar.into());
             o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
         }
         for (hf, gguf) in [("attn_logit_softcapping", "attn_logit_softcapping"), ("final_logit_softcapping", "final_logit_softcapping")] {
@@ -266,6 +267,18 @@ fn unpermute_quantized_rows(q: &QTensor, heads: usize, device: &Device) -> Resul
     Ok(QTensor::new(QStorage::from_data(out.into(), device, q.dtype())?, (rows, cols))?)
 }
 
+/// Gemma's query_pre_attn_scalar, which GGUF files do not store: from
+/// `attention.scale` (1 / sqrt(scalar)) where a file has it, else as
+/// llama.cpp sets it, by model size: hidden / heads for the 27B models
+/// (Gemma-2's 46 layers, Gemma-3's 62), the key length for the others.
+fn gemma_query_scalar(arch: &str, layers: u32, hidden: u32, heads: u32, head_dim: u32, scale: Option<f64>) -> f64 {
+    match (scale, arch, layers) {
+        (Some(s), _, _) if s > 0.0 => s.powi(-2),
+        (_, "gemma2", 46) | (_, "gemma3", 62) => f64::from(hidden / heads),
+        _ => f64::from(head_dim),
+    }
+}
+
 fn hf_class(model_type: &str) -> &'static str {
     match model_type {
         "qwen2" => "Qwen2ForCausalLM",
@@ -321,4 +334,22 @@ fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let half = rows / heads / 2;
     Ok(w.reshape((heads, half, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gemma_query_scalar;
+
+    #[test]
+    fn gemma_query_scale_follows_llama_cpp_or_the_files_own() {
+        // Gemma-3-270M (18 layers, 640 / 4 heads, key length 256) and 1B: the key length.
+        assert_eq!(gemma_query_scalar("gemma3", 18, 640, 4, 256, None), 256.0);
+        assert_eq!(gemma_query_scalar("gemma3", 26, 1152, 4, 256, None), 256.0);
+        // The 27B models: hidden / heads, not the key length.
+        assert_eq!(gemma_query_scalar("gemma3", 62, 5376, 32, 128, None), 168.0);
+        assert_eq!(gemma_query_scalar("gemma2", 46, 4608, 32, 128, None), 144.0);
+        assert_eq!(gemma_query_scalar("gemma2", 42, 3584, 16, 256, None), 256.0);
+        // A file that states its scale.
+        assert!((gemma_query_scalar("gemma3", 62, 5376, 32, 128, Some(1.0 / 12.0)) - 144.0).abs() < 1e-9);
+    }
 }
