@@ -5,6 +5,8 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
+# Prerequisites in $$(...) are expanded only for the targets being made (the settings files).
+.SECONDEXPANSION:
 
 BIN            ?= target/release
 WORK           ?= runs/demo
@@ -48,6 +50,17 @@ LIMIT ?=
 EVAL_LIMIT ?=
 # Each step's wall time goes to WORK/timings.csv.
 TIMED = scripts/timed.sh $(WORK)
+# $$(call settings,STEP,VALUE): a file holding STEP's settings, rewritten while
+# make reads this file only when they change, so that a step reruns when its
+# settings do (`make -n` shows it). $(call fresh,STEP,DIR,DONE) then sets
+# DIR aside before the step writes it again (scripts/fresh.sh).
+# (make expands every rule's prerequisites, so only runs that make pipeline files write them.)
+NOT_PIPELINE := help print-% build test test-remote models bench-decode bench-sample bench-train clean-run
+DRY := $(if $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))),dry)
+settings = $(if $(filter-out $(NOT_PIPELINE),$(or $(MAKECMDGOALS),help)),$(shell scripts/settings.sh $(WORK) $(1) '$(2)' $(DRY)),$(WORK)/.settings/$(1))
+# What a dry run (make -n, make -q) shows for changed settings: out of date, and nothing written.
+%.changed: ;
+fresh = scripts/fresh.sh $(WORK)/.settings/$(1) $(2) $(3)
 
 .PHONY: help build test test-remote models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval clean-run
 .DEFAULT_GOAL := help
@@ -103,7 +116,7 @@ eval: $(WORK)/eval/report.md ## Held-out comparison: original target, Target-SFT
 clean-run: ## Delete WORK
 	rm -rf $(WORK)
 
-$(WORK)/prompts.parquet: $(PROMPTS) | $(BUILD)
+$(WORK)/prompts.parquet: $(PROMPTS) $$(call settings,prompts,$$(EVAL_FRACTION) $$(SEED)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(TIMED) import $(SAMPLE) import --input $< --out $@ --reference-column reference --eval-fraction $(EVAL_FRACTION) --seed $(SEED)
 
@@ -111,65 +124,75 @@ $(WORK)/prompts.parquet: $(PROMPTS) | $(BUILD)
 DEMO_MODELS := models/smollm2-135m-instruct-q4_1.gguf models/gemma-3-270m-q4_k_m.gguf models/all-minilm-l6-v2
 SOURCE_FILES := $(foreach s,$(SOURCES),$(lastword $(subst =, ,$(s))))
 REWARD_FILES := $(lastword $(subst :, ,$(REWARD)))
+# A step depends on its model files: the demo ones (fetched if missing) and any other that exists
+# (a server URL is not a file).
+model_files = $(filter $(DEMO_MODELS),$(1)) $(filter-out $(DEMO_MODELS),$(wildcard $(1)))
 # One recipe makes all three (a grouped target), so `make -j` runs the fetch once.
 $(DEMO_MODELS) &:
 	bash scripts/fetch-models.sh
 
 # 1. N samples per train prompt from every source model.
-$(WORK)/source-samples/.done: $(WORK)/prompts.parquet $(filter $(DEMO_MODELS),$(SOURCE_FILES)) | $(BUILD)
+$(WORK)/source-samples/.done: $(WORK)/prompts.parquet $(call model_files,$(SOURCE_FILES)) $$(call settings,source-samples,$$(SOURCES) $$(SAMPLING) $$(LIMIT)) | $(BUILD)
 	$(call need,$(SAMPLE))
+	$(call fresh,source-samples,$(@D),$@)
 	$(TIMED) source-samples $(SAMPLE) generate --prompts $< $(addprefix --model ,$(SOURCES)) --split train $(if $(LIMIT),--limit $(LIMIT)) $(SAMPLING) --out $(@D)
 	touch $@
 
 # 2. Every source sample scored by the reward model.
-$(WORK)/source-scores/.done: $(WORK)/source-samples/.done $(filter $(DEMO_MODELS),$(REWARD_FILES)) | $(BUILD)
+$(WORK)/source-scores/.done: $(WORK)/source-samples/.done $(call model_files,$(REWARD_FILES)) $$(call settings,source-scores,$$(REWARD)) | $(BUILD)
 	$(call need,$(SCORE))
+	$(call fresh,source-scores,$(@D),$@)
 	$(TIMED) source-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(<D) --reward $(REWARD) --out $(@D)
 	touch $@
 
 # 3-4. y_ws per prompt; SFT third and preference two thirds.
-$(WORK)/sft.parquet $(WORK)/preference-prompts.parquet &: $(WORK)/source-scores/.done | $(BUILD)
+$(WORK)/sft.parquet $(WORK)/preference-prompts.parquet &: $(WORK)/source-scores/.done $$(call settings,sft-set,$$(SFT_FRACTION) $$(SEED) $$(ALLOW_TRUNCATED)) | $(BUILD)
 	$(call need,$(SCORE))
 	$(TIMED) sft-set $(SCORE) sft-set --prompts $(WORK)/prompts.parquet --source-scores $(<D) --sft-fraction $(SFT_FRACTION) \
 	  --seed $(SEED) $(if $(ALLOW_TRUNCATED),--allow-truncated) --out $(WORK)/sft.parquet --out-preference $(WORK)/preference-prompts.parquet
 
 # 5. Target-SFT: the target fine-tuned on (x, y_ws).
-$(WORK)/target-sft/.done: $(WORK)/sft.parquet $(filter $(DEMO_MODELS),$(TARGET)) | $(BUILD)
+$(WORK)/target-sft/.done: $(WORK)/sft.parquet $(call model_files,$(TARGET)) $$(call settings,target-sft,$$(TARGET) $$(SFT_LR) $$(SFT_EPOCHS) $$(LENGTHS) $$(SEED)) | $(BUILD)
 	$(call need,$(TRAIN))
+	$(call fresh,target-sft,$(@D),$@)
 	$(TIMED) sft $(TRAIN) sft --model $(TARGET) --data $< --out $(@D) --lr $(SFT_LR) --epochs $(SFT_EPOCHS) --micro-batch 4 --grad-accum 1 --warmup-ratio 0.1 $(LENGTHS) --seed $(SEED)
 	touch $@
 
 # 6. N samples per preference prompt from Target-SFT, scored.
-$(WORK)/target-samples/.done: $(WORK)/target-sft/.done $(WORK)/preference-prompts.parquet | $(BUILD)
+$(WORK)/target-samples/.done: $(WORK)/target-sft/.done $(WORK)/preference-prompts.parquet $$(call settings,target-samples,$$(SAMPLING)) | $(BUILD)
 	$(call need,$(SAMPLE))
+	$(call fresh,target-samples,$(@D),$@)
 	$(TIMED) target-samples $(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model target-sft=$(WORK)/target-sft/final $(SAMPLING) --out $(@D)
 	touch $@
 
-$(WORK)/target-scores/.done: $(WORK)/target-samples/.done | $(BUILD)
+$(WORK)/target-scores/.done: $(WORK)/target-samples/.done $$(call settings,target-scores,$$(REWARD)) | $(BUILD)
 	$(call need,$(SCORE))
+	$(call fresh,target-scores,$(@D),$@)
 	$(TIMED) target-scores $(SCORE) score --prompts $(WORK)/preference-prompts.parquet --samples $(<D) --reward $(REWARD) --out $(@D)
 	touch $@
 
 # 7-8. (x, y_ws, y_wt, y_l).
-$(WORK)/pairs.parquet: $(WORK)/source-scores/.done $(WORK)/target-scores/.done $(WORK)/preference-prompts.parquet | $(BUILD)
+$(WORK)/pairs.parquet: $(WORK)/source-scores/.done $(WORK)/target-scores/.done $(WORK)/preference-prompts.parquet $$(call settings,pairs,$$(STRATEGY) $$(ALLOW_TRUNCATED)) | $(BUILD)
 	$(call need,$(SCORE))
 	$(TIMED) pairs $(SCORE) pairs --prompts $(WORK)/preference-prompts.parquet --source-scores $(WORK)/source-scores \
 	  --target-scores $(WORK)/target-scores --strategy $(STRATEGY) $(if $(ALLOW_TRUNCATED),--allow-truncated) --out $@
 
 # 9. The frozen reference's (Target-SFT's) log-probs of every response, once.
-$(WORK)/pairs-ref.parquet: $(WORK)/pairs.parquet $(WORK)/target-sft/.done | $(BUILD)
+$(WORK)/pairs-ref.parquet: $(WORK)/pairs.parquet $(WORK)/target-sft/.done $$(call settings,ref-logps,$$(LENGTHS)) | $(BUILD)
 	$(call need,$(TRAIN))
 	$(TIMED) ref-logps $(TRAIN) ref-logps --model $(WORK)/target-sft/final --pairs $< --out $@ $(LENGTHS)
 
 # 10. WRPO from Target-SFT on the pairs; DPO on the same pairs as the baseline.
-$(WORK)/wrpo/.done: $(WORK)/pairs-ref.parquet | $(BUILD)
+$(WORK)/wrpo/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo,$$(WRPO_LR) $$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING)) | $(BUILD)
 	$(call need,$(TRAIN))
+	$(call fresh,wrpo,$(@D),$@)
 	$(TIMED) wrpo $(TRAIN) wrpo --model $(WORK)/target-sft/final --pairs $< --lr $(WRPO_LR) --alpha-max $(ALPHA_MAX) --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING)
 	touch $@
 	@echo "stage times (s), also in $(WORK)/timings.csv:"; column -s, -t $(WORK)/timings.csv
 
-$(WORK)/dpo/.done: $(WORK)/pairs-ref.parquet | $(BUILD)
+$(WORK)/dpo/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING)) | $(BUILD)
 	$(call need,$(TRAIN))
+	$(call fresh,dpo,$(@D),$@)
 	$(TIMED) dpo $(TRAIN) wrpo --loss dpo --dpo-chosen target --model $(WORK)/target-sft/final --pairs $< --lr $(WRPO_LR) --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING)
 	touch $@
 
@@ -177,8 +200,9 @@ $(WORK)/dpo/.done: $(WORK)/pairs-ref.parquet | $(BUILD)
 # model and the DPO model (same sampling settings), scored with the training
 # reward, and compared with the original target.
 EVAL_MODELS := target=$(TARGET) target-sft=$(WORK)/target-sft/final wrpo=$(WORK)/wrpo/final dpo=$(WORK)/dpo/final
-$(WORK)/eval/report.md: $(WORK)/wrpo/.done $(WORK)/dpo/.done | $(BUILD)
+$(WORK)/eval/report.md: $(WORK)/wrpo/.done $(WORK)/dpo/.done $$(call settings,eval,$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD)) | $(BUILD)
 	$(call need,$(SAMPLE))
+	$(call fresh,eval,$(@D),$@)
 	$(TIMED) eval-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split eval $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(EVAL_MODELS)) \
 	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --out $(WORK)/eval/samples
 	$(TIMED) eval-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(WORK)/eval/samples --reward $(REWARD) --out $(WORK)/eval/scores

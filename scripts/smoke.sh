@@ -7,9 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-make --no-print-directory eval BIN=target/debug BUILD= WORK="$work" LIMIT=9 EVAL_LIMIT=3 N=2 EVAL_N=1 \
-  MAX_NEW_TOKENS=16 ALLOW_TRUNCATED=1 SFT_EPOCHS=1 MAX_LENGTH=128 SFT_FRACTION=0.34
+run=(--no-print-directory BIN=target/debug BUILD= WORK="$work" LIMIT=9 EVAL_LIMIT=3 N=2 EVAL_N=1
+  MAX_NEW_TOKENS=16 ALLOW_TRUNCATED=1 SFT_EPOCHS=1 MAX_LENGTH=128 SFT_FRACTION=0.34)
+fail() { echo "smoke: $*" >&2; exit 1; }
+make eval "${run[@]}"
 for f in prompts.parquet sft.parquet pairs-ref.parquet wrpo/final/model.safetensors dpo/metrics.parquet eval/report.md; do
-  test -s "$work/$f" || { echo "smoke: $f is missing" >&2; exit 1; }
+  test -s "$work/$f" || fail "$f is missing"
 done
+# Outputs depend on their settings: the same ones leave nothing to do; another
+# N reruns the chain from sampling, another ALPHA_MAX only WRPO and the eval.
+make -q eval "${run[@]}" || fail "make eval again, same settings: not up to date"
+make -n eval "${run[@]}" N=3 > "$work/dry.txt"
+grep -q "source-samples .*generate" "$work/dry.txt" || fail "N changed: the source samples are not remade"
+make -n eval "${run[@]}" ALPHA_MAX=0.2 > "$work/dry.txt"
+grep -q "fresh.sh .*/wrpo " "$work/dry.txt" && ! grep -q "generate .*--split train" "$work/dry.txt" \
+  || fail "ALPHA_MAX changed: expected WRPO alone to rerun, got: $(cat "$work/dry.txt")"
 echo "smoke: 1 passed, 0 failed"
