@@ -76,11 +76,7 @@ pub(crate) fn messages_field() -> FieldRef {
 /// A column `name: list<struct<role: utf8, content: utf8>>`.
 pub(crate) fn conversation_field(name: &str) -> FieldRef {
     let turn = Fields::from(vec![utf8("role"), utf8("content")]);
-    field(
-        name,
-        DataType::List(Arc::new(Field::new("item", DataType::Struct(turn), false))),
-        false,
-    )
+    field(name, DataType::List(Arc::new(Field::new("item", DataType::Struct(turn), false))), false)
 }
 
 /// A conversation a model can answer: non-empty, system turns only first,
@@ -90,10 +86,7 @@ pub fn check_conversation(messages: &[Message]) -> Result<(), String> {
         return Err("the conversation is empty".into());
     };
     if last.role != Role::User {
-        return Err(format!(
-            "the last turn has role '{}'; a prompt must end with a user turn",
-            last.role.as_str()
-        ));
+        return Err(format!("the last turn has role '{}'; a prompt must end with a user turn", last.role.as_str()));
     }
     if let Some(i) = messages.iter().skip(1).position(|m| m.role == Role::System) {
         return Err(format!("turn {} is a system turn; only the first turn may be", i + 2));

@@ -61,12 +61,8 @@ pub fn short_hash(key: &str) -> String {
 }
 
 fn keyed_u64(seed: u64, salt: &str, key: &str) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(seed.to_le_bytes())
-        .chain_update(salt.as_bytes())
-        .chain_update([0])
-        .chain_update(key.as_bytes())
-        .finalize();
+    let digest =
+        Sha256::new().chain_update(seed.to_le_bytes()).chain_update(salt.as_bytes()).chain_update([0]).chain_update(key.as_bytes()).finalize();
     u64::from_le_bytes(digest[..8].try_into().unwrap())
 }
 
@@ -185,10 +181,7 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert_eq!(a, prompt_id(&[Message::new(Role::User, "ab")]));
         assert_ne!(a, prompt_id(&[Message::new(Role::System, "ab")]));
-        assert_ne!(
-            prompt_id(&[Message::new(Role::User, "a"), Message::new(Role::User, "b")]),
-            prompt_id(&[Message::new(Role::User, "ab")]),
-        );
+        assert_ne!(prompt_id(&[Message::new(Role::User, "a"), Message::new(Role::User, "b")]), prompt_id(&[Message::new(Role::User, "ab")]),);
     }
 
     #[test]

@@ -102,10 +102,7 @@ impl AtomicFile {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
-        let name = dest
-            .file_name()
-            .ok_or_else(|| anyhow!("{} is not a file path", dest.display()))?
-            .to_string_lossy();
+        let name = dest.file_name().ok_or_else(|| anyhow!("{} is not a file path", dest.display()))?.to_string_lossy();
         // Hidden and without the .parquet suffix: globs such as dir/*.parquet skip it.
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -130,8 +127,7 @@ impl AtomicFile {
     fn commit_file(mut self, file: File) -> Result<()> {
         file.sync_all().with_context(|| format!("cannot flush {}", self.tmp.display()))?;
         drop(file);
-        fs::rename(&self.tmp, &self.dest)
-            .with_context(|| format!("cannot move {} to {}", self.tmp.display(), self.dest.display()))?;
+        fs::rename(&self.tmp, &self.dest).with_context(|| format!("cannot move {} to {}", self.tmp.display(), self.dest.display()))?;
         // The rename is durable only once the folder entry is.
         if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
             if let Ok(d) = File::open(dir) {
@@ -174,11 +170,11 @@ pub fn write_dataset<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> 
         .set_key_value_metadata(Some(prov.key_values(T::NAME, T::VERSION)))
         .build();
     let mut out = AtomicFile::create(path)?;
-    let mut writer = ArrowWriter::try_new(out.take(), schema, Some(props))
-        .with_context(|| format!("cannot start Parquet file {}", path.display()))?;
+    let mut writer =
+        ArrowWriter::try_new(out.take(), schema, Some(props)).with_context(|| format!("cannot start Parquet file {}", path.display()))?;
     for chunk in rows.chunks(ROW_GROUP_ROWS) {
-        let batch = serde_arrow::to_record_batch(&fields, &chunk)
-            .with_context(|| format!("cannot encode {} rows for {}", T::NAME, path.display()))?;
+        let batch =
+            serde_arrow::to_record_batch(&fields, &chunk).with_context(|| format!("cannot encode {} rows for {}", T::NAME, path.display()))?;
         writer.write(&batch).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let file = writer.into_inner().with_context(|| format!("cannot finish {}", path.display()))?;
@@ -274,11 +270,7 @@ impl<T: Dataset> ShardWriter<T> {
     pub fn new(dir: &Path, prov: Provenance, rows_per_shard: usize) -> Result<Self> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
         let lock = DirLock::acquire(dir)?;
-        let next = shard_files(dir)?
-            .iter()
-            .filter_map(|p| shard_number(p))
-            .max()
-            .map_or(0, |n| n + 1);
+        let next = shard_files(dir)?.iter().filter_map(|p| shard_number(p)).max().map_or(0, |n| n + 1);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let tag = crate::hash::short_hash(&format!("{} {} {nanos}", hostname(), std::process::id()));
         Ok(ShardWriter { dir: dir.to_path_buf(), prov, rows_per_shard: rows_per_shard.max(1), rows: Vec::new(), next, tag, _lock: lock })
@@ -381,8 +373,7 @@ pub fn read_dataset<T: Dataset>(path: &Path) -> Result<Vec<T>> {
 pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
     let shown = path.display();
     let file = File::open(path).with_context(|| format!("cannot open {shown}"))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{shown} is not a readable Parquet file"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(|| format!("{shown} is not a readable Parquet file"))?;
     let (version, provenance) = read_metadata::<T>(path, builder.metadata().file_metadata().key_value_metadata())?;
 
     let expected = T::fields();
@@ -393,12 +384,7 @@ pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
             bail!("{shown}: column '{}' is missing (expected {})", want.name(), want.data_type());
         };
         if !compatible(have.data_type(), want.data_type()) {
-            bail!(
-                "{shown}: column '{}' has type {}, expected {}",
-                want.name(),
-                have.data_type(),
-                want.data_type()
-            );
+            bail!("{shown}: column '{}' has type {}, expected {}", want.name(), have.data_type(), want.data_type());
         }
         roots.push(i);
     }
@@ -410,8 +396,7 @@ pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
         let batch = batch.with_context(|| format!("cannot decode {shown}"))?;
         check_nulls(path, &batch, &expected, rows.len())?;
         let batch = conform(path, &batch, &expected)?;
-        let decoded: Vec<T> = serde_arrow::from_record_batch(&batch)
-            .with_context(|| format!("{shown}: cannot decode {} rows", T::NAME))?;
+        let decoded: Vec<T> = serde_arrow::from_record_batch(&batch).with_context(|| format!("{shown}: cannot decode {} rows", T::NAME))?;
         for (i, row) in decoded.iter().enumerate() {
             row.check().map_err(|e| anyhow!("{shown}: row {} (0-based): {e}", rows.len() + i))?;
         }
@@ -478,24 +463,16 @@ fn read_metadata<T: Dataset>(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<
     let Some(schema) = get(keys::SCHEMA) else {
         // Rewritten by DuckDB, pyarrow or polars (which drop our metadata):
         // read it if its columns match, saying that its provenance is unknown.
-        eprintln!(
-            "{shown}: no WRPO metadata (written by another tool?); reading it as a '{}' dataset, provenance unknown",
-            T::NAME
-        );
+        eprintln!("{shown}: no WRPO metadata (written by another tool?); reading it as a '{}' dataset, provenance unknown", T::NAME);
         return Ok((T::VERSION, Provenance { producer: String::new(), command: vec![], config: serde_json::Value::Null, inputs: vec![] }));
     };
     if schema != T::NAME {
         bail!("{shown}: is a '{schema}' dataset, expected a '{}' dataset", T::NAME);
     }
-    let version: u32 = get(keys::VERSION)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("{shown}: '{}' is missing or not a number", keys::VERSION))?;
+    let version: u32 =
+        get(keys::VERSION).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("{shown}: '{}' is missing or not a number", keys::VERSION))?;
     if version > T::VERSION {
-        bail!(
-            "{shown}: '{}' schema version {version} is newer than this build reads (up to {}); upgrade wrpo",
-            T::NAME,
-            T::VERSION
-        );
+        bail!("{shown}: '{}' schema version {version} is newer than this build reads (up to {}); upgrade wrpo", T::NAME, T::VERSION);
     }
     let json = |key: &str| -> Result<serde_json::Value> {
         let text = get(key).ok_or_else(|| anyhow!("{shown}: metadata key '{key}' is missing"))?;
@@ -503,11 +480,9 @@ fn read_metadata<T: Dataset>(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<
     };
     let provenance = Provenance {
         producer: get(keys::PRODUCER).unwrap_or_default(),
-        command: serde_json::from_value(json(keys::COMMAND)?)
-            .with_context(|| format!("{shown}: '{}' is not a list of strings", keys::COMMAND))?,
+        command: serde_json::from_value(json(keys::COMMAND)?).with_context(|| format!("{shown}: '{}' is not a list of strings", keys::COMMAND))?,
         config: json(keys::CONFIG)?,
-        inputs: serde_json::from_value(json(keys::INPUTS)?)
-            .with_context(|| format!("{shown}: '{}' is not a list of inputs", keys::INPUTS))?,
+        inputs: serde_json::from_value(json(keys::INPUTS)?).with_context(|| format!("{shown}: '{}' is not a list of inputs", keys::INPUTS))?,
     };
     Ok((version, provenance))
 }
@@ -517,12 +492,7 @@ fn check_nulls(path: &Path, batch: &RecordBatch, expected: &[FieldRef], first_ro
         let column = batch.column_by_name(want.name()).expect("projected column");
         if column.null_count() > 0 {
             let row = (0..column.len()).find(|&i| column.is_null(i)).unwrap_or(0);
-            bail!(
-                "{}: column '{}' is null at row {} (0-based); it may not be null",
-                path.display(),
-                want.name(),
-                first_row + row
-            );
+            bail!("{}: column '{}' is null at row {} (0-based); it may not be null", path.display(), want.name(), first_row + row);
         }
         // Inside a list of turns (files of other writers allow nulls there).
         if let Some(list) = column.as_list_opt::<i32>() {

@@ -84,12 +84,6 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        eprintln!(
-            "{} {}, {} tokens in {secs:.1} s ({:.1} tokens/s)",
-            self.done,
-            self.unit,
-            self.tokens,
-            self.tokens as f64 / secs.max(1e-9)
-        );
+        eprintln!("{} {}, {} tokens in {secs:.1} s ({:.1} tokens/s)", self.done, self.unit, self.tokens, self.tokens as f64 / secs.max(1e-9));
     }
 }

@@ -50,7 +50,13 @@ fn sample(i: usize) -> Sample {
         response: if skipped { String::new() } else { format!("r{i}") },
         prompt_tokens: 7,
         response_tokens: if skipped { 0 } else { 3 },
-        finish_reason: if skipped { FinishReason::Skipped } else if i % 2 == 0 { FinishReason::Stop } else { FinishReason::Length },
+        finish_reason: if skipped {
+            FinishReason::Skipped
+        } else if i % 2 == 0 {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        },
         skip_reason: skipped.then(|| "prompt has 9000 tokens, context is 8192".to_string()),
         temperature: 0.8,
         top_p: 0.95,
@@ -154,9 +160,7 @@ fn a_file_of_another_schema_is_rejected_by_name() {
 
 /// A file written with arbitrary columns and key-value metadata.
 fn write_raw(path: &Path, columns: Vec<(&str, ArrayRef)>, kv: Vec<(&str, &str)>) {
-    let schema = Arc::new(Schema::new(
-        columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
-    ));
+    let schema = Arc::new(Schema::new(columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>()));
     let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
     let kv = kv.into_iter().map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())).collect();
     let props = WriterProperties::builder().set_key_value_metadata(Some(kv)).build();
@@ -179,13 +183,7 @@ fn scored_columns(reward: ArrayRef) -> Vec<(&'static str, ArrayRef)> {
     ]
 }
 
-const META: [(&str, &str); 5] = [
-    (keys::SCHEMA, "scored"),
-    (keys::VERSION, "1"),
-    (keys::COMMAND, "[]"),
-    (keys::CONFIG, "{}"),
-    (keys::INPUTS, "[]"),
-];
+const META: [(&str, &str); 5] = [(keys::SCHEMA, "scored"), (keys::VERSION, "1"), (keys::COMMAND, "[]"), (keys::CONFIG, "{}"), (keys::INPUTS, "[]")];
 
 #[test]
 fn a_valid_raw_file_is_read() {
@@ -244,7 +242,6 @@ fn row_checks_name_the_row() {
     write_raw(&path, cols, META.to_vec());
     let err = format!("{:#}", read_dataset::<ScoredSample>(&path).unwrap_err());
     assert!(err.contains("s.parquet") && err.contains("exploded"), "{err}");
-
 }
 
 #[test]
@@ -289,7 +286,6 @@ fn an_interrupted_write_leaves_nothing_under_the_final_name() {
         std::io::Write::write_all(f.file(), b"garbage").unwrap();
     }
     assert_eq!(read_dataset::<Prompt>(&dest).unwrap(), vec![prompt(1)]);
-
 }
 
 #[test]
@@ -305,11 +301,8 @@ fn shards_are_numbered_on_from_existing_ones_and_read_as_one_dataset() {
     let mut w = ShardWriter::<Sample>::new(&out, prov(), 4).unwrap();
     w.push(sample(10)).unwrap();
     w.finish().unwrap();
-    let names: Vec<_> = dataset_files(&dir.path().join("samples"))
-        .unwrap()
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<_> =
+        dataset_files(&dir.path().join("samples")).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     let numbers: Vec<&str> = names.iter().map(|n| &n[..10]).collect();
     assert_eq!(numbers, ["part-00000", "part-00001", "part-00002", "part-00003"], "{names:?}");
     assert_ne!(names[0][11..], names[3][11..], "each writer tags its shards: {names:?}");

@@ -17,8 +17,10 @@ fn main() -> Result<()> {
     let template = tokenizer.chat_template_for(model.config.family)?;
     for line in std::io::stdin().lock().lines() {
         let messages: Vec<serde_json::Value> = serde_json::from_str(&line?)?;
-        let turns: Vec<ChatMessage> =
-            messages.iter().map(|m| ChatMessage { role: m["role"].as_str().unwrap_or("user"), content: m["content"].as_str().unwrap_or("") }).collect();
+        let turns: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage { role: m["role"].as_str().unwrap_or("user"), content: m["content"].as_str().unwrap_or("") })
+            .collect();
         let ids = tokenizer.encode_chat(&template.render(&turns, true)?)?;
         let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
         let logits = model.forward(&input, &input.ones_like()?)?.squeeze(0)?.to_vec2::<f32>()?;

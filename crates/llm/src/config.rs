@@ -65,9 +65,16 @@ pub enum Activation {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1: low frequencies divided by `factor`, a smooth band between.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position: f64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -118,9 +125,8 @@ impl Config {
     pub fn from_hf_json(c: &Value) -> Result<Self> {
         let model_type = c["model_type"].as_str().ok_or_else(|| anyhow!("'model_type' is missing"))?;
         let family = Family::from_model_type(model_type)?;
-        let usize_of = |key: &str| -> Result<usize> {
-            c[key].as_u64().map(|v| v as usize).ok_or_else(|| anyhow!("'{key}' is missing or not a whole number"))
-        };
+        let usize_of =
+            |key: &str| -> Result<usize> { c[key].as_u64().map(|v| v as usize).ok_or_else(|| anyhow!("'{key}' is missing or not a whole number")) };
         let opt_f64 = |key: &str| c[key].as_f64();
 
         let hidden_size = usize_of("hidden_size")?;
@@ -211,8 +217,7 @@ fn sliding_layers(c: &Value, family: Family, n: usize, window: Option<usize>) ->
                 (i + 1) % pattern != 0
             }
             Family::Qwen2 | Family::Qwen3 => {
-                c["use_sliding_window"].as_bool().unwrap_or(false)
-                    && i >= c["max_window_layers"].as_u64().unwrap_or(0) as usize
+                c["use_sliding_window"].as_bool().unwrap_or(false) && i >= c["max_window_layers"].as_u64().unwrap_or(0) as usize
             }
             Family::Mistral | Family::Phi3 => true,
             Family::Llama => false,
@@ -285,10 +290,13 @@ mod tests {
         for k in ["rope_theta", "rope_local_base_freq", "rope_scaling", "sliding_window_pattern"] {
             o.remove(k);
         }
-        o.insert("rope_parameters".into(), json!({
-            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}
-        }));
+        o.insert(
+            "rope_parameters".into(),
+            json!({
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}
+            }),
+        );
         let s = "sliding_attention";
         let f = "full_attention";
         o.insert("layer_types".into(), json!([s, s, s, s, s, f, s]));

@@ -54,7 +54,10 @@ impl Gguf {
             let bytes = (info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()) as u64;
             let end = self.content.tensor_data_offset + info.offset + bytes;
             if end > len {
-                bail!("{}: tensor '{name}' ends at byte {end}, but the file has {len}: the file is cut short (an interrupted download?)", self.path.display());
+                bail!(
+                    "{}: tensor '{name}' ends at byte {end}, but the file has {len}: the file is cut short (an interrupted download?)",
+                    self.path.display()
+                );
             }
         }
         Ok(())
@@ -97,7 +100,12 @@ impl Gguf {
         let heads = need("attention.head_count")?;
         let hidden = need("embedding_length")?;
         let head_dim = self.meta_u32(&key("attention.key_length")).unwrap_or(hidden / heads);
-        let vocab = self.content.tensor_infos.get("token_embd.weight").map(|t| t.shape.dims()[0]).ok_or_else(|| anyhow!("{}: tensor 'token_embd.weight' is missing", self.path.display()))?;
+        let vocab = self
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| anyhow!("{}: tensor 'token_embd.weight' is missing", self.path.display()))?;
         let gemma = arch.starts_with("gemma");
         let mut c = json!({
             "model_type": model_type,
@@ -117,7 +125,11 @@ impl Gguf {
             "torch_dtype": "float32",
         });
         let o = c.as_object_mut().unwrap();
-        for (hf, gguf) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id"), ("pad_token_id", "tokenizer.ggml.padding_token_id")] {
+        for (hf, gguf) in [
+            ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+            ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+            ("pad_token_id", "tokenizer.ggml.padding_token_id"),
+        ] {
             if let Some(id) = self.meta_u32(gguf) {
                 o.insert(hf.into(), id.into());
             }
@@ -158,10 +170,8 @@ impl Gguf {
             let pattern = self.meta(&key("attention.sliding_window_pattern"));
             match pattern.and_then(|p| p.to_vec().ok()) {
                 Some(flags) => {
-                    let types: Vec<&str> = flags
-                        .iter()
-                        .map(|f| if f.to_bool().unwrap_or(false) { "sliding_attention" } else { "full_attention" })
-                        .collect();
+                    let types: Vec<&str> =
+                        flags.iter().map(|f| if f.to_bool().unwrap_or(false) { "sliding_attention" } else { "full_attention" }).collect();
                     o.insert("layer_types".into(), types.into());
                 }
                 None => {
@@ -188,7 +198,8 @@ impl Gguf {
         names.sort();
         for name in names {
             let hf = hf_name(&name, &arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
-            let q: QTensor = self.content.tensor(&mut reader, &name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
+            let q: QTensor =
+                self.content.tensor(&mut reader, &name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
             let mut t = q.dequantize(device)?;
             if arch == "llama" && name.ends_with("attn_q.weight") {
                 t = unpermute_rope_rows(&t, heads)?;
@@ -217,7 +228,8 @@ impl Gguf {
         let (mut dense, mut quantized) = (HashMap::new(), HashMap::new());
         for name in self.content.tensor_infos.keys() {
             let hf = hf_name(name, &arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
-            let mut q = self.content.tensor(&mut reader, name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
+            let mut q =
+                self.content.tensor(&mut reader, name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
             if q.shape().rank() != 2 || name == "token_embd.weight" {
                 let mut t = q.dequantize(device)?;
                 if arch.starts_with("gemma") && name.ends_with("norm.weight") {

@@ -305,7 +305,13 @@ mod tests {
     /// are exact to rounding) and in f32.
     fn check(name: &str, dtype: DType, shapes: [&[usize]; 2], ours: &dyn Fn(&Tensor, &Tensor) -> Tensor, naive: &dyn Fn(&Tensor, &Tensor) -> Tensor) {
         // candle's own GELU backward rounds its constants to six digits.
-        let grad_tol = if name == "gelu" { 1e-5 } else if dtype == DType::F64 { 1e-9 } else { 1e-3 };
+        let grad_tol = if name == "gelu" {
+            1e-5
+        } else if dtype == DType::F64 {
+            1e-9
+        } else {
+            1e-3
+        };
         let dev = Device::Cpu;
         let a = Var::from_tensor(&Tensor::randn(0f64, 1.0, shapes[0], &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, shapes[1], &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
@@ -326,16 +332,10 @@ mod tests {
         for dtype in [DType::F64, DType::F32] {
             check("linear", dtype, [&[37, 24], &[19, 24]], &|x, w| super::linear(x, w).unwrap(), &|x, w| x.matmul(&w.t().unwrap()).unwrap());
             for offset in [0.0, 1.0] {
-                check(
-                    "rms_norm",
-                    dtype,
-                    [&[3, 5, 24], &[24]],
-                    &|x, w| super::rms_norm(x, w, 1e-6, offset).unwrap(),
-                    &|x, w| {
-                        let inv = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6).unwrap().sqrt().unwrap();
-                        x.broadcast_div(&inv).unwrap().broadcast_mul(&(w + offset).unwrap()).unwrap()
-                    },
-                );
+                check("rms_norm", dtype, [&[3, 5, 24], &[24]], &|x, w| super::rms_norm(x, w, 1e-6, offset).unwrap(), &|x, w| {
+                    let inv = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6).unwrap().sqrt().unwrap();
+                    x.broadcast_div(&inv).unwrap().broadcast_mul(&(w + offset).unwrap()).unwrap()
+                });
             }
             check("silu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, false).unwrap(), &|g, u| (g.silu().unwrap() * u).unwrap());
             check("gelu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, true).unwrap(), &|g, u| (g.gelu().unwrap() * u).unwrap());

@@ -60,7 +60,16 @@ pub(crate) struct Operand<T> {
 /// # Safety
 /// The operands hold the elements their shapes and strides reach, and `dst`
 /// holds m rows of n columns that nothing else reads or writes meanwhile.
-pub(crate) unsafe fn gemm<T: WithDType>(m: usize, n: usize, k: usize, dst: *mut T, dst_rs: usize, lhs: Operand<T>, rhs: Operand<T>, accumulate: bool) {
+pub(crate) unsafe fn gemm<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    lhs: Operand<T>,
+    rhs: Operand<T>,
+    accumulate: bool,
+) {
     struct Ptrs<T>(*mut T, Operand<T>, Operand<T>);
     // SAFETY: the tasks write disjoint column blocks of dst and only read the operands.
     unsafe impl<T> Sync for Ptrs<T> {}

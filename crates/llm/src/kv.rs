@@ -160,9 +160,8 @@ impl KvCache {
         let (keys, values, lens) = (&self.k[a.layer], &self.v[a.layer], &self.lens);
         // A task: one row, one kv head, up to 16 queries (prefill has many).
         const QUERIES: usize = 16;
-        let tasks: Vec<(usize, usize, usize)> = (0..a.rows.len())
-            .flat_map(|r| (0..nkv).flat_map(move |h| (0..a.rows[r].1.div_ceil(QUERIES)).map(move |c| (r, h, c))))
-            .collect();
+        let tasks: Vec<(usize, usize, usize)> =
+            (0..a.rows.len()).flat_map(|r| (0..nkv).flat_map(move |h| (0..a.rows[r].1.div_ceil(QUERIES)).map(move |c| (r, h, c)))).collect();
         let groups = nh / nkv;
         Pool::global().run(tasks.len(), &|task| {
             let (r, h, c) = tasks[task];

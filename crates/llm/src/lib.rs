@@ -5,9 +5,9 @@
 pub mod attention;
 pub mod chat;
 pub mod config;
-mod infer;
 pub mod gguf;
 pub mod grad_ops;
+mod infer;
 pub mod kv;
 pub mod logprob;
 pub mod model;

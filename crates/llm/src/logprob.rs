@@ -87,7 +87,10 @@ impl LabelLogProb {
         let cap = self.softcap.map(|c| T::from(c).expect("a float"));
         let mut values = vec![T::zero(); m];
         let mut grads = grad.as_ref().map(|_| (vec![T::zero(); m * hd], vec![T::zero(); v * hd]));
-        let kept = kept.map(|k| k.downcast::<(Vec<T>, Vec<T>)>().map(|b| *b)).transpose().map_err(|_| candle_core::Error::Msg("label-logprob: kept logits of another dtype".into()))?;
+        let kept = kept
+            .map(|k| k.downcast::<(Vec<T>, Vec<T>)>().map(|b| *b))
+            .transpose()
+            .map_err(|_| candle_core::Error::Msg("label-logprob: kept logits of another dtype".into()))?;
         let have_logits = kept.is_some();
         // All rows' logits when kept or keeping; else one chunk's, reused.
         let (mut z, mut lse) = kept.unwrap_or_else(|| (vec![T::zero(); if keep { m } else { self.rows.min(m) } * v], vec![T::zero(); m]));
@@ -132,7 +135,16 @@ impl LabelLogProb {
                         // SAFETY: dz is (n, v), w (v, hd), h's chunk (n, hd); grad_h's rows
                         // start..start + n and grad_w (v, hd) are written by these calls only.
                         unsafe {
-                            infer::gemm(n, hd, v, grad_h[start * hd..].as_mut_ptr(), hd, Operand { ptr: dz, rs: v, cs: 1 }, Operand { ptr: w.as_ptr(), rs: hd, cs: 1 }, false);
+                            infer::gemm(
+                                n,
+                                hd,
+                                v,
+                                grad_h[start * hd..].as_mut_ptr(),
+                                hd,
+                                Operand { ptr: dz, rs: v, cs: 1 },
+                                Operand { ptr: w.as_ptr(), rs: hd, cs: 1 },
+                                false,
+                            );
                             infer::gemm(v, hd, n, grad_w.as_mut_ptr(), hd, Operand { ptr: dz, rs: 1, cs: v }, h_chunk, start > 0);
                         }
                     }
@@ -200,7 +212,8 @@ mod tests {
             };
             // Chunks of 3 rows: 7 rows make two whole chunks and a partial one.
             let ours = label_logprobs_in_chunks(&hidden, &weight, &labels, softcap, 3).unwrap();
-            let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let max_diff =
+                |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(max_diff(&naive, &ours) < 1e-5);
             let g_naive = (&naive * &coef).unwrap().sum_all().unwrap().backward().unwrap();
             // The first backward uses the logits kept by the forward; a second one recomputes them.

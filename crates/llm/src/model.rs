@@ -103,7 +103,11 @@ impl RmsNorm {
 }
 
 enum QkvProj {
-    Split { q: Linear, k: Linear, v: Linear },
+    Split {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
     /// One projection, rows q then k then v: Phi-3's, or quantized ones fused at load.
     Fused(Linear),
 }
@@ -195,7 +199,10 @@ impl Attention {
 }
 
 enum GateUpProj {
-    Split { gate: Linear, up: Linear },
+    Split {
+        gate: Linear,
+        up: Linear,
+    },
     /// One projection, gate rows then up rows: Phi-3's, or quantized ones fused at load.
     Fused(Linear),
 }
@@ -230,8 +237,12 @@ impl Mlp {
             }
         };
         let hidden = match self.activation {
-            Activation::Silu | Activation::GeluTanh if infer::applies(&[&gate, &up]) => infer::gated(&gate, &up, self.activation == Activation::GeluTanh)?,
-            Activation::Silu | Activation::GeluTanh if grad_ops::applies(&[&gate, &up]) => grad_ops::gated(&gate, &up, self.activation == Activation::GeluTanh)?,
+            Activation::Silu | Activation::GeluTanh if infer::applies(&[&gate, &up]) => {
+                infer::gated(&gate, &up, self.activation == Activation::GeluTanh)?
+            }
+            Activation::Silu | Activation::GeluTanh if grad_ops::applies(&[&gate, &up]) => {
+                grad_ops::gated(&gate, &up, self.activation == Activation::GeluTanh)?
+            }
             Activation::Silu => (gate.silu()? * up)?,
             Activation::GeluTanh => (gate.gelu()? * up)?,
             Activation::Gelu => (gate.gelu_erf()? * up)?,
@@ -531,7 +542,9 @@ impl Model {
     }
 
     fn lm_head(&self) -> Result<&Linear> {
-        self.lm_head.as_ref().ok_or_else(|| anyhow::anyhow!("this checkpoint has no LM head (no lm_head.weight and untied embeddings), as a reward model's"))
+        self.lm_head
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this checkpoint has no LM head (no lm_head.weight and untied embeddings), as a reward model's"))
     }
 
     /// Summed log-probabilities (N,) of each sequence's response given its

@@ -87,10 +87,7 @@ impl Pool {
         }));
         let workers = threads.max(1) - 1;
         for i in 0..workers {
-            std::thread::Builder::new()
-                .name(format!("wrpo-pool-{i}"))
-                .spawn(move || worker(shared))
-                .expect("cannot start a pool thread");
+            std::thread::Builder::new().name(format!("wrpo-pool-{i}")).spawn(move || worker(shared)).expect("cannot start a pool thread");
         }
         Pool { shared, workers, submit: Mutex::new(()) }
     }

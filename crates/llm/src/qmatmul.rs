@@ -487,12 +487,15 @@ mod tests {
     fn concatenated_rows_give_the_concatenated_outputs() {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (3, 96), &dev).unwrap();
-        let part = |n| QMatrix::from_qtensor(&QTensor::quantize(&Tensor::randn(0f32, 1.0, (n, 96), &dev).unwrap(), GgmlDType::Q4_1).unwrap()).unwrap().unwrap();
+        let part = |n| {
+            QMatrix::from_qtensor(&QTensor::quantize(&Tensor::randn(0f32, 1.0, (n, 96), &dev).unwrap(), GgmlDType::Q4_1).unwrap()).unwrap().unwrap()
+        };
         let (a, b) = (part(8), part(5));
         let both = QMatrix::concat_rows(&[&a, &b]).unwrap();
         let want = Tensor::cat(&[a.forward(&x).unwrap(), b.forward(&x).unwrap()], 1).unwrap();
         assert_eq!(max_abs(&(both.forward(&x).unwrap() - want).unwrap()), 0.0);
-        let q8 = QMatrix::from_qtensor(&QTensor::quantize(&Tensor::randn(0f32, 1.0, (4, 96), &dev).unwrap(), GgmlDType::Q8_0).unwrap()).unwrap().unwrap();
+        let q8 =
+            QMatrix::from_qtensor(&QTensor::quantize(&Tensor::randn(0f32, 1.0, (4, 96), &dev).unwrap(), GgmlDType::Q8_0).unwrap()).unwrap().unwrap();
         assert!(QMatrix::concat_rows(&[&a, &q8]).is_none(), "different block types");
     }
 

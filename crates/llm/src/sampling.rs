@@ -121,8 +121,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
         let min_p = params.min_p as f64;
         let mut threshold = if params.top_p < 1.0 { min_p.max(1e-4) } else { min_p };
         loop {
-            let head: Vec<(u32, f64)> =
-                logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).filter(|&(_, w)| w >= threshold).collect();
+            let head: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).filter(|&(_, w)| w >= threshold).collect();
             let covered = head.iter().map(|c| c.1).sum::<f64>() / total;
             if covered >= params.top_p as f64 || threshold <= min_p {
                 break (head, total);
@@ -216,9 +215,18 @@ mod tests {
 
     #[test]
     fn a_seed_gives_one_stream() {
-        let a: Vec<u64> = { let mut r = Rng::new(42); (0..4).map(|_| r.next_u64()).collect() };
-        let b: Vec<u64> = { let mut r = Rng::new(42); (0..4).map(|_| r.next_u64()).collect() };
-        let c: Vec<u64> = { let mut r = Rng::new(43); (0..4).map(|_| r.next_u64()).collect() };
+        let a: Vec<u64> = {
+            let mut r = Rng::new(42);
+            (0..4).map(|_| r.next_u64()).collect()
+        };
+        let b: Vec<u64> = {
+            let mut r = Rng::new(42);
+            (0..4).map(|_| r.next_u64()).collect()
+        };
+        let c: Vec<u64> = {
+            let mut r = Rng::new(43);
+            (0..4).map(|_| r.next_u64()).collect()
+        };
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

@@ -121,11 +121,14 @@ fn write_files(model: &Model, tokenizer: &Tokenizer, chat_template: Option<&str>
         tokenizer_config["chat_template"] = t.into();
     }
     write_json(&dir.join("tokenizer_config.json"), &tokenizer_config)?;
-    write_json(&dir.join("generation_config.json"), &json!({
-        "bos_token_id": tokenizer.bos_id,
-        "eos_token_id": tokenizer.stop_ids,
-        "pad_token_id": model.hf_config.get("pad_token_id").cloned().unwrap_or(Value::Null),
-    }))
+    write_json(
+        &dir.join("generation_config.json"),
+        &json!({
+            "bos_token_id": tokenizer.bos_id,
+            "eos_token_id": tokenizer.stop_ids,
+            "pad_token_id": model.hf_config.get("pad_token_id").cloned().unwrap_or(Value::Null),
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|
 /// Pre-tokenizer regexes of llama.cpp (llama-vocab.cpp) by `tokenizer.ggml.pre`.
 const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const SUPPORTED_PRE: &str = "default, gpt2, smollm, starcoder, llama-bpe, llama3, qwen2";
 
 fn pre_regexes(pre: &str) -> Result<Vec<&'static str>> {
@@ -160,7 +161,11 @@ impl Tokenizer {
                 let unk = gguf.meta_u32("tokenizer.ggml.unknown_token_id").and_then(|i| tokens.get(i as usize)).cloned();
                 let model = bpe_json(&tokens, sentencepiece_merges(&tokens, &scores, &types), true, unk);
                 let mut normalizers = vec![];
-                let mut decoders = vec![json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
+                let mut decoders = vec![
+                    json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+                    json!({"type": "ByteFallback"}),
+                    json!({"type": "Fuse"}),
+                ];
                 if add_space_prefix.unwrap_or(true) {
                     normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
                     decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));

@@ -31,8 +31,7 @@ impl Weights {
         let index = dir.join("model.safetensors.index.json");
         let files = if index.exists() {
             let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
             let map = json["weight_map"].as_object().ok_or_else(|| anyhow!("{}: no 'weight_map'", index.display()))?;
             let mut files: Vec<_> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
             files.sort();

@@ -126,11 +126,19 @@ fn an_hf_checkpoint_quantized_at_load_follows_its_f32_model() {
             assert!(err < 1.0, "{name}: q8_0 logits differ from f32 by {err}");
             // Its first choice is the f32 model's, or a near-tie of it.
             let best = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            assert!(best - logits[qtokens[0] as usize] < 0.5, "{name}: q8_0's first token is {} below f32's best", best - logits[qtokens[0] as usize]);
+            assert!(
+                best - logits[qtokens[0] as usize] < 0.5,
+                "{name}: q8_0's first token is {} below f32's best",
+                best - logits[qtokens[0] as usize]
+            );
             if let Some(gguf_q8) = &gguf_q8 {
                 let (glogits, gtokens) = greedy(gguf_q8, &ids, 16);
                 let gerr = top[..20].iter().map(|&i| (glogits[i] - qlogits[i]).abs()).fold(0f32, f32::max);
-                println!("{name} {:?}: the GGUF as Q8_0 and the HF checkpoint at q8_0: top-20 logits within {gerr:.1e}, greedy equal {}", case["text"], gtokens == qtokens);
+                println!(
+                    "{name} {:?}: the GGUF as Q8_0 and the HF checkpoint at q8_0: top-20 logits within {gerr:.1e}, greedy equal {}",
+                    case["text"],
+                    gtokens == qtokens
+                );
                 assert_eq!(gtokens, qtokens, "{name}: greedy text of the HF checkpoint at q8_0 differs from the GGUF's Q8_0");
             }
         }

@@ -130,10 +130,13 @@ fn cached_decoding_equals_full_recomputation() {
 /// tokens are the prompt.
 fn sequences(e: &Expected) -> Vec<(Vec<u32>, Vec<u32>)> {
     let (ids, mask) = (e.ids.to_vec2::<u32>().unwrap(), e.mask.to_vec2::<u32>().unwrap());
-    ids.iter().zip(&mask).map(|(row, m)| {
-        let real = m.iter().filter(|&&x| x == 1).count();
-        (row[..3].to_vec(), row[3..real].to_vec())
-    }).collect()
+    ids.iter()
+        .zip(&mask)
+        .map(|(row, m)| {
+            let real = m.iter().filter(|&&x| x == 1).count();
+            (row[..3].to_vec(), row[3..real].to_vec())
+        })
+        .collect()
 }
 
 /// Both rows' responses after row 0's prompt, and row 1 whole: two
@@ -213,9 +216,12 @@ fn backward_agrees_with_finite_differences() {
         let seqs = shared(&e);
         let f = || model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         let grads = model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, var) in model.weights.vars().into_iter().filter(|(n, _)| {
-            n.contains("layers.0.") && (n.ends_with("norm.weight") || n.contains("proj")) || n.starts_with("model.embed")
-        }) {
+        for (name, var) in model
+            .weights
+            .vars()
+            .into_iter()
+            .filter(|(n, _)| n.contains("layers.0.") && (n.ends_with("norm.weight") || n.contains("proj")) || n.starts_with("model.embed"))
+        {
             let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
             // The element with the largest gradient, so the check is not vacuous.
             let k = (0..analytic.len()).max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs())).unwrap();
@@ -277,8 +283,7 @@ fn a_tied_checkpoint_shipping_lm_head_trains_and_saves_no_stale_copy() {
 #[test]
 fn bf16_checkpoints_load_as_f32() {
     let (dir, tensors) = rewritable_fixture("qwen3");
-    let bf16: HashMap<_, _> =
-        tensors.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::BF16).unwrap())).collect();
+    let bf16: HashMap<_, _> = tensors.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::BF16).unwrap())).collect();
     candle_core::safetensors::save(&bf16, dir.path().join("model.safetensors")).unwrap();
     let model = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let e = expected("qwen3");

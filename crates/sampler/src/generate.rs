@@ -19,9 +19,9 @@ use serde::Serialize;
 use wrpo_common::{
     hash::shard_of,
     io::{dataset_files, read_file},
+    progress::Progress,
     prompts::{Prompt, Split},
     samples::{FinishReason, Sample},
-    progress::Progress,
     Provenance, ShardWriter,
 };
 
@@ -76,8 +76,7 @@ pub fn select_prompts(prompts: Vec<Prompt>, sel: &Selection) -> Result<Vec<Promp
 /// Read `--prompt-ids FILE`: one id per line; blank lines and `#` comments skipped.
 pub fn read_prompt_ids(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --prompt-ids file {}", path.display()))?;
-    let ids: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+    let ids: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     if ids.is_empty() {
         bail!("{} lists no prompt id (one per line expected)", path.display());
     }
@@ -126,9 +125,7 @@ pub fn generate(
         let engine = match &spec.source {
             Source::Local { path } if !path.exists() => bail!("model '{}': {} does not exist", spec.alias, path.display()),
             Source::Local { path } => LocalModel::check(path).map(|()| Engine::Local(path.clone())),
-            Source::Openai { base_url, served_name } => {
-                RemoteModel::connect(base_url, served_name, &run.remote).map(|m| Engine::Ready(Box::new(m)))
-            }
+            Source::Openai { base_url, served_name } => RemoteModel::connect(base_url, served_name, &run.remote).map(|m| Engine::Ready(Box::new(m))),
         };
         engines.push(engine.with_context(|| format!("model '{}'", spec.alias))?);
     }
@@ -218,10 +215,7 @@ fn plan<'a>(prompts: &'a [Prompt], dir: &Path, spec: &ModelSpec, settings: &Sett
     let done = existing_samples(dir, spec, settings, prov)?;
     let jobs = prompts
         .iter()
-        .map(|p| Job {
-            prompt: p,
-            sample_indices: (0..settings.n).filter(|&i| !done.contains(&(p.prompt_id.clone(), i))).collect(),
-        })
+        .map(|p| Job { prompt: p, sample_indices: (0..settings.n).filter(|&i| !done.contains(&(p.prompt_id.clone(), i))).collect() })
         .filter(|j| !j.sample_indices.is_empty())
         .collect();
     Ok((jobs, done.len()))

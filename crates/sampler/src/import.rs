@@ -83,10 +83,7 @@ pub fn import_prompts(path: &Path, opts: &ImportOptions) -> Result<Imported> {
         bail!("--eval-fraction must lie in [0, 1], got {}", opts.eval_fraction);
     }
     let rows = read_rows(path)?;
-    let origin = opts
-        .origin
-        .clone()
-        .unwrap_or_else(|| path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into()));
+    let origin = opts.origin.clone().unwrap_or_else(|| path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into()));
 
     let mut out = Imported::default();
     let mut seen: HashMap<String, (usize, String)> = HashMap::new();
@@ -211,7 +208,11 @@ fn list<T>(obj: &Map<String, Value>, column: &str, what: &str, item: impl Fn(&Va
         Some(Value::Array(values)) => values,
         Some(v) => return Err(format!("'{column}' must be a list, found {}", kind(v))),
     };
-    values.iter().enumerate().map(|(i, v)| item(v).ok_or_else(|| format!("'{column}' item {i} (0-based) must be {what}, found {}", kind(v)))).collect()
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| item(v).ok_or_else(|| format!("'{column}' item {i} (0-based) must be {what}, found {}", kind(v))))
+        .collect()
 }
 
 fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
@@ -239,10 +240,7 @@ fn jsonl_rows(path: &Path) -> Result<Vec<RawRow>> {
         }
         let location = format!("line {}", i + 1);
         let (raw, parsed) = match std::str::from_utf8(line) {
-            Err(e) => (
-                String::from_utf8_lossy(line).into_owned(),
-                Err(format!("invalid UTF-8 at byte {} of the line", e.valid_up_to())),
-            ),
+            Err(e) => (String::from_utf8_lossy(line).into_owned(), Err(format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()))),
             Ok(text) => (
                 text.to_string(),
                 match serde_json::from_str::<Value>(text) {
@@ -294,11 +292,7 @@ fn convert(obj: &Map<String, Value>, opts: &ImportOptions) -> Result<Converted, 
         Some(c) => match obj.get(c) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(v @ Value::Array(_)) => parse_turns(c, v)?
-                .into_iter()
-                .rev()
-                .find(|m| m.role == Role::Assistant)
-                .map(|m| m.content),
+            Some(v @ Value::Array(_)) => parse_turns(c, v)?.into_iter().rev().find(|m| m.role == Role::Assistant).map(|m| m.content),
             Some(v) => return Err(format!("reference column '{c}' must be a string or a conversation, found {}", kind(v))),
         },
         None => None,
@@ -333,9 +327,7 @@ fn parse_turns(column: &str, value: &Value) -> Result<Vec<Message>, String> {
                 Some("system") => Role::System,
                 _ => return Err(format!("'{column}' turn {}: unknown role {role}", i + 1)),
             };
-            let content = content
-                .as_str()
-                .ok_or_else(|| format!("'{column}' turn {}: content must be a string, found {}", i + 1, kind(content)))?;
+            let content = content.as_str().ok_or_else(|| format!("'{column}' turn {}: content must be a string, found {}", i + 1, kind(content)))?;
             Ok(Message::new(role, content))
         })
         .collect()

@@ -9,12 +9,7 @@ use std::{collections::VecDeque, path::Path, time::Instant};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use wrpo_common::{hash::sample_seed, Message};
-use wrpo_llm::{
-    gguf::is_gguf,
-    pool::Pool,
-    sampling::sample,
-    ChatMessage, ChatTemplate, KvCache, Model, Rng, Tokenizer,
-};
+use wrpo_llm::{gguf::is_gguf, pool::Pool, sampling::sample, ChatMessage, ChatTemplate, KvCache, Model, Rng, Tokenizer};
 
 use crate::backend::{Backend, Finish, Job, Outcome, Quantize, Settings, Sink};
 

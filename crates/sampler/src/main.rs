@@ -199,17 +199,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ImportScored { input, out_samples, out_scores, model, reward_model, skip_bad, rejected } => {
             run_import_scored(input, out_samples, out_scores, model, reward_model, skip_bad, rejected)
         }
-        Command::Import {
-            input,
-            out,
-            eval_fraction,
-            seed,
-            reference_column,
-            strip_last_assistant,
-            origin,
-            skip_bad,
-            rejected,
-        } => {
+        Command::Import { input, out, eval_fraction, seed, reference_column, strip_last_assistant, origin, skip_bad, rejected } => {
             let opts = ImportOptions { eval_fraction, seed, reference_column, strip_last_assistant, origin };
             let imported = import_prompts(&input, &opts)?;
             let bad = &imported.rejected;
@@ -258,7 +248,15 @@ fn save_rejected(bad: &[Rejected], path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn run_import_scored(input: PathBuf, out_samples: PathBuf, out_scores: PathBuf, model: String, reward_model: String, skip_bad: bool, rejected: Option<PathBuf>) -> Result<()> {
+fn run_import_scored(
+    input: PathBuf,
+    out_samples: PathBuf,
+    out_scores: PathBuf,
+    model: String,
+    reward_model: String,
+    skip_bad: bool,
+    rejected: Option<PathBuf>,
+) -> Result<()> {
     check_alias(&model).context("--model")?;
     let imported = import_scored(&input, &model, &reward_model)?;
     check_rejected(&input, &imported.rejected, skip_bad)?;

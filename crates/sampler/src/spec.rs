@@ -9,9 +9,14 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum Source {
-    Local { path: PathBuf },
+    Local {
+        path: PathBuf,
+    },
     /// `base_url` ends in `/v1` (or wherever `/chat/completions` hangs).
-    Openai { base_url: String, served_name: String },
+    Openai {
+        base_url: String,
+        served_name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -77,10 +82,7 @@ mod tests {
         let s = ModelSpec::parse("qwen=/data/Qwen2.5-7B").unwrap();
         assert_eq!(s.alias, "qwen");
         let s = ModelSpec::parse("big=openai:http://10.0.0.2:8000/v1/#meta-llama/Llama-3.1-70B").unwrap();
-        assert_eq!(
-            s.source,
-            Source::Openai { base_url: "http://10.0.0.2:8000/v1".into(), served_name: "meta-llama/Llama-3.1-70B".into() }
-        );
+        assert_eq!(s.source, Source::Openai { base_url: "http://10.0.0.2:8000/v1".into(), served_name: "meta-llama/Llama-3.1-70B".into() });
     }
 
     #[test]

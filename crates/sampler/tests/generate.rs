@@ -313,9 +313,7 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
     let err = failed(sample_bin(&["--prompts", not_prompts.to_str().unwrap(), "--model", &s.model, "--out", &out]));
     assert!(err.contains("config.json") && err.contains("Parquet"), "{err}");
 
-    let err = failed(sample_bin(&[
-        "--prompts", &s.prompts, "--model", "far=openai:http://127.0.0.1:9/v1#m", "--out", &out, "--retries", "1",
-    ]));
+    let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", "far=openai:http://127.0.0.1:9/v1#m", "--out", &out, "--retries", "1"]));
     assert!(err.contains("model 'far'") && err.contains("http://127.0.0.1:9/v1/models") && err.contains("2 attempt"), "{err}");
     assert!(!Path::new(&out).exists() || dataset_files(Path::new(&out)).is_err(), "a failed run wrote samples");
 
@@ -398,7 +396,10 @@ fn fake_openai_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String,
                 let mut body = vec![0u8; length];
                 reader.read_exact(&mut body).unwrap();
                 let reply = |stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &str| {
-                    let head = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n", body.len());
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
+                        body.len()
+                    );
                     let _ = stream.write_all(format!("{head}{body}").as_bytes());
                 };
                 if !headers.iter().any(|h| h == "authorization: bearer sekrit") {
@@ -471,7 +472,10 @@ fn remote_faults_are_retried_refusals_skipped_and_bad_keys_stop() {
     }
     let long = &rows["p01"];
     assert_eq!(long.finish_reason, FinishReason::Skipped);
-    assert!(long.skip_reason.as_deref().unwrap().contains("HTTP 400") && long.skip_reason.as_deref().unwrap().contains("maximum context length"), "{long:?}");
+    assert!(
+        long.skip_reason.as_deref().unwrap().contains("HTTP 400") && long.skip_reason.as_deref().unwrap().contains("maximum context length"),
+        "{long:?}"
+    );
 
     let log = log.lock().unwrap();
     let attempts = |m: &str| log.iter().filter(|(t, _)| t == m).map(|(_, at)| *at).collect::<Vec<_>>();

@@ -6,6 +6,7 @@ use arrow::{
     datatypes::{DataType, Field, Fields, Schema},
 };
 use parquet::arrow::ArrowWriter;
+use serde_json::json;
 use wrpo_common::{
     hash::prompt_id,
     prompts::{Prompt, Split},
@@ -14,7 +15,6 @@ use wrpo_common::{
     Message, Role,
 };
 use wrpo_sampler::import::{import_prompts, import_scored, ImportOptions};
-use serde_json::json;
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -33,10 +33,13 @@ fn jsonl_prompt_messages_and_conversations_shapes() {
         dir.path(),
         "in.jsonl",
         concat!(
-            r#"{"prompt": "What is 2+2?", "answer": "4"}"#, "\n",
+            r#"{"prompt": "What is 2+2?", "answer": "4"}"#,
             "\n",
-            r#"{"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]}"#, "\r\n",
-            r#"{"conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hey"}, {"from": "human", "value": "Bye"}]}"#, "\n",
+            "\n",
+            r#"{"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]}"#,
+            "\r\n",
+            r#"{"conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hey"}, {"from": "human", "value": "Bye"}]}"#,
+            "\n",
         ),
     );
     let opts = ImportOptions { reference_column: Some("answer".into()), ..Default::default() };
@@ -50,10 +53,7 @@ fn jsonl_prompt_messages_and_conversations_shapes() {
     assert_eq!(p[0].origin, "in.jsonl");
     assert_eq!(p[1].messages, vec![Message::new(Role::System, "Be terse."), Message::new(Role::User, "Hi")]);
     assert_eq!(p[1].reference, None);
-    assert_eq!(
-        p[2].messages,
-        vec![Message::new(Role::User, "Hello"), Message::new(Role::Assistant, "Hey"), Message::new(Role::User, "Bye")]
-    );
+    assert_eq!(p[2].messages, vec![Message::new(Role::User, "Hello"), Message::new(Role::Assistant, "Hey"), Message::new(Role::User, "Bye")]);
 }
 
 #[test]
@@ -109,11 +109,7 @@ fn each_class_of_bad_row_is_reported_with_its_line() {
 #[test]
 fn strip_last_assistant_keeps_the_answer_as_reference() {
     let dir = tempfile::tempdir().unwrap();
-    let input = write(
-        dir.path(),
-        "sharegpt.jsonl",
-        r#"{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}"#,
-    );
+    let input = write(dir.path(), "sharegpt.jsonl", r#"{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}"#);
     let opts = ImportOptions { strip_last_assistant: true, ..Default::default() };
     let got = import_prompts(&input, &opts).unwrap();
     assert_eq!(got.prompts[0].messages, user("Q"));
@@ -130,10 +126,7 @@ fn conversations(rows: &[&[(&str, &str)]]) -> ArrayRef {
     let flat: Vec<&(&str, &str)> = rows.iter().flat_map(|r| r.iter()).collect();
     let structs = StructArray::new(
         fields.clone(),
-        vec![
-            string_array(&flat.iter().map(|t| t.1).collect::<Vec<_>>()),
-            string_array(&flat.iter().map(|t| t.0).collect::<Vec<_>>()),
-        ],
+        vec![string_array(&flat.iter().map(|t| t.1).collect::<Vec<_>>()), string_array(&flat.iter().map(|t| t.0).collect::<Vec<_>>())],
         None,
     );
     let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.len()));
@@ -141,9 +134,7 @@ fn conversations(rows: &[&[(&str, &str)]]) -> ArrayRef {
 }
 
 fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
-    let schema = Arc::new(Schema::new(
-        columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>(),
-    ));
+    let schema = Arc::new(Schema::new(columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect::<Vec<_>>()));
     let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).unwrap();
     let mut w = ArrowWriter::try_new(fs::File::create(path).unwrap(), schema, None).unwrap();
     w.write(&batch).unwrap();
@@ -159,8 +150,14 @@ fn parquet_ultrafeedback_rows_keep_their_ids_and_take_the_chosen_answer() {
         vec![
             ("prompt", string_array(&["Write a haiku", "Name a prime"])),
             ("prompt_id", string_array(&["a1b2", "c3d4"])),
-            ("chosen", conversations(&[&[("user", "Write a haiku"), ("assistant", "Autumn moon...")], &[("user", "Name a prime"), ("assistant", "7")]])),
-            ("messages", conversations(&[&[("user", "Write a haiku"), ("assistant", "Autumn moon...")], &[("user", "Name a prime"), ("assistant", "7")]])),
+            (
+                "chosen",
+                conversations(&[&[("user", "Write a haiku"), ("assistant", "Autumn moon...")], &[("user", "Name a prime"), ("assistant", "7")]]),
+            ),
+            (
+                "messages",
+                conversations(&[&[("user", "Write a haiku"), ("assistant", "Autumn moon...")], &[("user", "Name a prime"), ("assistant", "7")]]),
+            ),
         ],
     );
     let opts = ImportOptions { reference_column: Some("chosen".into()), ..Default::default() };
@@ -176,10 +173,7 @@ fn parquet_ultrafeedback_rows_keep_their_ids_and_take_the_chosen_answer() {
 fn parquet_messages_rows_and_bad_rows_are_numbered_by_row() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("chat.parquet");
-    write_parquet(
-        &input,
-        vec![("messages", conversations(&[&[("user", "one")], &[("assistant", "two")], &[("system", "s"), ("user", "three")]]))],
-    );
+    write_parquet(&input, vec![("messages", conversations(&[&[("user", "one")], &[("assistant", "two")], &[("system", "s"), ("user", "three")]]))]);
     let got = import_prompts(&input, &ImportOptions::default()).unwrap();
     assert_eq!(got.prompts.len(), 2);
     assert_eq!(got.rejected.len(), 1);
@@ -283,7 +277,19 @@ fn import_scored_names_every_bad_row_class_with_its_row() {
     // The binary writes nothing while bad rows remain, unless --skip-bad.
     let (samples, scores) = (dir.path().join("samples"), dir.path().join("scores"));
     let run = |extra: &[&str]| {
-        let args = ["import-scored", "--input", path.to_str().unwrap(), "--out-samples", samples.to_str().unwrap(), "--out-scores", scores.to_str().unwrap(), "--model", "m", "--reward-model", "rm"];
+        let args = [
+            "import-scored",
+            "--input",
+            path.to_str().unwrap(),
+            "--out-samples",
+            samples.to_str().unwrap(),
+            "--out-scores",
+            scores.to_str().unwrap(),
+            "--model",
+            "m",
+            "--reward-model",
+            "rm",
+        ];
         Command::new(env!("CARGO_BIN_EXE_wrpo-sample")).args(args).args(extra).output().unwrap()
     };
     let out = run(&[]);
@@ -295,7 +301,6 @@ fn import_scored_names_every_bad_row_class_with_its_row() {
     let again = run(&["--skip-bad"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"), "a second import never mixes with the first");
 }
-
 
 #[test]
 fn arguments_that_are_not_utf8_or_out_of_range_give_errors_not_panics() {

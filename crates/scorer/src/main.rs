@@ -17,8 +17,8 @@ use wrpo_common::{
     write_dataset, Provenance,
 };
 use wrpo_scorer::{
-    reward::RewardSpec,
     report,
+    reward::RewardSpec,
     score::{score, write_summary, ScoreOptions, ScoreSettings},
     select::{check_scores, make_pairs, sft_split, ByPrompt, PairOptions, Strategy},
 };
@@ -232,7 +232,8 @@ fn run(cli: Cli) -> Result<()> {
                 skip_unreferenced: a.skip_unreferenced,
                 shard: a.shard,
             };
-            let options = ScoreOptions { batch_tokens: a.batch_tokens.max(1), shard_rows: a.shard_rows.max(1), abort_after_shards: a.abort_after_shards };
+            let options =
+                ScoreOptions { batch_tokens: a.batch_tokens.max(1), shard_rows: a.shard_rows.max(1), abort_after_shards: a.abort_after_shards };
             let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
             let interrupted = wrpo_common::interrupt_flag("committing finished batches")?;
             let summary = score(&a.prompts, &prompts, &a.samples, &settings, &options, &a.out, interrupted)?;
@@ -267,10 +268,13 @@ fn run(cli: Cli) -> Result<()> {
             for e in &split.sft {
                 *y_ws_sources.entry(&e.source_model).or_default() += 1;
             }
-            write_summary(&summary_path(&args.out), &serde_json::json!({
-                "sft_examples": split.sft.len(), "preference_prompts": split.preference.len(),
-                "dropped": {"no_scored_source_sample": split.unscored, "only_truncated": split.only_truncated}, "y_ws_sources": y_ws_sources,
-            }))?;
+            write_summary(
+                &summary_path(&args.out),
+                &serde_json::json!({
+                    "sft_examples": split.sft.len(), "preference_prompts": split.preference.len(),
+                    "dropped": {"no_scored_source_sample": split.unscored, "only_truncated": split.only_truncated}, "y_ws_sources": y_ws_sources,
+                }),
+            )?;
             eprintln!(
                 "{} SFT examples -> {}; {} preference prompts -> {}; {} train prompts had no scored source sample, {} only truncated ones",
                 split.sft.len(),
@@ -317,9 +321,12 @@ fn run(cli: Cli) -> Result<()> {
             for p in &pairs {
                 *y_ws_sources.entry(&p.y_ws_model).or_default() += 1;
             }
-            write_summary(&summary_path(&args.out), &serde_json::json!({
-                "pairs": pairs.len(), "prompts": prompts.len(), "dropped": &dropped, "y_ws_sources": y_ws_sources,
-            }))?;
+            write_summary(
+                &summary_path(&args.out),
+                &serde_json::json!({
+                    "pairs": pairs.len(), "prompts": prompts.len(), "dropped": &dropped, "y_ws_sources": y_ws_sources,
+                }),
+            )?;
             eprintln!(
                 "{} pairs from {} prompts -> {}; dropped: {}",
                 pairs.len(),

@@ -67,7 +67,9 @@ pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, seed:
         }
         groups.entry(&s.model).or_default().entry(&s.prompt_id).or_default().push(s);
     }
-    let base = groups.get(baseline).ok_or_else(|| anyhow!("the baseline model '{baseline}' has no scored sample; models: {:?}", groups.keys().collect::<Vec<_>>()))?;
+    let base = groups
+        .get(baseline)
+        .ok_or_else(|| anyhow!("the baseline model '{baseline}' has no scored sample; models: {:?}", groups.keys().collect::<Vec<_>>()))?;
     let mean_reward = |v: &[&ScoredSample]| v.iter().map(|s| s.reward).sum::<f64>() / v.len() as f64;
     let mut rows = Vec::new();
     for (model, per_prompt) in &groups {
@@ -76,7 +78,15 @@ pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, seed:
         let wins: Vec<f64> = per_prompt
             .iter()
             .filter_map(|(id, v)| base.get(id).map(|b| (mean_reward(v), mean_reward(b))))
-            .map(|(m, b)| if m > b { 1.0 } else if m == b { 0.5 } else { 0.0 })
+            .map(|(m, b)| {
+                if m > b {
+                    1.0
+                } else if m == b {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let win = (*model != baseline && !wins.is_empty()).then(|| bootstrap(&wins, 2000, seed));
         let (mut correct, mut checkable, mut rouge, mut samples) = (0.0, 0u32, 0.0, 0u32);
@@ -85,7 +95,8 @@ pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, seed:
             let target = reference.and_then(last_number);
             if let Some(t) = target {
                 checkable += 1;
-                correct += v.iter().filter(|s| last_number(&s.response).is_some_and(|x| (x - t).abs() <= 1e-6 * t.abs().max(1.0))).count() as f64 / v.len() as f64;
+                correct += v.iter().filter(|s| last_number(&s.response).is_some_and(|x| (x - t).abs() <= 1e-6 * t.abs().max(1.0))).count() as f64
+                    / v.len() as f64;
             }
             for s in v {
                 rouge += reference.map_or(0.0, |r| rouge_l(&s.response, r));
@@ -148,7 +159,11 @@ pub fn chart(rows: &[ModelReport], path: &Path) -> Result<()> {
         let names: Vec<String> = rows.iter().map(|r| r.model.clone()).collect();
         for (area, title, values) in [
             (&left, "mean reward (95% CI)", rows.iter().map(|r| Some((r.reward_mean, r.reward_low, r.reward_high))).collect::<Vec<_>>()),
-            (&right, "win rate vs baseline (95% CI)", rows.iter().map(|r| r.win_rate.zip(r.win_low).zip(r.win_high).map(|((a, b), c)| (a, b, c))).collect()),
+            (
+                &right,
+                "win rate vs baseline (95% CI)",
+                rows.iter().map(|r| r.win_rate.zip(r.win_low).zip(r.win_high).map(|((a, b), c)| (a, b, c))).collect(),
+            ),
         ] {
             let top = values.iter().flatten().map(|v| v.2).fold(0.0f64, f64::max).max(1e-3) * 1.15;
             let low = values.iter().flatten().map(|v| v.1).fold(0.0f64, f64::min);

@@ -6,8 +6,8 @@
 
 use std::{
     cell::RefCell,
-    ops::Range,
     collections::HashMap,
+    ops::Range,
     path::{Path, PathBuf},
 };
 
@@ -176,7 +176,10 @@ impl RewardModel {
                 layers.push((w.get(&format!("gating.layers.{i}.weight"), &[out, inp])?, w.get(&format!("gating.layers.{i}.bias"), &[out])?));
             }
             let pattern = match config["gating_token_pattern"].as_array() {
-                Some(ids) => ids.iter().map(|v| v.as_u64().map(|v| v as u32).ok_or_else(|| anyhow!("gating_token_pattern holds a non-id"))).collect::<Result<_>>()?,
+                Some(ids) => ids
+                    .iter()
+                    .map(|v| v.as_u64().map(|v| v as u32).ok_or_else(|| anyhow!("gating_token_pattern holds a non-id")))
+                    .collect::<Result<_>>()?,
                 None => ARMORM_PATTERN.to_vec(),
             };
             Head::Gated(Box::new(Gating {
@@ -328,7 +331,12 @@ impl Similarity {
         let pooling_dir = module("Pooling").and_then(|m| m["path"].as_str()).ok_or_else(|| anyhow!("{shown}/modules.json has no Pooling module"))?;
         let p = read_json(&path.join(pooling_dir).join("config.json"))?;
         let on = |k: &str| p[k].as_bool().unwrap_or(false);
-        let pooling = match (on("pooling_mode_cls_token"), on("pooling_mode_mean_tokens"), on("pooling_mode_max_tokens"), on("pooling_mode_mean_sqrt_len_tokens")) {
+        let pooling = match (
+            on("pooling_mode_cls_token"),
+            on("pooling_mode_mean_tokens"),
+            on("pooling_mode_max_tokens"),
+            on("pooling_mode_mean_sqrt_len_tokens"),
+        ) {
             (true, false, false, false) => Pooling::Cls,
             (false, true, false, false) => Pooling::Mean,
             (false, false, true, false) => Pooling::Max,
@@ -454,7 +462,9 @@ pub fn last_number(text: &str) -> Option<f64> {
     while i < chars.len() {
         if chars[i].is_ascii_digit() {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_digit() || (matches!(chars[i], ',' | '.') && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit()))) {
+            while i < chars.len()
+                && (chars[i].is_ascii_digit() || (matches!(chars[i], ',' | '.') && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit())))
+            {
                 i += 1;
             }
             let negative = start > 0 && chars[start - 1] == '-' && (start == 1 || !chars[start - 2].is_alphanumeric());
@@ -487,7 +497,8 @@ impl Reward for Numeric {
         items
             .iter()
             .map(|i| {
-                let want = last_number(i.reference.unwrap_or_default()).ok_or_else(|| anyhow!("the reference '{}' holds no number", i.reference.unwrap_or_default()))?;
+                let want = last_number(i.reference.unwrap_or_default())
+                    .ok_or_else(|| anyhow!("the reference '{}' holds no number", i.reference.unwrap_or_default()))?;
                 let close = last_number(i.response).is_some_and(|got| (got - want).abs() <= self.tolerance * want.abs().max(1.0));
                 Ok(f64::from(close))
             })
@@ -514,7 +525,15 @@ mod tests {
         let exact = Exact.score(&[item("  Paris. ", "paris"), item("Lyon", "Paris")]).unwrap();
         assert_eq!(exact, [1.0, 0.0]);
         let numeric = Numeric { tolerance: 1e-6 };
-        let got = numeric.score(&[item("2 + 2 = 4", "4"), item("It is 1,234.5 km", "1234.5"), item("-3 degrees", "-3"), item("about 5", "4"), item("no idea", "4")]).unwrap();
+        let got = numeric
+            .score(&[
+                item("2 + 2 = 4", "4"),
+                item("It is 1,234.5 km", "1234.5"),
+                item("-3 degrees", "-3"),
+                item("about 5", "4"),
+                item("no idea", "4"),
+            ])
+            .unwrap();
         assert_eq!(got, [1.0, 1.0, 1.0, 0.0, 0.0]);
         assert_eq!(last_number("x-2 and COVID-19"), Some(19.0));
         assert!(numeric.score(&[item("4", "four")]).unwrap_err().to_string().contains("holds no number"));

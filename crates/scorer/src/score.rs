@@ -230,7 +230,12 @@ pub fn score(
                     continue;
                 }
                 if !r.is_finite() {
-                    bail!("{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written", w.file.display(), w.sample.prompt_id, w.sample.sample_index);
+                    bail!(
+                        "{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written",
+                        w.file.display(),
+                        w.sample.prompt_id,
+                        w.sample.sample_index
+                    );
                 }
                 let s = &w.sample;
                 writer.push(ScoredSample {

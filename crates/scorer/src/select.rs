@@ -53,7 +53,13 @@ pub fn check_scores(sets: &[(&Path, &[ScoredSample])]) -> anyhow::Result<()> {
                 _ => {}
             }
             if !seen.insert((&r.prompt_id, &r.model, r.sample_index)) {
-                anyhow::bail!("{}: sample (prompt_id {}, model {}, sample_index {}) is scored twice", path.display(), r.prompt_id, r.model, r.sample_index);
+                anyhow::bail!(
+                    "{}: sample (prompt_id {}, model {}, sample_index {}) is scored twice",
+                    path.display(),
+                    r.prompt_id,
+                    r.model,
+                    r.sample_index
+                );
             }
         }
     }
@@ -63,10 +69,7 @@ pub fn check_scores(sets: &[(&Path, &[ScoredSample])]) -> anyhow::Result<()> {
 /// Order by reward; equal rewards by (model, sample_index), so that the best
 /// and worst responses do not depend on the order of the input files.
 fn by_reward(a: &&ScoredSample, b: &&ScoredSample) -> Ordering {
-    a.reward
-        .total_cmp(&b.reward)
-        .then_with(|| b.model.cmp(&a.model))
-        .then_with(|| b.sample_index.cmp(&a.sample_index))
+    a.reward.total_cmp(&b.reward).then_with(|| b.model.cmp(&a.model)).then_with(|| b.sample_index.cmp(&a.sample_index))
 }
 
 /// The best response; one cut off by the token limit only if `allow_truncated`.

@@ -41,11 +41,34 @@ fn imported_scores_give_the_pairs_picked_by_hand_and_export_to_both_shapes() {
         assert!(imported.rejected.is_empty());
         write_dataset(Path::new(&p(&format!("{model}-scores.parquet"))), &imported.scored, &prov).unwrap();
     }
-    wrpo_score(&["sft-set", "--prompts", &p("prompts.parquet"), "--source-scores", &p("llama3-scores.parquet"), "--sft-fraction", "0", "--out", &p("sft.parquet"), "--out-preference", &p("pref.parquet")]);
-    wrpo_score(&["pairs", "--prompts", &p("pref.parquet"), "--source-scores", &p("llama3-scores.parquet"), "--target-scores", &p("target-scores.parquet"), "--out", &p("pairs.parquet")]);
+    wrpo_score(&[
+        "sft-set",
+        "--prompts",
+        &p("prompts.parquet"),
+        "--source-scores",
+        &p("llama3-scores.parquet"),
+        "--sft-fraction",
+        "0",
+        "--out",
+        &p("sft.parquet"),
+        "--out-preference",
+        &p("pref.parquet"),
+    ]);
+    wrpo_score(&[
+        "pairs",
+        "--prompts",
+        &p("pref.parquet"),
+        "--source-scores",
+        &p("llama3-scores.parquet"),
+        "--target-scores",
+        &p("target-scores.parquet"),
+        "--out",
+        &p("pairs.parquet"),
+    ]);
     let mut pairs = read_dataset::<Pair>(Path::new(&p("pairs.parquet"))).unwrap();
     pairs.sort_by(|x, y| x.prompt_id.cmp(&y.prompt_id));
-    let picked: Vec<(&str, &str, &str, &str)> = pairs.iter().map(|q| (q.prompt_id.as_str(), q.y_ws.as_str(), q.y_wt.as_str(), q.y_l.as_str())).collect();
+    let picked: Vec<(&str, &str, &str, &str)> =
+        pairs.iter().map(|q| (q.prompt_id.as_str(), q.y_ws.as_str(), q.y_wt.as_str(), q.y_l.as_str())).collect();
     assert_eq!(picked, [("a", "Paris.", "Paris", "Marseille"), ("b", "four", "4.", "22")]);
 
     // The official recipe's shape: chosen = [y_ws, y_wt], rejected = [y_l].
@@ -67,6 +90,9 @@ fn imported_scores_give_the_pairs_picked_by_hand_and_export_to_both_shapes() {
     }
     wrpo_score(&["export", "--pairs", &p("pairs.parquet"), "--format", "trl", "--out", &p("trl.parquet")]);
     assert_eq!(read_dataset::<wrpo_common::export::TrlExample>(Path::new(&p("trl.parquet"))).unwrap().len(), 2);
-    let bad = Command::new(env!("CARGO_BIN_EXE_wrpo-score")).args(["export", "--pairs", &p("pairs.parquet"), "--format", "trl", "--out", &p("trl.csv")]).output().unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
+        .args(["export", "--pairs", &p("pairs.parquet"), "--format", "trl", "--out", &p("trl.csv")])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains(".parquet or .jsonl"));
 }

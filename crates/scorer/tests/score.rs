@@ -55,10 +55,7 @@ fn reward_models_equal_transformers_with_padding_in_the_batch() {
         let e = expected(name);
         let convs: Vec<Vec<Message>> = e["conversations"].as_array().unwrap().iter().map(messages).collect();
         // The conversation's ids, as apply_chat_template gives them.
-        let items: Vec<(Vec<Message>, String)> = convs
-            .iter()
-            .map(|c| (c[..c.len() - 1].to_vec(), c.last().unwrap().content.clone()))
-            .collect();
+        let items: Vec<(Vec<Message>, String)> = convs.iter().map(|c| (c[..c.len() - 1].to_vec(), c.last().unwrap().content.clone())).collect();
         let items: Vec<Item> = items.iter().map(|(m, r)| Item { messages: m, response: r, reference: None }).collect();
         for (item, want) in items.iter().zip(e["ids"].as_array().unwrap()) {
             let want: Vec<u32> = serde_json::from_value(want.clone()).unwrap();

@@ -7,13 +7,7 @@ use wrpo_common::{
 use wrpo_scorer::select::{check_scores, make_pairs, sft_split, ByPrompt, Dropped, PairOptions, Strategy};
 
 fn prompt(id: &str, split: Split) -> Prompt {
-    Prompt {
-        prompt_id: id.into(),
-        messages: vec![Message::new(Role::User, format!("question {id}"))],
-        reference: None,
-        split,
-        origin: "t".into(),
-    }
+    Prompt { prompt_id: id.into(), messages: vec![Message::new(Role::User, format!("question {id}"))], reference: None, split, origin: "t".into() }
 }
 
 fn scored(id: &str, model: &str, i: u32, response: &str, reward: f64) -> ScoredSample {
@@ -31,8 +25,7 @@ fn scored(id: &str, model: &str, i: u32, response: &str, reward: f64) -> ScoredS
 
 #[test]
 fn sft_split_takes_a_third_of_train_prompts_with_their_best_source_response() {
-    let prompts: Vec<Prompt> =
-        (0..900).map(|i| prompt(&format!("p{i}"), if i % 10 == 0 { Split::Eval } else { Split::Train })).collect();
+    let prompts: Vec<Prompt> = (0..900).map(|i| prompt(&format!("p{i}"), if i % 10 == 0 { Split::Eval } else { Split::Train })).collect();
     let mut scores = Vec::new();
     for p in prompts.iter().skip(1) {
         scores.push(scored(&p.prompt_id, "a", 0, "a0", 0.1));
@@ -90,10 +83,7 @@ fn wrpo_pairs_take_the_best_source_and_the_best_and_worst_target_responses() {
     assert_eq!((p.y_l.as_str(), p.y_l_sample_index, p.y_l_reward), ("t1", 1, -0.4));
     assert_eq!(p.messages, prompts[0].messages);
     assert_eq!(p.ref_logp_y_ws, None);
-    assert_eq!(
-        dropped,
-        Dropped { no_source_sample: 1, fewer_than_two_samples: 1, all_identical: 1, best_worst_tie: 1, ..Dropped::default() }
-    );
+    assert_eq!(dropped, Dropped { no_source_sample: 1, fewer_than_two_samples: 1, all_identical: 1, best_worst_tie: 1, ..Dropped::default() });
 }
 
 #[test]

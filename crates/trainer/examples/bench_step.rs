@@ -20,7 +20,8 @@ use wrpo_trainer::{
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0)
+        / 1024.0
 }
 
 /// GFLOP/s of an LLM-shaped f32 matmul (768 x 640 by 640 x 2048).
@@ -45,7 +46,11 @@ fn main() -> Result<()> {
     let prompt = get("prompt");
     let seq = |k: &str| Sequence { ids: [prompt.clone(), get(k)].concat(), prompt_len: prompt.len(), truncated: false };
     let reference = [ids["ref"][0].as_f64().unwrap_or(-500.0), ids["ref"][1].as_f64().unwrap_or(-500.0), ids["ref"][2].as_f64().unwrap_or(-500.0)];
-    let example = Example::Pair { prompt_id: "bench".into(), seqs: PerY { y_ws: Some(seq("y_ws")), y_wt: Some(seq("y_wt")), y_l: seq("y_l") }, reference: Some(reference) };
+    let example = Example::Pair {
+        prompt_id: "bench".into(),
+        seqs: PerY { y_ws: Some(seq("y_ws")), y_wt: Some(seq("y_wt")), y_l: seq("y_l") },
+        reference: Some(reference),
+    };
 
     let (model, _) = load_model(std::path::Path::new(model_path))?;
     let objective = Objective { loss: LossKind::Wrpo, chosen: Chosen::Target, beta: 0.1, label_smoothing: 0.0, gamma: 0.0 };

@@ -147,9 +147,6 @@ impl Objective {
             }
         };
         let has = |y: Y| ys.contains(&y);
-        Ok(Output {
-            losses,
-            rewards: PerY { y_ws: has(Y::Ws).then(|| r_of(Y::Ws)), y_wt: has(Y::Wt).then(|| r_of(Y::Wt)), y_l: r_of(Y::L) },
-        })
+        Ok(Output { losses, rewards: PerY { y_ws: has(Y::Ws).then(|| r_of(Y::Ws)), y_wt: has(Y::Wt).then(|| r_of(Y::Wt)), y_l: r_of(Y::L) } })
     }
 }

@@ -240,7 +240,16 @@ fn report_truncated(truncated: usize, total: usize, what: &str) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train(c: &Common, lr: f64, stage: Stage, model: &Model, enc: &Encoder, examples: &[Example], eval: Option<&[Example]>, inputs: Vec<PathBuf>) -> Result<()> {
+fn train(
+    c: &Common,
+    lr: f64,
+    stage: Stage,
+    model: &Model,
+    enc: &Encoder,
+    examples: &[Example],
+    eval: Option<&[Example]>,
+    inputs: Vec<PathBuf>,
+) -> Result<()> {
     let config = train_config(c, lr);
     let template = enc.template().source.clone();
     let metrics = run(RunInputs {

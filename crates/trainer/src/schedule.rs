@@ -16,7 +16,16 @@ pub struct Schedule {
 impl Schedule {
     /// total steps = ceil(epochs * batches_per_epoch / grad_accum), with
     /// batches_per_epoch = ceil(examples / micro_batch); warmup = ceil(ratio * total).
-    pub fn new(examples: u64, micro_batch: u64, grad_accum: u64, epochs: f64, warmup_ratio: f64, lr: f64, alpha_max: f64, static_alpha: bool) -> Self {
+    pub fn new(
+        examples: u64,
+        micro_batch: u64,
+        grad_accum: u64,
+        epochs: f64,
+        warmup_ratio: f64,
+        lr: f64,
+        alpha_max: f64,
+        static_alpha: bool,
+    ) -> Self {
         let batches_per_epoch = examples.div_ceil(micro_batch.max(1));
         let total_steps = ((epochs * batches_per_epoch as f64) / grad_accum.max(1) as f64).ceil() as u64;
         let warmup_steps = (warmup_ratio * total_steps as f64).ceil() as u64;

@@ -123,8 +123,16 @@ pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>,
         let reference = match (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) {
             (Some(a), Some(b), Some(c)) if [a, b, c].iter().all(|v| v.is_finite()) => Some([a, b, c]),
             (a, b, c) if needs_ref => {
-                let column = [("ref_logp_y_ws", a), ("ref_logp_y_wt", b), ("ref_logp_y_l", c)].into_iter().find(|(_, v)| !v.is_some_and(f64::is_finite)).unwrap().0;
-                bail!("{}: row {i} (prompt {}): column '{column}' is empty or not finite; run `wrpo-train ref-logps` first", file.display(), p.prompt_id);
+                let column = [("ref_logp_y_ws", a), ("ref_logp_y_wt", b), ("ref_logp_y_l", c)]
+                    .into_iter()
+                    .find(|(_, v)| !v.is_some_and(f64::is_finite))
+                    .unwrap()
+                    .0;
+                bail!(
+                    "{}: row {i} (prompt {}): column '{column}' is empty or not finite; run `wrpo-train ref-logps` first",
+                    file.display(),
+                    p.prompt_id
+                );
             }
             _ => None,
         };
@@ -211,10 +219,13 @@ impl Trainer<'_> {
         let device = self.model.device();
         match self.stage {
             Stage::Sft { .. } => {
-                let seqs: Vec<&Sequence> = batch.iter().map(|e| match e {
-                    Example::Sft { seq, .. } => seq,
-                    Example::Pair { .. } => unreachable!("SFT examples only"),
-                }).collect();
+                let seqs: Vec<&Sequence> = batch
+                    .iter()
+                    .map(|e| match e {
+                        Example::Sft { seq, .. } => seq,
+                        Example::Pair { .. } => unreachable!("SFT examples only"),
+                    })
+                    .collect();
                 let logps = self.model.response_logprobs(&split(&seqs))?;
                 let nll = logps.sum_all()?.neg()?;
                 let tokens: usize = seqs.iter().map(|s| s.response_len()).sum();
@@ -236,9 +247,14 @@ impl Trainer<'_> {
                 let counts: Vec<usize> = seqs.iter().map(|s| s.response_len()).collect();
                 let n = batch.len();
                 let part = |k: usize| logps.narrow(0, k * n, n);
-                let lengths_of = |k: usize| Tensor::from_vec(counts[k * n..(k + 1) * n].iter().map(|&c| c as f32).collect(), n, device)?.to_dtype(logps.dtype());
+                let lengths_of =
+                    |k: usize| Tensor::from_vec(counts[k * n..(k + 1) * n].iter().map(|&c| c as f32).collect(), n, device)?.to_dtype(logps.dtype());
                 let refs_of = |y: Y| -> Result<Tensor> {
-                    let col = match y { Y::Ws => 0, Y::Wt => 1, Y::L => 2 };
+                    let col = match y {
+                        Y::Ws => 0,
+                        Y::Wt => 1,
+                        Y::L => 2,
+                    };
                     let values = batch
                         .iter()
                         .map(|e| match e {
@@ -292,7 +308,8 @@ impl Trainer<'_> {
         sums.has_source = r_ws.is_some();
         sums.has_target = r_wt.is_some();
         for i in 0..r_l.len() {
-            let mix = |a: &Option<Vec<f64>>, b: &Option<Vec<f64>>| a.as_ref().map_or(0.0, |a| w * a[i]) + b.as_ref().map_or(0.0, |b| (1.0 - w) * b[i]);
+            let mix =
+                |a: &Option<Vec<f64>>, b: &Option<Vec<f64>>| a.as_ref().map_or(0.0, |a| w * a[i]) + b.as_ref().map_or(0.0, |b| (1.0 - w) * b[i]);
             let chosen = mix(&r_ws, &r_wt);
             let s = &mut sums.values;
             s[0] += chosen;
@@ -320,10 +337,13 @@ impl Trainer<'_> {
     /// label tokens for SFT (the mean token loss of the step).
     fn denominator(&self, batch: &[&Example]) -> f64 {
         match self.stage {
-            Stage::Sft { .. } => batch.iter().map(|e| match e {
-                Example::Sft { seq, .. } => seq.response_len(),
-                _ => 0,
-            }).sum::<usize>() as f64,
+            Stage::Sft { .. } => batch
+                .iter()
+                .map(|e| match e {
+                    Example::Sft { seq, .. } => seq.response_len(),
+                    _ => 0,
+                })
+                .sum::<usize>() as f64,
             Stage::Preference { .. } => batch.len() as f64,
         }
     }
@@ -366,7 +386,16 @@ pub fn schedule_of(stage: &Stage, config: &TrainConfig, examples: usize) -> Sche
         Stage::Preference { alpha_max, static_alpha, .. } => (*alpha_max, *static_alpha),
         Stage::Sft { .. } => (0.0, false),
     };
-    Schedule::new(examples as u64, config.micro_batch as u64, config.grad_accum as u64, config.epochs, config.warmup_ratio, config.lr, alpha_max, static_alpha)
+    Schedule::new(
+        examples as u64,
+        config.micro_batch as u64,
+        config.grad_accum as u64,
+        config.epochs,
+        config.warmup_ratio,
+        config.lr,
+        alpha_max,
+        static_alpha,
+    )
 }
 
 fn lr_at(s: &Schedule, kind: LrSchedule, step: u64) -> f64 {
@@ -440,7 +469,11 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
             let loss = trainer.micro_loss(&batch, alpha.unwrap_or(0.0), denominator, &mut sums)?;
             if !loss.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
                 let ids: Vec<&str> = batch.iter().map(|e| e.prompt_id()).collect();
-                bail!("the loss became {} at step {step} on prompts {ids:?}; the last good checkpoint is kept in {}", loss, out.join("checkpoint").display());
+                bail!(
+                    "the loss became {} at step {step} on prompts {ids:?}; the last good checkpoint is kept in {}",
+                    loss,
+                    out.join("checkpoint").display()
+                );
             }
             optimizer.accumulate(&loss.backward()?)?;
         }
@@ -454,8 +487,11 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         progress.set_note(format!(", loss {:.4}{}", row.loss, alpha.map_or(String::new(), |a| format!(", alpha {a:.3}"))));
         progress.add(1, sums.tokens as u64);
         if r.log_every > 0 && (step % r.log_every == 0 || step + 1 == schedule.total_steps) {
-            progress.log(&format!("step {step}: loss {:.5}, lr {lr:.3e}, grad norm {grad_norm:.4}{}", row.loss,
-                row.rewards_accuracies.map_or(String::new(), |a| format!(", accuracy {a:.3}, margin {:.4}", row.rewards_margins.unwrap_or(0.0)))));
+            progress.log(&format!(
+                "step {step}: loss {:.5}, lr {lr:.3e}, grad norm {grad_norm:.4}{}",
+                row.loss,
+                row.rewards_accuracies.map_or(String::new(), |a| format!(", accuracy {a:.3}, margin {:.4}", row.rewards_margins.unwrap_or(0.0)))
+            ));
         }
         state.metrics.push(row);
         state.step += 1;

@@ -9,9 +9,7 @@ use std::{
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
-use wrpo_common::{
-    metrics::StepMetrics, pairs::Pair, read_dataset, sft::SftExample, write_dataset, Message, Provenance, Role,
-};
+use wrpo_common::{metrics::StepMetrics, pairs::Pair, read_dataset, sft::SftExample, write_dataset, Message, Provenance, Role};
 use wrpo_llm::Model;
 
 fn repo() -> PathBuf {
@@ -107,8 +105,25 @@ impl Setup {
             .map(String::from)
             .collect::<Vec<_>>();
         args.extend(
-            ["--out", &out, "--lr", "5e-3", "--beta", "0.1", "--alpha-max", "0.5", "--micro-batch", "4", "--grad-accum", "1", "--epochs", "3", "--warmup-ratio", "0"]
-                .map(String::from),
+            [
+                "--out",
+                &out,
+                "--lr",
+                "5e-3",
+                "--beta",
+                "0.1",
+                "--alpha-max",
+                "0.5",
+                "--micro-batch",
+                "4",
+                "--grad-accum",
+                "1",
+                "--epochs",
+                "3",
+                "--warmup-ratio",
+                "0",
+            ]
+            .map(String::from),
         );
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -179,14 +194,17 @@ fn wrpo_learns_held_out_preferences_and_resumes_exactly() {
     let ids = Tensor::new(&[[1u32, 5, 9, 40, 7]], &Device::Cpu).unwrap();
     let logits = a.forward(&ids, &ids.ones_like().unwrap()).unwrap();
     assert!(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite()));
-    let tok_cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&s.path("whole/final/tokenizer_config.json"))).unwrap()).unwrap();
+    let tok_cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&s.path("whole/final/tokenizer_config.json"))).unwrap()).unwrap();
     assert!(tok_cfg["chat_template"].as_str().unwrap().contains("<|im_start|>"));
 }
 
 #[test]
 fn baselines_run_from_the_same_pairs_and_simpo_needs_no_reference() {
     let s = Setup::new();
-    for (name, loss, extra) in [("dpo", "dpo", "--dpo-chosen=source"), ("ipo", "ipo", "--label-smoothing=0"), ("mix", "sigmoid-mix", "--static-alpha")] {
+    for (name, loss, extra) in
+        [("dpo", "dpo", "--dpo-chosen=source"), ("ipo", "ipo", "--label-smoothing=0"), ("mix", "sigmoid-mix", "--static-alpha")]
+    {
         ok(s.wrpo(name, &["--loss", loss, extra]));
         let m = metrics(&s.path(name));
         assert_eq!(m.len(), 12);
@@ -197,7 +215,23 @@ fn baselines_run_from_the_same_pairs_and_simpo_needs_no_reference() {
     }
     // SimPO on pairs without reference columns.
     let out = s.path("simpo");
-    ok(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("pairs.parquet"), "--out", &out, "--loss", "simpo", "--micro-batch", "8", "--grad-accum", "1", "--beta", "2"]));
+    ok(train_bin(&[
+        "wrpo",
+        "--model",
+        &s.model,
+        "--pairs",
+        &s.path("pairs.parquet"),
+        "--out",
+        &out,
+        "--loss",
+        "simpo",
+        "--micro-batch",
+        "8",
+        "--grad-accum",
+        "1",
+        "--beta",
+        "2",
+    ]));
     // WRPO on them is refused, naming the file and the column.
     let err = failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("pairs.parquet"), "--out", &s.path("x")]));
     assert!(err.contains("pairs.parquet") && err.contains("ref_logp_y_ws") && err.contains("ref-logps"), "{err}");
@@ -209,8 +243,25 @@ fn sft_lowers_the_held_out_loss() {
     let s = Setup::new();
     let out = s.path("sft");
     ok(train_bin(&[
-        "sft", "--model", &s.model, "--data", &s.path("sft.parquet"), "--eval-data", &s.path("eval-sft.parquet"), "--out", &out,
-        "--lr", "3e-3", "--micro-batch", "4", "--grad-accum", "1", "--epochs", "3", "--warmup-ratio", "0",
+        "sft",
+        "--model",
+        &s.model,
+        "--data",
+        &s.path("sft.parquet"),
+        "--eval-data",
+        &s.path("eval-sft.parquet"),
+        "--out",
+        &out,
+        "--lr",
+        "3e-3",
+        "--micro-batch",
+        "4",
+        "--grad-accum",
+        "1",
+        "--epochs",
+        "3",
+        "--warmup-ratio",
+        "0",
     ]));
     let m = metrics(&out);
     let eval: Vec<&StepMetrics> = m.iter().filter(|r| r.stage == "eval_sft").collect();
@@ -239,7 +290,19 @@ fn bad_inputs_are_named() {
     let err = failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("nan.parquet"), "--out", &s.path("o2")]));
     assert!(err.contains("row 5") && err.contains("ref_logp_y_wt"), "{err}");
     // A prompt limit that leaves no room for a response.
-    let err = failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("pairs-ref.parquet"), "--out", &s.path("o3"), "--max-length", "12", "--max-prompt-length", "12"]));
+    let err = failed(train_bin(&[
+        "wrpo",
+        "--model",
+        &s.model,
+        "--pairs",
+        &s.path("pairs-ref.parquet"),
+        "--out",
+        &s.path("o3"),
+        "--max-length",
+        "12",
+        "--max-prompt-length",
+        "12",
+    ]));
     assert!(err.contains("--max-prompt-length (12) must be below --max-length (12)"), "{err}");
     // A model loaded for quantized inference cannot be trained.
     let gguf = repo().join("data/fixtures/llm/gguf");
