@@ -1,5 +1,6 @@
-//! The training forward's matmuls, RMSNorm and gated activation as candle
-//! ops with their analytic backward, each one kernel on our pool.
+//! The training forward's matmuls, RMSNorm, gated activation and rotary
+//! embedding as candle ops with their analytic backward, each one kernel on
+//! our pool.
 //!
 //! Written out of candle's primitives, an RMSNorm is seven ops forward and
 //! more backward, each with its own buffer and its own trip through candle's
@@ -9,12 +10,13 @@
 //! tensors they take). candle's autograd calls `bwd`; a gradient is returned
 //! for every input, so no variable is left without one.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
 
 use crate::{
     infer::{gemm, with_values, Operand},
     pool::{Pool, SharedMut},
+    rope::{rotate, CosSin},
 };
 
 /// Whether these ops take `tensors`: f32 or f64 on the CPU.
@@ -292,6 +294,59 @@ impl CustomOp2 for GatedOp {
     }
 }
 
+/// Rotary embedding of x (1, heads, N, head_dim) at each token's angles
+/// (`angles`: N tokens' worth), differentiable in x: the backward rotates the
+/// gradient back.
+pub fn rope(x: &Tensor, angles: &CosSin) -> Result<Tensor> {
+    let (_, _, n, _) = x.dims4()?;
+    if angles.cos.len() != n * angles.rot_dim / 2 {
+        candle_core::bail!("rope: {} angles for {n} tokens", angles.cos.len() / (angles.rot_dim / 2).max(1));
+    }
+    x.contiguous()?.apply_op1(RopeOp(angles.clone()))
+}
+
+struct RopeOp(CosSin);
+
+impl RopeOp {
+    /// Rotate every (head, token) row of x, forward or back.
+    fn run<T: WithDType + Float>(&self, x: &[T], shape: &Shape, inverse: bool) -> Result<Vec<T>> {
+        let (_, _, n, hd) = shape.dims4()?;
+        let (a, half) = (&self.0, self.0.rot_dim / 2);
+        let mut out = vec![T::zero(); x.len()];
+        over_rows(&mut out, hd, &|first, rows| {
+            for (r, out) in rows.chunks_exact_mut(hd).enumerate() {
+                let (row, token) = (first + r, (first + r) % n);
+                let at = token * half..(token + 1) * half;
+                rotate(&x[row * hd..(row + 1) * hd], &a.cos[at.clone()], &a.sin[at], a.rot_dim, inverse, out);
+            }
+        });
+        Ok(out)
+    }
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match x.dtype() {
+            DType::F64 => CpuStorage::F64(self.run(values::<f64>(x, l)?, l.shape(), false)?),
+            _ => CpuStorage::F32(self.run(values::<f32>(x, l)?, l.shape(), false)?),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dy = dy.to_dtype(x.dtype())?;
+        let dx = match x.dtype() {
+            DType::F64 => tensor(with_values(&dy, |g: &[f64]| self.run(g, x.shape(), true))??, x.shape(), x)?,
+            _ => tensor(with_values(&dy, |g: &[f32]| self.run(g, x.shape(), true))??, x.shape(), x)?,
+        };
+        Ok(Some(dx))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Tensor, Var, D};
@@ -339,6 +394,40 @@ mod tests {
             }
             check("silu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, false).unwrap(), &|g, u| (g.silu().unwrap() * u).unwrap());
             check("gelu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, true).unwrap(), &|g, u| (g.gelu().unwrap() * u).unwrap());
+        }
+    }
+
+    /// Rope against transformers' formula, x * cos + rotate_half(x) * sin, in
+    /// candle's primitives, with a partial rotation (rot_dim 6 of head_dim 8).
+    #[test]
+    fn rope_and_its_gradient_equal_the_rotate_half_formula() {
+        use crate::rope::CosSin;
+        let (heads, n, hd, rot) = (3, 5, 8, 6);
+        let angles: Vec<f32> = (0..n * rot / 2).map(|i| 0.37 * i as f32).collect();
+        let cs = CosSin { cos: angles.iter().map(|a| a.cos()).collect(), sin: angles.iter().map(|a| a.sin()).collect(), rot_dim: rot };
+        let table = |v: &[f32]| {
+            let t = Tensor::from_slice(v, (n, rot / 2), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+            Tensor::cat(&[&t, &t], 1).unwrap()
+        };
+        let (cos, sin) = (table(&cs.cos), table(&cs.sin));
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            let naive = |x: &Tensor| {
+                let x = x.to_dtype(DType::F64).unwrap();
+                let r = x.narrow(D::Minus1, 0, rot).unwrap();
+                let (x1, x2) = (r.narrow(D::Minus1, 0, rot / 2).unwrap(), r.narrow(D::Minus1, rot / 2, rot / 2).unwrap());
+                let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+                let out = (r.broadcast_mul(&cos).unwrap() + rotated.broadcast_mul(&sin).unwrap()).unwrap();
+                Tensor::cat(&[&out, &x.narrow(D::Minus1, rot, hd - rot).unwrap()], D::Minus1).unwrap()
+            };
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (1, heads, n, hd), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let (ours, want) = (super::rope(&x, &cs).unwrap(), naive(&x));
+            assert!(max_diff(&ours.to_dtype(DType::F64).unwrap(), &want) < tol, "rope {dtype:?}: values differ");
+            let coef = Tensor::randn(0f64, 1.0, want.shape(), &Device::Cpu).unwrap();
+            let g = (ours.to_dtype(DType::F64).unwrap() * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_want = (&want * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+            let (got, expected) = (g.get(&x).unwrap().to_dtype(DType::F64).unwrap(), g_want.get(&x).unwrap().to_dtype(DType::F64).unwrap());
+            assert!(max_diff(&got, &expected) < tol * 10.0, "rope {dtype:?}: gradients differ by {}", max_diff(&got, &expected));
         }
     }
 }

@@ -130,12 +130,7 @@ impl KvCache {
         let (nh, half) = (a.heads, a.rot_dim / 2);
         let rotate = |x: &[f32], token: usize, out: &mut [f32]| {
             let (cos, sin) = (&a.cos[token * half..(token + 1) * half], &a.sin[token * half..(token + 1) * half]);
-            for d in 0..half {
-                let (x1, x2) = (x[d], x[d + half]);
-                out[d] = x1 * cos[d] - x2 * sin[d];
-                out[d + half] = x2 * cos[d] + x1 * sin[d];
-            }
-            out[a.rot_dim..].copy_from_slice(&x[a.rot_dim..]);
+            crate::rope::rotate(x, cos, sin, a.rot_dim, false, out);
         };
         // Where each row's tokens start in the packed layout.
         let starts: Vec<usize> = a.rows.iter().scan(0, |at, &(_, t)| Some(std::mem::replace(at, *at + t))).collect();

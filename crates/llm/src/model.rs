@@ -14,23 +14,16 @@ use crate::{
     config::{Activation, Config},
     grad_ops, infer,
     kv::{Attend, KvCache},
-    rope::{RopeTables, RotaryEmbedding},
+    rope::{CosSin, RotaryEmbedding},
     weights::{LinearWeight, Weights},
 };
 
 /// How a layer sees the positions of its input.
 enum Positions<'a> {
     /// Training (and reference log-probs): one packed row, differentiable.
-    Packed { rope: (&'a RotaryEmbedding, &'a RopeTables), packing: &'a Packing, window: Option<usize> },
+    Packed { rope: &'a CosSin, packing: &'a Packing, window: Option<usize> },
     /// Inference: keys and values go to the cache, which attends.
     Cached { cache: &'a mut KvCache, layer: usize, rows: &'a [(usize, usize)], window: Option<usize>, rope: &'a CosSin },
-}
-
-/// Rotary cos and sin for each (row, new position) of a cached step.
-struct CosSin {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    rot_dim: usize,
 }
 
 struct Linear {
@@ -179,8 +172,8 @@ impl Attention {
                     scale: self.scale as f32,
                     softcap: self.softcap.map(|c| c as f32),
                     window,
-                    cos: &rope.cos,
-                    sin: &rope.sin,
+                    cos: &rope.cos[..],
+                    sin: &rope.sin[..],
                     rot_dim: rope.rot_dim,
                 };
                 let values = |x: &Tensor| x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
@@ -188,8 +181,8 @@ impl Attention {
                 Tensor::from_vec(out, (b, t, nh * hd), x.device())?.to_dtype(x.dtype())?
             }
             Positions::Packed { rope, packing, window } => {
-                let q = rope.0.apply(&q.transpose(1, 2)?, rope.1)?;
-                let k = rope.0.apply(&k.transpose(1, 2)?, rope.1)?;
+                let q = grad_ops::rope(&q.transpose(1, 2)?, rope)?;
+                let k = grad_ops::rope(&k.transpose(1, 2)?, rope)?;
                 let a = attention::Attention { packing, heads: nh, kv_heads: nkv, scale: self.scale, softcap: self.softcap, window };
                 attention::attention(&q, &k, &v.transpose(1, 2)?, &a)?
             }
@@ -406,8 +399,8 @@ impl Model {
         let layers = (0..cfg.num_layers).map(|i| Block::new(&weights, i, cfg)).collect::<Result<_>>()?;
         Ok(Model {
             norm: RmsNorm::new(&weights, "model.norm", cfg.hidden_size, cfg)?,
-            rope_global: RotaryEmbedding::new(&cfg.rope_global, cfg.head_dim, device)?,
-            rope_local: RotaryEmbedding::new(&cfg.rope_local, cfg.head_dim, device)?,
+            rope_global: RotaryEmbedding::new(&cfg.rope_global, cfg.head_dim),
+            rope_local: RotaryEmbedding::new(&cfg.rope_local, cfg.head_dim),
             embed,
             layers,
             lm_head,
@@ -442,13 +435,11 @@ impl Model {
             bail!("{} token ids for a packing of {}", ids.len(), packing.len());
         }
         let mut x = self.embed(ids)?;
-        let positions = Tensor::from_vec(packing.positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), (1, ids.len()), &self.device)?;
-        let tables_g = self.rope_global.tables(&positions, self.dtype)?;
-        let tables_l = self.rope_local.tables(&positions, self.dtype)?;
+        let (global, local) = (self.rope_global.cos_sin(&packing.positions), self.rope_local.cos_sin(&packing.positions));
         for layer in &self.layers {
             let ctx = match layer.sliding {
-                true => Positions::Packed { rope: (&self.rope_local, &tables_l), packing, window: self.config.sliding_window },
-                false => Positions::Packed { rope: (&self.rope_global, &tables_g), packing, window: None },
+                true => Positions::Packed { rope: &local, packing, window: self.config.sliding_window },
+                false => Positions::Packed { rope: &global, packing, window: None },
             };
             x = layer.forward(&x, ctx)?;
         }
@@ -462,11 +453,7 @@ impl Model {
     fn run_cached(&self, ids: &[u32], cache: &mut KvCache, rows: &[(usize, usize)]) -> Result<Tensor> {
         let positions: Vec<usize> = rows.iter().flat_map(|&(slot, n)| cache.len(slot)..cache.len(slot) + n).collect();
         let mut x = self.embed(ids)?;
-        let cos_sin = |rope: &RotaryEmbedding| {
-            let (cos, sin) = rope.cos_sin(&positions);
-            CosSin { cos, sin, rot_dim: rope.rot_dim }
-        };
-        let (global, local) = (cos_sin(&self.rope_global), cos_sin(&self.rope_local));
+        let (global, local) = (self.rope_global.cos_sin(&positions), self.rope_local.cos_sin(&positions));
         for (i, layer) in self.layers.iter().enumerate() {
             let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
             x = layer.forward(&x, Positions::Cached { cache: &mut *cache, layer: i, rows, window, rope })?;

@@ -1,68 +1,64 @@
 //! Rotary position embeddings in the HF layout (rotate_half over the two
-//! halves of the rotated dimensions), computed for the positions at hand.
+//! halves of the rotated dimensions), computed for the positions at hand:
+//! one rotation, which the KV cache applies as keys arrive and the training
+//! forward applies as a differentiable op (`grad_ops::rope`).
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use std::sync::Arc;
+
+use num_traits::Float;
 
 use crate::config::{Rope, RopeScaling};
 
 pub struct RotaryEmbedding {
-    /// (1, 1, rot_dim / 2) inverse frequencies.
-    inv_freq: Tensor,
-    inv_freq_values: Vec<f32>,
+    /// rot_dim / 2 inverse frequencies.
+    inv_freq: Vec<f32>,
     /// The leading dimensions of a head that rotate; the rest pass through.
     pub rot_dim: usize,
 }
 
+/// cos and sin of the rotation angles of a run of tokens: rot_dim / 2 of
+/// each per token, computed once per forward and shared by every layer.
+#[derive(Clone)]
+pub struct CosSin {
+    pub cos: Arc<[f32]>,
+    pub sin: Arc<[f32]>,
+    pub rot_dim: usize,
+}
+
 impl RotaryEmbedding {
-    pub fn new(rope: &Rope, head_dim: usize, device: &Device) -> Result<Self> {
+    pub fn new(rope: &Rope, head_dim: usize) -> Self {
         let rot_dim = ((head_dim as f64 * rope.partial_factor) as usize) & !1;
-        let inv_freq: Vec<f32> = (0..rot_dim / 2)
+        let inv_freq = (0..rot_dim / 2)
             .map(|i| {
                 let f = 1.0 / rope.theta.powf((2 * i) as f64 / rot_dim as f64);
                 scale_frequency(f, &rope.scaling) as f32
             })
             .collect();
-        let inv_freq_values = inv_freq.clone();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, 1, rot_dim / 2), device)?;
-        Ok(RotaryEmbedding { inv_freq, inv_freq_values, rot_dim })
+        RotaryEmbedding { inv_freq, rot_dim }
     }
 
-    /// cos and sin of each of `positions` at every frequency, rot_dim / 2
-    /// per position, computed in f32 as `tables` does: for the KV-cache path.
-    pub fn cos_sin(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
-        let angles: Vec<f32> = positions.iter().flat_map(|&p| self.inv_freq_values.iter().map(move |f| p as f32 * f)).collect();
-        (angles.iter().map(|a| a.cos()).collect(), angles.iter().map(|a| a.sin()).collect())
-    }
-
-    /// cos and sin of `positions` (B, T) in `dtype`, (B, 1, T, rot_dim) with
-    /// the halves repeated: rotate_half written out in differentiable ops.
-    pub fn tables(&self, positions: &Tensor, dtype: DType) -> Result<RopeTables> {
-        let freqs = positions.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?.broadcast_mul(&self.inv_freq)?; // (B, T, rot/2)
-        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
-        Ok(RopeTables { cos: emb.cos()?.to_dtype(dtype)?, sin: emb.sin()?.to_dtype(dtype)? })
-    }
-
-    /// Rotate x (B, H, T, head_dim).
-    pub fn apply(&self, x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
-        let head_dim = x.dim(D::Minus1)?;
-        let x_rot = x.narrow(D::Minus1, 0, self.rot_dim)?;
-        let half = self.rot_dim / 2;
-        let x1 = x_rot.narrow(D::Minus1, 0, half)?;
-        let x2 = x_rot.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        let out = (x_rot.broadcast_mul(&tables.cos)? + rotated.broadcast_mul(&tables.sin)?)?;
-        if self.rot_dim == head_dim {
-            Ok(out)
-        } else {
-            Tensor::cat(&[&out, &x.narrow(D::Minus1, self.rot_dim, head_dim - self.rot_dim)?], D::Minus1)
-        }
+    /// The angles' cos and sin at each of `positions`, in f32 (as transformers
+    /// computes them).
+    pub fn cos_sin(&self, positions: &[usize]) -> CosSin {
+        let angles: Vec<f32> = positions.iter().flat_map(|&p| self.inv_freq.iter().map(move |f| p as f32 * f)).collect();
+        CosSin { cos: angles.iter().map(|a| a.cos()).collect(), sin: angles.iter().map(|a| a.sin()).collect(), rot_dim: self.rot_dim }
     }
 }
 
-/// (B, 1, T, rot_dim), halves repeated.
-pub struct RopeTables {
-    cos: Tensor,
-    sin: Tensor,
+/// Rotate one head's vector `x` into `out` by the angles of one token (`cos`,
+/// `sin`: rot_dim / 2 each), in the HF layout: dimension d pairs with d +
+/// rot_dim / 2 (rotate_half), and the dimensions after rot_dim pass through.
+/// `inverse` rotates the other way: the transpose, which is the backward.
+pub fn rotate<T: Float>(x: &[T], cos: &[f32], sin: &[f32], rot_dim: usize, inverse: bool, out: &mut [T]) {
+    let half = rot_dim / 2;
+    for d in 0..half {
+        let (c, s) = (T::from(cos[d]).unwrap(), T::from(sin[d]).unwrap());
+        let s = if inverse { -s } else { s };
+        let (x1, x2) = (x[d], x[d + half]);
+        out[d] = x1 * c - x2 * s;
+        out[d + half] = x2 * c + x1 * s;
+    }
+    out[rot_dim..].copy_from_slice(&x[rot_dim..]);
 }
 
 /// Frequency scaling as transformers' rope init functions compute it.

@@ -1,13 +1,15 @@
 //! AdamW over flat f32 buffers, updated in place: gradients of the
 //! micro-batches of a step are summed into one buffer per variable, clipped
 //! by their global norm, and each variable's storage is rewritten in place
-//! (no new tensors per step). The update is torch.optim.AdamW's.
+//! (no new tensors per step), in chunks across the thread pool. The update
+//! is torch.optim.AdamW's.
 
 use std::{cell::RefCell, collections::HashMap, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{backprop::GradStore, CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor, Var};
 use serde::Serialize;
+use wrpo_llm::pool::Pool;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct AdamWConfig {
@@ -27,6 +29,9 @@ struct Param {
     v: Vec<f32>,
     decay: bool,
 }
+
+/// Values per task when a buffer is split across the pool.
+const CHUNK: usize = 1 << 16;
 
 pub struct AdamW {
     config: AdamWConfig,
@@ -82,14 +87,19 @@ impl AdamW {
     pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
         for p in &mut self.params {
             let g = grads.get(p.var.as_tensor()).ok_or_else(|| anyhow!("variable {} received no gradient", p.name))?;
-            with_values(g, |g| p.grad.iter_mut().zip(g).for_each(|(a, b)| *a += b))?;
+            with_values(g, |g| {
+                let mut parts: Vec<(&mut [f32], &[f32])> = p.grad.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).collect();
+                Pool::global().for_each_mut(&mut parts, &|(sum, g)| sum.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b));
+            })?;
         }
         Ok(())
     }
 
     /// The global L2 norm of the summed gradients.
     pub fn grad_norm(&self) -> f64 {
-        self.params.iter().map(|p| p.grad.iter().map(|g| (*g as f64).powi(2)).sum::<f64>()).sum::<f64>().sqrt()
+        let mut parts: Vec<(&[f32], f64)> = self.params.iter().flat_map(|p| p.grad.chunks(CHUNK)).map(|c| (c, 0.0)).collect();
+        Pool::global().for_each_mut(&mut parts, &|(g, sum)| *sum = g.iter().map(|&g| (g as f64).powi(2)).sum());
+        parts.iter().map(|(_, s)| s).sum::<f64>().sqrt()
     }
 
     /// Clip the summed gradients to `max_norm` (as torch's clip_grad_norm_),
@@ -102,21 +112,24 @@ impl AdamW {
         let c = &self.config;
         let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
         let bias1 = 1.0 - c.beta1.powi(self.t as i32);
-        let bias2_sqrt = (1.0 - c.beta2.powi(self.t as i32)).sqrt();
+        let bias2_sqrt = (1.0 - c.beta2.powi(self.t as i32)).sqrt() as f32;
         let step_size = (lr / bias1) as f32;
         let eps = c.eps as f32;
         for p in &mut self.params {
             let decay = if p.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
             let (grad, m, v) = (&mut p.grad, &mut p.m, &mut p.v);
             let mut update = |w: &mut [f32]| {
-                for i in 0..w.len() {
-                    let g = grad[i] * clip;
-                    m[i] = b1 * m[i] + (1.0 - b1) * g;
-                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                    let denom = (v[i].sqrt() / bias2_sqrt as f32) + eps;
-                    w[i] = w[i] * decay - step_size * m[i] / denom;
-                    grad[i] = 0.0;
-                }
+                let mut parts: Vec<_> =
+                    w.chunks_mut(CHUNK).zip(grad.chunks_mut(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK)).collect();
+                Pool::global().for_each_mut(&mut parts, &|(((w, grad), m), v)| {
+                    for (((w, g), m), v) in w.iter_mut().zip(grad.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        let clipped = *g * clip;
+                        *m = b1 * *m + (1.0 - b1) * clipped;
+                        *v = b2 * *v + (1.0 - b2) * clipped * clipped;
+                        *w = *w * decay - step_size * *m / (v.sqrt() / bias2_sqrt + eps);
+                        *g = 0.0;
+                    }
+                });
             };
             p.var.as_tensor().inplace_op1(&InPlace(RefCell::new(&mut update)))?;
         }
