@@ -188,10 +188,6 @@ impl Config {
             eos_token_ids,
         })
     }
-
-    pub fn num_kv_groups(&self) -> usize {
-        self.num_heads / self.num_kv_heads
-    }
 }
 
 fn sliding_layers(c: &Value, family: Family, n: usize, window: Option<usize>) -> Result<Vec<bool>> {

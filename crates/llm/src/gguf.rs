@@ -186,69 +186,59 @@ impl Gguf {
         Ok(c)
     }
 
-    /// Every tensor, dequantized to `dtype` under its HF name and layout.
-    pub fn weights(&self, dtype: DType, device: &Device) -> Result<Weights> {
+    /// Every tensor as stored, with its HF name, in name order, and the
+    /// architecture and head counts that its layout depends on: what both
+    /// loaders start from.
+    fn read_tensors(&self, device: &Device) -> Result<(Stored, Vec<(String, String, QTensor)>)> {
         let arch = self.architecture()?.to_string();
         let config = self.hf_config()?;
         let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
         let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
         let mut reader = BufReader::new(File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?);
-        let mut tensors = HashMap::new();
         let mut names: Vec<_> = self.content.tensor_infos.keys().cloned().collect();
         names.sort();
+        let mut tensors = Vec::with_capacity(names.len());
         for name in names {
             let hf = hf_name(&name, &arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
-            let q: QTensor =
+            let q =
                 self.content.tensor(&mut reader, &name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
-            let mut t = q.dequantize(device)?;
-            if arch == "llama" && name.ends_with("attn_q.weight") {
-                t = unpermute_rope_rows(&t, heads)?;
-            } else if arch == "llama" && name.ends_with("attn_k.weight") {
-                t = unpermute_rope_rows(&t, kv_heads)?;
-            } else if arch.starts_with("gemma") && name.ends_with("norm.weight") {
-                t = (t - 1.0)?;
-            }
-            tensors.insert(hf, t.to_dtype(dtype)?);
+            tensors.push((name, hf, q));
         }
-        Weights::from_tensors(tensors, self.path.display().to_string())
+        Ok((Stored { arch, heads, kv_heads }, tensors))
     }
-}
 
-impl Gguf {
-    /// Weights for fast inference: the 2-D projections stay quantized (Q8_0
-    /// and Q4_1 in our kernel, k-quants in candle's); Q5_0 and Q5_1, which
-    /// neither has a fast kernel for, are re-quantized to Q8_0, which holds
-    /// them almost exactly. Norms and the embedding table are dequantized.
+    /// Every tensor, dequantized to `dtype` under its HF name and layout.
+    pub fn weights(&self, dtype: DType, device: &Device) -> Result<Weights> {
+        let (stored, tensors) = self.read_tensors(device)?;
+        let mut dense = HashMap::new();
+        for (name, hf, q) in tensors {
+            let t = stored.dense(&name, q.dequantize(device)?)?;
+            dense.insert(hf, t.to_dtype(dtype)?);
+        }
+        Weights::from_tensors(dense, self.path.display().to_string())
+    }
+
+    /// Weights for fast inference: the 2-D projections stay quantized, in
+    /// our kernel's Q8_0 and Q4_1; other block types (the k-quants, Q5_0,
+    /// Q5_1) are re-encoded as Q8_0, which holds their 4 to 6 bits closely
+    /// (candle's generic quantized matmul streams the whole weight once per
+    /// batch row). Norms and the embedding table are dequantized; the table
+    /// is also kept quantized as a tied LM head.
     pub fn quantized_weights(&self, device: &Device) -> Result<Weights> {
-        let arch = self.architecture()?.to_string();
-        let config = self.hf_config()?;
-        let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
-        let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
-        let mut reader = BufReader::new(File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?);
+        let (stored, tensors) = self.read_tensors(device)?;
         let (mut dense, mut quantized) = (HashMap::new(), HashMap::new());
-        for name in self.content.tensor_infos.keys() {
-            let hf = hf_name(name, &arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
-            let mut q =
-                self.content.tensor(&mut reader, name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
+        for (name, hf, mut q) in tensors {
             if q.shape().rank() != 2 || name == "token_embd.weight" {
-                let mut t = q.dequantize(device)?;
-                if arch.starts_with("gemma") && name.ends_with("norm.weight") {
-                    t = (t - 1.0)?;
-                }
-                dense.insert(hf.clone(), t);
+                dense.insert(hf.clone(), stored.dense(&name, q.dequantize(device)?)?);
                 if name != "token_embd.weight" {
                     continue;
                 }
             }
-            if arch == "llama" && name.ends_with("attn_q.weight") {
-                q = unpermute_quantized_rows(&q, heads, device)?;
-            } else if arch == "llama" && name.ends_with("attn_k.weight") {
-                q = unpermute_quantized_rows(&q, kv_heads, device)?;
+            if stored.arch == "llama" && name.ends_with("attn_q.weight") {
+                q = unpermute_quantized_rows(&q, stored.heads, device)?;
+            } else if stored.arch == "llama" && name.ends_with("attn_k.weight") {
+                q = unpermute_quantized_rows(&q, stored.kv_heads, device)?;
             }
-            // Block types our kernel does not run (k-quants among them) become
-            // Q8_0, which it does: 8 bits re-encode 4-6-bit values closely, and
-            // candle's generic quantized matmul streams the whole weight once
-            // per batch row.
             if !matches!(q.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_1) && q.shape().dims2()?.1 % GgmlDType::Q8_0.block_size() == 0 {
                 q = QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?;
             }
@@ -257,6 +247,29 @@ impl Gguf {
         let mut weights = Weights::from_tensors(dense, self.path.display().to_string())?;
         weights.set_quantized(quantized)?;
         Ok(weights)
+    }
+}
+
+/// What a GGUF tensor's stored layout depends on.
+struct Stored {
+    arch: String,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl Stored {
+    /// A dequantized tensor in HF's layout: llama.cpp permutes Llama's q and k
+    /// rows for its rope, and stores Gemma's norms as 1 + w.
+    fn dense(&self, name: &str, t: Tensor) -> Result<Tensor> {
+        Ok(if self.arch == "llama" && name.ends_with("attn_q.weight") {
+            unpermute_rope_rows(&t, self.heads)?
+        } else if self.arch == "llama" && name.ends_with("attn_k.weight") {
+            unpermute_rope_rows(&t, self.kv_heads)?
+        } else if self.arch.starts_with("gemma") && name.ends_with("norm.weight") {
+            (t - 1.0)?
+        } else {
+            t
+        })
     }
 }
 

@@ -58,10 +58,6 @@ impl KvCache {
         self.lens.len()
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Positions filled in `slot`.
     pub fn len(&self, slot: usize) -> usize {
         self.lens[slot]

@@ -119,8 +119,7 @@ impl AdamW {
             let decay = if p.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
             let (grad, m, v) = (&mut p.grad, &mut p.m, &mut p.v);
             let mut update = |w: &mut [f32]| {
-                let mut parts: Vec<_> =
-                    w.chunks_mut(CHUNK).zip(grad.chunks_mut(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK)).collect();
+                let mut parts: Vec<_> = w.chunks_mut(CHUNK).zip(grad.chunks_mut(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK)).collect();
                 Pool::global().for_each_mut(&mut parts, &|(((w, grad), m), v)| {
                     for (((w, g), m), v) in w.iter_mut().zip(grad.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
                         let clipped = *g * clip;
