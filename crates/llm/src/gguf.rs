@@ -293,14 +293,15 @@ fn unpermute_quantized_rows(q: &QTensor, heads: usize, device: &Device) -> Resul
 }
 
 /// Gemma's query_pre_attn_scalar, which GGUF files do not store: from
-/// `attention.scale` (1 / sqrt(scalar)) where a file has it, else as
-/// llama.cpp sets it, by model size: hidden / heads for the 27B models
-/// (Gemma-2's 46 layers, Gemma-3's 62), the key length for the others.
-fn gemma_query_scalar(arch: &str, layers: u32, hidden: u32, heads: u32, head_dim: u32, scale: Option<f64>) -> f64 {
+/// `attention.scale` (1 / sqrt(scalar), rounded: transformers' config takes
+/// an integer) where a file has it, else as llama.cpp sets it, by model size:
+/// hidden / heads for the 27B models (Gemma-2's 46 layers, Gemma-3's 62), the
+/// key length for the others.
+fn gemma_query_scalar(arch: &str, layers: u32, hidden: u32, heads: u32, head_dim: u32, scale: Option<f64>) -> u32 {
     match (scale, arch, layers) {
-        (Some(s), _, _) if s > 0.0 => s.powi(-2),
-        (_, "gemma2", 46) | (_, "gemma3", 62) => f64::from(hidden / heads),
-        _ => f64::from(head_dim),
+        (Some(s), _, _) if s > 0.0 => s.powi(-2).round() as u32,
+        (_, "gemma2", 46) | (_, "gemma3", 62) => hidden / heads,
+        _ => head_dim,
     }
 }
 
@@ -368,13 +369,13 @@ mod tests {
     #[test]
     fn gemma_query_scale_follows_llama_cpp_or_the_files_own() {
         // Gemma-3-270M (18 layers, 640 / 4 heads, key length 256) and 1B: the key length.
-        assert_eq!(gemma_query_scalar("gemma3", 18, 640, 4, 256, None), 256.0);
-        assert_eq!(gemma_query_scalar("gemma3", 26, 1152, 4, 256, None), 256.0);
+        assert_eq!(gemma_query_scalar("gemma3", 18, 640, 4, 256, None), 256);
+        assert_eq!(gemma_query_scalar("gemma3", 26, 1152, 4, 256, None), 256);
         // The 27B models: hidden / heads, not the key length.
-        assert_eq!(gemma_query_scalar("gemma3", 62, 5376, 32, 128, None), 168.0);
-        assert_eq!(gemma_query_scalar("gemma2", 46, 4608, 32, 128, None), 144.0);
-        assert_eq!(gemma_query_scalar("gemma2", 42, 3584, 16, 256, None), 256.0);
+        assert_eq!(gemma_query_scalar("gemma3", 62, 5376, 32, 128, None), 168);
+        assert_eq!(gemma_query_scalar("gemma2", 46, 4608, 32, 128, None), 144);
+        assert_eq!(gemma_query_scalar("gemma2", 42, 3584, 16, 256, None), 256);
         // A file that states its scale.
-        assert!((gemma_query_scalar("gemma3", 62, 5376, 32, 128, Some(1.0 / 12.0)) - 144.0).abs() < 1e-9);
+        assert_eq!(gemma_query_scalar("gemma3", 62, 5376, 32, 128, Some(1.0 / 12.0)), 144);
     }
 }

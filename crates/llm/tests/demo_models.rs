@@ -103,6 +103,11 @@ fn an_hf_checkpoint_quantized_at_load_follows_its_f32_model() {
         let hf = dir.path().join(name);
         wrpo_llm::save_hf_checkpoint(&dense, &tokenizer, None, &hf).unwrap();
         drop(dense);
+        // transformers refuses a config whose integer fields hold floats.
+        let config = read_json(hf.join("config.json"));
+        for key in ["query_pre_attn_scalar", "head_dim", "sliding_window", "num_key_value_heads"] {
+            assert!(config[key].is_null() || config[key].is_u64(), "{name}: config.json's {key} is {}, not an integer", config[key]);
+        }
         let exact = Model::load_for_inference(&hf, None, &Device::Cpu).unwrap();
         let q8 = Model::load_for_inference(&hf, Some(GgmlDType::Q8_0), &Device::Cpu).unwrap();
         // Gemma's k-quant GGUF runs as Q8_0 of the same values: its Q8_0
