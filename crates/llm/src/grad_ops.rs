@@ -48,13 +48,47 @@ fn tensor<T: WithDType>(v: Vec<T>, shape: &Shape, like: &Tensor) -> Result<Tenso
     Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())
 }
 
+/// A two-input op with its analytic backward, written once for f32 and f64
+/// (f64 for the finite-difference checks).
+trait Kernel2: Send + Sync + 'static {
+    const NAME: &'static str;
+    /// The output of inputs `a` and `b` (contiguous).
+    fn fwd<T: WithDType + Float>(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)>;
+    /// The gradients of `a` and `b` from the output's gradient `g`.
+    fn bwd_as<T: WithDType + Float>(&self, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// A [`Kernel2`] as a candle op.
+struct Op2<K>(K);
+
+impl<K: Kernel2> CustomOp2 for Op2<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
+        match a.dtype() {
+            DType::F64 => self.0.fwd::<f64>(a, la, b, lb),
+            _ => self.0.fwd::<f32>(a, la, b, lb),
+        }
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (da, db) = match a.dtype() {
+            DType::F64 => self.0.bwd_as::<f64>(a, b, g)?,
+            _ => self.0.bwd_as::<f32>(a, b, g)?,
+        };
+        Ok((Some(da), Some(db)))
+    }
+}
+
 /// x (m, k) · wᵀ for a weight w (n, k): (m, n), differentiable in both.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let ((_, k), (_, wk)) = (x.dims2()?, w.dims2()?);
     if k != wk {
         candle_core::bail!("linear: input has {k} features, the weight {wk}");
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp)
+    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(LinearOp))
 }
 
 struct LinearOp;
@@ -65,55 +99,38 @@ fn matmul_into<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], a: Ope
     unsafe { gemm(m, n, k, dst.as_mut_ptr(), n, a, b, false) }
 }
 
-fn linear_fwd<T: WithDType>(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
-    let ((m, k), (n, _)) = (lx.shape().dims2()?, lw.shape().dims2()?);
-    let (xv, wv) = (values::<T>(x, lx)?, values::<T>(w, lw)?);
-    let mut y = vec![T::zero(); m * n];
-    matmul_into(m, n, k, &mut y, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: 1, cs: k });
-    Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
-}
+impl Kernel2 for LinearOp {
+    const NAME: &'static str = "linear";
 
-/// dx = dy · w (m, k) and dw = dyᵀ · x (n, k).
-fn linear_bwd<T: WithDType>(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let ((m, k), (n, _)) = (x.dims2()?, w.dims2()?);
-    let (x32, w32, dy32) = (x.to_dtype(T::DTYPE)?, w.to_dtype(T::DTYPE)?, dy.to_dtype(T::DTYPE)?);
-    let (mut dx, mut dw) = (vec![T::zero(); m * k], vec![T::zero(); n * k]);
-    with_values(&x32, |xv: &[T]| {
-        with_values(&w32, |wv: &[T]| {
-            with_values(&dy32, |g: &[T]| {
-                matmul_into(m, k, n, &mut dx, Operand { ptr: g.as_ptr(), rs: n, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: k, cs: 1 });
-                matmul_into(n, k, m, &mut dw, Operand { ptr: g.as_ptr(), rs: 1, cs: n }, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 });
+    fn fwd<T: WithDType + Float>(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+        let ((m, k), (n, _)) = (lx.shape().dims2()?, lw.shape().dims2()?);
+        let (xv, wv) = (values::<T>(x, lx)?, values::<T>(w, lw)?);
+        let mut y = vec![T::zero(); m * n];
+        matmul_into(m, n, k, &mut y, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: 1, cs: k });
+        Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
+    }
+
+    /// dx = dy · w (m, k) and dw = dyᵀ · x (n, k).
+    fn bwd_as<T: WithDType + Float>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let ((m, k), (n, _)) = (x.dims2()?, w.dims2()?);
+        let (xt, wt, gt) = (x.to_dtype(T::DTYPE)?, w.to_dtype(T::DTYPE)?, dy.to_dtype(T::DTYPE)?);
+        let (mut dx, mut dw) = (vec![T::zero(); m * k], vec![T::zero(); n * k]);
+        with_values(&xt, |xv: &[T]| {
+            with_values(&wt, |wv: &[T]| {
+                with_values(&gt, |g: &[T]| {
+                    matmul_into(m, k, n, &mut dx, Operand { ptr: g.as_ptr(), rs: n, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: k, cs: 1 });
+                    matmul_into(n, k, m, &mut dw, Operand { ptr: g.as_ptr(), rs: 1, cs: n }, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 });
+                })
             })
-        })
-    })???;
-    Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
-}
-
-impl CustomOp2 for LinearOp {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-
-    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
-        match x.dtype() {
-            DType::F64 => linear_fwd::<f64>(x, lx, w, lw),
-            _ => linear_fwd::<f32>(x, lx, w, lw),
-        }
-    }
-
-    fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = match x.dtype() {
-            DType::F64 => linear_bwd::<f64>(x, w, dy)?,
-            _ => linear_bwd::<f32>(x, w, dy)?,
-        };
-        Ok((Some(dx), Some(dw)))
+        })???;
+        Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
     }
 }
 
 /// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) * (offset + w),
 /// differentiable in x and w.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNormOp { eps, offset })
+    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(RmsNormOp { eps, offset }))
 }
 
 struct RmsNormOp {
@@ -121,7 +138,9 @@ struct RmsNormOp {
     offset: f64,
 }
 
-impl RmsNormOp {
+impl Kernel2 for RmsNormOp {
+    const NAME: &'static str = "rms-norm";
+
     fn fwd<T: WithDType + Float>(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
         let (xv, wv) = (values::<T>(x, lx)?, values::<T>(w, lw)?);
         let (dim, offset, eps) = (wv.len(), T::from(self.offset).unwrap(), T::from(self.eps).unwrap());
@@ -186,34 +205,13 @@ fn inv_rms<T: Float>(row: &[T], eps: T) -> T {
     T::one() / (mean_sq + eps).sqrt()
 }
 
-impl CustomOp2 for RmsNormOp {
-    fn name(&self) -> &'static str {
-        "rms-norm"
-    }
-
-    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
-        match x.dtype() {
-            DType::F64 => self.fwd::<f64>(x, lx, w, lw),
-            _ => self.fwd::<f32>(x, lx, w, lw),
-        }
-    }
-
-    fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = match x.dtype() {
-            DType::F64 => self.bwd_as::<f64>(x, w, dy)?,
-            _ => self.bwd_as::<f32>(x, w, dy)?,
-        };
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
 /// act(gate) * up, element by element, differentiable in both: SiLU, or
 /// GELU's tanh form when `gelu_tanh`.
 pub fn gated(gate: &Tensor, up: &Tensor, gelu_tanh: bool) -> Result<Tensor> {
     if gate.shape() != up.shape() {
         candle_core::bail!("gated: shapes {:?} and {:?} differ", gate.shape(), up.shape());
     }
-    gate.contiguous()?.apply_op2(&up.contiguous()?, GatedOp { gelu_tanh })
+    gate.contiguous()?.apply_op2(&up.contiguous()?, Op2(GatedOp { gelu_tanh }))
 }
 
 struct GatedOp {
@@ -234,6 +232,10 @@ impl GatedOp {
             (g * s, s * (one + g * (one - s)))
         }
     }
+}
+
+impl Kernel2 for GatedOp {
+    const NAME: &'static str = "gated-activation";
 
     fn fwd<T: WithDType + Float>(&self, g: &CpuStorage, lg: &Layout, u: &CpuStorage, lu: &Layout) -> Result<(CpuStorage, Shape)> {
         let (gv, uv) = (values::<T>(g, lg)?, values::<T>(u, lu)?);
@@ -270,27 +272,6 @@ impl GatedOp {
         })???;
         let (d_gate, d_up): (Vec<T>, Vec<T>) = both.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
         Ok((tensor(d_gate, gate.shape(), gate)?, tensor(d_up, up.shape(), up)?))
-    }
-}
-
-impl CustomOp2 for GatedOp {
-    fn name(&self) -> &'static str {
-        "gated-activation"
-    }
-
-    fn cpu_fwd(&self, g: &CpuStorage, lg: &Layout, u: &CpuStorage, lu: &Layout) -> Result<(CpuStorage, Shape)> {
-        match g.dtype() {
-            DType::F64 => self.fwd::<f64>(g, lg, u, lu),
-            _ => self.fwd::<f32>(g, lg, u, lu),
-        }
-    }
-
-    fn bwd(&self, gate: &Tensor, up: &Tensor, _: &Tensor, dh: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dg, du) = match gate.dtype() {
-            DType::F64 => self.bwd_as::<f64>(gate, up, dh)?,
-            _ => self.bwd_as::<f32>(gate, up, dh)?,
-        };
-        Ok((Some(dg), Some(du)))
     }
 }
 
