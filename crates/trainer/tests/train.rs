@@ -12,6 +12,8 @@ use serde_json::json;
 use wrpo_common::{metrics::StepMetrics, pairs::Pair, read_dataset, sft::SftExample, write_dataset, Message, Provenance, Role};
 use wrpo_llm::Model;
 
+/// Micro-batches of 4, no accumulation, 3 epochs, no warm-up: a few quick steps.
+const SMALL_STEPS: [&str; 8] = ["--micro-batch", "4", "--grad-accum", "1", "--epochs", "3", "--warmup-ratio", "0"];
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -104,27 +106,8 @@ impl Setup {
             .into_iter()
             .map(String::from)
             .collect::<Vec<_>>();
-        args.extend(
-            [
-                "--out",
-                &out,
-                "--lr",
-                "5e-3",
-                "--beta",
-                "0.1",
-                "--alpha-max",
-                "0.5",
-                "--micro-batch",
-                "4",
-                "--grad-accum",
-                "1",
-                "--epochs",
-                "3",
-                "--warmup-ratio",
-                "0",
-            ]
-            .map(String::from),
-        );
+        args.extend(["--out", &out, "--lr", "5e-3", "--beta", "0.1", "--alpha-max", "0.5"].map(String::from));
+        args.extend(SMALL_STEPS.map(String::from));
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         train_bin(&args)
@@ -242,27 +225,9 @@ fn baselines_run_from_the_same_pairs_and_simpo_needs_no_reference() {
 fn sft_lowers_the_held_out_loss() {
     let s = Setup::new();
     let out = s.path("sft");
-    ok(train_bin(&[
-        "sft",
-        "--model",
-        &s.model,
-        "--data",
-        &s.path("sft.parquet"),
-        "--eval-data",
-        &s.path("eval-sft.parquet"),
-        "--out",
-        &out,
-        "--lr",
-        "3e-3",
-        "--micro-batch",
-        "4",
-        "--grad-accum",
-        "1",
-        "--epochs",
-        "3",
-        "--warmup-ratio",
-        "0",
-    ]));
+    let (data, eval_data) = (s.path("sft.parquet"), s.path("eval-sft.parquet"));
+    let args = ["sft", "--model", &s.model, "--data", &data, "--eval-data", &eval_data, "--out", &out, "--lr", "3e-3"];
+    ok(train_bin(&[&args[..], &SMALL_STEPS[..]].concat()));
     let m = metrics(&out);
     let eval: Vec<&StepMetrics> = m.iter().filter(|r| r.stage == "eval_sft").collect();
     assert!(eval.len() >= 2);
