@@ -34,8 +34,8 @@ fn prompt(i: usize) -> Prompt {
     Prompt {
         prompt_id: format!("p{i}"),
         messages: chat(&format!("question {i} — ünïcödé 🚀")),
-        reference: (i % 2 == 0).then(|| format!("answer {i}")),
-        split: if i % 3 == 0 { Split::Eval } else { Split::Train },
+        reference: i.is_multiple_of(2).then(|| format!("answer {i}")),
+        split: if i.is_multiple_of(3) { Split::Eval } else { Split::Train },
         origin: "test".into(),
     }
 }
@@ -52,7 +52,7 @@ fn sample(i: usize) -> Sample {
         response_tokens: if skipped { 0 } else { 3 },
         finish_reason: if skipped {
             FinishReason::Skipped
-        } else if i % 2 == 0 {
+        } else if i.is_multiple_of(2) {
             FinishReason::Stop
         } else {
             FinishReason::Length
@@ -106,7 +106,7 @@ fn pair(i: usize) -> Pair {
         y_l_model: "target".into(),
         y_l_sample_index: 2,
         y_l_reward: 0.1,
-        ref_logp_y_ws: (i % 2 == 0).then_some(-12.5),
+        ref_logp_y_ws: i.is_multiple_of(2).then_some(-12.5),
         ref_logp_y_wt: None,
         ref_logp_y_l: Some(-3.0),
     }

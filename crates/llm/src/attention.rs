@@ -109,9 +109,12 @@ struct AttentionOp {
     saved: std::sync::Mutex<Option<Saved>>,
 }
 
+/// One task's probabilities (queries x visible keys) and log-sum-exps.
+type Probs<T> = (Vec<T>, Vec<T>);
+
 enum Saved {
-    F32(Vec<(Vec<f32>, Vec<f32>)>),
-    F64(Vec<(Vec<f64>, Vec<f64>)>),
+    F32(Vec<Probs<f32>>),
+    F64(Vec<Probs<f64>>),
 }
 
 /// What a task sees: the key ranges (the prompt, if any, then its own tokens).
@@ -141,7 +144,7 @@ impl AttentionOp {
         (t / self.segments.len(), &self.segments[t % self.segments.len()])
     }
 
-    fn forward<T: WithDType + Float>(&self, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<(Vec<T>, Vec<T>)>) {
+    fn forward<T: WithDType + Float>(&self, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<Probs<T>>) {
         let (n, hd, heads) = (self.positions.len(), self.hd, self.heads);
         let groups = heads / self.kv_heads;
         let mut out = vec![T::zero(); n * heads * hd];
@@ -207,7 +210,7 @@ impl AttentionOp {
     /// dP = dO vᵀ, dS = P ∘ (dP - rowsum(P ∘ dP)) (through the cap), dq = dS k · scale,
     /// dk = dSᵀ q · scale, dv = Pᵀ dO. Keys are shared across tasks, so each
     /// task sums its dk and dv privately and they are added after.
-    fn backward<T: WithDType + Float>(&self, q: &[T], k: &[T], v: &[T], d_out: &[T], saved: &[(Vec<T>, Vec<T>)]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    fn backward<T: WithDType + Float>(&self, q: &[T], k: &[T], v: &[T], d_out: &[T], saved: &[Probs<T>]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (n, hd, heads, kv_heads) = (self.positions.len(), self.hd, self.heads, self.kv_heads);
         let groups = heads / kv_heads;
         let scale = T::from(self.scale).unwrap();
@@ -262,8 +265,8 @@ impl AttentionOp {
             for r in visible(s) {
                 let at = (g * n + r.start) * hd;
                 for (i, (a, b)) in dk_t[row * hd..(row + r.len()) * hd].iter().zip(&dv_t[row * hd..(row + r.len()) * hd]).enumerate() {
-                    dk[at + i] = dk[at + i] + *a;
-                    dv[at + i] = dv[at + i] + *b;
+                    dk[at + i] += *a;
+                    dv[at + i] += *b;
                 }
                 row += r.len();
             }
@@ -328,7 +331,7 @@ impl CustomOp3 for AttentionOp {
 
 /// `f` on the values of four tensors of one element type.
 fn with4<T: WithDType, R>(a: &Tensor, b: &Tensor, c: &Tensor, d: &Tensor, f: impl FnOnce(&[T], &[T], &[T], &[T]) -> R) -> Result<R> {
-    Ok(with_values(a, |a| with_values(b, |b| with_values(c, |c| with_values(d, |d| f(a, b, c, d)))))????)
+    with_values(a, |a| with_values(b, |b| with_values(c, |c| with_values(d, |d| f(a, b, c, d)))))???
 }
 
 /// A tensor of `like`'s shape holding `s`.

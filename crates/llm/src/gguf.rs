@@ -153,7 +153,7 @@ impl Gguf {
         }
         if gemma {
             let layers = need("block_count")?;
-            let scalar = gemma_query_scalar(&arch, layers, hidden, heads, head_dim, self.meta_f64(&key("attention.scale")));
+            let scalar = gemma_query_scalar(arch, layers, hidden, heads, head_dim, self.meta_f64(&key("attention.scale")));
             o.insert("query_pre_attn_scalar".into(), scalar.into());
             o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
         }
@@ -189,7 +189,7 @@ impl Gguf {
     /// Every tensor as stored, with its HF name, in name order, and the
     /// architecture and head counts that its layout depends on: what both
     /// loaders start from.
-    fn read_tensors(&self, device: &Device) -> Result<(Stored, Vec<(String, String, QTensor)>)> {
+    fn read_tensors(&self, device: &Device) -> Result<(Stored, Vec<Named>)> {
         let arch = self.architecture()?.to_string();
         let config = self.hf_config()?;
         let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
@@ -249,6 +249,9 @@ impl Gguf {
         Ok(weights)
     }
 }
+
+/// A tensor as stored: its GGUF name, its HF name, its data.
+type Named = (String, String, QTensor);
 
 /// What a GGUF tensor's stored layout depends on.
 struct Stored {

@@ -185,7 +185,7 @@ impl Kernel2 for RmsNormOp {
                             for (j, d) in dx.iter_mut().enumerate() {
                                 let xhat = row[j] * inv;
                                 *d = (g[j] * (offset + wv[j]) - xhat * mean) * inv;
-                                part[j] = part[j] + g[j] * xhat;
+                                part[j] += g[j] * xhat;
                             }
                         }
                     });
@@ -194,7 +194,7 @@ impl Kernel2 for RmsNormOp {
         })???;
         let mut dw = vec![T::zero(); dim];
         for part in partial.chunks_exact(dim) {
-            dw.iter_mut().zip(part).for_each(|(a, &b)| *a = *a + b);
+            dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
         }
         Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
     }

@@ -167,7 +167,7 @@ fn worker(s: &'static Shared) {
         while s.generation.load(Ordering::Acquire) == seen {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins % 1024 != 0 {
+            if !spins.is_multiple_of(1024) {
                 continue;
             }
             // Let other threads of the process (candle's) have this core.

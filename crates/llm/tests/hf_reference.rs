@@ -76,7 +76,7 @@ fn greedy_decoding_with_the_cache_matches_transformers_generate() {
         let mut cache = KvCache::new(&model, 2, 64).unwrap();
         let mut next: Vec<u32> =
             prompts.iter().enumerate().map(|(slot, p)| argmax(&model.prefill(&mut cache, slot, p).unwrap().to_vec1().unwrap())).collect();
-        let mut generated = vec![vec![], vec![]];
+        let mut generated = [vec![], vec![]];
         for step in 0..32 {
             for (g, &t) in generated.iter_mut().zip(&next) {
                 g.push(t);
@@ -88,8 +88,8 @@ fn greedy_decoding_with_the_cache_matches_transformers_generate() {
         }
         assert_eq!(cache.len(0), 12 + 31);
         assert_eq!(cache.len(1), 7 + 31);
-        for r in 0..2 {
-            assert_eq!(generated[r], e.greedy[r], "{family}: row {r} differs from generate()");
+        for (r, (ours, theirs)) in generated.iter().zip(&e.greedy).enumerate() {
+            assert_eq!(ours, theirs, "{family}: row {r} differs from generate()");
         }
     }
 }

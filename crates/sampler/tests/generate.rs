@@ -361,21 +361,24 @@ fn openai_server_backend() {
     assert!(first.windows(2).any(|w| w[0] != w[1]), "every sample is the same text: the seeds were not sent");
 }
 
+/// (user message, when) of every chat request a fake server received.
+type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>;
+
 /// A scripted OpenAI-compatible server on loopback. The user message says how
 /// it answers: `empty` gets an empty choice list, then an error object, then
 /// null content, then a sample; `long` always gets 400 (context too long);
 /// `busy` gets 429 with Retry-After: 1 once; `cut` gets a body cut short
 /// once; anything else a sample. Requests without `Bearer sekrit` get 401.
 /// Returns the base URL and a log of (message, when) per chat request.
-fn fake_openai_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>>) {
+fn fake_openai_server() -> (String, RequestLog) {
     use std::{
         io::{BufRead, BufReader, Read, Write},
         net::TcpListener,
-        sync::{Arc, Mutex},
+        sync::Arc,
     };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let log: Arc<Mutex<Vec<(String, std::time::Instant)>>> = Arc::default();
+    let log: RequestLog = Arc::default();
     let server_log = log.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

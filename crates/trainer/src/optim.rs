@@ -40,8 +40,11 @@ pub struct AdamW {
     pub t: u64,
 }
 
-/// Run `f` on a tensor's f32 storage in place.
-struct InPlace<'a>(RefCell<&'a mut dyn FnMut(&mut [f32])>);
+/// An update of a variable's f32 values in place.
+type Update<'a> = &'a mut dyn FnMut(&mut [f32]);
+
+/// Run an [`Update`] on a tensor's f32 storage.
+struct InPlace<'a>(RefCell<Update<'a>>);
 
 impl InplaceOp1 for InPlace<'_> {
     fn name(&self) -> &'static str {

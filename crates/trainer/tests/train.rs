@@ -102,7 +102,7 @@ impl Setup {
 
     fn wrpo(&self, out: &str, extra: &[&str]) -> Output {
         let out = self.path(out);
-        let mut args = vec!["wrpo", "--model", &self.model, "--pairs", &self.dir.path().join("pairs-ref.parquet").to_str().unwrap().to_string()]
+        let mut args = vec!["wrpo", "--model", &self.model, "--pairs", self.dir.path().join("pairs-ref.parquet").to_str().unwrap()]
             .into_iter()
             .map(String::from)
             .collect::<Vec<_>>();
