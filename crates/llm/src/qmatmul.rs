@@ -49,8 +49,19 @@ enum Blocks {
 }
 
 impl QMatrix {
-    /// The weight of a Q8_0 or Q4_1 tensor (out, in); None for other types.
+    /// The weight of a Q8_0 or Q4_1 tensor (out, in); None for other types,
+    /// and on CPUs without AVX2 (ARM among them), where only the scalar
+    /// reference would run and candle's own quantized matmul, vectorised for
+    /// NEON, is faster.
     pub fn from_qtensor(t: &QTensor) -> candle_core::Result<Option<Self>> {
+        if matches!(Isa::detect(), Isa::Scalar) {
+            return Ok(None);
+        }
+        Self::repack(t)
+    }
+
+    /// [`QMatrix::from_qtensor`] whatever the CPU: the tests compare kernels with it.
+    fn repack(t: &QTensor) -> candle_core::Result<Option<Self>> {
         let (n, k) = t.shape().dims2()?;
         let (kb, data) = (k / BLOCK, t.data()?);
         let tiles = n.div_ceil(COLS);
@@ -438,7 +449,7 @@ mod tests {
                 let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
                 let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
                 let q = QTensor::quantize(&w, dtype).unwrap();
-                let ours = QMatrix::from_qtensor(&q).unwrap().unwrap();
+                let ours = QMatrix::repack(&q).unwrap().unwrap();
                 let exact = x.matmul(&w.t().unwrap()).unwrap();
                 let scale = max_abs(&exact);
                 let acts = Activations::quantize(&x.flatten_all().unwrap().to_vec1().unwrap(), m, ours.kb);
@@ -487,21 +498,19 @@ mod tests {
     fn concatenated_rows_give_the_concatenated_outputs() {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (3, 96), &dev).unwrap();
-        let part = |n| {
-            QMatrix::from_qtensor(&QTensor::quantize(&Tensor::randn(0f32, 1.0, (n, 96), &dev).unwrap(), GgmlDType::Q4_1).unwrap()).unwrap().unwrap()
-        };
+        let part =
+            |n| QMatrix::repack(&QTensor::quantize(&Tensor::randn(0f32, 1.0, (n, 96), &dev).unwrap(), GgmlDType::Q4_1).unwrap()).unwrap().unwrap();
         let (a, b) = (part(8), part(5));
         let both = QMatrix::concat_rows(&[&a, &b]).unwrap();
         let want = Tensor::cat(&[a.forward(&x).unwrap(), b.forward(&x).unwrap()], 1).unwrap();
         assert_eq!(max_abs(&(both.forward(&x).unwrap() - want).unwrap()), 0.0);
-        let q8 =
-            QMatrix::from_qtensor(&QTensor::quantize(&Tensor::randn(0f32, 1.0, (4, 96), &dev).unwrap(), GgmlDType::Q8_0).unwrap()).unwrap().unwrap();
+        let q8 = QMatrix::repack(&QTensor::quantize(&Tensor::randn(0f32, 1.0, (4, 96), &dev).unwrap(), GgmlDType::Q8_0).unwrap()).unwrap().unwrap();
         assert!(QMatrix::concat_rows(&[&a, &q8]).is_none(), "different block types");
     }
 
     #[test]
     fn other_block_types_are_left_to_candle() {
         let w = Tensor::randn(0f32, 1.0, (8, 256), &Device::Cpu).unwrap();
-        assert!(QMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4K).unwrap()).unwrap().is_none());
+        assert!(QMatrix::repack(&QTensor::quantize(&w, GgmlDType::Q4K).unwrap()).unwrap().is_none());
     }
 }
