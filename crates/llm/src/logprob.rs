@@ -4,8 +4,9 @@
 //! logits, their softmax and their gradients alive until backward ends: for
 //! Gemma-3's 262k vocabulary and 768 rows that is several GB. Here the
 //! forward and the backward both walk the rows in chunks and keep only the
-//! (rows,) result; the backward recomputes each chunk's softmax and applies
-//! the analytic gradient of log p(label):
+//! (rows,) result, plus the logits themselves for the backward while they fit
+//! in [`KEEP_ELEMS`] (else the backward recomputes them chunk by chunk); the
+//! backward applies the analytic gradient of log p(label):
 //!   d/dlogit_v = g * (1[v = label] - p_v)   (times 1 - tanh^2 under soft-capping).
 
 use std::{any::Any, sync::Mutex};
@@ -21,6 +22,10 @@ use crate::{
 /// Rows of logits materialised at a time: about 64 MB.
 const CHUNK_ELEMS: usize = 16 << 20;
 
+/// The most logits a training forward keeps for its backward: 1 GiB of f32
+/// (Gemma-3's 262k vocabulary at 1,000 label rows). Larger batches recompute.
+const KEEP_ELEMS: usize = 1 << 28;
+
 /// log p(labels[i] | hidden[i]) for hidden (M, H) and an LM head weight
 /// (V, H), with optional final-logit soft-capping; differentiable with
 /// respect to both `hidden` and `weight`.
@@ -29,14 +34,21 @@ pub fn label_logprobs(hidden: &Tensor, weight: &Tensor, labels: &[u32], softcap:
     if labels.len() != m {
         candle_core::bail!("label_logprobs: {} labels for {m} rows", labels.len());
     }
-    label_logprobs_in_chunks(hidden, weight, labels, softcap, chunk_rows(weight.dim(0)?))
+    label_logprobs_in_chunks(hidden, weight, labels, softcap, chunk_rows(weight.dim(0)?), KEEP_ELEMS)
 }
 
-fn label_logprobs_in_chunks(hidden: &Tensor, weight: &Tensor, labels: &[u32], softcap: Option<f64>, rows: usize) -> Result<Tensor> {
+fn label_logprobs_in_chunks(
+    hidden: &Tensor,
+    weight: &Tensor,
+    labels: &[u32],
+    softcap: Option<f64>,
+    rows: usize,
+    keep_limit: usize,
+) -> Result<Tensor> {
     let op = LabelLogProb { labels: labels.to_vec(), softcap, rows };
-    // Training keeps the logits for the backward: one matmul of the three
-    // fewer, for (rows x vocab) floats until the backward has run.
-    let keep = hidden.track_op() || weight.track_op();
+    // Training keeps the logits for the backward, up to `keep_limit` of them:
+    // one matmul of the three fewer, for (rows x vocab) floats until the backward has run.
+    let keep = (hidden.track_op() || weight.track_op()) && labels.len() * weight.dim(0)? <= keep_limit;
     let (values, _, kept) = op.run(hidden, weight, None, None, keep)?;
     hidden.apply_op2(weight, LabelLogProbOp { op, values, kept: Mutex::new(kept) })
 }
@@ -210,18 +222,21 @@ mod tests {
                 let index = Tensor::from_slice(&labels, (m, 1), &dev).unwrap();
                 log_softmax(&z, D::Minus1).unwrap().gather(&index, 1).unwrap().squeeze(1).unwrap()
             };
-            // Chunks of 3 rows: 7 rows make two whole chunks and a partial one.
-            let ours = label_logprobs_in_chunks(&hidden, &weight, &labels, softcap, 3).unwrap();
-            let max_diff =
-                |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-            assert!(max_diff(&naive, &ours) < 1e-5);
-            let g_naive = (&naive * &coef).unwrap().sum_all().unwrap().backward().unwrap();
-            // The first backward uses the logits kept by the forward; a second one recomputes them.
-            for pass in ["kept", "recomputed"] {
-                let g_ours = (&ours * &coef).unwrap().sum_all().unwrap().backward().unwrap();
-                for var in [&hidden, &weight] {
-                    let (a, b) = (g_naive.get(var).unwrap(), g_ours.get(var).unwrap());
-                    assert!(max_diff(a, b) < 1e-5, "softcap {softcap:?}, {pass} logits: {}", max_diff(a, b));
+            // Chunks of 3 rows: 7 rows make two whole chunks and a partial one;
+            // logits kept, or over the keep limit and recomputed.
+            for keep_limit in [usize::MAX, 0] {
+                let ours = label_logprobs_in_chunks(&hidden, &weight, &labels, softcap, 3, keep_limit).unwrap();
+                let max_diff =
+                    |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(max_diff(&naive, &ours) < 1e-5);
+                let g_naive = (&naive * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+                // The first backward uses the logits kept by the forward (if any); a second one recomputes them.
+                for pass in ["first", "second"] {
+                    let g_ours = (&ours * &coef).unwrap().sum_all().unwrap().backward().unwrap();
+                    for var in [&hidden, &weight] {
+                        let (a, b) = (g_naive.get(var).unwrap(), g_ours.get(var).unwrap());
+                        assert!(max_diff(a, b) < 1e-5, "softcap {softcap:?}, keep limit {keep_limit}, {pass} backward: {}", max_diff(a, b));
+                    }
                 }
             }
         }
