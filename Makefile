@@ -50,11 +50,12 @@ LIMIT ?=
 EVAL_LIMIT ?=
 # Each step's wall time goes to WORK/timings.csv.
 TIMED = scripts/timed.sh $(WORK)
-# $$(call settings,STEP,VALUE): a file holding STEP's settings, rewritten while
-# make reads this file only when they change, so that a step reruns when its
-# settings do (`make -n` shows it). $(call fresh,STEP,DIR,DONE) then sets
-# DIR aside before the step writes it again (scripts/fresh.sh).
-# (make expands every rule's prerequisites, so only runs that make pipeline files write them.)
+# $$(call settings,STEP,VALUE), as a prerequisite: the file WORK/.settings/STEP,
+# which scripts/settings.sh rewrites only when VALUE changed, so that a step
+# reruns when its settings do (`make -n` shows it). $(call fresh,STEP,DIR,DONE)
+# then sets DIR aside before the step writes it again (scripts/fresh.sh).
+# make expands every rule's prerequisites, so only runs that make pipeline
+# files write settings files.
 NOT_PIPELINE := help print-% build test test-remote models bench-decode bench-sample bench-train clean-run
 DRY := $(if $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))),dry)
 settings = $(if $(filter-out $(NOT_PIPELINE),$(or $(MAKECMDGOALS),help)),$(shell scripts/settings.sh $(WORK) $(1) '$(2)' $(DRY)),$(WORK)/.settings/$(1))
