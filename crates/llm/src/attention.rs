@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use num_traits::Float;
 
 use crate::{
+    grad_ops::{tensor, values},
     infer::{gemm, with_values, Operand},
     pool::{Pool, SharedMut},
 };
@@ -279,13 +280,6 @@ impl AttentionOp {
     }
 }
 
-fn values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("attention: a non-contiguous input"),
-    }
-}
-
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "packed-attention"
@@ -309,36 +303,25 @@ impl CustomOp3 for AttentionOp {
         Ok((out, self.shape()))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _: &Tensor, d_out: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _: &Tensor, d_out: &Tensor) -> Result<Grads3> {
         let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         let d_out = d_out.to_dtype(q.dtype())?;
-        let grads = |dq, dk, dv| -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-            Ok((Some(tensor_like(dq, q)?), Some(tensor_like(dk, k)?), Some(tensor_like(dv, v)?)))
-        };
         match (&*saved, q.dtype()) {
-            (Some(Saved::F64(s)), DType::F64) => {
-                let (dq, dk, dv) = with4(q, k, v, &d_out, |q, k, v, d| self.backward::<f64>(q, k, v, d, s))?;
-                grads(CpuStorage::F64(dq), CpuStorage::F64(dk), CpuStorage::F64(dv))
-            }
-            (Some(Saved::F32(s)), DType::F32) => {
-                let (dq, dk, dv) = with4(q, k, v, &d_out, |q, k, v, d| self.backward::<f32>(q, k, v, d, s))?;
-                grads(CpuStorage::F32(dq), CpuStorage::F32(dk), CpuStorage::F32(dv))
-            }
+            (Some(Saved::F64(s)), DType::F64) => grads(with4(q, k, v, &d_out, |q, k, v, d| self.backward::<f64>(q, k, v, d, s))?, [q, k, v]),
+            (Some(Saved::F32(s)), DType::F32) => grads(with4(q, k, v, &d_out, |q, k, v, d| self.backward::<f32>(q, k, v, d, s))?, [q, k, v]),
             _ => candle_core::bail!("attention: backward without its forward"),
         }
     }
 }
 
+type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// dq, dk, dv as tensors shaped as q, k, v.
+fn grads<T: WithDType>((dq, dk, dv): (Vec<T>, Vec<T>, Vec<T>), [q, k, v]: [&Tensor; 3]) -> Result<Grads3> {
+    Ok((Some(tensor(dq, q.shape(), q)?), Some(tensor(dk, k.shape(), k)?), Some(tensor(dv, v.shape(), v)?)))
+}
+
 /// `f` on the values of four tensors of one element type.
 fn with4<T: WithDType, R>(a: &Tensor, b: &Tensor, c: &Tensor, d: &Tensor, f: impl FnOnce(&[T], &[T], &[T], &[T]) -> R) -> Result<R> {
     with_values(a, |a| with_values(b, |b| with_values(c, |c| with_values(d, |d| f(a, b, c, d)))))???
-}
-
-/// A tensor of `like`'s shape holding `s`.
-fn tensor_like(s: CpuStorage, like: &Tensor) -> Result<Tensor> {
-    match s {
-        CpuStorage::F32(v) => Tensor::from_vec(v, like.shape(), like.device()),
-        CpuStorage::F64(v) => Tensor::from_vec(v, like.shape(), like.device()),
-        _ => candle_core::bail!("attention runs in f32 or f64"),
-    }
 }

@@ -186,35 +186,34 @@ impl Gguf {
         Ok(c)
     }
 
-    /// Every tensor as stored, with its HF name, in name order, and the
-    /// architecture and head counts that its layout depends on: what both
-    /// loaders start from.
-    fn read_tensors(&self, device: &Device) -> Result<(Stored, Vec<Named>)> {
+    /// `f(layout, GGUF name, HF name, tensor as stored)` for every tensor, in
+    /// name order, one read at a time (so a loader holds only what it keeps):
+    /// what both loaders start from.
+    fn each_tensor(&self, device: &Device, mut f: impl FnMut(&Stored, &str, String, QTensor) -> Result<()>) -> Result<()> {
         let arch = self.architecture()?.to_string();
         let config = self.hf_config()?;
         let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
         let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+        let stored = Stored { arch, heads, kv_heads };
         let mut reader = BufReader::new(File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?);
         let mut names: Vec<_> = self.content.tensor_infos.keys().cloned().collect();
         names.sort();
-        let mut tensors = Vec::with_capacity(names.len());
         for name in names {
-            let hf = hf_name(&name, &arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
+            let hf = hf_name(&name, &stored.arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
             let q =
                 self.content.tensor(&mut reader, &name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
-            tensors.push((name, hf, q));
+            f(&stored, &name, hf, q)?;
         }
-        Ok((Stored { arch, heads, kv_heads }, tensors))
+        Ok(())
     }
 
     /// Every tensor, dequantized to `dtype` under its HF name and layout.
     pub fn weights(&self, dtype: DType, device: &Device) -> Result<Weights> {
-        let (stored, tensors) = self.read_tensors(device)?;
         let mut dense = HashMap::new();
-        for (name, hf, q) in tensors {
-            let t = stored.dense(&name, q.dequantize(device)?)?;
-            dense.insert(hf, t.to_dtype(dtype)?);
-        }
+        self.each_tensor(device, |stored, name, hf, q| {
+            dense.insert(hf, stored.dense(name, q.dequantize(device)?)?.to_dtype(dtype)?);
+            Ok(())
+        })?;
         Weights::from_tensors(dense, self.path.display().to_string())
     }
 
@@ -225,13 +224,12 @@ impl Gguf {
     /// batch row). Norms and the embedding table are dequantized; the table
     /// is also kept quantized as a tied LM head.
     pub fn quantized_weights(&self, device: &Device) -> Result<Weights> {
-        let (stored, tensors) = self.read_tensors(device)?;
         let (mut dense, mut quantized) = (HashMap::new(), HashMap::new());
-        for (name, hf, mut q) in tensors {
+        self.each_tensor(device, |stored, name, hf, mut q| {
             if q.shape().rank() != 2 || name == "token_embd.weight" {
-                dense.insert(hf.clone(), stored.dense(&name, q.dequantize(device)?)?);
+                dense.insert(hf.clone(), stored.dense(name, q.dequantize(device)?)?);
                 if name != "token_embd.weight" {
-                    continue;
+                    return Ok(());
                 }
             }
             if stored.arch == "llama" && name.ends_with("attn_q.weight") {
@@ -243,15 +241,13 @@ impl Gguf {
                 q = QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?;
             }
             quantized.insert(hf, q);
-        }
+            Ok(())
+        })?;
         let mut weights = Weights::from_tensors(dense, self.path.display().to_string())?;
         weights.set_quantized(quantized)?;
         Ok(weights)
     }
 }
-
-/// A tensor as stored: its GGUF name, its HF name, its data.
-type Named = (String, String, QTensor);
 
 /// What a GGUF tensor's stored layout depends on.
 struct Stored {

@@ -25,7 +25,7 @@ pub fn applies(tensors: &[&Tensor]) -> bool {
 }
 
 /// The values of an input of a custom op, which must be contiguous.
-fn values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+pub(crate) fn values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
         None => candle_core::bail!("a fused training op got a non-contiguous input"),
@@ -44,7 +44,8 @@ fn over_rows<T: Send>(out: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [T]) 
     });
 }
 
-fn tensor<T: WithDType>(v: Vec<T>, shape: &Shape, like: &Tensor) -> Result<Tensor> {
+/// A gradient of `like`'s dtype from values computed in T.
+pub(crate) fn tensor<T: WithDType>(v: Vec<T>, shape: &Shape, like: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())
 }
 

@@ -437,11 +437,8 @@ impl Model {
         let mut x = self.embed(ids)?;
         let (global, local) = (self.rope_global.cos_sin(&packing.positions), self.rope_local.cos_sin(&packing.positions));
         for layer in &self.layers {
-            let ctx = match layer.sliding {
-                true => Positions::Packed { rope: &local, packing, window: self.config.sliding_window },
-                false => Positions::Packed { rope: &global, packing, window: None },
-            };
-            x = layer.forward(&x, ctx)?;
+            let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
+            x = layer.forward(&x, Positions::Packed { rope, packing, window })?;
         }
         Ok(self.norm.forward(&x, false)?.squeeze(0)?)
     }

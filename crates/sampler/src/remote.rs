@@ -83,6 +83,12 @@ impl Failure {
     fn transient(message: impl Into<String>) -> Self {
         Failure::Transient { message: message.into(), after: None }
     }
+
+    fn message(self) -> String {
+        match self {
+            Failure::Transient { message, .. } | Failure::Refused(message) | Failure::Fatal(message) => message,
+        }
+    }
 }
 
 impl RemoteModel {
@@ -102,7 +108,7 @@ impl RemoteModel {
         let url = format!("{base_url}/models");
         let listing = match model.with_retries(|| model.call(&url, None)) {
             Ok(v) => v,
-            Err(Failure::Transient { message, .. } | Failure::Refused(message) | Failure::Fatal(message)) => bail!("{url}: {message}"),
+            Err(f) => bail!("{url}: {}", f.message()),
         };
         let served: Vec<&str> = listing["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
         if !served.is_empty() && !served.contains(&served_name) {
@@ -303,9 +309,7 @@ impl Backend for RemoteModel {
                         }
                         _ => held.take().into_iter().flatten().chain([(i, o)]).try_for_each(|(i, o)| push(sink, work[i], o)),
                     },
-                    Err(Failure::Transient { message, .. } | Failure::Refused(message) | Failure::Fatal(message)) => {
-                        Err(anyhow::anyhow!("{}/chat/completions: {message}", self.base_url))
-                    }
+                    Err(f) => Err(anyhow::anyhow!("{}/chat/completions: {}", self.base_url, f.message())),
                 };
                 if let Err(e) = pushed {
                     stop.store(true, Ordering::SeqCst);
