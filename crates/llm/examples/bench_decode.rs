@@ -10,6 +10,8 @@ use candle_core::{DType, Device};
 use wrpo_llm::{sampling::argmax, ChatMessage, KvCache, Model, Tokenizer};
 
 fn main() -> Result<()> {
+    // As the sampler's main does, so the benchmark measures what users run.
+    wrpo_llm::setup_process();
     let mut args = std::env::args().skip(1);
     let path = PathBuf::from(args.next().context("usage: bench_decode MODEL [--tokens N] [--batches 1,8] [--dense]")?);
     let (mut tokens, mut batches, mut dense) = (128usize, vec![1usize, 8], false);

@@ -28,13 +28,26 @@ pub use sampling::{Rng, SamplingParams};
 pub use save::save_hf_checkpoint;
 pub use tokenizer::Tokenizer;
 
-/// Keep freed memory in the process for reuse instead of returning it to the
-/// OS. A training step (and a batch of inference) allocates and frees the same
+/// Set the process up for our compute; call first thing in `main`, before
+/// any thread is started.
+///
+/// Freed memory is kept for reuse instead of being returned to the OS. A
+/// training step (and a batch of inference) allocates and frees the same
 /// large activation and gradient buffers again and again; with glibc's
 /// defaults each comes back as fresh pages that the kernel zeroes on first
-/// touch, which took a fifth of a WRPO step. Call first thing in `main`;
-/// elsewhere than glibc it does nothing.
-pub fn keep_freed_memory() {
+/// touch, which took a fifth of a WRPO step. Elsewhere than glibc this part
+/// does nothing.
+///
+/// candle's own worker threads (its element-wise ops) park as soon as they
+/// are idle instead of spinning 25,000 times first. Our matmuls and kernels
+/// run on `pool::Pool`, whose workers already fill the cores; a candle worker
+/// spinning beside them took its core's time away from them, a fifth of a
+/// WRPO step on 2 cores. `CANDLE_BARRIER_POOL_SPIN_LIMIT`, if set, wins.
+pub fn setup_process() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // Before any thread exists, so nothing reads the environment meanwhile.
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it is called before
     // any thread that allocates is started.

@@ -189,7 +189,7 @@ enum SplitArg {
 }
 
 fn main() {
-    wrpo_llm::keep_freed_memory();
+    wrpo_llm::setup_process();
     wrpo_common::exit_on_error("wrpo-sample", run(Cli::parse()));
 }
 

@@ -207,7 +207,7 @@ struct PairsArgs {
 }
 
 fn main() {
-    wrpo_llm::keep_freed_memory();
+    wrpo_llm::setup_process();
     wrpo_common::exit_on_error("wrpo-score", run(Cli::parse()));
 }
 

@@ -38,7 +38,7 @@ fn matmul_gflops() -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    wrpo_llm::keep_freed_memory();
+    wrpo_llm::setup_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [model_path, ids_path, steps] = args.as_slice() else { anyhow::bail!("usage: bench_step MODEL_DIR IDS.json STEPS") };
     let ids: Value = serde_json::from_str(&std::fs::read_to_string(ids_path).context("ids file")?)?;

@@ -195,7 +195,7 @@ struct WrpoArgs {
 }
 
 fn main() {
-    wrpo_llm::keep_freed_memory();
+    wrpo_llm::setup_process();
     wrpo_common::exit_on_error("wrpo-train", run_cli(Cli::parse()));
 }
 
