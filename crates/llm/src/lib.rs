@@ -52,11 +52,16 @@ pub fn setup_process() {
     // SAFETY: mallopt only sets allocator parameters; it is called before
     // any thread that allocates is started.
     unsafe {
-        // Buffers up to 32 MB (glibc's largest) come from the heap, not mmap;
-        // the heap is not trimmed below 2 GB of free space, and grows 1 GB at a
-        // time (address space only: pages are touched as they are used).
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        // Every buffer comes from the heap, never from its own mmap: a freed
+        // mmap goes back to the OS, and the next step's buffer of that size
+        // (Gemma's 671 MB embedding gradient, the LM head's kept logits)
+        // came back as fresh pages, zeroed on first touch, a fifth of its
+        // WRPO step. Threads' arenas fall back to the main heap for buffers
+        // beyond their 64 MB. The heap is not trimmed below 2 GB of free
+        // space, and grows 1 GB at a time (address space only: pages are
+        // touched as they are used).
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
     }
 }
