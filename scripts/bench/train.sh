@@ -5,7 +5,8 @@
 # sequences x 256 tokens of which 64 are the shared prompt, reference
 # log-probs given, AdamW, gradient clipping, 2 threads. For SmolLM2-135M and
 # Gemma-3-270M (262k vocabulary). Prints step times, peak RSS, ratios, and
-# each side's matmul speed measured in the same run.
+# each side's matmul speed measured in the same run, and our step's useful
+# FLOPs per second as a fraction of that matmul speed.
 # Needs: make models, and a Python with torch and transformers
 # (scripts/bench/requirements.txt; PYTHON picks it, default .venv/bin/python if present).
 set -euo pipefail
@@ -36,5 +37,11 @@ for r in (ours, peer):
           f"matmul {r['matmul_gflops']:6.1f} GFLOP/s  losses {[round(l, 5) for l in r['losses']]}")
 print(f"{name:28s} speed ratio (PyTorch step time / ours) {peer['step_seconds'] / ours['step_seconds']:.2f}x; "
       f"memory ratio (ours / PyTorch) {ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}")
+# The same useful work (our step's FLOP count: PyTorch computes more, e.g. the prompt three times)
+# per second, as a fraction of each side's own matmul speed measured above.
+for r in (ours, peer):
+    useful = ours['step_gflop'] / r['step_seconds']
+    print(f"{name:28s} {r['engine']:10s} {ours['step_gflop']:.0f} GFLOP of useful work at {useful:.0f} GFLOP/s "
+          f"= {useful / r['matmul_gflops']:.0%} of its matmul speed")
 PY
 done

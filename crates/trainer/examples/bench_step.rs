@@ -37,6 +37,25 @@ fn matmul_gflops() -> Result<f64> {
     Ok(2.0 * 768.0 * 640.0 * 2048.0 * reps as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
+/// The useful FLOPs of one step (forward and backward) of a pair packed as
+/// the prompt once and then its responses, as our trainer runs it: every
+/// layer's matmuls over all tokens (forward 2 per weight and token, backward
+/// 4), causal attention over the keys each query sees, and the LM head at the
+/// response positions only (its logits kept for the backward, so 3 matmuls).
+fn step_flops(c: &wrpo_llm::Config, prompt: usize, responses: &[usize]) -> f64 {
+    let tokens = (prompt + responses.iter().sum::<usize>()) as f64;
+    let (h, q, kv) = (c.hidden_size as f64, (c.num_heads * c.head_dim) as f64, (c.num_kv_heads * c.head_dim) as f64);
+    let per_layer = h * q + 2.0 * h * kv + q * h + 3.0 * h * c.intermediate_size as f64;
+    // Query-key pairs: the prompt causally, each response over the prompt and causally over itself.
+    let pairs = (prompt * (prompt + 1) / 2) as f64 + responses.iter().map(|&r| (r * prompt + r * (r + 1) / 2) as f64).sum::<f64>();
+    let layers = c.num_layers as f64;
+    let linear = 6.0 * tokens * per_layer * layers;
+    // QKᵀ and PV forward (2 FLOPs per pair and head dimension each), twice that backward.
+    let attention = 12.0 * q * pairs * layers;
+    let head = 6.0 * responses.iter().sum::<usize>() as f64 * h * c.vocab_size as f64;
+    linear + attention + head
+}
+
 fn main() -> Result<()> {
     wrpo_llm::setup_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -84,10 +103,14 @@ fn main() -> Result<()> {
     let mut later = times[1.min(times.len() - 1)..].to_vec();
     later.sort_by(f64::total_cmp);
     let params: usize = model.weights.vars().iter().map(|(_, v)| v.elem_count()).sum();
+    let responses = [get("y_ws").len(), get("y_wt").len(), get("y_l").len()];
+    let step_seconds = later[later.len() / 2];
+    let step_gflop = step_flops(&model.config, prompt.len(), &responses) / 1e9;
     println!(
         "{}",
-        serde_json::json!({"engine": "wrpo-train", "step_seconds": later[later.len() / 2], "first_step_seconds": times[0],
-                           "peak_rss_mb": peak_rss_mb(), "matmul_gflops": matmul_gflops()?, "params": params, "losses": losses})
+        serde_json::json!({"engine": "wrpo-train", "step_seconds": step_seconds, "first_step_seconds": times[0],
+                           "peak_rss_mb": peak_rss_mb(), "matmul_gflops": matmul_gflops()?, "params": params,
+                           "step_gflop": step_gflop, "achieved_gflops": step_gflop / step_seconds, "losses": losses})
     );
     Ok(())
 }
