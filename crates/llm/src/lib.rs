@@ -22,6 +22,7 @@ pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Config, Family};
+pub use infer::with_values;
 pub use kv::KvCache;
 pub use model::Model;
 pub use sampling::{Rng, SamplingParams};

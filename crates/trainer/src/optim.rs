@@ -7,9 +7,9 @@
 use std::{cell::RefCell, collections::HashMap, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{backprop::GradStore, CpuStorage, DType, Device, InplaceOp1, Layout, Storage, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, Var};
 use serde::Serialize;
-use wrpo_llm::pool::Pool;
+use wrpo_llm::{pool::Pool, with_values};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct AdamWConfig {
@@ -58,15 +58,6 @@ impl InplaceOp1 for InPlace<'_> {
     }
 }
 
-/// A contiguous f32 view of a tensor's values, without copying when it already is.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { bail!("training runs on the CPU") };
-    let all = cpu.as_slice::<f32>()?;
-    Ok(f(&all[layout.start_offset()..layout.start_offset() + t.elem_count()]))
-}
-
 impl AdamW {
     /// `params`: (name, variable) of every trainable tensor, all f32.
     pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
@@ -90,7 +81,7 @@ impl AdamW {
     pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
         for p in &mut self.params {
             let g = grads.get(p.var.as_tensor()).ok_or_else(|| anyhow!("variable {} received no gradient", p.name))?;
-            with_values(g, |g| {
+            with_values(g, |g: &[f32]| {
                 let mut parts: Vec<(&mut [f32], &[f32])> = p.grad.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).collect();
                 Pool::global().for_each_mut(&mut parts, &|(sum, g)| sum.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b));
             })?;
