@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::{
-    array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, StructArray},
+    array::{Array, ArrayRef, AsArray, GenericListArray, ListArray, OffsetSizeTrait, RecordBatch, StructArray},
     datatypes::{DataType, FieldRef, Schema},
 };
 use parquet::{
@@ -495,17 +495,25 @@ fn check_nulls(path: &Path, batch: &RecordBatch, expected: &[FieldRef], first_ro
             bail!("{}: column '{}' is null at row {} (0-based); it may not be null", path.display(), want.name(), first_row + row);
         }
         // Inside a list of turns (files of other writers allow nulls there).
-        if let Some(list) = column.as_list_opt::<i32>() {
-            let items = list.values();
-            let mut nulls: Vec<&dyn Array> = vec![items.as_ref()];
-            if let Some(s) = items.as_struct_opt() {
-                nulls.extend(s.columns().iter().map(|c| c.as_ref()));
-            }
-            if let Some(item) = nulls.iter().find_map(|a| (0..a.len()).find(|&i| a.is_null(i))) {
-                let row = list.offsets().windows(2).position(|w| (w[0] as usize..w[1] as usize).contains(&item)).unwrap_or(0);
-                bail!("{}: column '{}' holds a null at row {} (0-based); it may not", path.display(), want.name(), first_row + row);
-            }
+        let row = match (column.as_list_opt::<i32>(), column.as_list_opt::<i64>()) {
+            (Some(list), _) => row_with_null_item(list),
+            (_, Some(list)) => row_with_null_item(list),
+            _ => None,
+        };
+        if let Some(row) = row {
+            bail!("{}: column '{}' holds a null at row {} (0-based); it may not", path.display(), want.name(), first_row + row);
         }
     }
     Ok(())
+}
+
+/// The first row of `list` with a null item, or a null field of a struct item.
+fn row_with_null_item<O: OffsetSizeTrait>(list: &GenericListArray<O>) -> Option<usize> {
+    let items = list.values();
+    let mut nulls: Vec<&dyn Array> = vec![items.as_ref()];
+    if let Some(s) = items.as_struct_opt() {
+        nulls.extend(s.columns().iter().map(|c| c.as_ref()));
+    }
+    let item = nulls.iter().find_map(|a| (0..a.len()).find(|&i| a.is_null(i)))?;
+    Some(list.offsets().windows(2).position(|w| (w[0].as_usize()..w[1].as_usize()).contains(&item)).unwrap_or(0))
 }

@@ -320,10 +320,11 @@ fn shards_are_numbered_on_from_existing_ones_and_read_as_one_dataset() {
 /// and none of our metadata.
 #[test]
 fn a_file_rewritten_by_another_tool_reads_back_and_nulls_are_still_named() {
-    use arrow::array::{LargeStringArray, StringViewArray};
+    use arrow::array::{LargeListArray, LargeStringArray, StringViewArray};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("duck.parquet");
-    let turns = |contents: Vec<Option<&str>>| -> ArrayRef {
+    // Turns as a list, or as a large list (64-bit offsets, as polars writes).
+    let turns = |contents: Vec<Option<&str>>, large: bool| -> ArrayRef {
         let n = contents.len();
         let fields = Fields::from(vec![Field::new("content", DataType::LargeUtf8, true), Field::new("role", DataType::Utf8View, true)]);
         let items = StructArray::new(
@@ -332,27 +333,33 @@ fn a_file_rewritten_by_another_tool_reads_back_and_nulls_are_still_named() {
             None,
         );
         let item = Arc::new(Field::new("element", DataType::Struct(fields), true));
-        Arc::new(ListArray::new(item, OffsetBuffer::from_lengths(vec![1; n]), Arc::new(items), None))
+        if large {
+            Arc::new(LargeListArray::new(item, OffsetBuffer::from_lengths(vec![1; n]), Arc::new(items), None))
+        } else {
+            Arc::new(ListArray::new(item, OffsetBuffer::from_lengths(vec![1; n]), Arc::new(items), None))
+        }
     };
-    let columns = |contents: Vec<Option<&str>>| {
+    let columns = |contents: Vec<Option<&str>>, large: bool| {
         vec![
             ("prompt_id", Arc::new(LargeStringArray::from(vec!["a", "b"])) as ArrayRef),
-            ("messages", turns(contents)),
+            ("messages", turns(contents, large)),
             ("reference", Arc::new(StringViewArray::from(vec![Some("42"), None])) as ArrayRef),
             ("split", Arc::new(StringArray::from(vec!["train", "eval"])) as ArrayRef),
             ("origin", Arc::new(StringArray::from(vec!["duckdb", "duckdb"])) as ArrayRef),
         ]
     };
-    write_raw(&path, columns(vec![Some("What is 6 x 7?"), Some("Hi")]), vec![]);
-    let file = read_file::<Prompt>(&path).unwrap();
-    assert_eq!(file.rows.len(), 2);
-    assert_eq!(file.rows[0].messages, [Message::new(Role::User, "What is 6 x 7?")]);
-    assert_eq!((file.rows[0].reference.as_deref(), file.rows[1].reference.as_deref()), (Some("42"), None));
-    assert_eq!(file.provenance.producer, "", "provenance unknown");
-    // A null where a value is required is named with its row, nested or not.
-    write_raw(&path, columns(vec![Some("What is 6 x 7?"), None]), vec![]);
-    let err = read_dataset::<Prompt>(&path).unwrap_err().to_string();
-    assert!(err.contains("column 'messages' holds a null at row 1"), "{err}");
+    for large in [false, true] {
+        write_raw(&path, columns(vec![Some("What is 6 x 7?"), Some("Hi")], large), vec![]);
+        let file = read_file::<Prompt>(&path).unwrap();
+        assert_eq!(file.rows.len(), 2);
+        assert_eq!(file.rows[0].messages, [Message::new(Role::User, "What is 6 x 7?")]);
+        assert_eq!((file.rows[0].reference.as_deref(), file.rows[1].reference.as_deref()), (Some("42"), None));
+        assert_eq!(file.provenance.producer, "", "provenance unknown");
+        // A null where a value is required is named with its row, nested or not.
+        write_raw(&path, columns(vec![Some("What is 6 x 7?"), None], large), vec![]);
+        let err = read_dataset::<Prompt>(&path).unwrap_err().to_string();
+        assert!(err.contains("column 'messages' holds a null at row 1"), "large list {large}: {err}");
+    }
 }
 
 #[test]
