@@ -14,6 +14,7 @@ use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DTy
 use num_traits::Float;
 
 use crate::{
+    grad_sink,
     infer::{gemm, with_values, Operand},
     pool::{Pool, SharedMut},
     rope::{rotate, CosSin},
@@ -55,8 +56,9 @@ trait Kernel2: Send + Sync + 'static {
     const NAME: &'static str;
     /// The output of inputs `a` and `b` (contiguous).
     fn fwd<T: WithDType + Float>(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)>;
-    /// The gradients of `a` and `b` from the output's gradient `g`.
-    fn bwd_as<T: WithDType + Float>(&self, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// The gradients of `a` and `b` from the output's gradient `g`; none for
+    /// a weight `b` whose gradient went into its [`grad_sink`] buffer.
+    fn bwd_as<T: WithDType + Float>(&self, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Option<Tensor>)>;
 }
 
 /// A [`Kernel2`] as a candle op.
@@ -79,7 +81,7 @@ impl<K: Kernel2> CustomOp2 for Op2<K> {
             DType::F64 => self.0.bwd_as::<f64>(a, b, g)?,
             _ => self.0.bwd_as::<f32>(a, b, g)?,
         };
-        Ok((Some(da), Some(db)))
+        Ok((Some(da), db))
     }
 }
 
@@ -94,10 +96,12 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct LinearOp;
 
-/// dst (m, n) = a (m, k) · b (k, n), the operands read through their strides.
-fn matmul_into<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], a: Operand<T>, b: Operand<T>) {
-    // SAFETY: the callers pass operands of the shapes and strides they describe, and dst of m * n.
-    unsafe { gemm(m, n, k, dst.as_mut_ptr(), n, a, b, false) }
+/// dst (m, n) = a (m, k) · b (k, n), plus dst's old values when
+/// `accumulate`, the operands read through their strides.
+fn matmul_into<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], a: Operand<T>, b: Operand<T>, accumulate: bool) {
+    assert_eq!(dst.len(), m * n, "matmul_into: dst of another size");
+    // SAFETY: the callers pass operands of the shapes and strides they describe; dst is m * n.
+    unsafe { gemm(m, n, k, dst.as_mut_ptr(), n, a, b, accumulate) }
 }
 
 impl Kernel2 for LinearOp {
@@ -107,24 +111,31 @@ impl Kernel2 for LinearOp {
         let ((m, k), (n, _)) = (lx.shape().dims2()?, lw.shape().dims2()?);
         let (xv, wv) = (values::<T>(x, lx)?, values::<T>(w, lw)?);
         let mut y = vec![T::zero(); m * n];
-        matmul_into(m, n, k, &mut y, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: 1, cs: k });
+        matmul_into(m, n, k, &mut y, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: 1, cs: k }, false);
         Ok((T::to_cpu_storage_owned(y), Shape::from((m, n))))
     }
 
-    /// dx = dy · w (m, k) and dw = dyᵀ · x (n, k).
-    fn bwd_as<T: WithDType + Float>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// dx = dy · w (m, k) and dw = dyᵀ · x (n, k), the latter added into
+    /// w's gradient buffer when it has one.
+    fn bwd_as<T: WithDType + Float>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let ((m, k), (n, _)) = (x.dims2()?, w.dims2()?);
         let (xt, wt, gt) = (x.to_dtype(T::DTYPE)?, w.to_dtype(T::DTYPE)?, dy.to_dtype(T::DTYPE)?);
-        let (mut dx, mut dw) = (vec![T::zero(); m * k], vec![T::zero(); n * k]);
-        with_values(&xt, |xv: &[T]| {
+        let mut dx = vec![T::zero(); m * k];
+        let dw = with_values(&xt, |xv: &[T]| {
             with_values(&wt, |wv: &[T]| {
                 with_values(&gt, |g: &[T]| {
-                    matmul_into(m, k, n, &mut dx, Operand { ptr: g.as_ptr(), rs: n, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: k, cs: 1 });
-                    matmul_into(n, k, m, &mut dw, Operand { ptr: g.as_ptr(), rs: 1, cs: n }, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 });
+                    matmul_into(m, k, n, &mut dx, Operand { ptr: g.as_ptr(), rs: n, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: k, cs: 1 }, false);
+                    let (g_t, x) = (Operand { ptr: g.as_ptr(), rs: 1, cs: n }, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 });
+                    let sunk = grad_sink::add_into(w, |sum: &mut [T]| matmul_into(n, k, m, sum, g_t, x, true));
+                    (!sunk).then(|| {
+                        let mut dw = vec![T::zero(); n * k];
+                        matmul_into(n, k, m, &mut dw, g_t, x, false);
+                        dw
+                    })
                 })
             })
         })???;
-        Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
+        Ok((tensor(dx, x.shape(), x)?, dw.map(|dw| tensor(dw, w.shape(), w)).transpose()?))
     }
 }
 
@@ -160,7 +171,7 @@ impl Kernel2 for RmsNormOp {
 
     /// With x̂ = x / rms and s = offset + w:
     /// dx = (dy·s - x̂ · mean(dy·s·x̂)) / rms, dw = Σ_rows dy·x̂.
-    fn bwd_as<T: WithDType + Float>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn bwd_as<T: WithDType + Float>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (xt, wt, gt) = (x.to_dtype(T::DTYPE)?, w.to_dtype(T::DTYPE)?, dy.to_dtype(T::DTYPE)?);
         let dim = w.elem_count();
         let (offset, eps) = (T::from(self.offset).unwrap(), T::from(self.eps).unwrap());
@@ -193,11 +204,17 @@ impl Kernel2 for RmsNormOp {
                 })
             })
         })???;
-        let mut dw = vec![T::zero(); dim];
-        for part in partial.chunks_exact(dim) {
-            dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
-        }
-        Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
+        let add_parts = |dw: &mut [T]| {
+            for part in partial.chunks_exact(dim) {
+                dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
+            }
+        };
+        let dw = (!grad_sink::add_into(w, add_parts)).then(|| {
+            let mut dw = vec![T::zero(); dim];
+            add_parts(&mut dw);
+            tensor(dw, w.shape(), w)
+        });
+        Ok((tensor(dx, x.shape(), x)?, dw.transpose()?))
     }
 }
 
@@ -252,7 +269,7 @@ impl Kernel2 for GatedOp {
     }
 
     /// d gate = dh · up · act'(gate), d up = dh · act(gate), written into one buffer of two halves.
-    fn bwd_as<T: WithDType + Float>(&self, gate: &Tensor, up: &Tensor, dh: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn bwd_as<T: WithDType + Float>(&self, gate: &Tensor, up: &Tensor, dh: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (gt, ut, dt) = (gate.to_dtype(T::DTYPE)?, up.to_dtype(T::DTYPE)?, dh.to_dtype(T::DTYPE)?);
         let n = gate.elem_count();
         let mut both = vec![T::zero(); 2 * n];
@@ -272,7 +289,67 @@ impl Kernel2 for GatedOp {
             })
         })???;
         let (d_gate, d_up): (Vec<T>, Vec<T>) = both.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
-        Ok((tensor(d_gate, gate.shape(), gate)?, tensor(d_up, up.shape(), up)?))
+        Ok((tensor(d_gate, gate.shape(), gate)?, Some(tensor(d_up, up.shape(), up)?)))
+    }
+}
+
+/// Rows `ids` of an embedding table w (V, H): (N, H), differentiable in w.
+/// Its backward adds the rows' gradients into w's gradient buffer when it
+/// has one: candle's `index_select` copies the whole table's gradient for it.
+pub fn embedding(w: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let vocab = w.dim(0)?;
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        candle_core::bail!("embedding: token id {id} is outside the vocabulary of {vocab}");
+    }
+    w.contiguous()?.apply_op1(EmbeddingOp(ids.to_vec()))
+}
+
+struct EmbeddingOp(Vec<u32>);
+
+impl EmbeddingOp {
+    /// Add row r of `rows` (N, H) to row ids[r] of `table` (V, H).
+    fn scatter_add<T: WithDType + Float>(&self, rows: &[T], table: &mut [T], h: usize) {
+        for (row, &id) in rows.chunks_exact(h).zip(&self.0) {
+            table[id as usize * h..][..h].iter_mut().zip(row).for_each(|(t, &g)| *t += g);
+        }
+    }
+
+    fn bwd_as<T: WithDType + Float>(&self, w: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let h = w.dim(1)?;
+        with_values(&grad.to_dtype(T::DTYPE)?, |g: &[T]| {
+            (!grad_sink::add_into(w, |table: &mut [T]| self.scatter_add(g, table, h))).then(|| {
+                let mut table = vec![T::zero(); w.elem_count()];
+                self.scatter_add(g, &mut table, h);
+                tensor(table, w.shape(), w)
+            })
+        })?
+        .transpose()
+    }
+}
+
+impl CustomOp1 for EmbeddingOp {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+
+    fn cpu_fwd(&self, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = lw.shape().dims2()?.1;
+        fn gather<T: WithDType>(ids: &[u32], table: &[T], h: usize) -> Vec<T> {
+            ids.iter().flat_map(|&id| table[id as usize * h..][..h].iter().copied()).collect()
+        }
+        let storage = match w.dtype() {
+            DType::F64 => CpuStorage::F64(gather(&self.0, values::<f64>(w, lw)?, h)),
+            DType::F32 => CpuStorage::F32(gather(&self.0, values::<f32>(w, lw)?, h)),
+            other => candle_core::bail!("embedding: {other:?} tables are not supported here"),
+        };
+        Ok((storage, Shape::from((self.0.len(), h))))
+    }
+
+    fn bwd(&self, w: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        match w.dtype() {
+            DType::F64 => self.bwd_as::<f64>(w, grad),
+            _ => self.bwd_as::<f32>(w, grad),
+        }
     }
 }
 

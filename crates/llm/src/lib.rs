@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod grad_ops;
+pub mod grad_sink;
 mod infer;
 pub mod kv;
 pub mod logprob;

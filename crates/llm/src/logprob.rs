@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, 
 use num_traits::Float;
 
 use crate::{
+    grad_sink,
     infer::{self, Operand},
     pool::{Pool, SharedMut},
 };
@@ -69,8 +70,9 @@ struct LabelLogProb {
 type Kept = Box<dyn Any + Send + Sync>;
 
 /// The log-probabilities (M,), the gradients of hidden and weight when
-/// `grad` is given, and the logits when `keep`.
-type Run = (Tensor, Option<(Tensor, Tensor)>, Option<Kept>);
+/// `grad` is given (none for a weight whose gradient went into its
+/// [`grad_sink`] buffer), and the logits when `keep`.
+type Run = (Tensor, Option<(Tensor, Option<Tensor>)>, Option<Kept>);
 
 impl LabelLogProb {
     /// The log-probabilities and, with `grad` (d loss / d log-prob per row),
@@ -83,22 +85,25 @@ impl LabelLogProb {
             _ => self.run_as::<f32>(hidden, weight, grad, kept, keep)?,
         };
         let as_input = |g: Tensor, like: &Tensor| g.reshape(like.shape())?.to_dtype(like.dtype());
-        let grads = grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((as_input(gh, hidden)?, as_input(gw, weight)?))).transpose()?;
+        let grads =
+            grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((as_input(gh, hidden)?, gw.map(|gw| as_input(gw, weight)).transpose()?))).transpose()?;
         Ok((values.to_dtype(hidden.dtype())?, grads, kept))
     }
 
     /// [`LabelLogProb::run`] in element type T. Each chunk of rows: logits by
     /// one matmul (or kept ones), soft-capping, log-sum-exp and, backward, the
     /// analytic gradient written over the logits in place, then two matmuls;
-    /// the weight's gradient accumulates into one (V, H) buffer.
+    /// the weight's gradient accumulates into one (V, H) buffer, the weight's
+    /// [`grad_sink`] buffer when it has one.
     fn run_as<T: WithDType + Float>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>, kept: Option<Kept>, keep: bool) -> Result<Run> {
         let dev = hidden.device().clone();
+        let variable = weight.clone();
         let (hidden, weight) = (hidden.detach().to_dtype(T::DTYPE)?, weight.detach().to_dtype(T::DTYPE)?);
         let grad = grad.map(|g| g.to_dtype(T::DTYPE)?.to_vec1::<T>()).transpose()?;
         let ((m, hd), v) = (hidden.dims2()?, weight.dim(0)?);
         let cap = self.softcap.map(|c| T::from(c).expect("a float"));
         let mut values = vec![T::zero(); m];
-        let mut grads = grad.as_ref().map(|_| (vec![T::zero(); m * hd], vec![T::zero(); v * hd]));
+        let mut grad_h = grad.as_ref().map(|_| vec![T::zero(); m * hd]);
         let kept = kept
             .map(|k| k.downcast::<(Vec<T>, Vec<T>)>().map(|b| *b))
             .transpose()
@@ -106,64 +111,87 @@ impl LabelLogProb {
         let have_logits = kept.is_some();
         // All rows' logits when kept or keeping; else one chunk's, reused.
         let (mut z, mut lse) = kept.unwrap_or_else(|| (vec![T::zero(); if keep { m } else { self.rows.min(m) } * v], vec![T::zero(); m]));
-        infer::with_values(&hidden, |h: &[T]| {
-            infer::with_values(&weight, |w: &[T]| {
-                for start in (0..m).step_by(self.rows) {
-                    let n = self.rows.min(m - start);
-                    let z = if z.len() == m * v { &mut z[start * v..(start + n) * v] } else { &mut z[..n * v] };
-                    let h_chunk = Operand { ptr: h[start * hd..].as_ptr(), rs: hd, cs: 1 };
-                    if !have_logits {
-                        // SAFETY: h holds rows start..start + n of hd values, w is (v, hd), z is (n, v).
-                        unsafe { infer::gemm(n, v, hd, z.as_mut_ptr(), v, h_chunk, Operand { ptr: w.as_ptr(), rs: 1, cs: hd }, false) };
-                    }
-                    let mut rows: Vec<(usize, &mut [T])> = z.chunks_exact_mut(v).enumerate().collect();
-                    let (out, lse_out) = (SharedMut(values[start..].as_mut_ptr()), SharedMut(lse[start..].as_mut_ptr()));
-                    Pool::global().for_each_mut(&mut rows, &|(r, z)| {
-                        let label = self.labels[start + *r] as usize;
-                        // SAFETY: row r of this chunk alone reads and writes value and lse start + r.
-                        let lse = unsafe { &mut *lse_out.add(*r) };
+        // Every chunk; the weight's gradient goes into `grad_w` (v, hd), added
+        // to what it holds when `add`, else from the second chunk on.
+        let mut chunks = |mut grad_w: Option<&mut [T]>, add: bool| -> Result<()> {
+            infer::with_values(&hidden, |h: &[T]| {
+                infer::with_values(&weight, |w: &[T]| {
+                    for start in (0..m).step_by(self.rows) {
+                        let n = self.rows.min(m - start);
+                        let z = if z.len() == m * v { &mut z[start * v..(start + n) * v] } else { &mut z[..n * v] };
+                        let h_chunk = Operand { ptr: h[start * hd..].as_ptr(), rs: hd, cs: 1 };
                         if !have_logits {
-                            if let Some(cap) = cap {
-                                z.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
-                            }
-                            let max = z.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
-                            *lse = max + z.iter().fold(T::zero(), |sum, &x| sum + (x - max).exp()).ln();
-                            unsafe { *out.add(*r) = z[label] - *lse };
+                            // SAFETY: h holds rows start..start + n of hd values, w is (v, hd), z is (n, v).
+                            unsafe { infer::gemm(n, v, hd, z.as_mut_ptr(), v, h_chunk, Operand { ptr: w.as_ptr(), rs: 1, cs: hd }, false) };
                         }
-                        if let Some(g) = &grad {
-                            // d log p(label) / d z_j = 1[j = label] - p_j, times the
-                            // cap's d z / d raw = 1 - (z / cap)^2; written over z.
-                            let g = g[start + *r];
-                            let through_cap = |z: T| cap.map_or(T::one(), |c| T::one() - (z / c) * (z / c));
-                            let z_label = z[label];
-                            for x in z.iter_mut() {
-                                *x = -g * (*x - *lse).exp() * through_cap(*x);
+                        let mut rows: Vec<(usize, &mut [T])> = z.chunks_exact_mut(v).enumerate().collect();
+                        let (out, lse_out) = (SharedMut(values[start..].as_mut_ptr()), SharedMut(lse[start..].as_mut_ptr()));
+                        Pool::global().for_each_mut(&mut rows, &|(r, z)| {
+                            let label = self.labels[start + *r] as usize;
+                            // SAFETY: row r of this chunk alone reads and writes value and lse start + r.
+                            let lse = unsafe { &mut *lse_out.add(*r) };
+                            if !have_logits {
+                                if let Some(cap) = cap {
+                                    z.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+                                }
+                                let max = z.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
+                                *lse = max + z.iter().fold(T::zero(), |sum, &x| sum + (x - max).exp()).ln();
+                                unsafe { *out.add(*r) = z[label] - *lse };
                             }
-                            z[label] += g * through_cap(z_label);
-                        }
-                    });
-                    if let Some((grad_h, grad_w)) = grads.as_mut() {
-                        let dz = z.as_ptr();
-                        // SAFETY: dz is (n, v), w (v, hd), h's chunk (n, hd); grad_h's rows
-                        // start..start + n and grad_w (v, hd) are written by these calls only.
-                        unsafe {
-                            infer::gemm(
-                                n,
-                                hd,
-                                v,
-                                grad_h[start * hd..].as_mut_ptr(),
-                                hd,
-                                Operand { ptr: dz, rs: v, cs: 1 },
-                                Operand { ptr: w.as_ptr(), rs: hd, cs: 1 },
-                                false,
-                            );
-                            infer::gemm(v, hd, n, grad_w.as_mut_ptr(), hd, Operand { ptr: dz, rs: 1, cs: v }, h_chunk, start > 0);
+                            if let Some(g) = &grad {
+                                // d log p(label) / d z_j = 1[j = label] - p_j, times the
+                                // cap's d z / d raw = 1 - (z / cap)^2; written over z.
+                                let g = g[start + *r];
+                                let through_cap = |z: T| cap.map_or(T::one(), |c| T::one() - (z / c) * (z / c));
+                                let z_label = z[label];
+                                for x in z.iter_mut() {
+                                    *x = -g * (*x - *lse).exp() * through_cap(*x);
+                                }
+                                z[label] += g * through_cap(z_label);
+                            }
+                        });
+                        if let (Some(grad_h), Some(grad_w)) = (grad_h.as_mut(), grad_w.as_mut()) {
+                            assert_eq!(grad_w.len(), v * hd, "label-logprob: a weight gradient of another size");
+                            let dz = z.as_ptr();
+                            // SAFETY: dz is (n, v), w (v, hd), h's chunk (n, hd); grad_h's rows
+                            // start..start + n and grad_w (v, hd) are written by these calls only.
+                            unsafe {
+                                infer::gemm(
+                                    n,
+                                    hd,
+                                    v,
+                                    grad_h[start * hd..].as_mut_ptr(),
+                                    hd,
+                                    Operand { ptr: dz, rs: v, cs: 1 },
+                                    Operand { ptr: w.as_ptr(), rs: hd, cs: 1 },
+                                    false,
+                                );
+                                infer::gemm(v, hd, n, grad_w.as_mut_ptr(), hd, Operand { ptr: dz, rs: 1, cs: v }, h_chunk, add || start > 0);
+                            }
                         }
                     }
+                })
+            })??;
+            Ok(())
+        };
+        let grad_w = match grad {
+            None => {
+                chunks(None, false)?;
+                None
+            }
+            Some(_) => {
+                let mut sunk = Ok(());
+                if grad_sink::add_into(&variable, |sum: &mut [T]| sunk = chunks(Some(sum), true)) {
+                    sunk?;
+                    None
+                } else {
+                    let mut grad_w = vec![T::zero(); v * hd];
+                    chunks(Some(&mut grad_w), false)?;
+                    Some(Tensor::new(grad_w, &dev)?)
                 }
-            })
-        })??;
-        let grads = grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((Tensor::new(gh, &dev)?, Tensor::new(gw, &dev)?))).transpose()?;
+            }
+        };
+        let grads = grad_h.map(|gh| Ok::<_, candle_core::Error>((Tensor::new(gh, &dev)?, grad_w))).transpose()?;
         let kept: Option<Kept> = (keep && !have_logits).then(|| Box::new((z, lse)) as Kept);
         Ok((Tensor::new(values, &dev)?, grads, kept))
     }
@@ -193,7 +221,7 @@ impl CustomOp2 for LabelLogProbOp {
     fn bwd(&self, hidden: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).take();
         let (grad_h, grad_w) = self.op.run(hidden, weight, Some(grad), kept, false)?.1.expect("gradients were asked for");
-        Ok((Some(grad_h), Some(grad_w)))
+        Ok((Some(grad_h), grad_w))
     }
 }
 

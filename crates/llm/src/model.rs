@@ -418,8 +418,12 @@ impl Model {
 
     /// Token embeddings (1, N, hidden) of `ids`, scaled as the family does.
     fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
-        let x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
+        let x = if crate::grad_ops::applies(&[&self.embed]) {
+            crate::grad_ops::embedding(&self.embed, ids)?
+        } else {
+            self.embed.index_select(&Tensor::from_slice(ids, ids.len(), &self.device)?, 0)?
+        };
+        let x = x.unsqueeze(0)?;
         if !self.config.family.is_gemma() {
             return Ok(x);
         }

@@ -4,7 +4,11 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
-use wrpo_llm::{sampling::argmax, KvCache, Model};
+use wrpo_llm::{
+    grad_sink::{self, GradBuffer},
+    sampling::argmax,
+    KvCache, Model,
+};
 
 const FAMILIES: [&str; 8] = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
 
@@ -163,6 +167,47 @@ fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: {name} has no gradient"));
             let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
             assert!(norm.is_finite() && norm > 0.0, "{family}: gradient of {name} has norm {norm}");
+        }
+    }
+}
+
+/// With a gradient buffer registered for every variable, as the optimizer
+/// registers them, the training ops add their weights' gradients into the
+/// buffers and give candle none: what a buffer holds plus what candle still
+/// has (biases) equals candle's gradient without buffers, summed over two
+/// backward passes as over two micro-batches, for every family.
+#[test]
+fn gradient_buffers_receive_the_gradients_candle_would_hold() {
+    for family in FAMILIES {
+        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let seqs = shared(&expected(family));
+        let backward = || model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().backward().unwrap();
+        let want = backward();
+        let vars = model.weights.vars();
+        let buffers: Vec<_> = vars
+            .iter()
+            .map(|(_, var)| {
+                let buffer = GradBuffer::new(var.elem_count());
+                grad_sink::register(var.as_tensor(), buffer.clone());
+                buffer
+            })
+            .collect();
+        let got = [backward(), backward()];
+        for ((name, var), buffer) in vars.iter().zip(&buffers) {
+            grad_sink::unregister(var.as_tensor());
+            let in_candle: Vec<&Tensor> = got.iter().filter_map(|g| g.get(var.as_tensor())).collect();
+            // The matrices, the embedding and the norms take the direct path.
+            if var.rank() == 2 || name.ends_with("norm.weight") {
+                assert!(buffer.take_received() && in_candle.is_empty(), "{family}: {name}'s gradient went through candle");
+            }
+            let mut sum = Tensor::from_slice(&buffer.lock(), var.shape(), &Device::Cpu).unwrap();
+            for g in in_candle {
+                sum = (sum + g).unwrap();
+            }
+            let twice = (want.get(var.as_tensor()).unwrap() * 2.0).unwrap();
+            let scale = twice.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let err = (&sum - &twice).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(err <= 1e-5 * scale + 1e-7, "{family}: {name}'s gradient differs by {err} (largest {scale})");
         }
     }
 }

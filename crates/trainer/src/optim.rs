@@ -1,15 +1,20 @@
 //! AdamW over flat f32 buffers, updated in place: gradients of the
-//! micro-batches of a step are summed into one buffer per variable, clipped
-//! by their global norm, and each variable's storage is rewritten in place
-//! (no new tensors per step), in chunks across the thread pool. The update
-//! is torch.optim.AdamW's.
+//! micro-batches of a step are summed into one buffer per variable (the
+//! training ops add into it directly: `wrpo_llm::grad_sink`), clipped by
+//! their global norm, and each variable's storage is rewritten in place (no
+//! new tensors per step), in chunks across the thread pool. The update is
+//! torch.optim.AdamW's.
 
-use std::{cell::RefCell, collections::HashMap, path::Path};
+use std::{cell::RefCell, collections::HashMap, path::Path, sync::Arc};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{backprop::GradStore, CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, Var};
 use serde::Serialize;
-use wrpo_llm::{pool::Pool, with_values};
+use wrpo_llm::{
+    grad_sink::{self, GradBuffer},
+    pool::Pool,
+    with_values,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct AdamWConfig {
@@ -24,7 +29,8 @@ pub struct AdamWConfig {
 struct Param {
     name: String,
     var: Var,
-    grad: Vec<f32>,
+    /// Registered with `grad_sink`: the training ops add into it directly.
+    grad: Arc<GradBuffer>,
     m: Vec<f32>,
     v: Vec<f32>,
     decay: bool,
@@ -69,20 +75,31 @@ impl AdamW {
                 }
                 let n = var.elem_count();
                 let decay = config.decay_norms_and_biases || var.rank() >= 2;
-                Ok(Param { name, var, grad: vec![0.0; n], m: vec![0.0; n], v: vec![0.0; n], decay })
+                let grad = GradBuffer::new(n);
+                grad_sink::register(var.as_tensor(), grad.clone());
+                Ok(Param { name, var, grad, m: vec![0.0; n], v: vec![0.0; n], decay })
             })
             .collect::<Result<_>>()?;
         Ok(AdamW { config, params, t: 0 })
     }
 
-    /// Add a backward pass's gradients to the step's sums. Every trainable
-    /// variable must have one: a missing gradient is a bug (a fused op
-    /// without backward) that would otherwise train silently wrong.
+    /// Add a backward pass's gradients to the step's sums: those candle
+    /// holds, for the weights of ops without a gradient buffer (the training
+    /// ops added theirs already). Every trainable variable must have one: a
+    /// missing gradient is a bug (a fused op without backward) that would
+    /// otherwise train silently wrong.
     pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
         for p in &mut self.params {
-            let g = grads.get(p.var.as_tensor()).ok_or_else(|| anyhow!("variable {} received no gradient", p.name))?;
+            let added = p.grad.take_received();
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                if added {
+                    continue;
+                }
+                bail!("variable {} received no gradient", p.name);
+            };
+            let mut sum = p.grad.lock();
             with_values(g, |g: &[f32]| {
-                let mut parts: Vec<(&mut [f32], &[f32])> = p.grad.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).collect();
+                let mut parts: Vec<(&mut [f32], &[f32])> = sum.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).collect();
                 Pool::global().for_each_mut(&mut parts, &|(sum, g)| sum.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b));
             })?;
         }
@@ -91,7 +108,8 @@ impl AdamW {
 
     /// The global L2 norm of the summed gradients.
     pub fn grad_norm(&self) -> f64 {
-        let mut parts: Vec<(&[f32], f64)> = self.params.iter().flat_map(|p| p.grad.chunks(CHUNK)).map(|c| (c, 0.0)).collect();
+        let sums: Vec<_> = self.params.iter().map(|p| p.grad.lock()).collect();
+        let mut parts: Vec<(&[f32], f64)> = sums.iter().flat_map(|g| g.chunks(CHUNK)).map(|c| (c, 0.0)).collect();
         Pool::global().for_each_mut(&mut parts, &|(g, sum)| *sum = g.iter().map(|&g| (g as f64).powi(2)).sum());
         parts.iter().map(|(_, s)| s).sum::<f64>().sqrt()
     }
@@ -111,7 +129,7 @@ impl AdamW {
         let eps = c.eps as f32;
         for p in &mut self.params {
             let decay = if p.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
-            let (grad, m, v) = (&mut p.grad, &mut p.m, &mut p.v);
+            let (mut grad, m, v) = (p.grad.lock(), &mut p.m, &mut p.v);
             let mut update = |w: &mut [f32]| {
                 let mut parts: Vec<_> = w.chunks_mut(CHUNK).zip(grad.chunks_mut(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK)).collect();
                 Pool::global().for_each_mut(&mut parts, &|(((w, grad), m), v)| {
@@ -154,5 +172,14 @@ impl AdamW {
         }
         self.t = t;
         Ok(())
+    }
+}
+
+impl Drop for AdamW {
+    /// The ops give candle these variables' gradients again.
+    fn drop(&mut self) {
+        for p in &self.params {
+            grad_sink::unregister(p.var.as_tensor());
+        }
     }
 }
