@@ -1,6 +1,6 @@
-//! The training forward's matmuls, RMSNorm, gated activation and rotary
-//! embedding as candle ops with their analytic backward, each one kernel on
-//! our pool.
+//! The training forward's matmuls, RMSNorm, gated activation, rotary
+//! embedding and token embedding as candle ops with their analytic backward,
+//! each one kernel on our pool.
 //!
 //! Written out of candle's primitives, an RMSNorm is seven ops forward and
 //! more backward, each with its own buffer and its own trip through candle's
@@ -8,7 +8,8 @@
 //! transposed gradient that is copied again. These do each in one pass, in
 //! f32, or in f64 for the finite-difference checks ([`applies`] says which
 //! tensors they take). candle's autograd calls `bwd`; a gradient is returned
-//! for every input, so no variable is left without one.
+//! for every input, or added into the weight's [`grad_sink`] buffer when an
+//! optimizer registered one, so no variable is left without one.
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;

@@ -67,19 +67,20 @@ impl InplaceOp1 for InPlace<'_> {
 impl AdamW {
     /// `params`: (name, variable) of every trainable tensor, all f32.
     pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        // Checked before any buffer is registered, so a refusal leaves none behind.
+        if let Some((name, var)) = params.iter().find(|(_, var)| var.dtype() != DType::F32) {
+            bail!("variable {name} is {:?}; training keeps f32 weights", var.dtype());
+        }
         let params = params
             .into_iter()
             .map(|(name, var)| {
-                if var.dtype() != DType::F32 {
-                    bail!("variable {name} is {:?}; training keeps f32 weights", var.dtype());
-                }
                 let n = var.elem_count();
                 let decay = config.decay_norms_and_biases || var.rank() >= 2;
                 let grad = GradBuffer::new(n);
                 grad_sink::register(var.as_tensor(), grad.clone());
-                Ok(Param { name, var, grad, m: vec![0.0; n], v: vec![0.0; n], decay })
+                Param { name, var, grad, m: vec![0.0; n], v: vec![0.0; n], decay }
             })
-            .collect::<Result<_>>()?;
+            .collect();
         Ok(AdamW { config, params, t: 0 })
     }
 
