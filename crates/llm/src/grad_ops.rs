@@ -127,16 +127,14 @@ impl Kernel2 for LinearOp {
                 with_values(&gt, |g: &[T]| {
                     matmul_into(m, k, n, &mut dx, Operand { ptr: g.as_ptr(), rs: n, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: k, cs: 1 }, false);
                     let (g_t, x) = (Operand { ptr: g.as_ptr(), rs: 1, cs: n }, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 });
-                    let sunk = grad_sink::add_into(w, |sum: &mut [T]| matmul_into(n, k, m, sum, g_t, x, true));
-                    (!sunk).then(|| {
-                        let mut dw = vec![T::zero(); n * k];
-                        matmul_into(n, k, m, &mut dw, g_t, x, false);
-                        dw
+                    grad_sink::gradient(w, |sum: &mut [T]| {
+                        matmul_into(n, k, m, sum, g_t, x, true);
+                        Ok(())
                     })
                 })
             })
-        })???;
-        Ok((tensor(dx, x.shape(), x)?, dw.map(|dw| tensor(dw, w.shape(), w)).transpose()?))
+        })????;
+        Ok((tensor(dx, x.shape(), x)?, dw))
     }
 }
 
@@ -205,17 +203,13 @@ impl Kernel2 for RmsNormOp {
                 })
             })
         })???;
-        let add_parts = |dw: &mut [T]| {
+        let dw = grad_sink::gradient(w, |dw: &mut [T]| {
             for part in partial.chunks_exact(dim) {
                 dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
             }
-        };
-        let dw = (!grad_sink::add_into(w, add_parts)).then(|| {
-            let mut dw = vec![T::zero(); dim];
-            add_parts(&mut dw);
-            tensor(dw, w.shape(), w)
-        });
-        Ok((tensor(dx, x.shape(), x)?, dw.transpose()?))
+            Ok(())
+        })?;
+        Ok((tensor(dx, x.shape(), x)?, dw))
     }
 }
 
@@ -318,13 +312,11 @@ impl EmbeddingOp {
     fn bwd_as<T: WithDType + Float>(&self, w: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let h = w.dim(1)?;
         with_values(&grad.to_dtype(T::DTYPE)?, |g: &[T]| {
-            (!grad_sink::add_into(w, |table: &mut [T]| self.scatter_add(g, table, h))).then(|| {
-                let mut table = vec![T::zero(); w.elem_count()];
-                self.scatter_add(g, &mut table, h);
-                tensor(table, w.shape(), w)
+            grad_sink::gradient(w, |table: &mut [T]| {
+                self.scatter_add(g, table, h);
+                Ok(())
             })
         })?
-        .transpose()
     }
 }
 

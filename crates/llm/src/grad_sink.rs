@@ -18,7 +18,9 @@ use std::{
     },
 };
 
-use candle_core::{DType, Tensor, TensorId, WithDType};
+use candle_core::{DType, Result, Tensor, TensorId, WithDType};
+
+use crate::grad_ops::tensor;
 
 /// The running sum of one variable's gradient, in f32.
 pub struct GradBuffer {
@@ -57,18 +59,21 @@ pub fn unregister(var: &Tensor) {
     sinks().write().unwrap_or_else(|e| e.into_inner()).remove(&var.id());
 }
 
-/// `add(buffer)` with the buffer registered for `weight` if there is one
-/// and the op computes in f32; returns whether it ran. The op then gives
-/// candle no gradient for `weight`.
-pub(crate) fn add_into<T: WithDType>(weight: &Tensor, add: impl FnOnce(&mut [T])) -> bool {
-    if T::DTYPE != DType::F32 {
-        return false;
-    }
-    let Some(buffer) = sinks().read().unwrap_or_else(|e| e.into_inner()).get(&weight.id()).cloned() else { return false };
+/// `weight`'s gradient, which `add` adds into the buffer it is given: the
+/// buffer registered for `weight` when there is one and the op computes in
+/// f32 (then None: candle gets no gradient for `weight`), else a zeroed one,
+/// returned as a tensor of `weight`'s shape and dtype.
+pub(crate) fn gradient<T: WithDType>(weight: &Tensor, add: impl FnOnce(&mut [T]) -> Result<()>) -> Result<Option<Tensor>> {
+    let registered = if T::DTYPE == DType::F32 { sinks().read().unwrap_or_else(|e| e.into_inner()).get(&weight.id()).cloned() } else { None };
+    let Some(buffer) = registered else {
+        let mut values = vec![T::zero(); weight.elem_count()];
+        add(&mut values)?;
+        return Ok(Some(tensor(values, weight.shape(), weight)?));
+    };
     let mut values = buffer.lock();
     assert_eq!(values.len(), weight.elem_count(), "a gradient buffer of another size than its variable");
     // SAFETY: T is f32 (checked above), so the buffer's values are T's.
-    add(unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr() as *mut T, values.len()) });
+    add(unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr() as *mut T, values.len()) })?;
     buffer.received.store(true, Ordering::Relaxed);
-    true
+    Ok(None)
 }

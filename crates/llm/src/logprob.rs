@@ -85,8 +85,8 @@ impl LabelLogProb {
             _ => self.run_as::<f32>(hidden, weight, grad, kept, keep)?,
         };
         let as_input = |g: Tensor, like: &Tensor| g.reshape(like.shape())?.to_dtype(like.dtype());
-        let grads =
-            grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((as_input(gh, hidden)?, gw.map(|gw| as_input(gw, weight)).transpose()?))).transpose()?;
+        // The weight's gradient comes in its shape and dtype already (grad_sink::gradient).
+        let grads = grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((as_input(gh, hidden)?, gw))).transpose()?;
         Ok((values.to_dtype(hidden.dtype())?, grads, kept))
     }
 
@@ -111,9 +111,8 @@ impl LabelLogProb {
         let have_logits = kept.is_some();
         // All rows' logits when kept or keeping; else one chunk's, reused.
         let (mut z, mut lse) = kept.unwrap_or_else(|| (vec![T::zero(); if keep { m } else { self.rows.min(m) } * v], vec![T::zero(); m]));
-        // Every chunk; the weight's gradient goes into `grad_w` (v, hd), added
-        // to what it holds when `add`, else from the second chunk on.
-        let mut chunks = |mut grad_w: Option<&mut [T]>, add: bool| -> Result<()> {
+        // Every chunk; the weight's gradient is added into `grad_w` (v, hd).
+        let mut chunks = |mut grad_w: Option<&mut [T]>| -> Result<()> {
             infer::with_values(&hidden, |h: &[T]| {
                 infer::with_values(&weight, |w: &[T]| {
                     for start in (0..m).step_by(self.rows) {
@@ -166,7 +165,7 @@ impl LabelLogProb {
                                     Operand { ptr: w.as_ptr(), rs: hd, cs: 1 },
                                     false,
                                 );
-                                infer::gemm(v, hd, n, grad_w.as_mut_ptr(), hd, Operand { ptr: dz, rs: 1, cs: v }, h_chunk, add || start > 0);
+                                infer::gemm(v, hd, n, grad_w.as_mut_ptr(), hd, Operand { ptr: dz, rs: 1, cs: v }, h_chunk, true);
                             }
                         }
                     }
@@ -176,20 +175,10 @@ impl LabelLogProb {
         };
         let grad_w = match grad {
             None => {
-                chunks(None, false)?;
+                chunks(None)?;
                 None
             }
-            Some(_) => {
-                let mut sunk = Ok(());
-                if grad_sink::add_into(&variable, |sum: &mut [T]| sunk = chunks(Some(sum), true)) {
-                    sunk?;
-                    None
-                } else {
-                    let mut grad_w = vec![T::zero(); v * hd];
-                    chunks(Some(&mut grad_w), false)?;
-                    Some(Tensor::new(grad_w, &dev)?)
-                }
-            }
+            Some(_) => grad_sink::gradient(&variable, |sum: &mut [T]| chunks(Some(sum)))?,
         };
         let grads = grad_h.map(|gh| Ok::<_, candle_core::Error>((Tensor::new(gh, &dev)?, grad_w))).transpose()?;
         let kept: Option<Kept> = (keep && !have_logits).then(|| Box::new((z, lse)) as Kept);
