@@ -13,7 +13,8 @@
 //! With label smoothing eps, -log sig(z) becomes
 //! -(1 - eps) log sig(z) - eps log sig(-z).
 
-use candle_core::{Result, Tensor};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use num_traits::Float;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -78,6 +79,43 @@ pub struct Output {
     pub rewards: PerY<Tensor>,
 }
 
+/// log sig(z), element by element, with the exact gradient sig(-z).
+///
+/// Written out of candle's primitives as min(z, 0) - log(1 + exp(-|z|)), its
+/// gradient at z = 0 is 1 instead of 1/2 (candle gives |z| the slope +1 and
+/// splits min's tie), and z = 0 is exactly where every preference run starts:
+/// the policy equals its reference at step 0, so the first steps' gradients
+/// came out twice too large.
+pub fn log_sigmoid(z: &Tensor) -> Result<Tensor> {
+    z.contiguous()?.apply_op1(LogSigmoid)
+}
+
+struct LogSigmoid;
+
+impl CustomOp1 for LogSigmoid {
+    fn name(&self) -> &'static str {
+        "log-sigmoid"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn map<T: Float>(z: &[T]) -> Vec<T> {
+            z.iter().map(|&z| z.min(T::zero()) - (-z.abs()).exp().ln_1p()).collect()
+        }
+        let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("log-sigmoid: a non-contiguous input") };
+        let out = match s {
+            CpuStorage::F32(z) => CpuStorage::F32(map(&z[start..end])),
+            CpuStorage::F64(z) => CpuStorage::F64(map(&z[start..end])),
+            other => candle_core::bail!("log-sigmoid: {:?} values; the loss runs in f32 or f64", other.dtype()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    /// d log sig(z) / dz = sig(-z) = 1 / (1 + exp(z)): 0 for large z, 1 for very negative z.
+    fn bwd(&self, z: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some((grad / (z.exp()? + 1.0)?)?))
+    }
+}
+
 impl Objective {
     pub fn needs_reference(&self) -> bool {
         !matches!(self.loss, LossKind::Simpo | LossKind::WrpoSimpo)
@@ -97,15 +135,14 @@ impl Objective {
         }
     }
 
-    /// -(1 - eps) log sig(z) - eps log sig(-z), with log sig(z) = min(z, 0) - log(1 + exp(-|z|)).
+    /// -(1 - eps) log sig(z) - eps log sig(-z).
     fn sigmoid_loss(&self, z: &Tensor) -> Result<Tensor> {
-        let log_sig = |z: &Tensor| -> Result<Tensor> { z.minimum(0.0)? - (z.abs()?.neg()?.exp()? + 1.0)?.log()? };
         let eps = self.label_smoothing;
-        let pos = (log_sig(z)? * -(1.0 - eps))?;
+        let pos = (log_sigmoid(z)? * -(1.0 - eps))?;
         if eps == 0.0 {
             return Ok(pos);
         }
-        pos - (log_sig(&z.neg()?)? * eps)?
+        pos - (log_sigmoid(&z.neg()?)? * eps)?
     }
 
     pub fn forward(&self, x: &Inputs, alpha: f64) -> Result<Output> {
@@ -148,5 +185,30 @@ impl Objective {
         };
         let has = |y: Y| ys.contains(&y);
         Ok(Output { losses, rewards: PerY { y_ws: has(Y::Ws).then(|| r_of(Y::Ws)), y_wt: has(Y::Wt).then(|| r_of(Y::Wt)), y_l: r_of(Y::L) } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    /// Values and gradients against log sig(z) and sig(-z) evaluated in f64,
+    /// at z = 0 (where every run starts) and far out on both sides, where a
+    /// naive exp overflows.
+    #[test]
+    fn log_sigmoid_and_its_gradient_are_exact_at_zero_and_in_the_tails() {
+        let zs: [f64; 10] = [0.0, -0.0, 1e-7, -1e-7, 0.5, -2.0, 30.0, -30.0, 800.0, -800.0];
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        for dtype in [DType::F64, DType::F32] {
+            let z = Var::from_tensor(&Tensor::new(&zs[..], &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let y = super::log_sigmoid(&z).unwrap();
+            let g = f64s(y.sum_all().unwrap().backward().unwrap().get(&z).unwrap());
+            for (i, (&z, y)) in zs.iter().zip(f64s(&y)).enumerate() {
+                let want_y = if z >= 0.0 { -(-z).exp().ln_1p() } else { z - z.exp().ln_1p() };
+                let want_g = 1.0 / (1.0 + z.exp());
+                assert!((y - want_y).abs() <= 1e-6 * want_y.abs().max(1.0), "{dtype:?}: log sig({z}) = {y}, want {want_y}");
+                assert!((g[i] - want_g).abs() <= 1e-7, "{dtype:?}: d log sig / dz at {z} = {}, want {want_g}", g[i]);
+            }
+        }
     }
 }
