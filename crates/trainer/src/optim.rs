@@ -107,6 +107,11 @@ impl AdamW {
         Ok(())
     }
 
+    /// The summed gradient of the variable `name`, as the next step will apply it (before clipping).
+    pub fn gradient(&self, name: &str) -> Option<Vec<f32>> {
+        self.params.iter().find(|p| p.name == name).map(|p| p.grad.lock().clone())
+    }
+
     /// The global L2 norm of the summed gradients.
     pub fn grad_norm(&self) -> f64 {
         let sums: Vec<_> = self.params.iter().map(|p| p.grad.lock()).collect();

@@ -161,7 +161,7 @@ fn micro_batch(n: usize, micro: usize, seed: u64, k: usize) -> Vec<usize> {
 
 /// Sums of a step's (or an evaluation's) metrics over its examples.
 #[derive(Default)]
-struct Sums {
+pub struct Sums {
     examples: f64,
     loss: f64,
     tokens: usize,
@@ -174,6 +174,11 @@ struct Sums {
 }
 
 impl Sums {
+    /// The mean loss: per example for preference losses, per label token for SFT.
+    pub fn mean_loss(&self) -> f64 {
+        self.loss / self.examples.max(1.0)
+    }
+
     fn row(&self, stage: &str, step: u64, epoch: f64, lr: f64, alpha: Option<f64>, grad_norm: Option<f64>, secs: f64) -> StepMetrics {
         let n = self.examples.max(1.0);
         let v = |i: usize| Some(self.values[i] / n);
@@ -183,7 +188,7 @@ impl Sums {
             stage: stage.to_string(),
             step,
             epoch,
-            loss: self.loss / n,
+            loss: self.mean_loss(),
             lr,
             alpha,
             grad_norm,
@@ -291,6 +296,25 @@ impl Trainer<'_> {
                 Ok((loss_sum / denominator)?)
             }
         }
+    }
+
+    /// The forward and backward passes of one optimizer step: each
+    /// micro-batch's loss, scaled so that their gradients sum to the
+    /// gradient of the step's mean loss, added into `optimizer`'s buffers.
+    /// Returns the step's metric sums.
+    pub fn step_gradients(&self, micro: &[Vec<&Example>], alpha: f64, optimizer: &mut AdamW) -> Result<Sums> {
+        let all: Vec<&Example> = micro.iter().flatten().copied().collect();
+        let denominator = self.denominator(&all);
+        let mut sums = Sums::default();
+        for batch in micro {
+            let loss = self.micro_loss(batch, alpha, denominator, &mut sums)?;
+            if !loss.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
+                let ids: Vec<&str> = batch.iter().map(|e| e.prompt_id()).collect();
+                bail!("the loss became {loss} on prompts {ids:?}");
+            }
+            optimizer.accumulate(&loss.backward()?)?;
+        }
+        Ok(sums)
     }
 
     fn add_metrics(&self, objective: &Objective, alpha: f64, x: &Inputs, out: &crate::loss::Output, sums: &mut Sums) -> Result<()> {
@@ -461,22 +485,11 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         let micro: Vec<Vec<usize>> = (step as usize * config.grad_accum..((step as usize + 1) * config.grad_accum).min(total_micro))
             .map(|k| micro_batch(examples.len(), config.micro_batch, config.seed, k))
             .collect();
-        let all: Vec<&Example> = micro.iter().flatten().map(|&i| &examples[i]).collect();
-        let denominator = trainer.denominator(&all);
-        let mut sums = Sums::default();
-        for mb in &micro {
-            let batch: Vec<&Example> = mb.iter().map(|&i| &examples[i]).collect();
-            let loss = trainer.micro_loss(&batch, alpha.unwrap_or(0.0), denominator, &mut sums)?;
-            if !loss.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
-                let ids: Vec<&str> = batch.iter().map(|e| e.prompt_id()).collect();
-                bail!(
-                    "the loss became {} at step {step} on prompts {ids:?}; the last good checkpoint is kept in {}",
-                    loss,
-                    out.join("checkpoint").display()
-                );
-            }
-            optimizer.accumulate(&loss.backward()?)?;
-        }
+        let micro: Vec<Vec<&Example>> = micro.iter().map(|mb| mb.iter().map(|&i| &examples[i]).collect()).collect();
+        let all: Vec<&Example> = micro.iter().flatten().copied().collect();
+        let sums = trainer
+            .step_gradients(&micro, alpha.unwrap_or(0.0), &mut optimizer)
+            .with_context(|| format!("step {step}; the last good checkpoint is kept in {}", out.join("checkpoint").display()))?;
         let grad_norm = optimizer.step(lr, config.max_grad_norm)?;
         if !grad_norm.is_finite() {
             let ids: Vec<&str> = all.iter().map(|e| e.prompt_id()).collect();

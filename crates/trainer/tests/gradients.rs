@@ -1,0 +1,194 @@
+//! The gradients `wrpo-train` applies, against PyTorch's, on tiny random
+//! checkpoints that cover every configuration feature the loader accepts
+//! (fixtures of scripts/fixtures/make_gradient_fixtures.py; the table of what
+//! each covers is in their cases.json). The path is the real one: the
+//! checkpoint saved and reloaded as `wrpo-train sft` leaves it, the family's
+//! chat template and tokenizer, three responses sharing each prompt, two
+//! prompts per micro-batch and two micro-batches per step, gradients summed
+//! in the optimizer's buffers; the reference computed by `ref-logps`' code, so
+//! that it equals the policy exactly as at every run's first step, or offset
+//! from it.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use wrpo_common::Message;
+use wrpo_llm::Model;
+use wrpo_trainer::{
+    data::{Encoder, Sequence, Truncation},
+    loss::{Chosen, LossKind, Objective, PerY},
+    optim::{AdamW, AdamWConfig},
+    train::{load_model, reference_logps, Example, LrSchedule, Stage, TrainConfig, Trainer},
+};
+
+const CONFIGS: [&str; 8] = [
+    "llama_llama3_untied",
+    "llama_linear_tied_bias",
+    "mistral_sliding_gelu",
+    "qwen2_mqa_bias",
+    "qwen3_qk_norm",
+    "gemma2_softcap",
+    "gemma3_local_rope",
+    "phi3_fused_partial",
+];
+
+const TRUNCATION: Truncation = Truncation { max_length: 1024, max_prompt_length: 512 };
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/gradients").join(name)
+}
+
+struct Fixture {
+    name: &'static str,
+    model: Model,
+    encoder: Encoder,
+    cases: Value,
+    expected: HashMap<String, Tensor>,
+    /// Keeps the saved checkpoint the model was loaded from.
+    _saved: tempfile::TempDir,
+}
+
+/// The fixture's checkpoint, saved as the SFT stage saves its result and loaded back.
+fn load(name: &'static str) -> Fixture {
+    let (model, tokenizer) = load_model(&fixture(name)).unwrap();
+    let template = tokenizer.chat_template_for(model.config.family).unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let dir = saved.path().join("final");
+    wrpo_llm::save_hf_checkpoint(&model, &tokenizer, Some(&template.source), &dir).unwrap();
+    let (model, tokenizer) = load_model(&dir).unwrap();
+    let template = tokenizer.chat_template_for(model.config.family).unwrap();
+    let encoder = Encoder::new(tokenizer, template, TRUNCATION).unwrap();
+    let cases = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("cases.json")).unwrap()).unwrap();
+    let expected = candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu).unwrap();
+    Fixture { name, model, encoder, cases, expected, _saved: saved }
+}
+
+const YS: [&str; 3] = ["y_ws", "y_wt", "y_l"];
+
+/// The examples as the trainer encodes them, each checked against the ids
+/// transformers gave the same text; reference log-probs computed by the
+/// reference code on this model, plus the fixture's offsets if `offset`.
+fn examples(f: &Fixture, offset: bool) -> Vec<Example> {
+    let enc = &f.encoder;
+    let mut out = Vec::new();
+    for (i, e) in f.cases["examples"].as_array().unwrap().iter().enumerate() {
+        let ids = |k: &str| serde_json::from_value::<Vec<u32>>(e[k].clone()).unwrap();
+        let messages: Vec<Message> = serde_json::from_value(e["messages"].clone()).unwrap();
+        let prompt = enc.prompt_ids(&messages).unwrap();
+        assert_eq!(prompt, ids("prompt_ids"), "{}: example {i}: prompt ids differ from apply_chat_template's", f.name);
+        let seq = |y: &str| {
+            let response = enc.response_ids(e[y].as_str().unwrap()).unwrap();
+            assert_eq!(response, ids(&format!("{y}_ids")), "{}: example {i}: {y} ids differ from transformers'", f.name);
+            let s = enc.sequence(&prompt, &response);
+            assert!(!s.truncated);
+            s
+        };
+        out.push(Example::Pair {
+            prompt_id: format!("p{i}"),
+            seqs: PerY { y_ws: Some(seq("y_ws")), y_wt: Some(seq("y_wt")), y_l: seq("y_l") },
+            reference: None,
+        });
+    }
+    // As `wrpo-train ref-logps` computes them: the same forward, micro-batches of 2.
+    let reference = reference_logps(&f.model, &out, 2).unwrap();
+    for (i, (example, r)) in out.iter_mut().zip(reference).enumerate() {
+        let Example::Pair { reference, .. } = example else { unreachable!() };
+        let e = &f.cases["examples"][i];
+        let shift = |k: usize| if offset { e[format!("ref_offset_{}", YS[k])].as_f64().unwrap() } else { 0.0 };
+        *reference = Some([r[0] + shift(0), r[1] + shift(1), r[2] + shift(2)]);
+    }
+    out
+}
+
+fn sft_examples(pairs: &[Example]) -> Vec<Example> {
+    pairs
+        .iter()
+        .map(|e| match e {
+            Example::Pair { prompt_id, seqs, .. } => {
+                let s: &Sequence = seqs.y_ws.as_ref().unwrap();
+                Example::Sft { prompt_id: prompt_id.clone(), seq: s.clone() }
+            }
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        lr: 0.0,
+        warmup_ratio: 0.0,
+        schedule: LrSchedule::Constant,
+        epochs: 1.0,
+        micro_batch: 2,
+        grad_accum: 2,
+        max_grad_norm: None,
+        adamw: AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decay_norms_and_biases: false },
+        truncation: TRUNCATION,
+        seed: 0,
+        freeze_embeddings: false,
+    }
+}
+
+/// Worst errors over a configuration's parameters, for the report.
+#[derive(Default, Debug)]
+struct Worst {
+    norm_rel: f64,
+    max_abs_scaled: f64,
+}
+
+/// One optimizer step's summed gradients (two micro-batches of two
+/// examples) against PyTorch's: the mean loss, the global norm, and for
+/// every parameter its norm (relative 1e-4) and its largest element error
+/// (1e-5 of the tensor's largest element).
+fn check(f: &Fixture, case: &str, stage: Stage, examples: &[Example], alpha: f64) -> Worst {
+    let config = config();
+    let trainer = Trainer { model: &f.model, stage: &stage, config: &config };
+    let vars = f.model.weights.vars();
+    let params = vars.iter().map(|(n, v)| (n.to_string(), (*v).clone())).collect();
+    let mut optimizer = AdamW::new(params, config.adamw.clone()).unwrap();
+    let micro: Vec<Vec<&Example>> = examples.chunks(2).map(|c| c.iter().collect()).collect();
+    let sums = trainer.step_gradients(&micro, alpha, &mut optimizer).unwrap();
+    let scalar = |k: &str| f.expected[&format!("{case}.{k}")].to_vec1::<f32>().unwrap()[0] as f64;
+    let what = format!("{}: {case}", f.name);
+    let (loss, want_loss) = (sums.mean_loss(), scalar("loss"));
+    assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0), "{what}: loss {loss} vs PyTorch {want_loss}");
+    let (norm, want_norm) = (optimizer.grad_norm(), scalar("grad_norm"));
+    assert!((norm - want_norm).abs() <= 1e-4 * want_norm, "{what}: gradient norm {norm} vs PyTorch {want_norm}");
+    let grads = f.expected.keys().filter(|k| k.starts_with(&format!("{case}.grad."))).count();
+    assert_eq!(vars.len(), grads, "{what}: {} trainable tensors, PyTorch has {grads}", vars.len());
+    let mut worst = Worst::default();
+    for (name, _) in &vars {
+        let got = optimizer.gradient(name).unwrap();
+        let want = f.expected[&format!("{case}.grad.{name}")].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let l2 = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let (n_got, n_want) = (l2(&got), l2(&want));
+        assert!(n_got > 0.0, "{what}: {name} got no gradient");
+        let norm_rel = (n_got - n_want).abs() / n_want;
+        let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
+        let max_abs = got.iter().zip(&want).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / scale;
+        assert!(norm_rel <= 1e-4, "{what}: the gradient of {name} has norm {n_got}, PyTorch's {n_want}");
+        assert!(max_abs <= 1e-5, "{what}: the gradient of {name} differs from PyTorch's by {max_abs} of its largest element");
+        worst.norm_rel = worst.norm_rel.max(norm_rel);
+        worst.max_abs_scaled = worst.max_abs_scaled.max(max_abs);
+    }
+    worst
+}
+
+#[test]
+fn wrpo_dpo_and_sft_gradients_equal_pytorch_on_every_configuration() {
+    for name in CONFIGS {
+        let f = load(name);
+        let (alpha, beta) = (f.cases["alpha"].as_f64().unwrap(), f.cases["beta"].as_f64().unwrap());
+        let objective = |loss, chosen| Objective { loss, chosen, beta, label_smoothing: 0.0, gamma: 0.0 };
+        let preference = |loss, chosen| Stage::Preference { objective: objective(loss, chosen), alpha_max: alpha, static_alpha: true };
+        let (equal, offset) = (examples(&f, false), examples(&f, true));
+        let report = [
+            ("wrpo_ref_policy", check(&f, "wrpo_ref_policy", preference(LossKind::Wrpo, Chosen::Target), &equal, alpha)),
+            ("wrpo", check(&f, "wrpo", preference(LossKind::Wrpo, Chosen::Target), &offset, alpha)),
+            ("dpo", check(&f, "dpo", preference(LossKind::Dpo, Chosen::Target), &offset, alpha)),
+            ("sft", check(&f, "sft", Stage::Sft { loss_on_prompt: false }, &sft_examples(&offset), 0.0)),
+        ];
+        eprintln!("{name} ({}): {report:?}", f.cases["covers"].as_str().unwrap());
+    }
+}
