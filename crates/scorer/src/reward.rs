@@ -310,6 +310,43 @@ enum Pooling {
     MeanSqrtLen,
 }
 
+/// sentence-transformers' names of the pooling modes, old (one bool key each) and current.
+const POOLING_MODES: [(&str, &str, Option<Pooling>); 6] = [
+    ("pooling_mode_cls_token", "cls", Some(Pooling::Cls)),
+    ("pooling_mode_mean_tokens", "mean", Some(Pooling::Mean)),
+    ("pooling_mode_max_tokens", "max", Some(Pooling::Max)),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens", Some(Pooling::MeanSqrtLen)),
+    ("pooling_mode_weightedmean_tokens", "weightedmean", None),
+    ("pooling_mode_lasttoken", "lasttoken", None),
+];
+
+impl Pooling {
+    /// The mode of a Pooling module's config.json, in either format: the
+    /// current one (sentence-transformers 6: `"pooling_mode": "mean"`) or
+    /// the older one bool key per mode (`"pooling_mode_mean_tokens": true`).
+    fn from_config(c: &serde_json::Value) -> Result<Self> {
+        let supported = || POOLING_MODES.iter().filter(|m| m.2.is_some()).map(|m| m.1).collect::<Vec<_>>().join(", ");
+        if let Some(mode) = c.get("pooling_mode") {
+            let Some(name) = mode.as_str() else {
+                bail!("'pooling_mode' is {mode}: one mode is supported (a list concatenates several embeddings, which is not implemented)");
+            };
+            return match POOLING_MODES.iter().find(|m| m.1 == name) {
+                Some((_, _, Some(p))) => Ok(*p),
+                _ => bail!("'pooling_mode' is \"{name}\", which is not implemented (supported: {})", supported()),
+            };
+        }
+        let on: Vec<_> = POOLING_MODES.iter().filter(|m| c[m.0].as_bool() == Some(true)).collect();
+        match on.as_slice() {
+            [(_, _, Some(p))] => Ok(*p),
+            [(key, _, None)] => bail!("'{key}' is on, a pooling mode that is not implemented (supported: {})", supported()),
+            _ => bail!(
+                "exactly one pooling mode must be on: 'pooling_mode' (sentence-transformers 6) or one of {}",
+                POOLING_MODES.iter().map(|m| format!("'{}'", m.0)).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
 /// A sentence-transformers model: a BERT (candle-transformers), its pooling
 /// and optional normalisation, as its modules.json lays them out.
 pub struct Similarity {
@@ -329,20 +366,8 @@ impl Similarity {
         let modules = modules.as_array().ok_or_else(|| anyhow!("{shown}/modules.json is not a list"))?;
         let module = |kind: &str| modules.iter().find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(kind)));
         let pooling_dir = module("Pooling").and_then(|m| m["path"].as_str()).ok_or_else(|| anyhow!("{shown}/modules.json has no Pooling module"))?;
-        let p = read_json(&path.join(pooling_dir).join("config.json"))?;
-        let on = |k: &str| p[k].as_bool().unwrap_or(false);
-        let pooling = match (
-            on("pooling_mode_cls_token"),
-            on("pooling_mode_mean_tokens"),
-            on("pooling_mode_max_tokens"),
-            on("pooling_mode_mean_sqrt_len_tokens"),
-        ) {
-            (true, false, false, false) => Pooling::Cls,
-            (false, true, false, false) => Pooling::Mean,
-            (false, false, true, false) => Pooling::Max,
-            (false, false, false, true) => Pooling::MeanSqrtLen,
-            _ => bail!("{shown}/{pooling_dir}/config.json: exactly one of the cls, mean, max and mean_sqrt_len pooling modes must be on"),
-        };
+        let pooling_file = path.join(pooling_dir).join("config.json");
+        let pooling = Pooling::from_config(&read_json(&pooling_file)?).with_context(|| pooling_file.display().to_string())?;
         let config: candle_transformers::models::bert::Config =
             serde_json::from_value(read_json(&path.join("config.json"))?).with_context(|| format!("{shown}/config.json is not a BERT config"))?;
         let weights = path.join("model.safetensors");

@@ -106,6 +106,42 @@ fn sentence_embeddings_equal_sentence_transformers() {
     }
 }
 
+/// A copy of a sentence-transformers fixture with its 1_Pooling/config.json replaced.
+fn with_pooling_config(name: &str, config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    for f in ["config.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture(name).join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("1_Pooling/config.json"), config).unwrap();
+    dir
+}
+
+/// sentence-transformers 6 writes `"pooling_mode": "mean"` (this is what its
+/// Pooling.save writes) where older versions wrote one bool key per mode:
+/// both give the same embeddings; modes we do not implement are named.
+#[test]
+fn both_pooling_config_formats_are_read_and_unknown_modes_named() {
+    let texts = ["The capital of France is Paris.", "Bananas are rich in potassium."];
+    for (name, mode) in [("bert_mean", "mean"), ("bert_cls", "cls")] {
+        let current = format!("{{\n    \"embedding_dimension\": 32,\n    \"pooling_mode\": \"{mode}\",\n    \"include_prompt\": true\n}}");
+        let dir = with_pooling_config(name, &current);
+        let (old, new) = (Similarity::load(&fixture(name), DType::F32).unwrap(), Similarity::load(dir.path(), DType::F32).unwrap());
+        assert_eq!(old.embed(&texts).unwrap(), new.embed(&texts).unwrap(), "{name}");
+    }
+    for (config, named) in [
+        (r#"{"embedding_dimension": 32, "pooling_mode": "lasttoken"}"#, "'pooling_mode' is \"lasttoken\", which is not implemented"),
+        (r#"{"embedding_dimension": 32, "pooling_mode": ["cls", "max"]}"#, "'pooling_mode' is [\"cls\",\"max\"]"),
+        (r#"{"word_embedding_dimension": 32, "pooling_mode_weightedmean_tokens": true}"#, "'pooling_mode_weightedmean_tokens' is on"),
+        (r#"{"word_embedding_dimension": 32, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}"#, "exactly one pooling mode"),
+        (r#"{"word_embedding_dimension": 32}"#, "exactly one pooling mode"),
+    ] {
+        let dir = with_pooling_config("bert_mean", config);
+        let err = format!("{:#}", Similarity::load(dir.path(), DType::F32).err().expect("refused"));
+        assert!(err.contains(named) && err.contains("1_Pooling/config.json"), "{config}: {err}");
+    }
+}
+
 #[test]
 fn an_unsupported_reward_architecture_is_named() {
     let dir = tempfile::tempdir().unwrap();
