@@ -181,7 +181,7 @@ struct WrpoArgs {
     dpo_chosen: Chosen,
     #[arg(long, default_value_t = 0.01)]
     beta: f64,
-    /// Final fusion coefficient alpha; alpha rises linearly from 0 over the optimizer steps.
+    /// Fusion coefficient alpha_max; alpha = alpha_max * t / T at optimizer step t of T, as the official trainer.
     #[arg(long, default_value_t = 0.1)]
     alpha_max: f64,
     /// alpha = alpha_max at every step instead.

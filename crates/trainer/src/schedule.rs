@@ -11,10 +11,14 @@ pub struct Schedule {
     pub alpha_max: f64,
     /// Static alpha = alpha_max at every step instead of the linear rise.
     pub static_alpha: bool,
+    /// Micro-batches of an epoch.
+    pub batches_per_epoch: u64,
+    pub grad_accum: u64,
 }
 
 impl Schedule {
-    /// total steps = ceil(epochs * batches_per_epoch / grad_accum), with
+    /// Steps counted as the official trainer (transformers' Trainer) counts
+    /// them: total = ceil(epochs * max(floor(batches_per_epoch / grad_accum), 1)),
     /// batches_per_epoch = ceil(examples / micro_batch); warmup = ceil(ratio * total).
     pub fn new(
         examples: u64,
@@ -26,23 +30,32 @@ impl Schedule {
         alpha_max: f64,
         static_alpha: bool,
     ) -> Self {
-        let batches_per_epoch = examples.div_ceil(micro_batch.max(1));
-        let total_steps = ((epochs * batches_per_epoch as f64) / grad_accum.max(1) as f64).ceil() as u64;
+        let (batches_per_epoch, grad_accum) = (examples.div_ceil(micro_batch.max(1)), grad_accum.max(1));
+        let steps_per_epoch = if examples == 0 { 0 } else { (batches_per_epoch / grad_accum).max(1) };
+        let total_steps = (epochs * steps_per_epoch as f64).ceil() as u64;
         let warmup_steps = (warmup_ratio * total_steps as f64).ceil() as u64;
-        Schedule { total_steps, warmup_steps, lr, alpha_max, static_alpha }
+        Schedule { total_steps, warmup_steps, lr, alpha_max, static_alpha, batches_per_epoch, grad_accum }
     }
 
-    /// Fusion coefficient at optimizer step `step` (0-based): 0 at the first
-    /// step, rising linearly to alpha_max at the last (a one-step run uses 0).
+    /// The global micro-batches (epoch after epoch) whose gradients optimizer
+    /// step `step` sums, as the official trainer groups them: grad_accum
+    /// consecutive ones, so an epoch's trailing partial group joins the next
+    /// epoch's first step, and what is left after the last step is not
+    /// trained on; an epoch of at most grad_accum micro-batches is one step.
+    pub fn micro_batches(&self, step: u64) -> std::ops::Range<u64> {
+        let per_step = self.grad_accum.min(self.batches_per_epoch);
+        step * per_step..(step + 1) * per_step
+    }
+
+    /// Fusion coefficient at optimizer step `step` (0-based, so `step` steps
+    /// are done): alpha_max * step / total_steps, as the official trainer
+    /// computes it from its completed steps; it rises from 0 and stays below
+    /// alpha_max, which it would reach after the last step.
     pub fn alpha(&self, step: u64) -> f64 {
         if self.static_alpha {
             return self.alpha_max;
         }
-        let last = self.total_steps.saturating_sub(1);
-        if last == 0 {
-            return 0.0;
-        }
-        self.alpha_max * step.min(last) as f64 / last as f64
+        self.alpha_max * step.min(self.total_steps) as f64 / self.total_steps.max(1) as f64
     }
 
     /// Learning rate at optimizer step `step`: linear warmup over
@@ -63,22 +76,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn steps_follow_the_recipe_formula() {
-        // 1000 examples, micro batch 4, 32 accumulation steps: ceil(250 / 32) = 8.
+    fn steps_follow_the_official_trainers_count() {
+        // 1000 examples, micro batch 4, 32 accumulation steps: floor(250 / 32) = 7 per epoch.
         let s = Schedule::new(1000, 4, 32, 1.0, 0.1, 3e-7, 0.1, false);
-        assert_eq!((s.total_steps, s.warmup_steps), (8, 1));
-        assert_eq!(Schedule::new(1000, 4, 32, 2.0, 0.1, 3e-7, 0.1, false).total_steps, 16);
+        assert_eq!((s.total_steps, s.warmup_steps), (7, 1));
+        assert_eq!(Schedule::new(1000, 4, 32, 2.0, 0.1, 3e-7, 0.1, false).total_steps, 14);
+        // Fewer micro-batches than grad_accum: one step per epoch, over all of them.
+        let small = Schedule::new(5, 2, 8, 2.0, 0.0, 1.0, 0.1, false);
+        assert_eq!((small.total_steps, small.micro_batches(0), small.micro_batches(1)), (2, 0..3, 3..6));
+        // 5 micro-batches, grad_accum 2, 2 epochs: 4 steps of 2; the first
+        // epoch's fifth joins step 2, and the second epoch's last is left out.
+        let s = Schedule::new(10, 2, 2, 2.0, 0.0, 1.0, 0.1, false);
+        assert_eq!(s.total_steps, 4);
+        assert_eq!((0..4).map(|t| s.micro_batches(t)).collect::<Vec<_>>(), vec![0..2, 2..4, 4..6, 6..8]);
+        assert_eq!(Schedule::new(0, 2, 2, 1.0, 0.0, 1.0, 0.1, false).total_steps, 0);
     }
 
+    /// alpha_max * t / T at every step t of runs of 1, 3 and 300 steps.
     #[test]
-    fn alpha_rises_linearly_from_zero_to_alpha_max() {
-        let s = Schedule::new(11, 1, 1, 1.0, 0.0, 1.0, 0.1, false);
-        assert_eq!(s.alpha(0), 0.0);
-        assert!((s.alpha(5) - 0.05).abs() < 1e-15);
-        assert!((s.alpha(10) - 0.1).abs() < 1e-15);
-        assert!((s.alpha(99) - 0.1).abs() < 1e-15);
-        let fixed = Schedule { static_alpha: true, ..s };
-        assert_eq!(fixed.alpha(0), 0.1);
+    fn alpha_is_the_official_formula_on_every_step() {
+        for (examples, micro, accum, want_steps) in [(4, 4, 1, 1), (12, 2, 2, 3), (600, 1, 2, 300)] {
+            let s = Schedule::new(examples, micro, accum, 1.0, 0.0, 1.0, 0.1, false);
+            assert_eq!(s.total_steps, want_steps);
+            for t in 0..s.total_steps {
+                assert_eq!(s.alpha(t), 0.1 * t as f64 / want_steps as f64, "step {t} of {want_steps}");
+            }
+            assert!(s.alpha(s.total_steps - 1) < 0.1);
+            assert_eq!(Schedule { static_alpha: true, ..s }.alpha(0), 0.1);
+        }
     }
 
     #[test]

@@ -474,7 +474,6 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         }
     }
     let per_epoch = examples.len().div_ceil(config.micro_batch);
-    let total_micro = (config.epochs * per_epoch as f64).ceil() as usize;
     let mut progress = Progress::new(schedule.total_steps, "steps");
     progress.set_model(&stage_name);
     progress.add(state.step, 0);
@@ -482,9 +481,8 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         let step = state.step;
         let started = Instant::now();
         let (lr, alpha) = (lr_at(&schedule, config.schedule, step), alpha_of(step));
-        let micro: Vec<Vec<usize>> = (step as usize * config.grad_accum..((step as usize + 1) * config.grad_accum).min(total_micro))
-            .map(|k| micro_batch(examples.len(), config.micro_batch, config.seed, k))
-            .collect();
+        let micro: Vec<Vec<usize>> =
+            schedule.micro_batches(step).map(|k| micro_batch(examples.len(), config.micro_batch, config.seed, k as usize)).collect();
         let micro: Vec<Vec<&Example>> = micro.iter().map(|mb| mb.iter().map(|&i| &examples[i]).collect()).collect();
         let all: Vec<&Example> = micro.iter().flatten().copied().collect();
         let sums = trainer
@@ -495,7 +493,7 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
             let ids: Vec<&str> = all.iter().map(|e| e.prompt_id()).collect();
             bail!("the gradient norm became {grad_norm} at step {step} on prompts {ids:?}; the last good checkpoint is kept");
         }
-        let epoch = ((step + 1) as f64 * config.grad_accum as f64 / per_epoch as f64).min(config.epochs);
+        let epoch = (schedule.micro_batches(step).end as f64 / per_epoch as f64).min(config.epochs);
         let row = sums.row(&stage_name, step, epoch, lr, alpha, Some(grad_norm), started.elapsed().as_secs_f64());
         progress.set_note(format!(", loss {:.4}{}", row.loss, alpha.map_or(String::new(), |a| format!(", alpha {a:.3}"))));
         progress.add(1, sums.tokens as u64);
@@ -510,7 +508,7 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         state.step += 1;
         if let (Some(eval), Some(every)) = (r.eval, r.eval_every) {
             if state.step % every == 0 && state.step < schedule.total_steps {
-                state.metrics.push(trainer.evaluate(eval, alpha.unwrap_or(0.0), state.step, &format!("eval_{stage_name}"))?);
+                state.metrics.push(trainer.evaluate(eval, alpha_of(state.step).unwrap_or(0.0), state.step, &format!("eval_{stage_name}"))?);
             }
         }
         let interrupted = r.interrupted.load(Ordering::SeqCst);
@@ -526,8 +524,8 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
     }
     progress.finish();
     if let Some(eval) = r.eval {
-        let last = schedule.total_steps.saturating_sub(1);
-        state.metrics.push(trainer.evaluate(eval, alpha_of(last).unwrap_or(0.0), schedule.total_steps, &format!("eval_{stage_name}"))?);
+        let done = schedule.total_steps;
+        state.metrics.push(trainer.evaluate(eval, alpha_of(done).unwrap_or(0.0), done, &format!("eval_{stage_name}"))?);
     }
     // The final checkpoint, then the metrics and their plot.
     wrpo_llm::save_hf_checkpoint(model, r.tokenizer, Some(r.chat_template), &out.join("final"))?;
