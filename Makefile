@@ -32,7 +32,8 @@ SFT_EPOCHS     ?= 3
 WRPO_LR        ?= 2e-6
 EPOCHS         ?= 1
 MAX_LENGTH     ?= 512
-# Non-empty: a response cut off at MAX_NEW_TOKENS may be y_ws or y_wt.
+# Non-empty: a response cut off at MAX_NEW_TOKENS may be y_ws, y_wt or y_l
+# (by default it is none of them).
 ALLOW_TRUNCATED ?=
 
 SAMPLE := $(BIN)/wrpo-sample

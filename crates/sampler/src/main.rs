@@ -125,7 +125,10 @@ struct GenerateArgs {
     /// 0 = no min-p cut.
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
-    #[arg(long, default_value_t = 512)]
+    /// A response stops at its end-of-turn token or after this many tokens
+    /// ("length"; selection sets such cut-off responses aside). The default
+    /// fits chat answers and the recipe's 2048-token training length.
+    #[arg(long, default_value_t = 2048)]
     max_new_tokens: usize,
     /// HF folders: quantize the projections and LM head at load for speed
     /// (q8_0: near-exact and several times faster than none, f32; sampling is

@@ -20,7 +20,7 @@ use wrpo_scorer::{
     report,
     reward::RewardSpec,
     score::{score, write_summary, ScoreOptions, ScoreSettings},
-    select::{check_scores, make_pairs, sft_split, ByPrompt, PairOptions, Strategy},
+    select::{check_scores, make_pairs, sft_split, source_gain, truncated_shares, ByPrompt, PairOptions, Strategy},
 };
 
 const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
@@ -198,13 +198,17 @@ struct PairsArgs {
     #[arg(long, default_value_t = 0.1)]
     max_gap: f64,
     /// Let a response cut off by the token limit (finish_reason 'length') be
-    /// y_ws or y_wt; it may always be y_l.
+    /// y_ws, y_wt or y_l; by default it is none of them, so that cut-off
+    /// answers do not all end up rejected and teach "shorter wins".
     #[arg(long)]
     allow_truncated: bool,
     /// Output `pairs` dataset.
     #[arg(long)]
     out: PathBuf,
 }
+
+/// A model with more than this share of its samples cut off is warned about.
+const TRUNCATED_WARNING: f64 = 0.2;
 
 fn main() {
     wrpo_llm::setup_process();
@@ -260,6 +264,7 @@ fn run(cli: Cli) -> Result<()> {
             let prompts = read_dataset::<Prompt>(&args.prompts)?;
             let scores = read_dataset::<ScoredSample>(&args.source_scores)?;
             check_scores(&[(&args.source_scores, &scores)])?;
+            let truncated = truncated_shares(&[&scores], TRUNCATED_WARNING);
             let split = sft_split(&prompts, &ByPrompt::new(&scores), args.sft_fraction, args.seed, args.allow_truncated);
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.source_scores)?;
             write_dataset(&args.out, &split.sft, &prov)?;
@@ -273,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
                 &serde_json::json!({
                     "sft_examples": split.sft.len(), "preference_prompts": split.preference.len(),
                     "dropped": {"no_scored_source_sample": split.unscored, "only_truncated": split.only_truncated}, "y_ws_sources": y_ws_sources,
+                    "truncated_share": truncated,
                 }),
             )?;
             eprintln!(
@@ -312,11 +318,13 @@ fn run(cli: Cli) -> Result<()> {
             let target_path = args.target_scores.clone().unwrap_or_default();
             check_scores(&[(&args.source_scores, &source), (&target_path, &target)])?;
             let opts = PairOptions { strategy: args.strategy, allow_truncated: args.allow_truncated, min_gap: args.min_gap, max_gap: args.max_gap };
+            let truncated = truncated_shares(&[&source, &target], TRUNCATED_WARNING);
             let (pairs, dropped) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &opts);
             if pairs.is_empty() {
                 bail!("no pair could be built from {} prompts: {}", prompts.len(), serde_json::to_string(&dropped)?);
             }
             write_dataset(&args.out, &pairs, &prov)?;
+            let gain = source_gain(&pairs);
             let mut y_ws_sources: BTreeMap<&str, usize> = BTreeMap::new();
             for p in &pairs {
                 *y_ws_sources.entry(&p.y_ws_model).or_default() += 1;
@@ -325,14 +333,17 @@ fn run(cli: Cli) -> Result<()> {
                 &summary_path(&args.out),
                 &serde_json::json!({
                     "pairs": pairs.len(), "prompts": prompts.len(), "dropped": &dropped, "y_ws_sources": y_ws_sources,
+                    "truncated_share": truncated, "source_gain": gain,
                 }),
             )?;
             eprintln!(
-                "{} pairs from {} prompts -> {}; dropped: {}",
+                "{} pairs from {} prompts -> {}; dropped: {}; y_ws beats y_wt on {:.0}% (mean gap {:+.4})",
                 pairs.len(),
                 prompts.len(),
                 args.out.display(),
-                serde_json::to_string(&dropped)?
+                serde_json::to_string(&dropped)?,
+                100.0 * gain["all"]["y_ws_beats_y_wt"].as_f64().unwrap_or(0.0),
+                gain["all"]["mean_gap"].as_f64().unwrap_or(0.0),
             );
         }
     }

@@ -3,7 +3,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::Path,
 };
 
@@ -72,13 +72,63 @@ fn by_reward(a: &&ScoredSample, b: &&ScoredSample) -> Ordering {
     a.reward.total_cmp(&b.reward).then_with(|| b.model.cmp(&a.model)).then_with(|| b.sample_index.cmp(&a.sample_index))
 }
 
-/// The best response; one cut off by the token limit only if `allow_truncated`.
-fn best<'a>(samples: &[&'a ScoredSample], allow_truncated: bool) -> Option<&'a ScoredSample> {
-    samples.iter().copied().filter(|s| allow_truncated || s.finish_reason != FinishReason::Length).max_by(by_reward)
+/// The samples that may be chosen or rejected. A response cut off by the
+/// token limit is neither unless `allow_truncated`: were it only barred from
+/// being chosen, cut-off answers would always lose and the pairs would teach
+/// "shorter wins".
+fn eligible<'a>(samples: &[&'a ScoredSample], allow_truncated: bool) -> Vec<&'a ScoredSample> {
+    samples.iter().copied().filter(|s| allow_truncated || s.finish_reason != FinishReason::Length).collect()
+}
+
+fn best<'a>(samples: &[&'a ScoredSample]) -> Option<&'a ScoredSample> {
+    samples.iter().copied().max_by(by_reward)
 }
 
 fn worst<'a>(samples: &[&'a ScoredSample]) -> Option<&'a ScoredSample> {
     samples.iter().copied().min_by(by_reward)
+}
+
+/// Share of each model's scored samples that the token limit cut off, with
+/// a warning on standard error for every model above `warn_above`: those
+/// samples are set aside by selection, and many of them mean the sampler's
+/// --max-new-tokens is too small for the answers.
+pub fn truncated_shares(sets: &[&[ScoredSample]], warn_above: f64) -> BTreeMap<String, f64> {
+    let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for s in sets.iter().flat_map(|rows| rows.iter()).filter(|s| s.finish_reason != FinishReason::Skipped) {
+        let c = counts.entry(s.model.clone()).or_default();
+        c.0 += usize::from(s.finish_reason == FinishReason::Length);
+        c.1 += 1;
+    }
+    let shares: BTreeMap<String, f64> = counts.into_iter().map(|(m, (cut, all))| (m, cut as f64 / all as f64)).collect();
+    for (model, share) in shares.iter().filter(|(_, &share)| share > warn_above) {
+        eprintln!(
+            "warning: {:.0}% of {model}'s samples were cut off by the token limit; they are neither chosen nor rejected \
+             (raise --max-new-tokens when sampling, or pass --allow-truncated)",
+            100.0 * share
+        );
+    }
+    shares
+}
+
+/// How much the source brings: per source model of y_ws, the pairs, the
+/// share where y_ws outscores y_wt and the mean reward gap y_ws - y_wt.
+/// WRPO's source term can only teach where this gap is positive.
+pub fn source_gain(pairs: &[Pair]) -> serde_json::Value {
+    let mut by: BTreeMap<&str, (usize, usize, f64)> = BTreeMap::new();
+    for p in pairs {
+        for key in [p.y_ws_model.as_str(), "all"] {
+            let e = by.entry(key).or_default();
+            e.0 += 1;
+            e.1 += usize::from(p.y_ws_reward > p.y_wt_reward);
+            e.2 += p.y_ws_reward - p.y_wt_reward;
+        }
+    }
+    by.into_iter()
+        .map(|(m, (n, wins, gap))| {
+            (m.to_string(), serde_json::json!({"pairs": n, "y_ws_beats_y_wt": wins as f64 / n as f64, "mean_gap": gap / n as f64}))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// The train prompts divided between the SFT stage and preference training.
@@ -102,7 +152,7 @@ pub fn sft_split(prompts: &[Prompt], source: &ByPrompt, sft_fraction: f64, seed:
     let mut out = SftSplit::default();
     for p in prompts.iter().filter(|p| p.split == Split::Train) {
         let samples = source.get(&p.prompt_id);
-        let Some(y_ws) = best(samples, allow_truncated) else {
+        let Some(y_ws) = best(&eligible(samples, allow_truncated)) else {
             *(if samples.is_empty() { &mut out.unscored } else { &mut out.only_truncated }) += 1;
             continue;
         };
@@ -139,7 +189,8 @@ pub enum Strategy {
 #[derive(Clone, Debug, Serialize)]
 pub struct PairOptions {
     pub strategy: Strategy,
-    /// Let a response cut off by the token limit be y_ws or y_wt (it may always be y_l).
+    /// Let a response cut off by the token limit be y_ws, y_wt or y_l (by
+    /// default it is none of them).
     pub allow_truncated: bool,
     pub min_gap: f64,
     pub max_gap: f64,
@@ -153,7 +204,9 @@ pub struct Dropped {
     pub all_identical: usize,
     pub best_worst_tie: usize,
     pub gap_out_of_band: usize,
-    /// Every candidate for y_ws or y_wt was cut off by the token limit.
+    /// Too few samples were left once those cut off by the token limit were
+    /// set aside: no source sample, or fewer than two target samples (or
+    /// two of one source model, for FuseChat).
     pub only_truncated: usize,
 }
 
@@ -205,11 +258,16 @@ fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], all
         dropped.all_identical += 1;
         return None;
     }
-    let (Some(y_ws), Some(y_wt)) = (best(source, allow_truncated), best(target, allow_truncated)) else {
+    let (source, target) = (eligible(source, allow_truncated), eligible(target, allow_truncated));
+    if source.is_empty() || target.len() < 2 {
         dropped.only_truncated += 1;
         return None;
-    };
-    let y_l = worst(target)?;
+    }
+    if target.iter().all(|s| s.response == target[0].response) {
+        dropped.all_identical += 1;
+        return None;
+    }
+    let (y_ws, y_wt, y_l) = (best(&source)?, best(&target)?, worst(&target)?);
     if y_wt.reward == y_l.reward {
         dropped.best_worst_tie += 1;
         return None;
@@ -234,10 +292,12 @@ fn fusechat_pair<'a>(source: &[&'a ScoredSample], opts: &PairOptions, dropped: &
             continue;
         }
         identical = false;
-        let (Some(w), Some(l)) = (best(samples, opts.allow_truncated), worst(samples)) else {
+        let samples = eligible(samples, opts.allow_truncated);
+        if samples.len() < 2 || samples.iter().all(|s| s.response == samples[0].response) {
             continue;
-        };
+        }
         truncated = false;
+        let (Some(w), Some(l)) = (best(&samples), worst(&samples)) else { continue };
         if w.reward == l.reward {
             continue;
         }

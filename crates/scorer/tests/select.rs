@@ -4,7 +4,7 @@ use wrpo_common::{
     scored::ScoredSample,
     Message, Role,
 };
-use wrpo_scorer::select::{check_scores, make_pairs, sft_split, ByPrompt, Dropped, PairOptions, Strategy};
+use wrpo_scorer::select::{check_scores, make_pairs, sft_split, source_gain, truncated_shares, ByPrompt, Dropped, PairOptions, Strategy};
 
 fn prompt(id: &str, split: Split) -> Prompt {
     Prompt { prompt_id: id.into(), messages: vec![Message::new(Role::User, format!("question {id}"))], reference: None, split, origin: "t".into() }
@@ -114,30 +114,61 @@ fn a_reward_that_is_not_a_number_is_never_chosen() {
     assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str(), pairs[0].y_l.as_str()), ("good", "best", "worst"));
 }
 
+/// A response cut off by the token limit is neither chosen nor rejected by
+/// default, on both sides, so cut-off answers cannot all land on the
+/// rejected side; --allow-truncated lets it be any of y_ws, y_wt and y_l.
 #[test]
-fn a_truncated_response_is_never_y_ws_or_y_wt_unless_allowed() {
-    let prompts = [prompt("p", Split::Train), prompt("q", Split::Train)];
+fn a_truncated_response_is_neither_chosen_nor_rejected_unless_allowed() {
+    let prompts = [prompt("p", Split::Train), prompt("q", Split::Train), prompt("r", Split::Train)];
     let cut = |mut s: ScoredSample| {
         s.finish_reason = FinishReason::Length;
         s
     };
-    let source = [cut(scored("p", "a", 0, "long source", 0.9)), scored("p", "a", 1, "source", 0.5), cut(scored("q", "a", 0, "cut", 0.9))];
+    let source = [
+        cut(scored("p", "a", 0, "long source", 0.9)),
+        scored("p", "a", 1, "source", 0.5),
+        cut(scored("q", "a", 0, "cut", 0.9)),
+        scored("r", "a", 0, "r source", 0.5),
+    ];
     let target = [
         cut(scored("p", "t", 0, "long target", 0.9)),
         scored("p", "t", 1, "target", 0.4),
         cut(scored("p", "t", 2, "long worst", -0.9)),
-        cut(scored("q", "t", 0, "x", 0.1)),
-        cut(scored("q", "t", 1, "y", 0.2)),
+        scored("p", "t", 3, "short worst", 0.1),
+        scored("q", "t", 0, "x", 0.1),
+        scored("q", "t", 1, "y", 0.2),
+        // r: one complete target sample is too few to pair.
+        scored("r", "t", 0, "r complete", 0.3),
+        cut(scored("r", "t", 1, "r cut", -0.3)),
     ];
     let (src, tgt) = (ByPrompt::new(&source), ByPrompt::new(&target));
     let (pairs, dropped) = make_pairs(&prompts, &src, &tgt, &wrpo());
-    assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str(), pairs[0].y_l.as_str()), ("source", "target", "long worst"));
-    assert_eq!(dropped, Dropped { only_truncated: 1, ..Dropped::default() }, "q has only truncated responses");
+    assert_eq!(pairs.len(), 1);
+    assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str(), pairs[0].y_l.as_str()), ("source", "target", "short worst"));
+    assert_eq!(dropped, Dropped { only_truncated: 2, ..Dropped::default() }, "q: no complete source sample; r: one complete target sample");
     let (pairs, _) = make_pairs(&prompts, &src, &tgt, &PairOptions { allow_truncated: true, ..wrpo() });
-    assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str()), ("long source", "long target"));
+    assert_eq!(pairs.len(), 3);
+    assert_eq!((pairs[0].y_ws.as_str(), pairs[0].y_wt.as_str(), pairs[0].y_l.as_str()), ("long source", "long target", "long worst"));
     let split = sft_split(&prompts, &src, 1.0, 42, false);
-    assert_eq!((split.sft.len(), split.only_truncated), (1, 1));
+    assert_eq!((split.sft.len(), split.only_truncated), (2, 1));
     assert_eq!(split.sft[0].response, "source");
+    // The cut-off share per model, for the warning and the summary.
+    let shares = truncated_shares(&[&source, &target], 0.2);
+    assert_eq!((shares["a"], shares["t"]), (0.5, 3.0 / 8.0));
+}
+
+#[test]
+fn source_gain_counts_where_y_ws_outscores_y_wt() {
+    let prompts: Vec<Prompt> = ["p", "q", "r"].iter().map(|id| prompt(id, Split::Train)).collect();
+    let source = [scored("p", "a", 0, "a", 0.9), scored("q", "b", 0, "b", 0.1), scored("r", "a", 0, "a", 0.2)];
+    let target: Vec<ScoredSample> = ["p", "q", "r"].iter().flat_map(|id| [scored(id, "t", 0, "hi", 0.5), scored(id, "t", 1, "lo", 0.0)]).collect();
+    let (pairs, _) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &wrpo());
+    let gain = source_gain(&pairs);
+    assert_eq!(gain["a"]["pairs"], 2);
+    assert_eq!(gain["a"]["y_ws_beats_y_wt"], 0.5);
+    assert!((gain["a"]["mean_gap"].as_f64().unwrap() - 0.05).abs() < 1e-12);
+    assert!((gain["all"]["y_ws_beats_y_wt"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    assert!((gain["all"]["mean_gap"].as_f64().unwrap() - (0.4 - 0.4 - 0.3) / 3.0).abs() < 1e-12);
 }
 
 #[test]
