@@ -11,6 +11,16 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// SHA-256 of several byte strings, each followed by a NUL.
+pub fn sha256_of(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update(part);
+        h.update([0]);
+    }
+    hex(&h.finalize())
+}
+
 /// Stable id of a conversation: the first 16 hex digits of the SHA-256 of its
 /// turns, each written as `role`, NUL, `content`, NUL. Independent of any
 /// serialisation library, so ids never change with a dependency upgrade.

@@ -381,6 +381,10 @@ pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
     let mut roots = Vec::with_capacity(expected.len());
     for want in &expected {
         let Some((i, have)) = found.column_with_name(want.name()) else {
+            // A nullable column added by a later schema version reads as null from an older file.
+            if want.is_nullable() && version < T::VERSION {
+                continue;
+            }
             bail!("{shown}: column '{}' is missing (expected {})", want.name(), want.data_type());
         };
         if !compatible(have.data_type(), want.data_type()) {
@@ -422,12 +426,15 @@ fn compatible(have: &DataType, want: &DataType) -> bool {
 
 /// The batch with exactly the expected columns and types (a no-op for files
 /// this crate wrote): nulls were checked, so casting only renames list items,
-/// reorders struct fields and re-encodes strings.
+/// reorders struct fields and re-encodes strings; a nullable column an older
+/// version of the schema lacked is all nulls.
 fn conform(path: &Path, batch: &RecordBatch, expected: &[FieldRef]) -> Result<RecordBatch> {
     let columns = expected
         .iter()
         .map(|want| {
-            let column = batch.column_by_name(want.name()).expect("projected column");
+            let Some(column) = batch.column_by_name(want.name()) else {
+                return Ok(arrow::array::new_null_array(want.data_type(), batch.num_rows()));
+            };
             if column.data_type() == want.data_type() {
                 return Ok(column.clone());
             }
@@ -489,7 +496,7 @@ fn read_metadata<T: Dataset>(path: &Path, kv: Option<&Vec<KeyValue>>) -> Result<
 
 fn check_nulls(path: &Path, batch: &RecordBatch, expected: &[FieldRef], first_row: usize) -> Result<()> {
     for want in expected.iter().filter(|f| !f.is_nullable()) {
-        let column = batch.column_by_name(want.name()).expect("projected column");
+        let column = batch.column_by_name(want.name()).expect("non-nullable columns are never left out");
         if column.null_count() > 0 {
             let row = (0..column.len()).find(|&i| column.is_null(i)).unwrap_or(0);
             bail!("{}: column '{}' is null at row {} (0-based); it may not be null", path.display(), want.name(), first_row + row);

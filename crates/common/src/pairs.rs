@@ -29,11 +29,18 @@ pub struct Pair {
     pub ref_logp_y_ws: Option<f64>,
     pub ref_logp_y_wt: Option<f64>,
     pub ref_logp_y_l: Option<f64>,
+    /// Response tokens each reference log-prob summed (after truncation), so
+    /// that training can refuse pairs it would tokenize otherwise. Added in
+    /// version 2 (null in older files).
+    pub ref_tokens_y_ws: Option<u32>,
+    pub ref_tokens_y_wt: Option<u32>,
+    pub ref_tokens_y_l: Option<u32>,
 }
 
 impl Dataset for Pair {
     const NAME: &'static str = "pairs";
-    const VERSION: u32 = 1;
+    /// 2: ref_tokens_* columns.
+    const VERSION: u32 = 2;
     fn fields() -> Vec<FieldRef> {
         let mut fields = vec![utf8("prompt_id"), messages_field()];
         for y in ["y_ws", "y_wt", "y_l"] {
@@ -44,6 +51,9 @@ impl Dataset for Pair {
         }
         for y in ["y_ws", "y_wt", "y_l"] {
             fields.push(field(&format!("ref_logp_{y}"), DataType::Float64, true));
+        }
+        for y in ["y_ws", "y_wt", "y_l"] {
+            fields.push(field(&format!("ref_tokens_{y}"), DataType::UInt32, true));
         }
         fields
     }

@@ -7,7 +7,11 @@ use arrow::{
     buffer::OffsetBuffer,
     datatypes::{DataType, Field, Fields, Schema},
 };
-use parquet::{arrow::ArrowWriter, file::metadata::KeyValue, file::properties::WriterProperties};
+use parquet::{
+    arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter},
+    file::metadata::KeyValue,
+    file::properties::WriterProperties,
+};
 use wrpo_common::{
     io::{dataset_files, keys, read_file, AtomicFile},
     metrics::StepMetrics,
@@ -109,6 +113,9 @@ fn pair(i: usize) -> Pair {
         ref_logp_y_ws: i.is_multiple_of(2).then_some(-12.5),
         ref_logp_y_wt: None,
         ref_logp_y_l: Some(-3.0),
+        ref_tokens_y_ws: i.is_multiple_of(2).then_some(12),
+        ref_tokens_y_wt: None,
+        ref_tokens_y_l: Some(4),
     }
 }
 
@@ -231,6 +238,38 @@ fn newer_versions_and_foreign_files_are_rejected() {
     fs::write(&path, b"PAR1 not really").unwrap();
     let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
     assert!(err.contains("is not a readable Parquet file"), "{err}");
+}
+
+/// A pairs file of version 1 (before the ref_tokens_* columns) still
+/// reads, those columns as null; a file that claims version 2 without them
+/// is refused.
+#[test]
+fn a_column_added_by_a_later_version_reads_as_null_from_an_older_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v2, v1) = (dir.path().join("v2.parquet"), dir.path().join("v1.parquet"));
+    write_dataset(&v2, &[pair(0)], &prov()).unwrap();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(&v2).unwrap()).unwrap();
+    let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap();
+    let batch = builder.build().unwrap().next().unwrap().unwrap();
+    let keep: Vec<usize> = (0..batch.num_columns()).filter(|&i| !batch.schema().field(i).name().starts_with("ref_tokens_")).collect();
+    let old = batch.project(&keep).unwrap();
+    for version in ["1", "2"] {
+        let kv = kv.iter().map(|e| if e.key == keys::VERSION { KeyValue::new(e.key.clone(), version.to_string()) } else { e.clone() }).collect();
+        let props = WriterProperties::builder().set_key_value_metadata(Some(kv)).build();
+        let mut w = ArrowWriter::try_new(fs::File::create(&v1).unwrap(), old.schema(), Some(props)).unwrap();
+        w.write(&old).unwrap();
+        w.close().unwrap();
+        match version {
+            "1" => {
+                let want = Pair { ref_tokens_y_ws: None, ref_tokens_y_l: None, ..pair(0) };
+                assert_eq!(read_dataset::<Pair>(&v1).unwrap(), vec![want]);
+            }
+            _ => {
+                let err = read_dataset::<Pair>(&v1).unwrap_err().to_string();
+                assert!(err.contains("column 'ref_tokens_y_ws' is missing"), "{err}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -237,6 +237,9 @@ pub fn make_pairs(prompts: &[Prompt], source: &ByPrompt, target: &ByPrompt, opts
                 ref_logp_y_ws: None,
                 ref_logp_y_wt: None,
                 ref_logp_y_l: None,
+                ref_tokens_y_ws: None,
+                ref_tokens_y_wt: None,
+                ref_tokens_y_l: None,
             });
         }
     }

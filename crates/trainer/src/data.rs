@@ -67,6 +67,13 @@ impl Encoder {
         &self.template
     }
 
+    /// SHA-256 of what turns text into ids here: the tokenizer, the chat
+    /// template and the end-of-turn token.
+    pub fn fingerprint(&self) -> String {
+        let tokenizer = self.tokenizer.to_json().to_string();
+        wrpo_common::hash::sha256_of(&[tokenizer.as_bytes(), self.template.source.as_bytes(), &self.end_of_turn.to_le_bytes()])
+    }
+
     pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
         let turns: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage { role: m.role.as_str(), content: &m.content }).collect();
         self.tokenizer.encode_chat(&self.template.render(&turns, true)?)

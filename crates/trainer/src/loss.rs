@@ -47,6 +47,17 @@ pub enum Y {
     L,
 }
 
+impl Y {
+    /// Position in (y_ws, y_wt, y_l) triples such as the reference log-probs.
+    pub fn index(self) -> usize {
+        match self {
+            Y::Ws => 0,
+            Y::Wt => 1,
+            Y::L => 2,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Objective {
     pub loss: LossKind,

@@ -3,14 +3,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
-use wrpo_common::{pairs::Pair, read_dataset, sft::SftExample, write_dataset, Provenance};
+use wrpo_common::{
+    io::{dataset_files, read_file},
+    pairs::Pair,
+    read_dataset,
+    sft::SftExample,
+    write_dataset, Provenance,
+};
 use wrpo_llm::Model;
 use wrpo_trainer::{
-    data::{Encoder, Truncation},
+    data::{Encoder, Sequence, Truncation},
     loss::{Chosen, LossKind, Objective},
     optim::AdamWConfig,
     schedule::Schedule,
-    train::{encode_pairs, encode_sft, load_model, reference_logps, run, Example, LrSchedule, RunInputs, Stage, TrainConfig, PRODUCER},
+    train::{
+        encode_pairs, encode_sft, load_model, reference_logps, run, Example, LrSchedule, ReferenceRecord, RunInputs, Stage, TrainConfig, PRODUCER,
+    },
 };
 
 /// Train the target model: SFT on y_ws, then WRPO on (x, y_ws, y_wt, y_l).
@@ -315,11 +323,17 @@ fn run_cli(cli: Cli) -> Result<()> {
             let enc = encoder(&model, tokenizer, a.max_length, a.max_prompt_length, &a.model)?;
             let (examples, truncated) = encode_pairs(&enc, &pairs, None, &a.pairs)?;
             report_truncated(truncated, examples.len(), "pairs");
+            let record = ReferenceRecord::of(&a.model, &enc)?;
             let logps = reference_logps(&model, &examples, a.micro_batch)?;
-            for (p, l) in pairs.iter_mut().zip(&logps) {
+            for ((p, l), e) in pairs.iter_mut().zip(&logps).zip(&examples) {
                 (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) = (Some(l[0]), Some(l[1]), Some(l[2]));
+                let Example::Pair { seqs, .. } = e else { unreachable!("pairs") };
+                let tokens = |s: &Option<Sequence>| s.as_ref().map(|s| s.response_len() as u32);
+                (p.ref_tokens_y_ws, p.ref_tokens_y_wt, p.ref_tokens_y_l) =
+                    (tokens(&seqs.y_ws), tokens(&seqs.y_wt), Some(seqs.y_l.response_len() as u32));
             }
-            let config = serde_json::json!({"model": a.model, "max_length": a.max_length, "max_prompt_length": a.max_prompt_length});
+            let config =
+                serde_json::json!({"model": a.model, "max_length": a.max_length, "max_prompt_length": a.max_prompt_length, "reference": record});
             let prov = Provenance::new(PRODUCER, &config)?.with_input(&a.pairs)?.with_input(&a.model)?;
             write_dataset(&a.out, &pairs, &prov)?;
             eprintln!("reference log-probs of {} pairs -> {}", pairs.len(), a.out.display());
@@ -328,13 +342,27 @@ fn run_cli(cli: Cli) -> Result<()> {
             set_threads(a.common.threads);
             let c = &a.common;
             let objective = Objective { loss: a.loss, chosen: a.dpo_chosen, beta: a.beta, label_smoothing: a.label_smoothing, gamma: a.simpo_gamma };
-            let rows = read_dataset::<Pair>(&a.pairs)?;
             let (model, tokenizer) = load_model(&c.model)?;
             let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
-            let (examples, truncated) = encode_pairs(&enc, &rows, Some(&objective), &a.pairs)?;
+            // The pairs' reference log-probs must be this run's model's, tokenized as this run does.
+            let reference = objective.needs_reference().then(|| ReferenceRecord::of(&c.model, &enc)).transpose()?;
+            let read = |path: &Path| -> Result<Vec<Pair>> {
+                let mut rows = Vec::new();
+                for file in dataset_files(path)? {
+                    let f = read_file::<Pair>(&file)?;
+                    // Files without reference log-probs are refused by encode_pairs, naming the column.
+                    let has_refs = f.rows.iter().any(|p| p.ref_logp_y_l.is_some());
+                    if let Some(r) = reference.as_ref().filter(|_| has_refs) {
+                        r.check(&file, f.provenance.config.get("reference"))?;
+                    }
+                    rows.extend(f.rows);
+                }
+                Ok(rows)
+            };
+            let (examples, truncated) = encode_pairs(&enc, &read(&a.pairs)?, Some(&objective), &a.pairs)?;
             report_truncated(truncated, examples.len(), "pairs");
             let eval = match &a.eval_pairs {
-                Some(p) => Some(encode_pairs(&enc, &read_dataset::<Pair>(p)?, Some(&objective), p)?.0),
+                Some(p) => Some(encode_pairs(&enc, &read(p)?, Some(&objective), p)?.0),
                 None => None,
             };
             let mut inputs = vec![a.pairs.clone(), c.model.clone()];

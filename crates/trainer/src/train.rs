@@ -120,6 +120,22 @@ pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>,
         };
         let seqs = PerY { y_ws: Some(seq("y_ws", &p.y_ws)?), y_wt: Some(seq("y_wt", &p.y_wt)?), y_l: seq("y_l", &p.y_l)? };
         truncated += usize::from([Y::Ws, Y::Wt, Y::L].iter().any(|&y| seq_of(&seqs, y).truncated));
+        if needs_ref {
+            for (y, column, recorded) in [
+                (Y::Ws, "ref_tokens_y_ws", p.ref_tokens_y_ws),
+                (Y::Wt, "ref_tokens_y_wt", p.ref_tokens_y_wt),
+                (Y::L, "ref_tokens_y_l", p.ref_tokens_y_l),
+            ] {
+                let tokens = seq_of(&seqs, y).response_len();
+                if recorded.is_some_and(|n| n as usize != tokens) {
+                    bail!(
+                        "{}: column '{column}' says the reference log-prob summed {} tokens, this run's tokenization and truncation give {tokens}; {RERUN_REF}",
+                        ctx(column),
+                        recorded.unwrap_or_default()
+                    );
+                }
+            }
+        }
         let reference = match (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) {
             (Some(a), Some(b), Some(c)) if [a, b, c].iter().all(|v| v.is_finite()) => Some([a, b, c]),
             (a, b, c) if needs_ref => {
@@ -139,6 +155,65 @@ pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>,
         out.push(Example::Pair { prompt_id: p.prompt_id.clone(), seqs, reference });
     }
     Ok((out, truncated))
+}
+
+/// What a mismatch between a pairs file's reference log-probs and this run asks for.
+const RERUN_REF: &str = "run `wrpo-train ref-logps` again with this run's --model, --max-length and --max-prompt-length";
+
+/// What fixes the reference log-probs of a pairs file: `ref-logps` records it
+/// in the file's provenance (`reference`), `wrpo` refuses pairs whose record
+/// differs from its own run, since every implicit reward would shift silently.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct ReferenceRecord {
+    /// Content hash of the reference model, which must be the model
+    /// preference training starts from (Target-SFT).
+    pub model_sha256: String,
+    /// [`Encoder::fingerprint`]: tokenizer, chat template and end-of-turn token.
+    pub tokens_sha256: String,
+    pub max_length: usize,
+    pub max_prompt_length: usize,
+}
+
+impl ReferenceRecord {
+    pub fn of(model: &Path, enc: &Encoder) -> Result<Self> {
+        Ok(ReferenceRecord {
+            model_sha256: wrpo_common::hash::content_sha256(model)?,
+            tokens_sha256: enc.fingerprint(),
+            max_length: enc.truncation.max_length,
+            max_prompt_length: enc.truncation.max_prompt_length,
+        })
+    }
+
+    /// Refuse a pairs file whose recorded reference (`recorded`, its
+    /// provenance's `reference`) differs from this run's, naming the field.
+    /// A file without one (written by another tool or an older version)
+    /// cannot be checked here; the check at the first step still applies.
+    pub fn check(&self, file: &Path, recorded: Option<&serde_json::Value>) -> Result<()> {
+        let Some(recorded) = recorded.filter(|r| !r.is_null()) else {
+            eprintln!("warning: {} records no reference model; its log-probs are checked at the first step only", file.display());
+            return Ok(());
+        };
+        let r: ReferenceRecord =
+            serde_json::from_value(recorded.clone()).with_context(|| format!("{}: its 'reference' record is not readable", file.display()))?;
+        let differs = |what: String| anyhow!("{}: its reference log-probs were computed with {what}; {RERUN_REF}", file.display());
+        if r.tokens_sha256 != self.tokens_sha256 {
+            return Err(differs("another tokenizer or chat template than this run's model has".into()));
+        }
+        if (r.max_length, r.max_prompt_length) != (self.max_length, self.max_prompt_length) {
+            return Err(differs(format!(
+                "--max-length {} --max-prompt-length {}, this run uses {} and {}",
+                r.max_length, r.max_prompt_length, self.max_length, self.max_prompt_length
+            )));
+        }
+        if r.model_sha256 != self.model_sha256 {
+            return Err(differs(format!(
+                "a reference model (sha256 {}) other than the model this run starts from (sha256 {}); the reference is that model (Target-SFT)",
+                &r.model_sha256[..12.min(r.model_sha256.len())],
+                &self.model_sha256[..12]
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The example order of an epoch: a permutation fixed by (seed, epoch).
@@ -255,15 +330,10 @@ impl Trainer<'_> {
                 let lengths_of =
                     |k: usize| Tensor::from_vec(counts[k * n..(k + 1) * n].iter().map(|&c| c as f32).collect(), n, device)?.to_dtype(logps.dtype());
                 let refs_of = |y: Y| -> Result<Tensor> {
-                    let col = match y {
-                        Y::Ws => 0,
-                        Y::Wt => 1,
-                        Y::L => 2,
-                    };
                     let values = batch
                         .iter()
                         .map(|e| match e {
-                            Example::Pair { reference: Some(r), .. } => Ok(r[col] as f32),
+                            Example::Pair { reference: Some(r), .. } => Ok(r[y.index()] as f32),
                             e => Err(anyhow!("prompt {}: no reference log-probs", e.prompt_id())),
                         })
                         .collect::<Result<Vec<f32>>>()?;
@@ -296,6 +366,37 @@ impl Trainer<'_> {
                 Ok((loss_sum / denominator)?)
             }
         }
+    }
+
+    /// At the first step the policy is the reference, so policy minus
+    /// reference log-probs must be ~0 (rounding of a differently packed
+    /// forward aside): anything else means the pairs' reference log-probs
+    /// came from another model, template or truncation.
+    pub fn check_reference_at_start(&self, batch: &[&Example]) -> Result<()> {
+        let Stage::Preference { objective, .. } = self.stage else { return Ok(()) };
+        if !objective.needs_reference() {
+            return Ok(());
+        }
+        let ys = objective.responses();
+        let mut seqs = Vec::new();
+        let mut refs = Vec::new();
+        for &y in &ys {
+            for e in batch {
+                let Example::Pair { seqs: s, reference: Some(r), prompt_id } = e else { continue };
+                seqs.push(seq_of(s, y));
+                refs.push((prompt_id.as_str(), y, r[y.index()]));
+            }
+        }
+        let policy = self.model.response_logprobs(&split(&seqs))?.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        for (logp, (prompt_id, y, reference)) in policy.iter().zip(refs) {
+            if (logp - reference).abs() > 0.05 + 1e-4 * reference.abs() {
+                bail!(
+                    "at the first step the policy is the reference, but on prompt {prompt_id} log pi({y:?}) is {logp:.4} and the pairs' reference log-prob {reference:.4}: \
+                     they were computed with another model, template or truncation; {RERUN_REF}"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The forward and backward passes of one optimizer step: each
@@ -484,6 +585,9 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         let micro: Vec<Vec<usize>> =
             schedule.micro_batches(step).map(|k| micro_batch(examples.len(), config.micro_batch, config.seed, k as usize)).collect();
         let micro: Vec<Vec<&Example>> = micro.iter().map(|mb| mb.iter().map(|&i| &examples[i]).collect()).collect();
+        if step == 0 {
+            trainer.check_reference_at_start(&micro[0])?;
+        }
         let all: Vec<&Example> = micro.iter().flatten().copied().collect();
         let sums = trainer
             .step_gradients(&micro, alpha.unwrap_or(0.0), &mut optimizer)

@@ -9,7 +9,7 @@ use std::{
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
-use wrpo_common::{metrics::StepMetrics, pairs::Pair, read_dataset, sft::SftExample, write_dataset, Message, Provenance, Role};
+use wrpo_common::{io::read_file, metrics::StepMetrics, pairs::Pair, read_dataset, sft::SftExample, write_dataset, Message, Provenance, Role};
 use wrpo_llm::Model;
 
 /// Micro-batches of 4, no accumulation, 3 epochs, no warm-up: a few quick steps.
@@ -60,6 +60,9 @@ fn pairs(range: std::ops::Range<usize>) -> Vec<Pair> {
             ref_logp_y_ws: None,
             ref_logp_y_wt: None,
             ref_logp_y_l: None,
+            ref_tokens_y_ws: None,
+            ref_tokens_y_wt: None,
+            ref_tokens_y_l: None,
         })
         .collect()
 }
@@ -168,7 +171,7 @@ fn wrpo_learns_held_out_preferences_and_resumes_exactly() {
     assert!(err.contains("other settings"), "{err}");
     // So is the same command on changed pairs.
     let mut changed = read_dataset::<Pair>(Path::new(&s.path("pairs-ref.parquet"))).unwrap();
-    changed[0].y_l = "Something else entirely.".into();
+    changed[0].y_ws_reward = 0.5;
     write_dataset(Path::new(&s.path("pairs-ref.parquet")), &changed, &Provenance::new("test", &json!({})).unwrap()).unwrap();
     let err = failed(s.wrpo("whole", &["--eval-pairs", &s.path("eval-ref.parquet"), "--save-every", "4"]));
     assert!(err.contains("other settings"), "{err}");
@@ -279,4 +282,58 @@ fn bad_inputs_are_named() {
     for o in ["o1", "o2", "o3"] {
         assert!(!Path::new(&s.path(o)).join("final").exists());
     }
+}
+
+/// Reference log-probs computed with another model, template, truncation or
+/// tokenization shift every implicit reward silently: `wrpo` refuses each,
+/// naming it, and at the first step checks that the policy (which starts as
+/// the reference) gives the pairs' reference log-probs.
+#[test]
+fn reference_log_probs_that_disagree_with_the_run_are_refused() {
+    let s = Setup::new();
+    let refs = |model: &str, pairs: &str, out: &str, extra: &[&str]| {
+        let (pairs, out) = (s.path(pairs), s.path(out));
+        let args = [&["ref-logps", "--model", model, "--pairs", &pairs, "--out", &out][..], extra].concat();
+        ok(train_bin(&args));
+    };
+    let wrpo = |pairs: &str, extra: &[&str]| {
+        let (pairs, out) = (s.path(pairs), s.path("out"));
+        let args = [&["wrpo", "--model", &s.model, "--pairs", &pairs, "--out", &out][..], &SMALL_STEPS[..], extra].concat();
+        failed(train_bin(&args))
+    };
+    // Other length settings.
+    let err = wrpo("pairs-ref.parquet", &["--max-length", "1024", "--max-prompt-length", "512"]);
+    assert!(err.contains("pairs-ref.parquet") && err.contains("--max-length 2048 --max-prompt-length 1800, this run uses 1024 and 512"), "{err}");
+    // Another chat template (same weights).
+    let templated = s.dir.path().join("templated");
+    std::fs::create_dir(&templated).unwrap();
+    for entry in std::fs::read_dir(&s.model).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, templated.join(path.file_name().unwrap())).unwrap();
+    }
+    let config = templated.join("tokenizer_config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("'<|im_start|>' + message['role']", "'<|im_start|>' + message['role'] + ' '");
+    std::fs::write(&config, text).unwrap();
+    refs(templated.to_str().unwrap(), "pairs.parquet", "templated.parquet", &[]);
+    let err = wrpo("templated.parquet", &[]);
+    assert!(err.contains("another tokenizer or chat template"), "{err}");
+    // Another model.
+    let other = wrpo_llm::tiny::tiny_llama(&s.dir.path().join("other"), &repo().join("data/fixtures/tokenizer/tiny-bpe"), 128, 12).unwrap();
+    refs(other.to_str().unwrap(), "pairs.parquet", "other.parquet", &[]);
+    let err = wrpo("other.parquet", &[]);
+    assert!(err.contains("a reference model (sha256") && err.contains("other than the model this run starts from"), "{err}");
+    // A response whose recorded token count is not this run's.
+    let file = read_file::<Pair>(Path::new(&s.path("pairs-ref.parquet"))).unwrap();
+    let mut rows = file.rows.clone();
+    rows[2].ref_tokens_y_l = Some(999);
+    write_dataset(Path::new(&s.path("counts.parquet")), &rows, &file.provenance).unwrap();
+    let err = wrpo("counts.parquet", &[]);
+    assert!(err.contains("row 2") && err.contains("'ref_tokens_y_l'") && err.contains("999"), "{err}");
+    // Log-probs that are not the starting policy's, under a record that matches.
+    let mut rows = file.rows.clone();
+    rows.iter_mut().for_each(|p| p.ref_logp_y_l = p.ref_logp_y_l.map(|v| v + 3.0));
+    write_dataset(Path::new(&s.path("shifted.parquet")), &rows, &file.provenance).unwrap();
+    let err = wrpo("shifted.parquet", &[]);
+    assert!(err.contains("at the first step the policy is the reference") && err.contains("ref-logps"), "{err}");
+    assert!(!Path::new(&s.path("out")).join("final").exists());
 }
