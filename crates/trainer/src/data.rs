@@ -1,9 +1,9 @@
 //! Training examples as token ids, exactly as docs/method.md fixes them:
 //! prompt ids = the target's chat template applied to `messages` with the
 //! generation prompt, tokenized as the sampler tokenizes it; response ids =
-//! the response text tokenized without special tokens, then the one
-//! end-of-turn token at which sampling stops. Log-probs are summed over the
-//! response ids only.
+//! the response as the template renders the assistant's turn, tokenized
+//! without special tokens, then the one end-of-turn token at which sampling
+//! stops. Log-probs are summed over the response ids only.
 
 use anyhow::{anyhow, bail, Result};
 use wrpo_common::Message;
@@ -44,6 +44,10 @@ impl Sequence {
     }
 }
 
+fn turns(messages: &[Message]) -> Vec<ChatMessage<'_>> {
+    messages.iter().map(|m| ChatMessage { role: m.role.as_str(), content: &m.content }).collect()
+}
+
 impl Encoder {
     pub fn new(tokenizer: Tokenizer, template: ChatTemplate, truncation: Truncation) -> Result<Self> {
         // The end-of-turn token the template writes after an assistant turn, else EOS.
@@ -75,15 +79,27 @@ impl Encoder {
     }
 
     pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let turns: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage { role: m.role.as_str(), content: &m.content }).collect();
-        self.tokenizer.encode_chat(&self.template.render(&turns, true)?)
+        self.tokenizer.encode_chat(&self.template.render(&turns(messages), true)?)
     }
 
-    pub fn response_ids(&self, response: &str) -> Result<Vec<u32>> {
+    /// The response's ids as the template renders it after `messages`: the
+    /// text between the generation prompt and the end-of-turn token of the
+    /// rendered conversation (Llama-3's and Gemma's templates trim it, for
+    /// example), tokenized without special tokens, then the end-of-turn token.
+    /// Prompt ids followed by these are the conversation's ids up to and
+    /// including that token. A template that renders the reply elsewhere
+    /// than after the generation prompt gets the text as it is.
+    pub fn response_ids(&self, messages: &[Message], response: &str) -> Result<Vec<u32>> {
         if response.trim().is_empty() {
             bail!("the response is empty");
         }
-        let mut ids = self.tokenizer.encode(response, false)?;
+        let mut conversation = turns(messages);
+        let prompt = self.template.render(&conversation, true)?;
+        conversation.push(ChatMessage { role: "assistant", content: response });
+        let full = self.template.render(&conversation, false)?;
+        let eot = self.tokenizer.id_to_token(self.end_of_turn).unwrap_or_default();
+        let text = full.strip_prefix(prompt.as_str()).and_then(|tail| tail.rfind(eot.as_str()).map(|end| &tail[..end])).unwrap_or(response);
+        let mut ids = self.tokenizer.encode(text, false)?;
         ids.push(self.end_of_turn);
         Ok(ids)
     }

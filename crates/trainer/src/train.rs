@@ -95,7 +95,7 @@ pub fn encode_sft(enc: &Encoder, rows: &[SftExample], loss_on_prompt: bool) -> R
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let ctx = || format!("SFT example {}", r.prompt_id);
-        let mut seq = enc.sequence(&enc.prompt_ids(&r.messages).with_context(ctx)?, &enc.response_ids(&r.response).with_context(ctx)?);
+        let mut seq = enc.sequence(&enc.prompt_ids(&r.messages).with_context(ctx)?, &enc.response_ids(&r.messages, &r.response).with_context(ctx)?);
         truncated += usize::from(seq.truncated);
         if loss_on_prompt {
             // Every token after the first is a label.
@@ -115,7 +115,7 @@ pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>,
         let ctx = |y: &str| format!("{}: row {i} (prompt {}): {y}", file.display(), p.prompt_id);
         let prompt = enc.prompt_ids(&p.messages).with_context(|| ctx("prompt"))?;
         let seq = |y: &str, text: &str| -> Result<Sequence> {
-            let s = enc.sequence(&prompt, &enc.response_ids(text).with_context(|| ctx(y))?);
+            let s = enc.sequence(&prompt, &enc.response_ids(&p.messages, text).with_context(|| ctx(y))?);
             Ok(s)
         };
         let seqs = PerY { y_ws: Some(seq("y_ws", &p.y_ws)?), y_wt: Some(seq("y_wt", &p.y_wt)?), y_l: seq("y_l", &p.y_l)? };

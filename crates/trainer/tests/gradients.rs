@@ -78,7 +78,7 @@ fn examples(f: &Fixture, offset: bool) -> Vec<Example> {
         let prompt = enc.prompt_ids(&messages).unwrap();
         assert_eq!(prompt, ids("prompt_ids"), "{}: example {i}: prompt ids differ from apply_chat_template's", f.name);
         let seq = |y: &str| {
-            let response = enc.response_ids(e[y].as_str().unwrap()).unwrap();
+            let response = enc.response_ids(&messages, e[y].as_str().unwrap()).unwrap();
             assert_eq!(response, ids(&format!("{y}_ids")), "{}: example {i}: {y} ids differ from transformers'", f.name);
             let s = enc.sequence(&prompt, &response);
             assert!(!s.truncated);
