@@ -29,6 +29,24 @@ pub enum LossKind {
     SigmoidMix,
 }
 
+impl LossKind {
+    /// beta when the user gives none, from each method's source: the WRPO
+    /// recipe's 0.01 for WRPO, its DPO baseline and the sigmoid mix (so that
+    /// they differ in the objective only); SimPO's 2.0 (its repository's
+    /// configs; the paper sweeps 2.0-10); 0.1 as tau for IPO (TRL's default
+    /// for its IPO loss; the IPO paper fixes none).
+    pub fn default_beta(self) -> f64 {
+        match self {
+            LossKind::Wrpo | LossKind::Dpo | LossKind::SigmoidMix => 0.01,
+            LossKind::Simpo | LossKind::WrpoSimpo => 2.0,
+            LossKind::Ipo | LossKind::WrpoIpo => 0.1,
+        }
+    }
+}
+
+/// SimPO's gamma / beta when the user gives no gamma: 0.5, its repository's configs.
+pub const SIMPO_GAMMA_BETA_RATIO: f64 = 0.5;
+
 /// Which response a pairwise loss (DPO, SimPO, IPO) prefers to y_l.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

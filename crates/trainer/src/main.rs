@@ -13,11 +13,12 @@ use wrpo_common::{
 use wrpo_llm::Model;
 use wrpo_trainer::{
     data::{Encoder, Sequence, Truncation},
-    loss::{Chosen, LossKind, Objective},
+    loss::{Chosen, LossKind, Objective, SIMPO_GAMMA_BETA_RATIO},
     optim::AdamWConfig,
     schedule::Schedule,
     train::{
-        encode_pairs, encode_sft, load_model, reference_logps, run, Example, LrSchedule, ReferenceRecord, RunInputs, Stage, TrainConfig, PRODUCER,
+        encode_pairs, encode_sft, load_model, reference_logps, run, Example, LrSchedule, ReferenceRecord, RunInputs, SftForm, Stage, TrainConfig,
+        PRODUCER,
     },
 };
 
@@ -142,9 +143,19 @@ struct SftArgs {
     /// Peak learning rate (recipe: 7e-6).
     #[arg(long, default_value_t = 7e-6)]
     lr: f64,
-    /// Loss on every token, as the recipe's SFT does (default: response tokens only).
-    #[arg(long)]
+    /// Loss on every token of each conversation (default: response tokens only).
+    #[arg(long, conflicts_with = "packing")]
     loss_on_prompt: bool,
+    /// The recipe's SFT: conversations packed into blocks of --max-length
+    /// tokens, loss on every token, documents attending only to themselves.
+    /// The default (one conversation per example, response tokens only)
+    /// suits small data, where every example's answer counts.
+    #[arg(long)]
+    packing: bool,
+    /// With --packing: let documents attend to the ones before them in a
+    /// block, as plain concatenation does (the recipe's exact form).
+    #[arg(long, requires = "packing")]
+    cross_document_attention: bool,
 }
 
 #[derive(Args)]
@@ -187,8 +198,11 @@ struct WrpoArgs {
     /// The chosen response of the pairwise losses (dpo, simpo, ipo).
     #[arg(long, value_enum, default_value_t = Chosen::Target)]
     dpo_chosen: Chosen,
-    #[arg(long, default_value_t = 0.01)]
-    beta: f64,
+    /// [default: per loss, from its source: 0.01 for wrpo, dpo and
+    /// sigmoid-mix (the WRPO recipe), 2.0 for the SimPO forms, 0.1 (tau) for
+    /// the IPO forms]
+    #[arg(long)]
+    beta: Option<f64>,
     /// Fusion coefficient alpha_max; alpha = alpha_max * t / T at optimizer step t of T, as the official trainer.
     #[arg(long, default_value_t = 0.1)]
     alpha_max: f64,
@@ -197,9 +211,9 @@ struct WrpoArgs {
     static_alpha: bool,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
-    /// SimPO's target reward margin gamma.
-    #[arg(long, default_value_t = 0.5)]
-    simpo_gamma: f64,
+    /// SimPO's target reward margin gamma [default: 0.5 * beta, SimPO's gamma/beta ratio].
+    #[arg(long)]
+    simpo_gamma: Option<f64>,
 }
 
 fn main() {
@@ -302,15 +316,20 @@ fn run_cli(cli: Cli) -> Result<()> {
             let rows = read_dataset::<SftExample>(&a.data)?;
             let (model, tokenizer) = load_model(&c.model)?;
             let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
-            let (examples, truncated) = encode_sft(&enc, &rows, a.loss_on_prompt).with_context(|| a.data.display().to_string())?;
+            let form = match (a.packing, a.loss_on_prompt) {
+                (true, _) => SftForm::Packed { cross_document: a.cross_document_attention },
+                (false, true) => SftForm::AllTokens,
+                (false, false) => SftForm::Response,
+            };
+            let (examples, truncated) = encode_sft(&enc, &rows, form).with_context(|| a.data.display().to_string())?;
             report_truncated(truncated, examples.len(), "SFT examples");
             let eval = match &a.eval_data {
-                Some(p) => Some(encode_sft(&enc, &read_dataset::<SftExample>(p)?, a.loss_on_prompt).with_context(|| p.display().to_string())?.0),
+                Some(p) => Some(encode_sft(&enc, &read_dataset::<SftExample>(p)?, form).with_context(|| p.display().to_string())?.0),
                 None => None,
             };
             let mut inputs = vec![a.data.clone(), c.model.clone()];
             inputs.extend(a.eval_data.clone());
-            train(c, a.lr, Stage::Sft { loss_on_prompt: a.loss_on_prompt }, &model, &enc, &examples, eval.as_deref(), inputs)?;
+            train(c, a.lr, Stage::Sft { form }, &model, &enc, &examples, eval.as_deref(), inputs)?;
         }
         Command::RefLogps(a) => {
             set_threads(a.threads);
@@ -341,7 +360,9 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::Wrpo(a) => {
             set_threads(a.common.threads);
             let c = &a.common;
-            let objective = Objective { loss: a.loss, chosen: a.dpo_chosen, beta: a.beta, label_smoothing: a.label_smoothing, gamma: a.simpo_gamma };
+            let beta = a.beta.unwrap_or(a.loss.default_beta());
+            let gamma = a.simpo_gamma.unwrap_or(SIMPO_GAMMA_BETA_RATIO * beta);
+            let objective = Objective { loss: a.loss, chosen: a.dpo_chosen, beta, label_smoothing: a.label_smoothing, gamma };
             let (model, tokenizer) = load_model(&c.model)?;
             let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
             // The pairs' reference log-probs must be this run's model's, tokenized as this run does.

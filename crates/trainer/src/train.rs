@@ -56,16 +56,38 @@ pub enum LrSchedule {
 /// What is trained.
 #[derive(Clone, Debug, Serialize)]
 pub enum Stage {
-    /// Next-token loss on the responses (or the whole sequence).
-    Sft { loss_on_prompt: bool },
+    /// Next-token loss.
+    Sft { form: SftForm },
     /// A preference objective, with alpha rising to alpha_max or fixed.
     Preference { objective: Objective, alpha_max: f64, static_alpha: bool },
 }
 
+/// Which tokens SFT trains on, and how conversations are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SftForm {
+    /// A conversation per example, loss on its response tokens.
+    Response,
+    /// A conversation per example, loss on every token after the first.
+    AllTokens,
+    /// The recipe's: conversations packed into blocks of --max-length tokens,
+    /// loss on every token ([`pack_sft`]).
+    Packed { cross_document: bool },
+}
+
 /// One training example as token ids.
 pub enum Example {
-    Sft { prompt_id: String, seq: Sequence },
-    Pair { prompt_id: String, seqs: PerY<Sequence>, reference: Option<[f64; 3]> },
+    /// A conversation (one sequence) or a packed block: one sequence when its
+    /// documents attend to each other, else a sequence per document piece.
+    Sft {
+        prompt_id: String,
+        seqs: Vec<Sequence>,
+    },
+    Pair {
+        prompt_id: String,
+        seqs: PerY<Sequence>,
+        reference: Option<[f64; 3]>,
+    },
 }
 
 impl Example {
@@ -89,21 +111,61 @@ fn seq_of(seqs: &PerY<Sequence>, y: Y) -> &Sequence {
     }
 }
 
-/// Encode SFT examples, counting the truncated ones.
-pub fn encode_sft(enc: &Encoder, rows: &[SftExample], loss_on_prompt: bool) -> Result<(Vec<Example>, usize)> {
+/// Encode SFT examples in `form`, counting the truncated ones (packing
+/// truncates none: a conversation runs on into the next block).
+pub fn encode_sft(enc: &Encoder, rows: &[SftExample], form: SftForm) -> Result<(Vec<Example>, usize)> {
+    if let SftForm::Packed { cross_document } = form {
+        return Ok((pack_sft(enc, rows, enc.truncation.max_length, cross_document)?, 0));
+    }
     let mut truncated = 0;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let ctx = || format!("SFT example {}", r.prompt_id);
         let mut seq = enc.sequence(&enc.prompt_ids(&r.messages).with_context(ctx)?, &enc.response_ids(&r.messages, &r.response).with_context(ctx)?);
         truncated += usize::from(seq.truncated);
-        if loss_on_prompt {
+        if form == SftForm::AllTokens {
             // Every token after the first is a label.
             seq.prompt_len = 1;
         }
-        out.push(Example::Sft { prompt_id: r.prompt_id.clone(), seq });
+        out.push(Example::Sft { prompt_id: r.prompt_id.clone(), seqs: vec![seq] });
     }
     Ok((out, truncated))
+}
+
+/// The recipe's packed SFT: every conversation's ids (prompt, then the
+/// response through its end-of-turn token), one after another in dataset
+/// order, cut into blocks of `block` tokens (a conversation may run on into
+/// the next block; the last block may be shorter). Every token after the
+/// first of a block is a label. With `cross_document` a block is one
+/// sequence, as plain concatenation trains it (documents attend to the ones
+/// before them in the block); without, each document's piece is a sequence
+/// of its own, positions from 0, and its first token is no label.
+pub fn pack_sft(enc: &Encoder, rows: &[SftExample], block: usize, cross_document: bool) -> Result<Vec<Example>> {
+    if block < 2 {
+        bail!("a packed block needs at least 2 tokens, got {block}");
+    }
+    let mut stream: Vec<(u32, usize)> = Vec::new();
+    for (doc, r) in rows.iter().enumerate() {
+        let ctx = || format!("SFT example {}", r.prompt_id);
+        let prompt = enc.prompt_ids(&r.messages).with_context(ctx)?;
+        let response = enc.response_ids(&r.messages, &r.response).with_context(ctx)?;
+        stream.extend(prompt.into_iter().chain(response).map(|id| (id, doc)));
+    }
+    let sequence = |ids: Vec<u32>| Sequence { ids, prompt_len: 1, truncated: false };
+    let mut out = Vec::new();
+    for (k, chunk) in stream.chunks(block).enumerate() {
+        let seqs = if cross_document {
+            vec![sequence(chunk.iter().map(|t| t.0).collect())]
+        } else {
+            chunk.chunk_by(|a, b| a.1 == b.1).map(|piece| sequence(piece.iter().map(|t| t.0).collect())).collect()
+        };
+        // A one-token piece predicts nothing.
+        let seqs: Vec<Sequence> = seqs.into_iter().filter(|s| s.ids.len() >= 2).collect();
+        if !seqs.is_empty() {
+            out.push(Example::Sft { prompt_id: format!("block-{k}"), seqs });
+        }
+    }
+    Ok(out)
 }
 
 /// Encode pairs for `objective`; reference log-probs are required unless it is reference-free.
@@ -301,8 +363,8 @@ impl Trainer<'_> {
             Stage::Sft { .. } => {
                 let seqs: Vec<&Sequence> = batch
                     .iter()
-                    .map(|e| match e {
-                        Example::Sft { seq, .. } => seq,
+                    .flat_map(|e| match e {
+                        Example::Sft { seqs, .. } => seqs,
                         Example::Pair { .. } => unreachable!("SFT examples only"),
                     })
                     .collect();
@@ -432,10 +494,13 @@ impl Trainer<'_> {
         sums.preference = true;
         sums.has_source = r_ws.is_some();
         sums.has_target = r_wt.is_some();
+        // logps/chosen as the official trainer reports it: the plain mean of y_ws and y_wt.
+        let w_logps = if p_ws.is_some() && p_wt.is_some() { 0.5 } else { w };
         for i in 0..r_l.len() {
-            let mix =
-                |a: &Option<Vec<f64>>, b: &Option<Vec<f64>>| a.as_ref().map_or(0.0, |a| w * a[i]) + b.as_ref().map_or(0.0, |b| (1.0 - w) * b[i]);
-            let chosen = mix(&r_ws, &r_wt);
+            let mix = |w: f64, a: &Option<Vec<f64>>, b: &Option<Vec<f64>>| {
+                a.as_ref().map_or(0.0, |a| w * a[i]) + b.as_ref().map_or(0.0, |b| (1.0 - w) * b[i])
+            };
+            let chosen = mix(w, &r_ws, &r_wt);
             let s = &mut sums.values;
             s[0] += chosen;
             s[1] += r_ws.as_ref().map_or(0.0, |r| r[i]);
@@ -444,7 +509,7 @@ impl Trainer<'_> {
             s[4] += f64::from(chosen > r_l[i]);
             s[5] += r_ws.as_ref().map_or(0.0, |r| f64::from(r[i] > r_l[i]));
             s[6] += r_wt.as_ref().map_or(0.0, |r| f64::from(r[i] > r_l[i]));
-            s[7] += mix(&p_ws, &p_wt);
+            s[7] += mix(w_logps, &p_ws, &p_wt);
             s[8] += p_ws.as_ref().map_or(0.0, |p| p[i]);
             s[9] += p_wt.as_ref().map_or(0.0, |p| p[i]);
             s[10] += p_l[i];
@@ -465,7 +530,7 @@ impl Trainer<'_> {
             Stage::Sft { .. } => batch
                 .iter()
                 .map(|e| match e {
-                    Example::Sft { seq, .. } => seq.response_len(),
+                    Example::Sft { seqs, .. } => seqs.iter().map(Sequence::response_len).sum(),
                     _ => 0,
                 })
                 .sum::<usize>() as f64,

@@ -13,13 +13,13 @@ use std::{collections::HashMap, path::PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use wrpo_common::Message;
+use wrpo_common::{sft::SftExample, Message};
 use wrpo_llm::Model;
 use wrpo_trainer::{
     data::{Encoder, Sequence, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
     optim::{AdamW, AdamWConfig},
-    train::{load_model, reference_logps, Example, LrSchedule, Stage, TrainConfig, Trainer},
+    train::{load_model, pack_sft, reference_logps, Example, LrSchedule, SftForm, Stage, TrainConfig, Trainer},
 };
 
 const CONFIGS: [&str; 8] = [
@@ -107,7 +107,7 @@ fn sft_examples(pairs: &[Example]) -> Vec<Example> {
         .map(|e| match e {
             Example::Pair { prompt_id, seqs, .. } => {
                 let s: &Sequence = seqs.y_ws.as_ref().unwrap();
-                Example::Sft { prompt_id: prompt_id.clone(), seq: s.clone() }
+                Example::Sft { prompt_id: prompt_id.clone(), seqs: vec![s.clone()] }
             }
             _ => unreachable!(),
         })
@@ -187,8 +187,30 @@ fn wrpo_dpo_and_sft_gradients_equal_pytorch_on_every_configuration() {
             ("wrpo_ref_policy", check(&f, "wrpo_ref_policy", preference(LossKind::Wrpo, Chosen::Target), &equal, alpha)),
             ("wrpo", check(&f, "wrpo", preference(LossKind::Wrpo, Chosen::Target), &offset, alpha)),
             ("dpo", check(&f, "dpo", preference(LossKind::Dpo, Chosen::Target), &offset, alpha)),
-            ("sft", check(&f, "sft", Stage::Sft { loss_on_prompt: false }, &sft_examples(&offset), 0.0)),
+            ("sft", check(&f, "sft", Stage::Sft { form: SftForm::Response }, &sft_examples(&offset), 0.0)),
         ];
         eprintln!("{name} ({}): {report:?}", f.cases["covers"].as_str().unwrap());
+        if let Some(block) = f.cases["packed_block"].as_u64() {
+            let rows: Vec<SftExample> = f.cases["examples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, e)| SftExample {
+                    prompt_id: format!("p{i}"),
+                    messages: serde_json::from_value(e["messages"].clone()).unwrap(),
+                    response: e["y_ws"].as_str().unwrap().into(),
+                    source_model: "source".into(),
+                    source_sample_index: 0,
+                    reward: 1.0,
+                })
+                .collect();
+            let mut packed = Vec::new();
+            for (case, cross_document) in [("sft_packed", false), ("sft_packed_cross", true)] {
+                let examples = pack_sft(&f.encoder, &rows, block as usize, cross_document).unwrap();
+                packed.push((case, check(&f, case, Stage::Sft { form: SftForm::Packed { cross_document } }, &examples, 0.0)));
+            }
+            eprintln!("{name}, packed SFT in blocks of {block}: {packed:?}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use wrpo_trainer::{
     data::{Sequence, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
     optim::{AdamW, AdamWConfig},
-    train::{Example, LrSchedule, Stage, TrainConfig, Trainer},
+    train::{Example, LrSchedule, SftForm, Stage, TrainConfig, Trainer},
 };
 
 fn fixture() -> PathBuf {
@@ -141,9 +141,9 @@ fn the_sft_loss_and_its_gradients_equal_pytorch() {
         .unwrap()
         .iter()
         .enumerate()
-        .map(|(i, e)| Example::Sft { prompt_id: format!("e{i}"), seq: seq(&ids(&e["prompt"]), &ids(&e["y_ws"])) })
+        .map(|(i, e)| Example::Sft { prompt_id: format!("e{i}"), seqs: vec![seq(&ids(&e["prompt"]), &ids(&e["y_ws"]))] })
         .collect();
-    check_loss_and_grads(&f, "sft", Stage::Sft { loss_on_prompt: false }, &examples, 0.0);
+    check_loss_and_grads(&f, "sft", Stage::Sft { form: SftForm::Response }, &examples, 0.0);
 }
 
 #[test]

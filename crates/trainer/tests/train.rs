@@ -239,6 +239,29 @@ fn sft_lowers_the_held_out_loss() {
     assert!(m.iter().all(|r| r.rewards_accuracies.is_none()));
     // Target-SFT loads back as a model the sampler can use.
     Model::load(&Path::new(&out).join("final"), DType::F32, &Device::Cpu).unwrap();
+    // The recipe's packed form: conversations in blocks of 64 tokens, loss on every token.
+    let packed = s.path("sft-packed");
+    let args = [
+        "sft",
+        "--model",
+        &s.model,
+        "--data",
+        &data,
+        "--out",
+        &packed,
+        "--lr",
+        "3e-3",
+        "--packing",
+        "--max-length",
+        "64",
+        "--max-prompt-length",
+        "32",
+    ];
+    ok(train_bin(&[&args[..], &SMALL_STEPS[..]].concat()));
+    let m = metrics(&packed);
+    assert!(m.last().unwrap().epoch == 3.0 && m.last().unwrap().loss < 0.7 * m[0].loss, "{m:?}");
+    let err = failed(train_bin(&["sft", "--model", &s.model, "--data", &data, "--out", &packed, "--cross-document-attention"]));
+    assert!(err.contains("--packing"), "{err}");
 }
 
 #[test]
