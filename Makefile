@@ -22,7 +22,7 @@ TEMPERATURE    ?= 0.8
 TOP_P          ?= 0.95
 SEED           ?= 42
 EVAL_FRACTION  ?= 0.2
-EVAL_N         ?= 2
+EVAL_N         ?= 4
 SFT_FRACTION   ?= 0.3333333333
 STRATEGY       ?= wrpo
 ALPHA_MAX      ?= 0.1
@@ -199,13 +199,16 @@ $(WORK)/dpo/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo,$$(WRPO_LR) $$
 	touch $@
 
 # 11. The held-out prompts answered by the original target, Target-SFT, the WRPO
-# model and the DPO model (same sampling settings), scored with the training
-# reward, and compared with the original target.
+# model and the DPO model (same sampling settings and, sample by sample, the
+# same seeds), scored with the training reward, and compared: each with the
+# original target, and in pairs per prompt (SFT - target, DPO - SFT, WRPO - SFT,
+# WRPO - DPO).
 EVAL_MODELS := target=$(TARGET) target-sft=$(WORK)/target-sft/final wrpo=$(WORK)/wrpo/final dpo=$(WORK)/dpo/final
-$(WORK)/eval/report.md: $(WORK)/wrpo/.done $(WORK)/dpo/.done $$(call settings,eval,$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD)) | $(BUILD)
+$(WORK)/eval/report.md: $(WORK)/wrpo/.done $(WORK)/dpo/.done $$(call settings,eval,$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD) crn) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,eval,$(@D),$@)
 	$(TIMED) eval-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split eval $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(EVAL_MODELS)) \
-	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --out $(WORK)/eval/samples
+	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(WORK)/eval/samples
 	$(TIMED) eval-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(WORK)/eval/samples --reward $(REWARD) --out $(WORK)/eval/scores
-	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(WORK)/eval/scores --baseline target --order target,target-sft,dpo,wrpo --out $(WORK)/eval
+	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(WORK)/eval/scores --baseline target --order target,target-sft,dpo,wrpo \
+	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo --out $(WORK)/eval

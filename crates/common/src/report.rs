@@ -45,3 +45,73 @@ impl Dataset for ModelReport {
         ]
     }
 }
+
+/// `eval_prompt_scores`: one row per (model, prompt) of `wrpo-score
+/// report`, the per-prompt means every summary and paired comparison of the
+/// report is computed from, so DuckDB can redo any of them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptScore {
+    /// A model alias, or a pooled model: NAME for the aliases NAME@SEED.
+    pub model: String,
+    pub prompt_id: String,
+    pub samples: u32,
+    /// Training seeds pooled into this row (1 for a single model).
+    pub seeds: u32,
+    /// Mean reward of the prompt's samples (pooled: the mean over seeds).
+    pub reward_mean: f64,
+    /// Share of samples whose last number equals the reference's, for prompts whose reference is a number.
+    pub numeric_accuracy: Option<f64>,
+    /// Mean ROUGE-L F1 against the reference, for prompts with one.
+    pub rouge_l: Option<f64>,
+}
+
+impl Dataset for PromptScore {
+    const NAME: &'static str = "eval_prompt_scores";
+    const VERSION: u32 = 1;
+    fn fields() -> Vec<FieldRef> {
+        vec![
+            field("model", DataType::Utf8, false),
+            field("prompt_id", DataType::Utf8, false),
+            field("samples", DataType::UInt32, false),
+            field("seeds", DataType::UInt32, false),
+            field("reward_mean", DataType::Float64, false),
+            field("numeric_accuracy", DataType::Float64, true),
+            field("rouge_l", DataType::Float64, true),
+        ]
+    }
+}
+
+/// `eval_paired`: `model` against `against` on the prompts both answered,
+/// per-prompt differences of one measure: their mean with a 95% paired
+/// bootstrap interval, the paired win rate with its interval, and a
+/// two-sided sign-flip permutation p-value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairedComparison {
+    pub model: String,
+    pub against: String,
+    /// reward, numeric_accuracy or rouge_l.
+    pub measure: String,
+    pub prompts: u32,
+    pub mean_diff: f64,
+    pub diff_low: f64,
+    pub diff_high: f64,
+    /// Per prompt 1 if `model` is higher, 1/2 on a tie, 0 below.
+    pub win_rate: f64,
+    pub win_low: f64,
+    pub win_high: f64,
+    pub p_value: f64,
+}
+
+impl Dataset for PairedComparison {
+    const NAME: &'static str = "eval_paired";
+    const VERSION: u32 = 1;
+    fn fields() -> Vec<FieldRef> {
+        let mut fields =
+            vec![field("model", DataType::Utf8, false), field("against", DataType::Utf8, false), field("measure", DataType::Utf8, false)];
+        fields.push(field("prompts", DataType::UInt32, false));
+        for f in ["mean_diff", "diff_low", "diff_high", "win_rate", "win_low", "win_high", "p_value"] {
+            fields.push(field(f, DataType::Float64, false));
+        }
+        fields
+    }
+}

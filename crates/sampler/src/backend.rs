@@ -19,6 +19,17 @@ pub struct Settings {
     pub stop: Vec<String>,
     /// How an HF folder's weights are quantized at load (GGUF files keep theirs).
     pub quantize: Quantize,
+    /// Common random numbers: sample k of a prompt uses the same seed
+    /// whatever the model, so that models compared on held-out prompts differ
+    /// by less sampling noise.
+    pub common_seeds: bool,
+}
+
+impl Settings {
+    /// The seed of sample `sample_index` of `prompt_id` by model `alias`.
+    pub fn sample_seed(&self, prompt_id: &str, alias: &str, sample_index: u32) -> u64 {
+        wrpo_common::hash::sample_seed(self.seed, prompt_id, if self.common_seeds { "" } else { alias }, sample_index)
+    }
 }
 
 /// Quantization of an HF checkpoint's projections and LM head at load, for sampling.

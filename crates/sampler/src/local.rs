@@ -8,7 +8,7 @@ use std::{collections::VecDeque, path::Path, time::Instant};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use wrpo_common::{hash::sample_seed, Message};
+use wrpo_common::Message;
 use wrpo_llm::{gguf::is_gguf, pool::Pool, sampling::sample, ChatMessage, ChatTemplate, KvCache, Model, Rng, Tokenizer};
 
 use crate::backend::{Backend, Finish, Job, Outcome, Quantize, Settings, Sink};
@@ -188,7 +188,7 @@ impl Backend for LocalModel {
                 let mut row = Row {
                     prepared: p,
                     sample_index,
-                    rng: Rng::new(sample_seed(settings.seed, prepared[p].prompt_id, alias, sample_index)),
+                    rng: Rng::new(settings.sample_seed(prepared[p].prompt_id, alias, sample_index)),
                     tokens: Vec::new(),
                     limit: settings.max_new_tokens.min(capacity - prompt_len),
                     seconds: 0.0,

@@ -138,6 +138,11 @@ struct GenerateArgs {
     /// With the prompt id, model alias and sample index, fixes each sample's random stream.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Common random numbers: leave the model alias out of each sample's
+    /// seed, so every model's sample k of a prompt starts from the same one
+    /// (for comparing models on held-out prompts).
+    #[arg(long)]
+    common_random_numbers: bool,
     /// Also stop at this string (repeatable); EOS and end-of-turn tokens always stop.
     #[arg(long = "stop")]
     stop: Vec<String>,
@@ -306,6 +311,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         stop: a.stop,
         quantize: a.quantize,
+        common_seeds: a.common_random_numbers,
     };
     let selection = Selection {
         split: match a.split {

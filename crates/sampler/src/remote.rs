@@ -26,7 +26,6 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use ureq::Agent;
-use wrpo_common::hash::sample_seed;
 
 use crate::backend::{Backend, Finish, Job, Outcome, Settings, Sink};
 
@@ -181,7 +180,7 @@ impl RemoteModel {
             "top_p": s.top_p,
             "n": 1,
             // Many servers take a 32-bit seed.
-            "seed": sample_seed(settings.seed, &job.prompt.prompt_id, alias, sample_index) & 0x7fff_ffff,
+            "seed": settings.sample_seed(&job.prompt.prompt_id, alias, sample_index) & 0x7fff_ffff,
         });
         if s.top_k > 0 {
             body["top_k"] = json!(s.top_k);

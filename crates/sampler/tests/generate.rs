@@ -162,6 +162,28 @@ fn n_samples_per_prompt_with_schema_provenance_and_batch_independent_text() {
     assert_ne!(rows(Path::new(&c)).values().map(|r| &r.response).collect::<Vec<_>>(), got.values().map(|r| &r.response).collect::<Vec<_>>());
 }
 
+/// With common random numbers, two aliases of one model draw the same
+/// samples (the seed leaves the alias out); without, they draw their own.
+#[test]
+fn common_random_numbers_give_every_model_the_same_seeds() {
+    let s = setup();
+    let twin = format!("twin={}", s.model.split_once('=').unwrap().1);
+    let texts = |out: &str, extra: &[&str]| {
+        let args =
+            [&["--prompts", &s.prompts, "--model", &s.model, "--model", &twin, "--out", out][..], &["--n", "2", "--max-new-tokens", "16"], extra]
+                .concat();
+        ok(sample_bin(&args));
+        let rows = rows(Path::new(out));
+        let of = |m: &str| rows.values().filter(|r| r.model == m).map(|r| r.response.clone()).collect::<Vec<_>>();
+        (of("tiny"), of("twin"))
+    };
+    let (a, b) = texts(&s.out("crn"), &["--common-random-numbers"]);
+    assert_eq!(a.len(), TEXTS.len() * 2);
+    assert_eq!(a, b, "the same model with the same seeds");
+    let (a, b) = texts(&s.out("own"), &[]);
+    assert_ne!(a, b, "each alias its own seeds");
+}
+
 #[test]
 fn greedy_samples_are_identical_and_stop_strings_cut_the_response() {
     let s = setup();

@@ -144,6 +144,11 @@ struct ReportArgs {
     /// Models in this order in the table (others follow by name).
     #[arg(long = "order", value_delimiter = ',')]
     order: Vec<String>,
+    /// A paired comparison MODEL:AGAINST on the prompts both answered
+    /// (repeatable) [default: every model against --baseline]. Aliases
+    /// NAME@SEED (one training seed each) also pool into NAME.
+    #[arg(long = "compare", value_parser = parse_comparison)]
+    compare: Vec<(String, String)>,
     /// Seed of the bootstrap resamples.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -207,6 +212,14 @@ struct PairsArgs {
     out: PathBuf,
 }
 
+/// MODEL:AGAINST of --compare.
+fn parse_comparison(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && a != b => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!("'{text}' is not MODEL:AGAINST with two different model aliases")),
+    }
+}
+
 /// A model with more than this share of its samples cut off is warned about.
 const TRUNCATED_WARNING: f64 = 0.2;
 
@@ -246,14 +259,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => {
             let prompts: Vec<Prompt> = read_dataset(&args.prompts)?;
             let scored: Vec<ScoredSample> = read_dataset(&args.scores)?;
-            let mut rows = report::report(&prompts, &scored, &args.baseline, args.seed)?;
+            let mut r = report::report(&prompts, &scored, &args.baseline, &args.compare, args.seed)?;
             let rank = |m: &str| args.order.iter().position(|o| o == m).unwrap_or(usize::MAX);
-            rows.sort_by(|a, b| rank(&a.model).cmp(&rank(&b.model)).then_with(|| a.model.cmp(&b.model)));
+            r.models.sort_by(|a, b| rank(&a.model).cmp(&rank(&b.model)).then_with(|| a.model.cmp(&b.model)));
             let reward = scored.first().map_or(String::new(), |s| s.reward_model.clone());
-            let table = report::markdown(&rows, &args.baseline, &reward);
+            let table = format!(
+                "{}\nPaired comparisons: per-prompt differences on the prompts both models answered.\n\n{}",
+                report::markdown(&r.models, &args.baseline, &reward),
+                report::paired_markdown(&r.paired)
+            );
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.scores)?;
-            write_dataset(&args.out.join("report.parquet"), &rows, &prov)?;
-            report::chart(&rows, &args.out.join("report.png"))?;
+            write_dataset(&args.out.join("report.parquet"), &r.models, &prov)?;
+            write_dataset(&args.out.join("per-prompt.parquet"), &r.prompts, &prov)?;
+            write_dataset(&args.out.join("paired.parquet"), &r.paired, &prov)?;
+            report::chart(&r.models, &r.paired, &args.out.join("report.png"))?;
             write_text(&args.out.join("report.md"), &table)?;
             println!("{table}");
         }

@@ -6,12 +6,17 @@
 //! whose reference is a number, and ROUGE-L F1 against the reference.
 
 use std::{
+    cmp::Ordering,
     collections::{BTreeMap, HashMap},
     path::Path,
 };
 
 use anyhow::{anyhow, bail, Result};
-use wrpo_common::{prompts::Prompt, report::ModelReport, scored::ScoredSample};
+use wrpo_common::{
+    prompts::Prompt,
+    report::{ModelReport, PairedComparison, PromptScore},
+    scored::ScoredSample,
+};
 use wrpo_llm::Rng;
 
 use crate::reward::last_number;
@@ -56,10 +61,55 @@ pub fn bootstrap(values: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64)
     (mean, at(0.025), at(0.975))
 }
 
-/// Build the report rows; `baseline` must be one of the scored models.
-pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, seed: u64) -> Result<Vec<ModelReport>> {
+/// Two-sided p-value of the paired sign-flip permutation test of "the mean
+/// per-prompt difference is 0": the share of sign patterns (each prompt's
+/// difference kept or negated) whose |sum| reaches the observed one. Every
+/// pattern when there are at most 16 prompts; else `resamples` random ones,
+/// counted with the observed pattern so that p is never 0.
+pub fn sign_flip_p_value(d: &[f64], resamples: usize, seed: u64) -> f64 {
+    let n = d.len();
+    let observed = d.iter().sum::<f64>().abs();
+    // Rounding must not make the observed pattern (or its mirror) less extreme than itself.
+    let reaches = |sum: f64| sum.abs() >= observed - 1e-9 * observed.max(1.0);
+    if n <= 16 {
+        let patterns = 1u32 << n;
+        let hits = (0..patterns).filter(|bits| reaches(d.iter().enumerate().map(|(i, x)| if bits >> i & 1 == 1 { -x } else { *x }).sum())).count();
+        return hits as f64 / patterns as f64;
+    }
+    let mut rng = Rng::new(seed);
+    let hits = (0..resamples).filter(|_| reaches(d.iter().map(|x| if rng.next_u64() & 1 == 1 { -x } else { *x }).sum())).count();
+    (1 + hits) as f64 / (1 + resamples) as f64
+}
+
+/// 1 where `a` is higher, 1/2 on a tie, 0 below.
+fn win(a: f64, b: f64) -> f64 {
+    match a.total_cmp(&b) {
+        Ordering::Greater => 1.0,
+        Ordering::Equal => 0.5,
+        Ordering::Less => 0.0,
+    }
+}
+
+/// Everything `wrpo-score report` computes.
+pub struct Report {
+    /// One row per model (pooled ones included).
+    pub models: Vec<ModelReport>,
+    /// One row per (model, prompt).
+    pub prompts: Vec<PromptScore>,
+    pub paired: Vec<PairedComparison>,
+}
+
+/// A measure's per-prompt value, where the prompt has one.
+type Measure = fn(&PromptScore) -> Option<f64>;
+
+/// The measures compared between models.
+const MEASURES: [(&str, Measure); 3] =
+    [("reward", |p| Some(p.reward_mean)), ("numeric_accuracy", |p| p.numeric_accuracy), ("rouge_l", |p| p.rouge_l)];
+
+/// Per-prompt scores of every scored model, then of every pool of training
+/// seeds (aliases NAME@SEED pool into NAME: per prompt, the mean over seeds).
+fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<BTreeMap<String, BTreeMap<String, PromptScore>>> {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
-    // model -> prompt -> samples
     let mut groups: BTreeMap<&str, BTreeMap<&str, Vec<&ScoredSample>>> = BTreeMap::new();
     for s in scored {
         if !by_id.contains_key(s.prompt_id.as_str()) {
@@ -67,58 +117,164 @@ pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, seed:
         }
         groups.entry(&s.model).or_default().entry(&s.prompt_id).or_default().push(s);
     }
-    let base = groups
-        .get(baseline)
-        .ok_or_else(|| anyhow!("the baseline model '{baseline}' has no scored sample; models: {:?}", groups.keys().collect::<Vec<_>>()))?;
-    let mean_reward = |v: &[&ScoredSample]| v.iter().map(|s| s.reward).sum::<f64>() / v.len() as f64;
-    let mut rows = Vec::new();
+    let mut out: BTreeMap<String, BTreeMap<String, PromptScore>> = BTreeMap::new();
     for (model, per_prompt) in &groups {
-        let means: Vec<f64> = per_prompt.values().map(|v| mean_reward(v)).collect();
-        let (reward_mean, reward_low, reward_high) = bootstrap(&means, 2000, seed);
-        let wins: Vec<f64> = per_prompt
-            .iter()
-            .filter_map(|(id, v)| base.get(id).map(|b| (mean_reward(v), mean_reward(b))))
-            .map(|(m, b)| {
-                if m > b {
-                    1.0
-                } else if m == b {
-                    0.5
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let win = (*model != baseline && !wins.is_empty()).then(|| bootstrap(&wins, 2000, seed));
-        let (mut correct, mut checkable, mut rouge, mut samples) = (0.0, 0u32, 0.0, 0u32);
         for (id, v) in per_prompt {
+            let n = v.len() as f64;
             let reference = by_id[id].reference.as_deref();
-            let target = reference.and_then(last_number);
-            if let Some(t) = target {
-                checkable += 1;
-                correct += v.iter().filter(|s| last_number(&s.response).is_some_and(|x| (x - t).abs() <= 1e-6 * t.abs().max(1.0))).count() as f64
-                    / v.len() as f64;
-            }
-            for s in v {
-                rouge += reference.map_or(0.0, |r| rouge_l(&s.response, r));
-                samples += 1;
-            }
+            let numeric_accuracy = reference
+                .and_then(last_number)
+                .map(|t| v.iter().filter(|s| last_number(&s.response).is_some_and(|x| (x - t).abs() <= 1e-6 * t.abs().max(1.0))).count() as f64 / n);
+            let row = PromptScore {
+                model: model.to_string(),
+                prompt_id: id.to_string(),
+                samples: v.len() as u32,
+                seeds: 1,
+                reward_mean: v.iter().map(|s| s.reward).sum::<f64>() / n,
+                numeric_accuracy,
+                rouge_l: reference.map(|r| v.iter().map(|s| rouge_l(&s.response, r)).sum::<f64>() / n),
+            };
+            out.entry(model.to_string()).or_default().insert(id.to_string(), row);
         }
-        rows.push(ModelReport {
-            model: model.to_string(),
-            prompts: per_prompt.len() as u32,
+    }
+    let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for model in out.keys() {
+        if let Some((name, _seed)) = model.rsplit_once('@') {
+            pools.entry(name.to_string()).or_default().push(model.clone());
+        }
+    }
+    for (name, seeds) in pools {
+        if out.contains_key(&name) {
+            bail!("model '{name}' is scored, and so are its seeds {seeds:?}: the pool of NAME@SEED aliases is named NAME, so rename one");
+        }
+        same_prompts(&seeds[0], &out[&seeds[0]], &seeds[1..].iter().map(|s| (s.as_str(), &out[s])).collect::<Vec<_>>())?;
+        let mut pooled = BTreeMap::new();
+        for id in out[&seeds[0]].keys() {
+            let rows: Vec<&PromptScore> = seeds.iter().map(|s| &out[s][id]).collect();
+            let k = rows.len() as f64;
+            let mean = |f: Measure| rows.iter().map(|r| f(r)).sum::<Option<f64>>().map(|s| s / k);
+            pooled.insert(
+                id.clone(),
+                PromptScore {
+                    model: name.clone(),
+                    prompt_id: id.clone(),
+                    samples: rows.iter().map(|r| r.samples).sum(),
+                    seeds: rows.len() as u32,
+                    reward_mean: rows.iter().map(|r| r.reward_mean).sum::<f64>() / k,
+                    numeric_accuracy: mean(|r| r.numeric_accuracy),
+                    rouge_l: mean(|r| r.rouge_l),
+                },
+            );
+        }
+        out.insert(name, pooled);
+    }
+    Ok(out)
+}
+
+/// Refuse to compare models that answered different prompt sets: a paired
+/// difference is only one on the same prompts.
+fn same_prompts(first: &str, a: &BTreeMap<String, PromptScore>, others: &[(&str, &BTreeMap<String, PromptScore>)]) -> Result<()> {
+    for (other, b) in others {
+        let missing = |x: &BTreeMap<String, PromptScore>, y: &BTreeMap<String, PromptScore>| x.keys().find(|k| !y.contains_key(*k)).cloned();
+        if let Some((id, lacks)) = missing(a, b).map(|id| (id, *other)).or_else(|| missing(b, a).map(|id| (id, first))) {
+            bail!(
+                "'{first}' answered {} prompts and '{other}' {}: '{lacks}' has no sample of prompt {id}; compare models on the same prompts",
+                a.len(),
+                b.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The report: per-model rows (win rate against `baseline`), per-prompt
+/// rows, and the paired comparisons `compare` names as (model, against),
+/// by default every model against `baseline`.
+pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, compare: &[(String, String)], seed: u64) -> Result<Report> {
+    let scores = prompt_scores(prompts, scored)?;
+    let base = scores
+        .get(baseline)
+        .ok_or_else(|| anyhow!("the baseline model '{baseline}' has no scored sample; models: {:?}", scores.keys().collect::<Vec<_>>()))?;
+    let mut models = Vec::new();
+    for (model, per_prompt) in &scores {
+        let rows: Vec<&PromptScore> = per_prompt.values().collect();
+        let (reward_mean, reward_low, reward_high) = bootstrap(&rows.iter().map(|r| r.reward_mean).collect::<Vec<_>>(), 2000, seed);
+        let wins: Vec<f64> = rows.iter().filter_map(|r| base.get(&r.prompt_id).map(|b| win(r.reward_mean, b.reward_mean))).collect();
+        let win_ci = (model != baseline && !wins.is_empty()).then(|| bootstrap(&wins, 2000, seed));
+        let checkable: Vec<f64> = rows.iter().filter_map(|r| r.numeric_accuracy).collect();
+        let samples: u32 = rows.iter().map(|r| r.samples).sum();
+        models.push(ModelReport {
+            model: model.clone(),
+            prompts: rows.len() as u32,
             samples,
             reward_mean,
             reward_low,
             reward_high,
-            win_rate: win.map(|w| w.0),
-            win_low: win.map(|w| w.1),
-            win_high: win.map(|w| w.2),
-            verifier_accuracy: (checkable > 0).then(|| correct / checkable as f64),
-            verifier_prompts: checkable,
-            rouge_l: rouge / samples.max(1) as f64,
+            win_rate: win_ci.map(|w| w.0),
+            win_low: win_ci.map(|w| w.1),
+            win_high: win_ci.map(|w| w.2),
+            verifier_accuracy: (!checkable.is_empty()).then(|| checkable.iter().sum::<f64>() / checkable.len() as f64),
+            verifier_prompts: checkable.len() as u32,
+            // Per sample, as before pooling existed: prompts without a reference count 0.
+            rouge_l: rows.iter().map(|r| r.samples as f64 * r.rouge_l.unwrap_or(0.0)).sum::<f64>() / samples.max(1) as f64,
         });
     }
-    Ok(rows)
+    let default: Vec<(String, String)> = scores.keys().filter(|m| *m != baseline).map(|m| (m.clone(), baseline.to_string())).collect();
+    let mut paired = Vec::new();
+    for (model, against) in if compare.is_empty() { &default } else { compare } {
+        let get = |m: &str| {
+            scores.get(m).ok_or_else(|| anyhow!("--compare names '{m}', which has no scored sample; models: {:?}", scores.keys().collect::<Vec<_>>()))
+        };
+        let (a, b) = (get(model)?, get(against)?);
+        same_prompts(model, a, &[(against, b)])?;
+        for (measure, value) in MEASURES {
+            let pairs: Vec<(f64, f64)> = a.iter().filter_map(|(id, r)| value(r).zip(value(&b[id]))).collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let diffs: Vec<f64> = pairs.iter().map(|(x, y)| x - y).collect();
+            let wins: Vec<f64> = pairs.iter().map(|&(x, y)| win(x, y)).collect();
+            let ((mean_diff, diff_low, diff_high), (win_rate, win_low, win_high)) = (bootstrap(&diffs, 2000, seed), bootstrap(&wins, 2000, seed));
+            paired.push(PairedComparison {
+                model: model.clone(),
+                against: against.clone(),
+                measure: measure.into(),
+                prompts: pairs.len() as u32,
+                mean_diff,
+                diff_low,
+                diff_high,
+                win_rate,
+                win_low,
+                win_high,
+                p_value: sign_flip_p_value(&diffs, 20_000, seed),
+            });
+        }
+    }
+    Ok(Report { models, prompts: scores.into_values().flat_map(|m| m.into_values()).collect(), paired })
+}
+
+/// The paired comparisons as a markdown table.
+pub fn paired_markdown(paired: &[PairedComparison]) -> String {
+    let mut out = String::from(
+        "| model - against | measure | prompts | mean difference [95% CI] | paired win rate [95% CI] | p (sign-flip) |\n|---|---|---|---|---|---|\n",
+    );
+    for c in paired {
+        out += &format!(
+            "| {} - {} | {} | {} | {:+.4} [{:+.4}, {:+.4}] | {:.1}% [{:.1}, {:.1}] | {:.4} |\n",
+            c.model,
+            c.against,
+            c.measure,
+            c.prompts,
+            c.mean_diff,
+            c.diff_low,
+            c.diff_high,
+            100.0 * c.win_rate,
+            100.0 * c.win_low,
+            100.0 * c.win_high,
+            c.p_value
+        );
+    }
+    out
 }
 
 /// The report as a markdown table.
@@ -146,15 +302,20 @@ pub fn markdown(rows: &[ModelReport], baseline: &str, reward: &str) -> String {
     out
 }
 
-/// A bar chart of mean reward and win rate with their intervals.
-pub fn chart(rows: &[ModelReport], path: &Path) -> Result<()> {
+/// Bars of mean reward and win rate with their intervals, and below them a
+/// forest plot of the paired reward differences with theirs.
+pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> Result<()> {
     use plotters::prelude::*;
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    let err = |e: &dyn std::fmt::Display| anyhow!("chart: {e}");
     let tmp = path.with_file_name(format!(".{}.tmp.png", path.file_stem().unwrap_or_default().to_string_lossy()));
+    let reward: Vec<&PairedComparison> = paired.iter().filter(|c| c.measure == "reward").collect();
+    let forest_height = if reward.is_empty() { 0 } else { 120 + 40 * reward.len() as u32 };
     {
-        let root = BitMapBackend::new(&tmp, (1200, 500)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("chart: {e}"))?;
-        let (left, right) = root.split_horizontally(600);
+        let root = BitMapBackend::new(&tmp, (1200, 500 + forest_height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (top, bottom) = root.split_vertically(500);
+        let (left, right) = top.split_horizontally(600);
         let n = rows.len();
         let names: Vec<String> = rows.iter().map(|r| r.model.clone()).collect();
         for (area, title, values) in [
@@ -173,7 +334,7 @@ pub fn chart(rows: &[ModelReport], path: &Path) -> Result<()> {
                 .x_label_area_size(40)
                 .y_label_area_size(60)
                 .build_cartesian_2d((0..n).into_segmented(), low..top)
-                .map_err(|e| anyhow!("chart: {e}"))?;
+                .map_err(|e| err(&e))?;
             chart
                 .configure_mesh()
                 .disable_x_mesh()
@@ -183,16 +344,51 @@ pub fn chart(rows: &[ModelReport], path: &Path) -> Result<()> {
                 })
                 .label_style(("sans-serif", 15))
                 .draw()
-                .map_err(|e| anyhow!("chart: {e}"))?;
+                .map_err(|e| err(&e))?;
             for (i, v) in values.iter().enumerate() {
                 let Some((mean, lo, hi)) = *v else { continue };
                 let color = Palette99::pick(i).to_rgba();
                 chart
                     .draw_series([Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), mean)], color.filled())])
-                    .map_err(|e| anyhow!("chart: {e}"))?;
+                    .map_err(|e| err(&e))?;
                 chart
                     .draw_series([PathElement::new(vec![(SegmentValue::CenterOf(i), lo), (SegmentValue::CenterOf(i), hi)], BLACK.stroke_width(2))])
-                    .map_err(|e| anyhow!("chart: {e}"))?;
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        if !reward.is_empty() {
+            let reach = reward.iter().map(|c| c.diff_low.abs().max(c.diff_high.abs())).fold(1e-3, f64::max) * 1.1;
+            // The table's first comparison on top.
+            let reward: Vec<&PairedComparison> = reward.iter().rev().copied().collect();
+            let labels: Vec<String> = reward.iter().map(|c| format!("{} - {}", c.model, c.against)).collect();
+            let mut chart = ChartBuilder::on(&bottom)
+                .caption("paired reward difference per prompt: mean and 95% CI (p: sign-flip test)", ("sans-serif", 20))
+                .margin(15)
+                .x_label_area_size(35)
+                .y_label_area_size(220)
+                // Room on the right for each interval's label.
+                .build_cartesian_2d(-reach..reach * 1.8, (0..reward.len()).into_segmented())
+                .map_err(|e| err(&e))?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .y_label_formatter(&|y| match y {
+                    SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+                    _ => String::new(),
+                })
+                .label_style(("sans-serif", 15))
+                .draw()
+                .map_err(|e| err(&e))?;
+            let zero = [(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Exact(reward.len()))];
+            chart.draw_series([PathElement::new(zero.to_vec(), BLACK.mix(0.5).stroke_width(1))]).map_err(|e| err(&e))?;
+            for (i, c) in reward.iter().enumerate() {
+                let (y, color) = (SegmentValue::CenterOf(i), Palette99::pick(i).to_rgba());
+                chart
+                    .draw_series([PathElement::new(vec![(c.diff_low, y.clone()), (c.diff_high, y.clone())], color.stroke_width(3))])
+                    .map_err(|e| err(&e))?;
+                chart.draw_series([Circle::new((c.mean_diff, y.clone()), 6, color.filled())]).map_err(|e| err(&e))?;
+                let note = format!("{:+.4}  p={:.3}", c.mean_diff, c.p_value);
+                chart.draw_series([Text::new(note, (c.diff_high, y), ("sans-serif", 14))]).map_err(|e| err(&e))?;
             }
         }
         root.present().map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
@@ -239,7 +435,7 @@ mod tests {
             // Better on p0, p1 and p2, equal on p3.
             scored.push(row(p, "new", 0, if p < 3 { 0.9 } else { 0.5 }, if p == 0 { "1" } else { "the answer" }));
         }
-        let rows = report(&prompts, &scored, "base", 1).unwrap();
+        let rows = report(&prompts, &scored, "base", &[], 1).unwrap().models;
         let new = rows.iter().find(|r| r.model == "new").unwrap();
         assert_eq!(new.win_rate, Some(3.5 / 4.0));
         assert_eq!((new.verifier_accuracy, new.verifier_prompts), (Some(0.5), 2));
@@ -247,7 +443,103 @@ mod tests {
         let base = rows.iter().find(|r| r.model == "base").unwrap();
         assert_eq!(base.win_rate, None);
         assert!(markdown(&rows, "base", "r").contains("| new | 0.800"));
-        assert!(report(&prompts, &scored, "nobody", 1).unwrap_err().to_string().contains("'nobody'"));
+        assert!(report(&prompts, &scored, "nobody", &[], 1).err().unwrap().to_string().contains("'nobody'"));
+    }
+
+    fn prompts(n: usize) -> Vec<Prompt> {
+        use wrpo_common::{prompts::Split, Message, Role};
+        (0..n)
+            .map(|i| Prompt {
+                prompt_id: format!("p{i}"),
+                messages: vec![Message::new(Role::User, "q")],
+                reference: None,
+                split: Split::Eval,
+                origin: "t".into(),
+            })
+            .collect()
+    }
+
+    fn sample(p: usize, model: &str, k: u32, reward: f64) -> ScoredSample {
+        ScoredSample {
+            prompt_id: format!("p{p}"),
+            model: model.into(),
+            sample_index: k,
+            response: "r".into(),
+            response_tokens: 1,
+            finish_reason: wrpo_common::samples::FinishReason::Stop,
+            reward,
+            reward_model: "r".into(),
+        }
+    }
+
+    /// Per-prompt means first (two samples each), then their differences:
+    /// hand-computed mean difference and win rate, and a bootstrap interval
+    /// that collapses when every difference is the same.
+    #[test]
+    fn paired_differences_and_win_rates_are_per_prompt() {
+        // a - b per prompt: +0.1, +0.2, -0.1, 0.
+        let (a, b) = ([0.6, 0.7, 0.4, 0.5], [0.5, 0.5, 0.5, 0.5]);
+        let mut scored = vec![];
+        for p in 0..4 {
+            scored.extend([sample(p, "a", 0, a[p] - 0.1), sample(p, "a", 1, a[p] + 0.1), sample(p, "b", 0, b[p]), sample(p, "b", 1, b[p])]);
+        }
+        let r = report(&prompts(4), &scored, "b", &[("a".into(), "b".into())], 1).unwrap();
+        let c = &r.paired[0];
+        assert_eq!((c.model.as_str(), c.against.as_str(), c.measure.as_str(), c.prompts), ("a", "b", "reward", 4));
+        assert!((c.mean_diff - 0.05).abs() < 1e-12 && c.diff_low < c.mean_diff && c.mean_diff < c.diff_high);
+        assert_eq!(c.win_rate, (1.0 + 1.0 + 0.0 + 0.5) / 4.0);
+        // Hand-enumerated: of the 16 sign patterns of (0.1, 0.2, -0.1, 0), 12 reach |sum| >= 0.2.
+        assert_eq!(c.p_value, 12.0 / 16.0);
+        assert_eq!(r.prompts.iter().filter(|p| p.model == "a").map(|p| p.samples).sum::<u32>(), 8);
+        // Every prompt 0.2 better: the interval is the point, and the win rate 1.
+        let shifted: Vec<ScoredSample> = (0..4).flat_map(|p| [sample(p, "a", 0, 0.7), sample(p, "b", 0, 0.5)]).collect();
+        let c = &report(&prompts(4), &shifted, "b", &[], 1).unwrap().paired[0];
+        assert!((c.diff_low - 0.2).abs() < 1e-12 && (c.diff_high - 0.2).abs() < 1e-12 && c.win_rate == 1.0 && c.win_low == 1.0);
+    }
+
+    /// Exact enumeration on a small case, and the Monte Carlo estimate
+    /// against a brute-force enumeration of all 2^18 patterns on a larger one.
+    #[test]
+    fn sign_flip_p_values_match_exact_enumeration() {
+        // (1, 2, 3, -1): |sum| 5 is reached by +-(1+2+3+1) and the two patterns flipping a single 1.
+        assert_eq!(sign_flip_p_value(&[1.0, 2.0, 3.0, -1.0], 0, 1), 6.0 / 16.0);
+        assert_eq!(sign_flip_p_value(&[1.0; 10], 0, 1), 2.0 / 1024.0);
+        let d: Vec<f64> = (0..18).map(|i| ((i * 7 % 11) as f64 - 4.0) / 10.0).collect();
+        let observed = d.iter().sum::<f64>().abs();
+        let exact = (0..1u32 << 18)
+            .filter(|bits| d.iter().enumerate().map(|(i, x)| if bits >> i & 1 == 1 { -x } else { *x }).sum::<f64>().abs() >= observed - 1e-9)
+            .count() as f64
+            / (1u32 << 18) as f64;
+        let estimate = sign_flip_p_value(&d, 20_000, 3);
+        assert!((estimate - exact).abs() < 0.01, "Monte Carlo {estimate} vs exact {exact}");
+        assert!(exact > 0.01 && exact < 0.99, "a case that tests something: {exact}");
+    }
+
+    /// Aliases NAME@SEED pool into NAME (per prompt, the mean over seeds),
+    /// and models that answered different prompts are not compared.
+    #[test]
+    fn seeds_pool_per_prompt_and_different_prompt_sets_are_refused() {
+        let mut scored = vec![];
+        for p in 0..3 {
+            scored.extend([sample(p, "base", 0, 0.5), sample(p, "wrpo@1", 0, 0.6), sample(p, "wrpo@2", 0, 0.8 + p as f64 / 10.0)]);
+        }
+        let r = report(&prompts(3), &scored, "base", &[("wrpo".into(), "base".into())], 1).unwrap();
+        let pooled: Vec<&PromptScore> = r.prompts.iter().filter(|p| p.model == "wrpo").collect();
+        assert_eq!(pooled.len(), 3);
+        assert!(pooled.iter().all(|p| p.seeds == 2 && p.samples == 2));
+        assert!((pooled[1].reward_mean - (0.6 + 0.9) / 2.0).abs() < 1e-12);
+        assert!((r.paired[0].mean_diff - ((0.2 + 0.25 + 0.3) / 3.0)).abs() < 1e-12);
+        assert!(r.models.iter().any(|m| m.model == "wrpo@1") && r.models.iter().any(|m| m.model == "wrpo"));
+        // "new" did not answer p2.
+        let mut partial = scored.clone();
+        partial.extend([sample(0, "new", 0, 0.9), sample(1, "new", 0, 0.9)]);
+        let err = report(&prompts(3), &partial, "base", &[("new".into(), "base".into())], 1).err().unwrap().to_string();
+        assert!(err.contains("'new' answered 2 prompts and 'base' 3") && err.contains("prompt p2"), "{err}");
+        // Nor do seeds of one pool on different prompts.
+        let mut uneven = scored.clone();
+        uneven.retain(|s| !(s.model == "wrpo@2" && s.prompt_id == "p0"));
+        let err = report(&prompts(3), &uneven, "base", &[], 1).err().unwrap().to_string();
+        assert!(err.contains("'wrpo@1' answered 3 prompts and 'wrpo@2' 2"), "{err}");
     }
 
     #[test]
