@@ -17,6 +17,12 @@ TARGET         ?= models/gemma-3-270m-q4_k_m.gguf
 SOURCES        ?= smollm2=models/smollm2-135m-instruct-q4_1.gguf
 REWARD         ?= similarity:models/all-minilm-l6-v2
 N              ?= 4
+# Samples per prompt of each source and of Target-SFT (N each by default).
+# WRPO's source term teaches only where y_ws beats y_wt: the paper's y_ws is
+# the best of 10 sources x 5 samples against y_wt's best of 5
+# (pairs.summary.json's source_gain says how often it does here).
+SOURCE_N       ?= $(N)
+TARGET_N       ?= $(N)
 MAX_NEW_TOKENS ?= 128
 TEMPERATURE    ?= 0.8
 TOP_P          ?= 0.95
@@ -41,9 +47,23 @@ SCORE  := $(BIN)/wrpo-score
 TRAIN  := $(BIN)/wrpo-train
 # A pipeline step needs its binary; say how to get it instead of a bare "command not found".
 need = @test -x $(1) || { echo "$(notdir $(1)) is not built yet ($(1) is missing): run 'make build' first" >&2; exit 1; }
-SAMPLING := --n $(N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED)
+SAMPLING := --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED)
 LENGTHS  := --max-length $(MAX_LENGTH) --max-prompt-length $$(( $(MAX_LENGTH) / 2 ))
-TRAINING := --micro-batch 2 --grad-accum 2 --warmup-ratio 0.1 $(LENGTHS) --seed $(SEED)
+TRAINING_STEPS := --micro-batch 2 --grad-accum 2 --warmup-ratio 0.1 $(LENGTHS)
+TRAINING := $(TRAINING_STEPS) --seed $(SEED)
+# Training seeds (the data order) of WRPO and DPO. Empty: one run each with
+# SEED (WORK/wrpo, WORK/dpo). "1 2": one run per seed (WORK/wrpo-seed1, ...),
+# evaluated as wrpo@1, wrpo@2, ..., which the report also pools per prompt
+# into wrpo and dpo for the paired comparisons.
+SEEDS ?=
+run_dirs = $(if $(SEEDS),$(foreach s,$(SEEDS),$(WORK)/$(1)-seed$(s)),$(WORK)/$(1))
+WRPO_DONE = $(addsuffix /.done,$(call run_dirs,wrpo))
+DPO_DONE = $(addsuffix /.done,$(call run_dirs,dpo))
+# $(call preference,STAGE,LOSS ARGS,SEED): preference training from Target-SFT on the pairs, into $(@D).
+preference = $(TIMED) $(1) $(TRAIN) wrpo $(2) --model $(WORK)/target-sft/final --pairs $(WORK)/pairs-ref.parquet --lr $(WRPO_LR) \
+  --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING_STEPS) --seed $(3)
+WRPO_ARGS = --alpha-max $(ALPHA_MAX)
+DPO_ARGS = --loss dpo --dpo-chosen target
 # Pipeline steps build the binaries first (a no-op when they are up to date);
 # `make ... BUILD=` skips that, e.g. with BIN=target/debug.
 BUILD ?= build
@@ -71,7 +91,7 @@ help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS MAX_LENGTH; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS EVAL_N MAX_LENGTH; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -109,9 +129,9 @@ prompts: $(WORK)/prompts.parquet ## Import PROMPTS into WORK/prompts.parquet
 
 pairs: $(WORK)/pairs.parquet ## Build the WRPO pairs (samples, scores, SFT, target samples)
 
-train: $(WORK)/wrpo/.done ## Train the target with WRPO on the pairs (runs every step before it)
+train: $$(WRPO_DONE) ## Train the target with WRPO on the pairs (runs every step before it)
 
-dpo: $(WORK)/dpo/.done ## The DPO baseline on the same pairs (chosen = y_wt)
+dpo: $$(DPO_DONE) ## The DPO baseline on the same pairs (chosen = y_wt)
 
 eval: $(WORK)/eval/report.md ## Held-out comparison: original target, Target-SFT, WRPO, DPO (report.md, report.png)
 
@@ -134,10 +154,10 @@ $(DEMO_MODELS) &:
 	bash scripts/fetch-models.sh
 
 # 1. N samples per train prompt from every source model.
-$(WORK)/source-samples/.done: $(WORK)/prompts.parquet $(call model_files,$(SOURCE_FILES)) $$(call settings,source-samples,$$(SOURCES) $$(SAMPLING) $$(LIMIT)) | $(BUILD)
+$(WORK)/source-samples/.done: $(WORK)/prompts.parquet $(call model_files,$(SOURCE_FILES)) $$(call settings,source-samples,$$(SOURCES) --n $$(SOURCE_N) $$(SAMPLING) $$(LIMIT)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,source-samples,$(@D),$@)
-	$(TIMED) source-samples $(SAMPLE) generate --prompts $< $(addprefix --model ,$(SOURCES)) --split train $(if $(LIMIT),--limit $(LIMIT)) $(SAMPLING) --out $(@D)
+	$(TIMED) source-samples $(SAMPLE) generate --prompts $< $(addprefix --model ,$(SOURCES)) --split train $(if $(LIMIT),--limit $(LIMIT)) --n $(SOURCE_N) $(SAMPLING) --out $(@D)
 	touch $@
 
 # 2. Every source sample scored by the reward model.
@@ -161,10 +181,10 @@ $(WORK)/target-sft/.done: $(WORK)/sft.parquet $(call model_files,$(TARGET)) $$(c
 	touch $@
 
 # 6. N samples per preference prompt from Target-SFT, scored.
-$(WORK)/target-samples/.done: $(WORK)/target-sft/.done $(WORK)/preference-prompts.parquet $$(call settings,target-samples,$$(SAMPLING)) | $(BUILD)
+$(WORK)/target-samples/.done: $(WORK)/target-sft/.done $(WORK)/preference-prompts.parquet $$(call settings,target-samples,--n $$(TARGET_N) $$(SAMPLING)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,target-samples,$(@D),$@)
-	$(TIMED) target-samples $(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model target-sft=$(WORK)/target-sft/final $(SAMPLING) --out $(@D)
+	$(TIMED) target-samples $(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model target-sft=$(WORK)/target-sft/final --n $(TARGET_N) $(SAMPLING) --out $(@D)
 	touch $@
 
 $(WORK)/target-scores/.done: $(WORK)/target-samples/.done $$(call settings,target-scores,$$(REWARD)) | $(BUILD)
@@ -188,14 +208,27 @@ $(WORK)/pairs-ref.parquet: $(WORK)/pairs.parquet $(WORK)/target-sft/.done $$(cal
 $(WORK)/wrpo/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo,$$(WRPO_LR) $$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING)) | $(BUILD)
 	$(call need,$(TRAIN))
 	$(call fresh,wrpo,$(@D),$@)
-	$(TIMED) wrpo $(TRAIN) wrpo --model $(WORK)/target-sft/final --pairs $< --lr $(WRPO_LR) --alpha-max $(ALPHA_MAX) --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING)
+	$(call preference,wrpo,$(WRPO_ARGS),$(SEED))
 	touch $@
 	@echo "stage times (s), also in $(WORK)/timings.csv:"; column -s, -t $(WORK)/timings.csv
 
 $(WORK)/dpo/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING)) | $(BUILD)
 	$(call need,$(TRAIN))
 	$(call fresh,dpo,$(@D),$@)
-	$(TIMED) dpo $(TRAIN) wrpo --loss dpo --dpo-chosen target --model $(WORK)/target-sft/final --pairs $< --lr $(WRPO_LR) --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING)
+	$(call preference,dpo,$(DPO_ARGS),$(SEED))
+	touch $@
+
+# One run per training seed of SEEDS.
+$(WORK)/wrpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-seed$$*,$$(WRPO_LR) $$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(call fresh,wrpo-seed$*,$(@D),$@)
+	$(call preference,wrpo-seed$*,$(WRPO_ARGS),$*)
+	touch $@
+
+$(WORK)/dpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-seed$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(call fresh,dpo-seed$*,$(@D),$@)
+	$(call preference,dpo-seed$*,$(DPO_ARGS),$*)
 	touch $@
 
 # 11. The held-out prompts answered by the original target, Target-SFT, the WRPO
@@ -203,8 +236,10 @@ $(WORK)/dpo/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo,$$(WRPO_LR) $$
 # same seeds), scored with the training reward, and compared: each with the
 # original target, and in pairs per prompt (SFT - target, DPO - SFT, WRPO - SFT,
 # WRPO - DPO).
-EVAL_MODELS := target=$(TARGET) target-sft=$(WORK)/target-sft/final wrpo=$(WORK)/wrpo/final dpo=$(WORK)/dpo/final
-$(WORK)/eval/report.md: $(WORK)/wrpo/.done $(WORK)/dpo/.done $$(call settings,eval,$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD) crn) | $(BUILD)
+# Each run's final checkpoint as an eval alias: wrpo, or wrpo@SEED per seed.
+run_models = $(if $(SEEDS),$(foreach s,$(SEEDS),$(1)@$(s)=$(WORK)/$(1)-seed$(s)/final),$(1)=$(WORK)/$(1)/final)
+EVAL_MODELS = target=$(TARGET) target-sft=$(WORK)/target-sft/final $(call run_models,wrpo) $(call run_models,dpo)
+$(WORK)/eval/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(call settings,eval,$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD) crn $$(SEEDS)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,eval,$(@D),$@)
 	$(TIMED) eval-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split eval $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(EVAL_MODELS)) \

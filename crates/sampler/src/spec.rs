@@ -61,11 +61,12 @@ impl ModelSpec {
     }
 }
 
-/// Aliases name output folders: keep them to characters every file system takes.
+/// Aliases name output folders: keep them to characters every file system
+/// takes. '@' marks a training seed (`wrpo@1`), which `wrpo-score report` pools.
 pub fn check_alias(alias: &str) -> Result<()> {
-    let ok = !alias.is_empty() && !alias.starts_with('.') && alias.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let ok = !alias.is_empty() && !alias.starts_with('.') && alias.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
     if !ok {
-        bail!("alias '{alias}' may only hold letters, digits, '-', '_' and '.', and may not start with '.'");
+        bail!("alias '{alias}' may only hold letters, digits, '-', '_', '.' and '@', and may not start with '.'");
     }
     Ok(())
 }
