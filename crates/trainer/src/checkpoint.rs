@@ -31,7 +31,13 @@ pub fn prepare(out: &Path, config: &Value) -> Result<State> {
     if path.exists() {
         let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let before: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        if &before != config {
+        // A run that saved nothing (it failed before its first checkpoint)
+        // leaves only run.json behind, which must not block its corrected rerun.
+        let saved_something = out.join("checkpoint").exists() || out.join("checkpoint.old").exists() || out.join("final").exists();
+        if &before != config && !saved_something {
+            eprintln!("{} holds the settings of a run that saved nothing; starting over with these", out.display());
+            write_text(&path, &(serde_json::to_string_pretty(config)? + "\n"))?;
+        } else if &before != config {
             bail!(
                 "{} holds a run with other settings ({}); give this run another --out, or delete that folder to start over",
                 out.display(),
@@ -57,6 +63,16 @@ pub fn save(out: &Path, model: &Model, optimizer: &AdamW, state: &State) -> Resu
         fs::File::open(tmp.join(f))?.sync_all()?;
     }
     wrpo_llm::save::replace_dir(&tmp, &out.join("checkpoint"))
+}
+
+/// What a failed run leaves to resume from, in words for its error message.
+pub fn what_is_kept(out: &Path) -> String {
+    let dir = [out.join("checkpoint"), out.join("checkpoint.old")].into_iter().find(|d| d.join("state.json").exists());
+    let step = dir.as_ref().and_then(|d| fs::read_to_string(d.join("state.json")).ok()).and_then(|t| serde_json::from_str::<State>(&t).ok());
+    match (dir, step) {
+        (Some(d), Some(s)) => format!("the last good checkpoint (step {}) is kept in {}", s.step, d.display()),
+        _ => "no checkpoint was saved yet, so the same command (or a corrected one) starts over".into(),
+    }
 }
 
 /// The last checkpoint in OUT, loaded into `model` and `optimizer`.

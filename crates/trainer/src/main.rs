@@ -233,14 +233,56 @@ fn encoder(model: &Model, tokenizer: wrpo_llm::Tokenizer, max_length: usize, max
     Encoder::new(tokenizer, template, Truncation { max_length, max_prompt_length })
 }
 
+/// Every number a training run takes, range-checked before any model loads.
+fn check_settings(c: &Common, lr: f64) -> Result<()> {
+    let s = &c.steps;
+    let checks: [(&str, f64, bool, &str); 12] = [
+        ("--lr", lr, lr > 0.0, "a positive number"),
+        ("--epochs", s.epochs, s.epochs > 0.0, "a positive number"),
+        ("--warmup-ratio", s.warmup_ratio, (0.0..1.0).contains(&s.warmup_ratio), "in [0, 1)"),
+        ("--micro-batch", s.micro_batch as f64, s.micro_batch > 0, "at least 1"),
+        ("--grad-accum", s.grad_accum as f64, s.grad_accum > 0, "at least 1"),
+        ("--max-grad-norm", c.max_grad_norm, c.max_grad_norm >= 0.0, "0 (no clipping) or more"),
+        ("--weight-decay", c.weight_decay, c.weight_decay >= 0.0, "0 or more"),
+        ("--adam-beta1", c.adam_beta1, (0.0..1.0).contains(&c.adam_beta1), "in [0, 1)"),
+        ("--adam-beta2", c.adam_beta2, (0.0..1.0).contains(&c.adam_beta2), "in [0, 1)"),
+        ("--adam-eps", c.adam_eps, c.adam_eps > 0.0, "a positive number"),
+        ("--save-every", c.save_every as f64, c.save_every > 0, "at least 1"),
+        ("--max-length", c.max_length as f64, c.max_length > 1, "at least 2"),
+    ];
+    for (flag, value, ok, expected) in checks {
+        // NaN fails every comparison above, so it is refused too.
+        if !ok || !value.is_finite() {
+            bail!("{flag} must be {expected}, got {value}");
+        }
+    }
+    Ok(())
+}
+
+/// The preference settings, range-checked before any model loads.
+fn check_objective(o: &Objective, alpha_max: f64) -> Result<()> {
+    let checks: [(&str, f64, bool, &str); 4] = [
+        ("--beta", o.beta, o.beta > 0.0, "a positive number"),
+        ("--alpha-max", alpha_max, (0.0..=1.0).contains(&alpha_max), "in [0, 1]"),
+        ("--label-smoothing", o.label_smoothing, (0.0..0.5).contains(&o.label_smoothing), "in [0, 0.5)"),
+        ("--simpo-gamma", o.gamma, o.gamma.is_finite(), "a finite number"),
+    ];
+    for (flag, value, ok, expected) in checks {
+        if !ok || !value.is_finite() {
+            bail!("{flag} must be {expected}, got {value}");
+        }
+    }
+    Ok(())
+}
+
 fn train_config(c: &Common, lr: f64) -> TrainConfig {
     TrainConfig {
         lr,
         warmup_ratio: c.steps.warmup_ratio,
         schedule: c.lr_schedule,
         epochs: c.steps.epochs,
-        micro_batch: c.steps.micro_batch.max(1) as usize,
-        grad_accum: c.steps.grad_accum.max(1) as usize,
+        micro_batch: c.steps.micro_batch as usize,
+        grad_accum: c.steps.grad_accum as usize,
         max_grad_norm: (c.max_grad_norm > 0.0).then_some(c.max_grad_norm),
         adamw: AdamWConfig {
             beta1: c.adam_beta1,
@@ -313,6 +355,7 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::Sft(a) => {
             set_threads(a.common.threads);
             let c = &a.common;
+            check_settings(c, a.lr)?;
             let rows = read_dataset::<SftExample>(&a.data)?;
             let (model, tokenizer) = load_model(&c.model)?;
             let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
@@ -333,6 +376,9 @@ fn run_cli(cli: Cli) -> Result<()> {
         }
         Command::RefLogps(a) => {
             set_threads(a.threads);
+            if a.micro_batch == 0 {
+                bail!("--micro-batch must be at least 1, got 0");
+            }
             let mut pairs = read_dataset::<Pair>(&a.pairs)?;
             let model = Model::load_frozen(&a.model, DType::F32, &Device::Cpu)?;
             if model.weights.has_quantized() {
@@ -363,6 +409,8 @@ fn run_cli(cli: Cli) -> Result<()> {
             let beta = a.beta.unwrap_or(a.loss.default_beta());
             let gamma = a.simpo_gamma.unwrap_or(SIMPO_GAMMA_BETA_RATIO * beta);
             let objective = Objective { loss: a.loss, chosen: a.dpo_chosen, beta, label_smoothing: a.label_smoothing, gamma };
+            check_settings(c, a.lr)?;
+            check_objective(&objective, a.alpha_max)?;
             let (model, tokenizer) = load_model(&c.model)?;
             let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
             // The pairs' reference log-probs must be this run's model's, tokenized as this run does.

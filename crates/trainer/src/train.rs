@@ -651,16 +651,16 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
             schedule.micro_batches(step).map(|k| micro_batch(examples.len(), config.micro_batch, config.seed, k as usize)).collect();
         let micro: Vec<Vec<&Example>> = micro.iter().map(|mb| mb.iter().map(|&i| &examples[i]).collect()).collect();
         if step == 0 {
-            trainer.check_reference_at_start(&micro[0])?;
+            trainer.check_reference_at_start(&micro[0]).with_context(|| format!("step 0; {}", checkpoint::what_is_kept(out)))?;
         }
         let all: Vec<&Example> = micro.iter().flatten().copied().collect();
         let sums = trainer
             .step_gradients(&micro, alpha.unwrap_or(0.0), &mut optimizer)
-            .with_context(|| format!("step {step}; the last good checkpoint is kept in {}", out.join("checkpoint").display()))?;
+            .with_context(|| format!("step {step}; {}", checkpoint::what_is_kept(out)))?;
         let grad_norm = optimizer.step(lr, config.max_grad_norm)?;
         if !grad_norm.is_finite() {
             let ids: Vec<&str> = all.iter().map(|e| e.prompt_id()).collect();
-            bail!("the gradient norm became {grad_norm} at step {step} on prompts {ids:?}; the last good checkpoint is kept");
+            bail!("the gradient norm became {grad_norm} at step {step} on prompts {ids:?}; {}", checkpoint::what_is_kept(out));
         }
         let epoch = (schedule.micro_batches(step).end as f64 / per_epoch as f64).min(config.epochs);
         let row = sums.row(&stage_name, step, epoch, lr, alpha, Some(grad_norm), started.elapsed().as_secs_f64());

@@ -104,8 +104,13 @@ impl Setup {
     }
 
     fn wrpo(&self, out: &str, extra: &[&str]) -> Output {
+        self.wrpo_on("pairs-ref.parquet", out, extra)
+    }
+
+    /// `wrpo-train wrpo` on the pairs file `pairs` of the setup's folder.
+    fn wrpo_on(&self, pairs: &str, out: &str, extra: &[&str]) -> Output {
         let out = self.path(out);
-        let mut args = vec!["wrpo", "--model", &self.model, "--pairs", self.dir.path().join("pairs-ref.parquet").to_str().unwrap()]
+        let mut args = vec!["wrpo", "--model", &self.model, "--pairs", self.dir.path().join(pairs).to_str().unwrap()]
             .into_iter()
             .map(String::from)
             .collect::<Vec<_>>();
@@ -359,4 +364,43 @@ fn reference_log_probs_that_disagree_with_the_run_are_refused() {
     let err = wrpo("shifted.parquet", &[]);
     assert!(err.contains("at the first step the policy is the reference") && err.contains("ref-logps"), "{err}");
     assert!(!Path::new(&s.path("out")).join("final").exists());
+}
+
+/// Every training setting is range-checked before the model loads (the
+/// model path here does not exist, so only a check that comes first can
+/// answer), and a run that failed before its first checkpoint neither
+/// claims one nor blocks its corrected rerun.
+#[test]
+fn bad_settings_are_refused_first_and_a_failed_run_does_not_block_its_rerun() {
+    let s = Setup::new();
+    let pairs = s.path("pairs-ref.parquet");
+    for (flag, value, expected) in [
+        ("--lr", "nan", "--lr must be a positive number, got NaN"),
+        ("--lr", "-1", "--lr must be a positive number, got -1"),
+        ("--beta", "0", "--beta must be a positive number, got 0"),
+        ("--beta", "-0.1", "--beta must be a positive number"),
+        ("--alpha-max", "2", "--alpha-max must be in [0, 1], got 2"),
+        ("--alpha-max", "-0.5", "--alpha-max must be in [0, 1]"),
+        ("--warmup-ratio", "1", "--warmup-ratio must be in [0, 1)"),
+        ("--label-smoothing", "0.5", "--label-smoothing must be in [0, 0.5)"),
+        ("--epochs", "0", "--epochs must be a positive number"),
+        ("--micro-batch", "0", "--micro-batch must be at least 1"),
+        ("--grad-accum", "0", "--grad-accum must be at least 1"),
+        ("--adam-eps", "0", "--adam-eps must be a positive number"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let err = failed(train_bin(&["wrpo", "--model", "/no/such/model", "--pairs", &pairs, "--out", &s.path("never"), &arg]));
+        assert!(err.contains(expected), "{arg}: {err}");
+    }
+    assert!(!Path::new(&s.path("never")).exists());
+    // A reference that does not match stops the run at step 0, before any checkpoint.
+    let file = read_file::<Pair>(Path::new(&pairs)).unwrap();
+    let mut rows = file.rows.clone();
+    rows.iter_mut().for_each(|p| p.ref_logp_y_l = p.ref_logp_y_l.map(|v| v + 3.0));
+    write_dataset(Path::new(&s.path("shifted.parquet")), &rows, &file.provenance).unwrap();
+    let err = failed(s.wrpo_on("shifted.parquet", "rerun", &[]));
+    assert!(err.contains("no checkpoint was saved yet") && !err.contains("is kept in"), "{err}");
+    // The corrected command, with other settings too, runs in the same folder.
+    ok(s.wrpo_on("pairs-ref.parquet", "rerun", &["--label-smoothing", "0.1"]));
+    assert!(Path::new(&s.path("rerun/final")).exists());
 }
