@@ -21,6 +21,13 @@ pub trait Dataset: Serialize + DeserializeOwned + Sized {
     fn check(&self) -> Result<(), String> {
         Ok(())
     }
+    /// The columns no two rows of a dataset may share, as named in errors
+    /// (empty: rows need not be unique).
+    const KEY: &'static str = "";
+    /// This row's values of [`Dataset::KEY`].
+    fn key(&self) -> Option<String> {
+        None
+    }
 }
 
 pub(crate) fn field(name: &str, data_type: DataType, nullable: bool) -> FieldRef {

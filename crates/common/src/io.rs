@@ -2,6 +2,7 @@
 //! sharded outputs, and validating reads.
 
 use std::{
+    collections::HashMap,
     fs::{self, File},
     path::{Path, PathBuf},
     sync::Arc,
@@ -358,13 +359,72 @@ pub struct DatasetFile<T> {
     pub rows: Vec<T>,
 }
 
-/// Read every row of the dataset at `path` (a file or a folder of shards).
-pub fn read_dataset<T: Dataset>(path: &Path) -> Result<Vec<T>> {
-    let mut rows = Vec::new();
-    for file in dataset_files(path)? {
-        rows.extend(read_file::<T>(&file)?.rows);
+/// `path` made absolute with its symbolic links resolved, so that two
+/// spellings of one place compare equal; the part that does not exist yet
+/// is appended to its nearest existing ancestor, resolved.
+fn resolved(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        let here = if at.as_os_str().is_empty() { Path::new(".") } else { at };
+        if let Ok(real) = here.canonicalize() {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
     }
-    Ok(rows)
+}
+
+/// Refuse, before any work, outputs of one command that would destroy data:
+/// two outputs at one path, or an output at (or inside) one of the
+/// command's inputs. `outputs` and `inputs` are (flag, path) pairs.
+pub fn check_paths(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+    let outs: Vec<(&str, PathBuf)> = outputs.iter().map(|(f, p)| (*f, resolved(p))).collect();
+    for (i, (flag, out)) in outs.iter().enumerate() {
+        if let Some((other, _)) = outs[..i].iter().find(|(_, o)| o == out) {
+            bail!("{other} and {flag} are both {}: one output would overwrite the other; give them different paths", out.display());
+        }
+        for (input_flag, input) in inputs {
+            let input = resolved(input);
+            if out.starts_with(&input) {
+                bail!("{flag} {} is (or lies inside) the input {input_flag} {}: writing it would destroy that input", out.display(), input.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read every row of the dataset at `path` (a file or a folder of shards),
+/// refusing two rows with the same key ([`Dataset::KEY`]).
+pub fn read_dataset<T: Dataset>(path: &Path) -> Result<Vec<T>> {
+    let files = dataset_files(path)?.iter().map(|f| read_file::<T>(f)).collect::<Result<Vec<_>>>()?;
+    check_keys(&files)?;
+    Ok(files.into_iter().flat_map(|f| f.rows).collect())
+}
+
+/// Refuse a key ([`Dataset::KEY`]) held by two rows of these files, naming both.
+pub fn check_keys<T: Dataset>(files: &[DatasetFile<T>]) -> Result<()> {
+    let mut seen: HashMap<String, (&Path, usize)> = HashMap::new();
+    for f in files {
+        for (i, row) in f.rows.iter().enumerate() {
+            let Some(key) = row.key() else { return Ok(()) };
+            if let Some((path, j)) = seen.insert(key.clone(), (&f.path, i)) {
+                bail!(
+                    "{}: row {i} (0-based) has {} = {key}, as row {j} of {} has; a '{}' dataset holds each once",
+                    f.path.display(),
+                    T::KEY,
+                    path.display(),
+                    T::NAME
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Read one Parquet file of dataset `T`, rejecting a file of another schema, an

@@ -38,6 +38,10 @@ pub struct Pair {
 }
 
 impl Dataset for Pair {
+    const KEY: &'static str = "prompt_id";
+    fn key(&self) -> Option<String> {
+        Some(self.prompt_id.clone())
+    }
     const NAME: &'static str = "pairs";
     /// 2: ref_tokens_* columns.
     const VERSION: u32 = 2;

@@ -27,6 +27,10 @@ pub struct Prompt {
 }
 
 impl Dataset for Prompt {
+    const KEY: &'static str = "prompt_id";
+    fn key(&self) -> Option<String> {
+        Some(self.prompt_id.clone())
+    }
     const NAME: &'static str = "prompts";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {

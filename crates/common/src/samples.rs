@@ -42,6 +42,10 @@ pub struct Sample {
 }
 
 impl Dataset for Sample {
+    const KEY: &'static str = "(prompt_id, model, sample_index)";
+    fn key(&self) -> Option<String> {
+        Some(format!("({}, {}, {})", self.prompt_id, self.model, self.sample_index))
+    }
     const NAME: &'static str = "samples";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {

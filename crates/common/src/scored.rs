@@ -21,6 +21,10 @@ pub struct ScoredSample {
 }
 
 impl Dataset for ScoredSample {
+    const KEY: &'static str = "(prompt_id, model, sample_index)";
+    fn key(&self) -> Option<String> {
+        Some(format!("({}, {}, {})", self.prompt_id, self.model, self.sample_index))
+    }
     const NAME: &'static str = "scored";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {
@@ -36,8 +40,8 @@ impl Dataset for ScoredSample {
         ]
     }
     fn check(&self) -> Result<(), String> {
-        if self.reward.is_nan() {
-            return Err("reward is NaN".into());
+        if !self.reward.is_finite() {
+            return Err(format!("reward is {}; rewards must be finite numbers", self.reward));
         }
         Ok(())
     }

@@ -17,6 +17,10 @@ pub struct SftExample {
 }
 
 impl Dataset for SftExample {
+    const KEY: &'static str = "prompt_id";
+    fn key(&self) -> Option<String> {
+        Some(self.prompt_id.clone())
+    }
     const NAME: &'static str = "sft";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {

@@ -433,3 +433,41 @@ fn two_machines_shards_copied_into_one_folder_read_as_one_dataset_and_a_second_w
     fs::write(a.join(".lock"), format!("{} 4294967", fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim())).unwrap();
     ShardWriter::<Sample>::new(&a, prov(), 2).unwrap();
 }
+
+/// Two outputs at one place (however spelled), or an output at or inside an
+/// input, are refused before any work; distinct paths pass.
+#[test]
+fn outputs_that_would_destroy_data_are_refused() {
+    use wrpo_common::io::check_paths;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir(d.join("scores")).unwrap();
+    let (a, a_again) = (d.join("out.parquet"), d.join("scores/../out.parquet"));
+    let err = check_paths(&[("--out", &a), ("--out-preference", &a_again)], &[]).unwrap_err().to_string();
+    assert!(err.contains("--out and --out-preference are both"), "{err}");
+    let err = check_paths(&[("--out", &d.join("scores/m/part-00000.parquet"))], &[("--samples", &d.join("scores"))]).unwrap_err().to_string();
+    assert!(err.contains("lies inside) the input --samples"), "{err}");
+    check_paths(&[("--out", &d.join("new/a.parquet")), ("--out-preference", &d.join("new/b.parquet"))], &[("--prompts", &d.join("scores"))]).unwrap();
+}
+
+/// A key twice, in one file or across a dataset's files (as DuckDB or a
+/// copy can write), is refused naming both rows; so is a reward of -inf.
+#[test]
+fn duplicate_keys_and_infinite_rewards_are_refused_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prompts.parquet");
+    let mut rows = vec![prompt(0), prompt(1), prompt(2)];
+    rows[2].prompt_id = rows[0].prompt_id.clone();
+    write_dataset(&path, &rows, &prov()).unwrap();
+    let err = read_dataset::<Prompt>(&path).unwrap_err().to_string();
+    assert!(err.contains("row 2 (0-based) has prompt_id =") && err.contains("as row 0 of"), "{err}");
+    let shards = dir.path().join("scores/m");
+    write_dataset(&shards.join("part-00000.parquet"), &[scored(0)], &prov()).unwrap();
+    write_dataset(&shards.join("part-00001.parquet"), &[scored(0)], &prov()).unwrap();
+    let err = read_dataset::<ScoredSample>(&dir.path().join("scores")).unwrap_err().to_string();
+    assert!(err.contains("part-00001.parquet: row 0") && err.contains("part-00000.parquet"), "{err}");
+    let path = dir.path().join("inf.parquet");
+    write_raw(&path, scored_columns(Arc::new(Float64Array::from(vec![f64::NEG_INFINITY]))), META.to_vec());
+    let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
+    assert!(err.contains("inf.parquet: row 0") && err.contains("reward is -inf"), "{err}");
+}

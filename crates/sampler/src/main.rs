@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use wrpo_common::{
     hash::parse_shard,
+    io::check_paths,
     prompts::{Prompt, Split},
     read_dataset, write_dataset, Provenance,
 };
@@ -208,6 +209,8 @@ fn run(cli: Cli) -> Result<()> {
             run_import_scored(input, out_samples, out_scores, model, reward_model, skip_bad, rejected)
         }
         Command::Import { input, out, eval_fraction, seed, reference_column, strip_last_assistant, origin, skip_bad, rejected } => {
+            let rejected = rejected.unwrap_or_else(|| out.with_extension("rejected.jsonl"));
+            check_paths(&[("--out", &out), ("--rejected", &rejected)], &[("--input", &input)])?;
             let opts = ImportOptions { eval_fraction, seed, reference_column, strip_last_assistant, origin };
             let imported = import_prompts(&input, &opts)?;
             let bad = &imported.rejected;
@@ -215,7 +218,7 @@ fn run(cli: Cli) -> Result<()> {
             if imported.prompts.is_empty() {
                 bail!("{} holds no importable prompt", input.display());
             }
-            save_rejected(bad, rejected.unwrap_or_else(|| out.with_extension("rejected.jsonl")))?;
+            save_rejected(bad, rejected)?;
             let prov = Provenance::new(concat!("wrpo-sample ", env!("CARGO_PKG_VERSION")), &opts)?.with_input(&input)?;
             write_dataset(&out, &imported.prompts, &prov)?;
             let eval = imported.prompts.iter().filter(|p| p.split == Split::Eval).count();
@@ -266,12 +269,14 @@ fn run_import_scored(
     rejected: Option<PathBuf>,
 ) -> Result<()> {
     check_alias(&model).context("--model")?;
+    let files = [out_samples.join(&model).join("part-00000.parquet"), out_scores.join(&model).join("part-00000.parquet")];
+    let rejected = rejected.unwrap_or_else(|| out_scores.join(format!("{model}.rejected.jsonl")));
+    check_paths(&[("--out-samples", &files[0]), ("--out-scores", &files[1]), ("--rejected", &rejected)], &[("--input", &input)])?;
     let imported = import_scored(&input, &model, &reward_model)?;
     check_rejected(&input, &imported.rejected, skip_bad)?;
     if imported.samples.is_empty() {
         bail!("{} holds no importable row", input.display());
     }
-    let files = [out_samples.join(&model).join("part-00000.parquet"), out_scores.join(&model).join("part-00000.parquet")];
     for f in &files {
         if f.exists() {
             bail!("{} already exists; delete it to import again, or give other output folders", f.display());
@@ -282,7 +287,7 @@ fn run_import_scored(
     let prov = Provenance::new(concat!("wrpo-sample ", env!("CARGO_PKG_VERSION")), &config)?.with_input(&input)?;
     write_dataset(&files[0], &imported.samples, &prov)?;
     write_dataset(&files[1], &imported.scored, &prov)?;
-    save_rejected(&imported.rejected, rejected.unwrap_or_else(|| out_scores.join(format!("{model}.rejected.jsonl"))))?;
+    save_rejected(&imported.rejected, rejected)?;
     eprintln!(
         "imported {} scored samples of {} prompts into {} and {}; {} duplicate row(s) dropped, {} bad row(s) skipped",
         imported.samples.len(),
@@ -303,6 +308,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         // candle sizes its thread pools from this variable when first used.
         std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
     }
+    check_paths(&[("--out", &a.out)], &[("--prompts", &a.prompts)])?;
     let models = a.models.iter().map(|m| ModelSpec::parse(m)).collect::<Result<Vec<_>>>()?;
     let settings = Settings {
         n: a.n,

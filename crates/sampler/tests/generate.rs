@@ -346,6 +346,18 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
     let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", &s.model, "--model", &format!("cut={}", cut.display()), "--out", &out]));
     assert!(err.contains("model 'cut'") && err.contains("cut short"), "{err}");
     assert!(!Path::new(&out).join("tiny").exists(), "no folder for a run that did not start");
+
+    // A prompts file with one prompt_id twice (as DuckDB can write it): refused before sampling.
+    let mut dup: Vec<Prompt> = read_dataset(Path::new(&s.prompts)).unwrap();
+    dup[3].prompt_id = dup[0].prompt_id.clone();
+    let dup_path = s.root.join("dup.parquet");
+    write_dataset(&dup_path, &dup, &Provenance::new("test", &json!({})).unwrap()).unwrap();
+    let err = failed(sample_bin(&["--prompts", dup_path.to_str().unwrap(), "--model", &s.model, "--out", &out]));
+    assert!(err.contains("dup.parquet: row 3") && err.contains("prompt_id = p00"), "{err}");
+    // An output inside its input.
+    let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", &s.model, "--out", &s.root.join("prompts.parquet/x").display().to_string()]));
+    assert!(err.contains("the input --prompts"), "{err}");
+    assert!(!Path::new(&out).join("tiny").exists());
 }
 
 /// Against a real OpenAI-compatible server (llama-cpp-python's, started by

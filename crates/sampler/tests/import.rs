@@ -315,3 +315,28 @@ fn arguments_that_are_not_utf8_or_out_of_range_give_errors_not_panics() {
     let zero = wrpo_sample(&["generate", "--prompts", "p.parquet", "--model", "m.gguf", "--max-new-tokens", "0", "--out", "o"]);
     assert!(!zero.status.success() && String::from_utf8_lossy(&zero.stderr).contains("--max-new-tokens must be at least 1"));
 }
+
+/// import-scored with one folder for both outputs would write the scores
+/// over the samples: refused before reading, nothing written.
+#[test]
+fn import_scored_refuses_one_folder_for_both_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "s.jsonl", "{\"prompt\": \"hi\", \"all_generated_responses\": [\"a\", \"b\"], \"all_rm_scores\": [0.1, 0.2]}\n");
+    let both = dir.path().join("both");
+    let out = wrpo_sample(&[
+        "import-scored",
+        "--input",
+        input.to_str().unwrap(),
+        "--out-samples",
+        both.to_str().unwrap(),
+        "--out-scores",
+        both.to_str().unwrap(),
+        "--model",
+        "m",
+        "--reward-model",
+        "rm",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--out-samples and --out-scores are both"), "{err}");
+    assert!(!both.exists());
+}

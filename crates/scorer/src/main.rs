@@ -9,7 +9,7 @@ use serde::Serialize;
 use wrpo_common::{
     export::{TrlExample, WrpoExample},
     hash::parse_shard,
-    io::{write_rows, write_text},
+    io::{check_paths, write_rows, write_text},
     pairs::Pair,
     prompts::Prompt,
     read_dataset,
@@ -220,6 +220,9 @@ fn parse_comparison(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// What `report` writes into its --out folder.
+const REPORT_FILES: [&str; 5] = ["report.parquet", "per-prompt.parquet", "paired.parquet", "report.png", "report.md"];
+
 /// A model with more than this share of its samples cut off is warned about.
 const TRUNCATED_WARNING: f64 = 0.2;
 
@@ -236,6 +239,7 @@ fn summary_path(out: &Path) -> PathBuf {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Score(a) => {
+            check_paths(&[("--out", &a.out)], &[("--prompts", &a.prompts), ("--samples", &a.samples)])?;
             if let Some(t) = a.threads {
                 // candle sizes its thread pool from this variable when first used.
                 std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
@@ -257,6 +261,9 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Report(args) => {
+            let written = REPORT_FILES.map(|f| args.out.join(f));
+            let outputs: Vec<(&str, &Path)> = written.iter().map(|p| ("--out", p.as_path())).collect();
+            check_paths(&outputs, &[("--prompts", &args.prompts), ("--scores", &args.scores)])?;
             let prompts: Vec<Prompt> = read_dataset(&args.prompts)?;
             let scored: Vec<ScoredSample> = read_dataset(&args.scores)?;
             let mut r = report::report(&prompts, &scored, &args.baseline, &args.compare, args.seed)?;
@@ -269,17 +276,22 @@ fn run(cli: Cli) -> Result<()> {
                 report::paired_markdown(&r.paired)
             );
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.scores)?;
-            write_dataset(&args.out.join("report.parquet"), &r.models, &prov)?;
-            write_dataset(&args.out.join("per-prompt.parquet"), &r.prompts, &prov)?;
-            write_dataset(&args.out.join("paired.parquet"), &r.paired, &prov)?;
-            report::chart(&r.models, &r.paired, &args.out.join("report.png"))?;
-            write_text(&args.out.join("report.md"), &table)?;
+            let [models, per_prompt, paired, png, md] = &written;
+            write_dataset(models, &r.models, &prov)?;
+            write_dataset(per_prompt, &r.prompts, &prov)?;
+            write_dataset(paired, &r.paired, &prov)?;
+            report::chart(&r.models, &r.paired, png)?;
+            write_text(md, &table)?;
             println!("{table}");
         }
         Command::SftSet(args) => {
             if !(0.0..=1.0).contains(&args.sft_fraction) {
                 bail!("--sft-fraction must lie in [0, 1], got {}", args.sft_fraction);
             }
+            check_paths(
+                &[("--out", &args.out), ("--out-preference", &args.out_preference)],
+                &[("--prompts", &args.prompts), ("--source-scores", &args.source_scores)],
+            )?;
             let prompts = read_dataset::<Prompt>(&args.prompts)?;
             let scores = read_dataset::<ScoredSample>(&args.source_scores)?;
             check_scores(&[(&args.source_scores, &scores)])?;
@@ -311,6 +323,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Export(args) => {
+            check_paths(&[("--out", &args.out)], &[("--pairs", &args.pairs)])?;
             let pairs = read_dataset::<Pair>(&args.pairs)?;
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.pairs)?;
             match args.format {
@@ -323,6 +336,9 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{} pairs -> {}", pairs.len(), args.out.display());
         }
         Command::Pairs(args) => {
+            let mut inputs = vec![("--prompts", args.prompts.as_path()), ("--source-scores", args.source_scores.as_path())];
+            inputs.extend(args.target_scores.as_deref().map(|p| ("--target-scores", p)));
+            check_paths(&[("--out", &args.out)], &inputs)?;
             let prompts = read_dataset::<Prompt>(&args.prompts)?;
             let source = read_dataset::<ScoredSample>(&args.source_scores)?;
             let mut prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.source_scores)?;

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use wrpo_common::{
     hash::shard_of,
-    io::{dataset_files, read_file, write_text},
+    io::{check_keys, dataset_files, read_file, write_text},
     progress::Progress,
     prompts::Prompt,
     samples::{FinishReason, Sample},
@@ -81,25 +81,9 @@ struct Work {
 
 /// Read every samples file under `samples`, refusing duplicate keys.
 fn read_samples(samples: &Path) -> Result<Vec<(Sample, PathBuf)>> {
-    let mut seen: HashMap<(String, String, u32), PathBuf> = HashMap::new();
-    let mut out = Vec::new();
-    for path in dataset_files(samples)? {
-        for row in read_file::<Sample>(&path)?.rows {
-            let key = (row.prompt_id.clone(), row.model.clone(), row.sample_index);
-            if let Some(first) = seen.insert(key, path.clone()) {
-                bail!(
-                    "{}: sample (prompt_id {}, model {}, sample_index {}) is also in {}",
-                    path.display(),
-                    row.prompt_id,
-                    row.model,
-                    row.sample_index,
-                    first.display()
-                );
-            }
-            out.push((row, path.clone()));
-        }
-    }
-    Ok(out)
+    let files = dataset_files(samples)?.iter().map(|p| read_file::<Sample>(p)).collect::<Result<Vec<_>>>()?;
+    check_keys(&files)?;
+    Ok(files.into_iter().flat_map(|f| f.rows.into_iter().map(move |r| (r, f.path.clone()))).collect())
 }
 
 /// (prompt_id, sample_index) already scored in `dir`, from the same settings.

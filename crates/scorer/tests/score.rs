@@ -345,7 +345,7 @@ fn bad_inputs_are_one_line_errors_naming_the_culprit() {
     write_dataset(Path::new(&run.path("samples/c/part-00000.parquet")), &dup, &prov).unwrap();
     write_dataset(Path::new(&run.path("samples/c/part-00001.parquet")), &dup, &prov).unwrap();
     let err = failed(score_bin(&run, &run.path("o2"), "exact", &[]));
-    assert!(err.contains("is also in") && err.contains("sample_index 0"), "{err}");
+    assert!(err.contains("as row 0 of") && err.contains("part-00000.parquet") && err.contains("sample_index) = (p0, c, 0)"), "{err}");
     assert!(!Path::new(&run.path("o2")).join("a").exists(), "nothing is written before the inputs are checked");
     std::fs::remove_dir_all(run.path("samples/c")).unwrap();
     // A prompt without a reference, for a reward that needs one.
@@ -359,4 +359,19 @@ fn bad_inputs_are_one_line_errors_naming_the_culprit() {
     // An unsupported reward folder.
     let err = failed(score_bin(&run, &run.path("o5"), &format!("rm:{}", repo().join("data/fixtures/llm/llama").display()), &[]));
     assert!(err.contains("LlamaForCausalLM") && err.lines().count() == 1, "{err}");
+}
+
+/// Outputs that would overwrite each other or an input are refused before
+/// any work, and nothing is written (sft-set used to keep only the
+/// preference prompts in X when both outputs were X).
+#[test]
+fn outputs_at_one_path_or_over_an_input_are_refused_before_work() {
+    let run = setup();
+    let wrpo_score = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_wrpo-score")).args(args).output().unwrap();
+    let (prompts, x) = (run.path("prompts.parquet"), run.path("x.parquet"));
+    let err = failed(wrpo_score(&["sft-set", "--prompts", &prompts, "--source-scores", &run.path("samples"), "--out", &x, "--out-preference", &x]));
+    assert!(err.contains("--out and --out-preference are both"), "{err}");
+    assert!(!Path::new(&x).exists());
+    let err = failed(score_bin(&run, &run.path("samples"), "exact", &[]));
+    assert!(err.contains("--out") && err.contains("the input --samples"), "{err}");
 }

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 use wrpo_common::{
-    io::{dataset_files, read_file},
+    io::{check_keys, check_paths, dataset_files, read_file},
     pairs::Pair,
     read_dataset,
     sft::SftExample,
@@ -356,6 +356,9 @@ fn run_cli(cli: Cli) -> Result<()> {
             set_threads(a.common.threads);
             let c = &a.common;
             check_settings(c, a.lr)?;
+            let mut inputs = vec![("--data", a.data.as_path()), ("--model", c.model.as_path())];
+            inputs.extend(a.eval_data.as_deref().map(|p| ("--eval-data", p)));
+            check_paths(&[("--out", &c.out)], &inputs)?;
             let rows = read_dataset::<SftExample>(&a.data)?;
             let (model, tokenizer) = load_model(&c.model)?;
             let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
@@ -379,6 +382,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             if a.micro_batch == 0 {
                 bail!("--micro-batch must be at least 1, got 0");
             }
+            check_paths(&[("--out", &a.out)], &[("--pairs", &a.pairs), ("--model", &a.model)])?;
             let mut pairs = read_dataset::<Pair>(&a.pairs)?;
             let model = Model::load_frozen(&a.model, DType::F32, &Device::Cpu)?;
             if model.weights.has_quantized() {
@@ -411,22 +415,24 @@ fn run_cli(cli: Cli) -> Result<()> {
             let objective = Objective { loss: a.loss, chosen: a.dpo_chosen, beta, label_smoothing: a.label_smoothing, gamma };
             check_settings(c, a.lr)?;
             check_objective(&objective, a.alpha_max)?;
+            let mut inputs = vec![("--pairs", a.pairs.as_path()), ("--model", c.model.as_path())];
+            inputs.extend(a.eval_pairs.as_deref().map(|p| ("--eval-pairs", p)));
+            check_paths(&[("--out", &c.out)], &inputs)?;
             let (model, tokenizer) = load_model(&c.model)?;
             let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
             // The pairs' reference log-probs must be this run's model's, tokenized as this run does.
             let reference = objective.needs_reference().then(|| ReferenceRecord::of(&c.model, &enc)).transpose()?;
             let read = |path: &Path| -> Result<Vec<Pair>> {
-                let mut rows = Vec::new();
-                for file in dataset_files(path)? {
-                    let f = read_file::<Pair>(&file)?;
+                let files = dataset_files(path)?.iter().map(|f| read_file::<Pair>(f)).collect::<Result<Vec<_>>>()?;
+                check_keys(&files)?;
+                for f in &files {
                     // Files without reference log-probs are refused by encode_pairs, naming the column.
                     let has_refs = f.rows.iter().any(|p| p.ref_logp_y_l.is_some());
                     if let Some(r) = reference.as_ref().filter(|_| has_refs) {
-                        r.check(&file, f.provenance.config.get("reference"))?;
+                        r.check(&f.path, f.provenance.config.get("reference"))?;
                     }
-                    rows.extend(f.rows);
                 }
-                Ok(rows)
+                Ok(files.into_iter().flat_map(|f| f.rows).collect())
             };
             let (examples, truncated) = encode_pairs(&enc, &read(&a.pairs)?, Some(&objective), &a.pairs)?;
             report_truncated(truncated, examples.len(), "pairs");
