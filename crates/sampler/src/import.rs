@@ -85,6 +85,16 @@ pub fn import_prompts(path: &Path, opts: &ImportOptions) -> Result<Imported> {
     let rows = read_rows(path)?;
     let origin = opts.origin.clone().unwrap_or_else(|| path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into()));
 
+    // A named reference column that no row has is a typo, not a set without references.
+    if let Some(column) = &opts.reference_column {
+        let objects: Vec<&serde_json::Map<String, Value>> = rows.iter().filter_map(|r| r.parsed.as_ref().ok()).collect();
+        if !objects.is_empty() && !objects.iter().any(|o| o.contains_key(column)) {
+            let mut columns: Vec<&String> = objects.iter().flat_map(|o| o.keys()).collect();
+            columns.sort();
+            columns.dedup();
+            bail!("{}: --reference-column '{column}' is in no row; its columns are {columns:?}", path.display());
+        }
+    }
     let mut out = Imported::default();
     let mut seen: HashMap<String, (usize, String)> = HashMap::new();
     for row in rows {
@@ -140,7 +150,9 @@ pub fn import_scored(path: &Path, model: &str, reward_model: &str) -> Result<Imp
     for row in read_rows(path)? {
         let converted = row.parsed.and_then(|obj| {
             let (id, messages, _) = convert(&obj, &ImportOptions::default())?;
-            let responses: Vec<String> = list(&obj, "all_generated_responses", "a string", |v| v.as_str().map(str::to_string))?;
+            // An empty response would become y_ws and be refused by training, far from here.
+            let responses: Vec<String> =
+                list(&obj, "all_generated_responses", "a non-empty string", |v| v.as_str().filter(|t| !t.trim().is_empty()).map(str::to_string))?;
             let scores: Vec<f64> = list(&obj, "all_rm_scores", "a finite number", |v| v.as_f64().filter(|x| x.is_finite()))?;
             if responses.is_empty() {
                 return Err("'all_generated_responses' is empty".into());
@@ -338,6 +350,7 @@ fn kind(v: &Value) -> &'static str {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
+        Value::String(s) if s.trim().is_empty() => "an empty string",
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",

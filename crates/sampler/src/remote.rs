@@ -214,8 +214,9 @@ impl RemoteModel {
     }
 }
 
-/// The sample in an HTTP 200 answer. No choice, an error object or a null
-/// content is a failure of the server to try again, never an empty sample.
+/// The sample in an HTTP 200 answer. No choice, an error object, a null or
+/// an empty content is a failure of the server to try again, never an empty
+/// sample (training refuses empty responses).
 fn parse_answer(answer: Value, prompt_text: &str) -> Result<Outcome, Failure> {
     if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
         return Err(Failure::transient(format!("HTTP 200 with an error: {error}")));
@@ -224,6 +225,7 @@ fn parse_answer(answer: Value, prompt_text: &str) -> Result<Outcome, Failure> {
         return Err(Failure::transient(format!("HTTP 200 without choices: {:.300}", answer.to_string())));
     };
     let response = match &choice["message"]["content"] {
+        Value::String(text) if text.trim().is_empty() => return Err(Failure::transient("HTTP 200 with an empty completion")),
         Value::String(text) => text.clone(),
         Value::Null => return Err(Failure::transient("HTTP 200 with choices[0].message.content null")),
         other => return Err(Failure::Fatal(format!("choices[0].message.content is {other}, expected a string"))),

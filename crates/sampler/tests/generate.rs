@@ -461,6 +461,7 @@ fn fake_openai_server() -> (String, RequestLog) {
                     ("empty", 1) => reply(&mut stream, "200 OK", "", r#"{"choices":[]}"#),
                     ("empty", 2) => reply(&mut stream, "200 OK", "", r#"{"error":{"message":"overloaded"}}"#),
                     ("empty", 3) => reply(&mut stream, "200 OK", "", r#"{"choices":[{"message":{"content":null},"finish_reason":"stop"}]}"#),
+                    ("empty", 4) => reply(&mut stream, "200 OK", "", r#"{"choices":[{"message":{"content":""},"finish_reason":"stop"}]}"#),
                     ("long", _) => reply(&mut stream, "400 Bad Request", "", r#"{"error":{"message":"maximum context length is 8 tokens"}}"#),
                     ("busy", 1) => reply(&mut stream, "429 Too Many Requests", "retry-after: 1\r\n", r#"{"error":{"message":"slow down"}}"#),
                     ("cut", 1) => {
@@ -516,7 +517,7 @@ fn remote_faults_are_retried_refusals_skipped_and_bad_keys_stop() {
 
     let log = log.lock().unwrap();
     let attempts = |m: &str| log.iter().filter(|(t, _)| t == m).map(|(_, at)| *at).collect::<Vec<_>>();
-    assert_eq!(attempts("empty").len(), 4, "empty choices, an error object and null content are each tried again");
+    assert_eq!(attempts("empty").len(), 5, "empty choices, an error object, null content and an empty completion are each tried again");
     assert_eq!(attempts("long").len(), 1, "a 400 is not tried again");
     assert_eq!(attempts("cut").len(), 2, "a body cut short is tried again");
     let busy = attempts("busy");

@@ -253,6 +253,7 @@ fn import_scored_names_every_bad_row_class_with_its_row() {
         json!({"prompt_id": "p7", "all_generated_responses": ["a"], "all_rm_scores": [1.0]}),
         json!({"prompt_id": "ok", "prompt": "another question", "all_generated_responses": ["a", "b"], "all_rm_scores": [0.1, 0.2]}),
         good("ok"),
+        json!({"prompt_id": "p8", "prompt": "q", "all_generated_responses": ["a", " "], "all_rm_scores": [0.1, 0.2]}),
     ];
     rows.push(json!([1, 2]));
     std::fs::write(&path, rows.iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
@@ -261,13 +262,14 @@ fn import_scored_names_every_bad_row_class_with_its_row() {
     let want = [
         ("line 2", "no 'all_generated_responses' column"),
         ("line 3", "'all_generated_responses' must be a list, found a string"),
-        ("line 4", "'all_generated_responses' item 1 (0-based) must be a string, found a number"),
+        ("line 4", "'all_generated_responses' item 1 (0-based) must be a non-empty string, found a number"),
         ("line 5", "2 responses but 1 scores in 'all_rm_scores'"),
         ("line 6", "'all_rm_scores' item 0 (0-based) must be a finite number, found null"),
         ("line 7", "'all_generated_responses' is empty"),
         ("line 8", "no 'prompt', 'messages' or 'conversations' column"),
         ("line 9", "prompt_id 'ok' is already used by line 1 for other content"),
-        ("line 11", "expected a JSON object, found a list"),
+        ("line 11", "'all_generated_responses' item 1 (0-based) must be a non-empty string, found an empty string"),
+        ("line 12", "expected a JSON object, found a list"),
     ];
     assert_eq!(got, want.map(|(l, r)| (l.to_string(), r.to_string())));
     assert_eq!(imported.duplicates, 1, "line 10 repeats line 1");
@@ -297,7 +299,7 @@ fn import_scored_names_every_bad_row_class_with_its_row() {
     assert!(!samples.exists() && !scores.exists());
     assert!(run(&["--skip-bad"]).status.success());
     assert_eq!(read_dataset::<ScoredSample>(&scores).unwrap().len(), 2);
-    assert_eq!(std::fs::read_to_string(scores.join("m.rejected.jsonl")).unwrap().lines().count(), 9);
+    assert_eq!(std::fs::read_to_string(scores.join("m.rejected.jsonl")).unwrap().lines().count(), 10);
     let again = run(&["--skip-bad"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"), "a second import never mixes with the first");
 }
@@ -339,4 +341,17 @@ fn import_scored_refuses_one_folder_for_both_outputs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--out-samples and --out-scores are both"), "{err}");
     assert!(!both.exists());
+}
+
+/// A --reference-column that no row has is a typo: refused, naming the
+/// columns there are (it used to import every reference as null).
+#[test]
+fn a_reference_column_in_no_row_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "p.jsonl", "{\"prompt\": \"hi\", \"reference\": \"hello\"}\n{\"prompt\": \"2+2?\", \"reference\": \"4\"}\n");
+    let opts = |column: &str| ImportOptions { reference_column: Some(column.into()), ..ImportOptions::default() };
+    let err = import_prompts(&path, &opts("answer")).err().unwrap().to_string();
+    assert!(err.contains("--reference-column 'answer' is in no row") && err.contains("\"reference\""), "{err}");
+    let imported = import_prompts(&path, &opts("reference")).unwrap();
+    assert_eq!(imported.prompts[1].reference.as_deref(), Some("4"));
 }

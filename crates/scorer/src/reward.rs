@@ -43,6 +43,9 @@ impl RewardSpec {
             "exact" if arg.is_none() => Ok(RewardSpec::Exact),
             "numeric" => {
                 let tolerance = arg.map_or(Ok(1e-6), |a| a.parse::<f64>().map_err(|_| format!("--reward numeric:TOL: '{a}' is not a number")))?;
+                if !(tolerance.is_finite() && tolerance >= 0.0) {
+                    return Err(format!("--reward numeric:TOL: the tolerance must be a finite number of 0 or more, got {tolerance}"));
+                }
                 Ok(RewardSpec::Numeric { tolerance })
             }
             _ => Err(format!("--reward takes rm:PATH, similarity:PATH, exact or numeric[:TOLERANCE]; got '{text}'")),
@@ -540,6 +543,10 @@ mod tests {
         assert_eq!(RewardSpec::parse("rm:models/rm").unwrap(), RewardSpec::Rm { path: "models/rm".into() });
         assert_eq!(RewardSpec::parse("numeric").unwrap(), RewardSpec::Numeric { tolerance: 1e-6 });
         assert_eq!(RewardSpec::parse("numeric:0.01").unwrap(), RewardSpec::Numeric { tolerance: 0.01 });
+        // A negative or non-finite tolerance would score every correct answer 0.
+        for bad in ["numeric:-1", "numeric:nan", "numeric:inf"] {
+            assert!(RewardSpec::parse(bad).unwrap_err().contains("finite number of 0 or more"), "{bad}");
+        }
         assert!(RewardSpec::parse("similarity:").unwrap_err().contains("needs a path"));
         assert!(RewardSpec::parse("bleu").unwrap_err().contains("rm:PATH"));
     }
