@@ -89,6 +89,9 @@ pub trait Sink {
     fn push(&mut self, prompt_id: &str, sample_index: u32, outcome: Outcome) -> Result<()>;
     /// Ctrl-C was pressed: stop taking new work.
     fn interrupted(&self) -> bool;
+    /// The output already holds samples of this model from earlier runs:
+    /// refusals of the remaining prompts then say nothing about the settings.
+    fn has_earlier_samples(&self) -> bool;
 }
 
 /// A model that makes samples.

@@ -22,7 +22,7 @@ use wrpo_common::{
     progress::Progress,
     prompts::{Prompt, Split},
     samples::{FinishReason, Sample},
-    Provenance, ShardWriter,
+    write_dataset, Provenance, ShardWriter,
 };
 
 use crate::{
@@ -91,6 +91,9 @@ pub struct RunOptions {
     /// Rows per committed shard (a shard is also committed every minute).
     pub shard_rows: usize,
     pub remote: RemoteOptions,
+    /// Count skipped samples (a prompt too long, a server's refusal) as done
+    /// when resuming; by default a rerun tries them again.
+    pub keep_skipped: bool,
     /// Tests: abort the process, as a crash would, after this many shards.
     #[serde(skip)]
     pub abort_after_shards: Option<usize>,
@@ -146,8 +149,11 @@ pub fn generate(
             }
         })
         .collect::<Result<_>>()?;
-    let plans: Vec<(Vec<Job>, usize)> =
-        models.iter().zip(&provs).map(|(spec, prov)| plan(prompts, &out.join(&spec.alias), spec, settings, prov)).collect::<Result<_>>()?;
+    let plans: Vec<(Vec<Job>, usize)> = models
+        .iter()
+        .zip(&provs)
+        .map(|(spec, prov)| plan(prompts, &out.join(&spec.alias), spec, settings, prov, run.keep_skipped))
+        .collect::<Result<_>>()?;
     let total: usize = plans.iter().map(|(jobs, _)| jobs.iter().map(|j| j.sample_indices.len()).sum::<usize>()).sum();
     let mut progress = Progress::new(total as u64, "samples");
     for (((spec, engine), (jobs, already)), prov) in models.iter().zip(engines).zip(plans).zip(provs) {
@@ -169,6 +175,7 @@ pub fn generate(
             abort_after_shards: run.abort_after_shards,
             interrupted: interrupted.clone(),
             progress: &mut progress,
+            earlier: already,
         };
         sink.progress.set_model(&spec.alias);
         let started = Instant::now();
@@ -211,8 +218,15 @@ impl Engine {
 
 /// The jobs still to do for `spec`: every (prompt, sample_index) not yet in
 /// `dir`, and how many are. Existing shards must come from the same settings.
-fn plan<'a>(prompts: &'a [Prompt], dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Provenance) -> Result<(Vec<Job<'a>>, usize)> {
-    let done = existing_samples(dir, spec, settings, prov)?;
+fn plan<'a>(
+    prompts: &'a [Prompt],
+    dir: &Path,
+    spec: &ModelSpec,
+    settings: &Settings,
+    prov: &Provenance,
+    keep_skipped: bool,
+) -> Result<(Vec<Job<'a>>, usize)> {
+    let done = existing_samples(dir, spec, settings, prov, keep_skipped)?;
     let jobs = prompts
         .iter()
         .map(|p| Job { prompt: p, sample_indices: (0..settings.n).filter(|&i| !done.contains(&(p.prompt_id.clone(), i))).collect() })
@@ -224,7 +238,9 @@ fn plan<'a>(prompts: &'a [Prompt], dir: &Path, spec: &ModelSpec, settings: &Sett
 /// (prompt_id, sample_index) of the samples already committed in `dir`.
 /// They must come from the same model, settings (but for `--n`: raising it
 /// makes only the new samples) and content of the model and prompts files.
-fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Provenance) -> Result<HashSet<(String, u32)>> {
+/// Skipped rows are taken out of their shards to be made again, unless
+/// `keep_skipped`.
+fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Provenance, keep_skipped: bool) -> Result<HashSet<(String, u32)>> {
     let mut done = HashSet::new();
     if !dir.exists() || dataset_files(dir).is_err() {
         return Ok(done);
@@ -259,7 +275,19 @@ fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Pr
                 want_settings
             );
         }
-        for row in file.rows {
+        let rows = if keep_skipped || file.rows.iter().all(|r| r.finish_reason != FinishReason::Skipped) {
+            file.rows
+        } else {
+            // The shard rewritten atomically without them (or removed if nothing else is left).
+            let kept: Vec<Sample> = file.rows.into_iter().filter(|r| r.finish_reason != FinishReason::Skipped).collect();
+            if kept.is_empty() {
+                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            } else {
+                write_dataset(&path, &kept, &file.provenance)?;
+            }
+            kept
+        };
+        for row in rows {
             if !done.insert((row.prompt_id.clone(), row.sample_index)) {
                 bail!("{}: sample ({}, {}) is already in another shard of {}", path.display(), row.prompt_id, row.sample_index, dir.display());
             }
@@ -280,6 +308,8 @@ struct ShardSink<'a> {
     abort_after_shards: Option<usize>,
     interrupted: Arc<AtomicBool>,
     progress: &'a mut Progress,
+    /// Samples of this model the output held before this run.
+    earlier: usize,
 }
 
 /// A shard is committed at least this often, so a crash loses little work.
@@ -328,5 +358,9 @@ impl Sink for ShardSink<'_> {
 
     fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::SeqCst)
+    }
+
+    fn has_earlier_samples(&self) -> bool {
+        self.earlier > 0
     }
 }

@@ -168,6 +168,10 @@ struct GenerateArgs {
     /// Rows per committed shard; a shard is also committed every minute.
     #[arg(long, default_value_t = 1000)]
     shard_rows: usize,
+    /// On a rerun, keep skipped samples (a prompt too long, a server's
+    /// refusal) as done instead of trying them again.
+    #[arg(long)]
+    keep_skipped: bool,
     /// Requests in flight per remote model.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -339,6 +343,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             connect_timeout_seconds: a.connect_timeout,
             api_key_env: a.api_key_env,
         },
+        keep_skipped: a.keep_skipped,
         abort_after_shards: a.abort_after_shards,
     };
     let all: Vec<Prompt> = read_dataset(&a.prompts)?;

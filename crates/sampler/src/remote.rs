@@ -321,9 +321,22 @@ impl Backend for RemoteModel {
                     stop.store(true, Ordering::SeqCst);
                 }
             }
-            // Fewer refusals than that, and no success: those prompts are too long.
+            // Every request refused, however few, on an output with no
+            // sample of this model yet: the settings or the server are at
+            // fault, not the prompts, and nothing is written. After earlier
+            // samples, those prompts are the server's to refuse: skipped rows.
             if failure.is_none() {
-                held.into_iter().flatten().try_for_each(|(i, o)| push(sink, work[i], o))?;
+                let refused = held.unwrap_or_default();
+                match refused.last() {
+                    Some((_, last)) if !sink.has_earlier_samples() => {
+                        let Finish::Skipped(why) = &last.finish else { unreachable!("held rows are refusals") };
+                        bail!(
+                            "all {} requests were refused, the last with {why}; nothing was written: check the sampling settings against what the server accepts",
+                            refused.len()
+                        );
+                    }
+                    _ => refused.into_iter().try_for_each(|(i, o)| push(sink, work[i], o))?,
+                }
             }
             failure.map_or(Ok(()), Err)
         })

@@ -515,19 +515,24 @@ fn remote_faults_are_retried_refusals_skipped_and_bad_keys_stop() {
         "{long:?}"
     );
 
-    let log = log.lock().unwrap();
-    let attempts = |m: &str| log.iter().filter(|(t, _)| t == m).map(|(_, at)| *at).collect::<Vec<_>>();
+    let seen = log.lock().unwrap();
+    let attempts = |m: &str| seen.iter().filter(|(t, _)| t == m).map(|(_, at)| *at).collect::<Vec<_>>();
     assert_eq!(attempts("empty").len(), 5, "empty choices, an error object, null content and an empty completion are each tried again");
     assert_eq!(attempts("long").len(), 1, "a 400 is not tried again");
     assert_eq!(attempts("cut").len(), 2, "a body cut short is tried again");
     let busy = attempts("busy");
     assert_eq!(busy.len(), 2);
     assert!(busy[1] - busy[0] >= std::time::Duration::from_millis(950), "Retry-After: 1 honoured, waited {:?}", busy[1] - busy[0]);
-    drop(log);
+    drop(seen);
 
-    // A rerun has nothing left to do: the skipped row counts as done.
+    // A rerun tries the refused prompt again (the server may take it now),
+    // replacing its skipped row; with --keep-skipped it has nothing to do.
     let again = ok(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY"]].concat(), Some("sekrit")));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("0 samples to make"));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("1 samples to make, 4 already"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(read_dataset::<Sample>(Path::new(&out)).unwrap().len(), 5, "the new skipped row replaced the old one");
+    assert_eq!(log.lock().unwrap().iter().filter(|(t, _)| t == "long").count(), 2);
+    let kept = ok(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY", "--keep-skipped"]].concat(), Some("sekrit")));
+    assert!(String::from_utf8_lossy(&kept.stderr).contains("0 samples to make"));
 }
 
 #[test]
@@ -542,5 +547,11 @@ fn a_server_refusing_every_request_stops_the_run_without_skipped_rows() {
     command.args(["generate", "--prompts", &prompts, "--model", &model, "--out", &out, "--n", "9", "--max-new-tokens", "8"]);
     let err = failed(command.env("OPENAI_API_KEY", "sekrit").output().unwrap());
     assert!(err.contains("the first 8 requests were all refused") && err.contains("HTTP 400"), "{err}");
+    assert!(dataset_files(Path::new(&out).join("remote").as_path()).map_or(true, |f| f.is_empty()), "no skipped row committed");
+    // Fewer requests than that, all refused: the run fails all the same, writing nothing.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wrpo-sample"));
+    command.args(["generate", "--prompts", &prompts, "--model", &model, "--out", &out, "--n", "2", "--max-new-tokens", "8"]);
+    let err = failed(command.env("OPENAI_API_KEY", "sekrit").output().unwrap());
+    assert!(err.contains("all 2 requests were refused") && err.contains("nothing was written"), "{err}");
     assert!(dataset_files(Path::new(&out).join("remote").as_path()).map_or(true, |f| f.is_empty()), "no skipped row committed");
 }
