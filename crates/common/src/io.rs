@@ -156,6 +156,25 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
     file.commit()
 }
 
+/// Refuse to replace a file that is not a dataset of kind `T` (another
+/// kind, an input such as a JSON-lines file, anything not ours): a rerun
+/// replaces its own output, never something else that sits at that path.
+fn check_replaceable<T: Dataset>(path: &Path) -> Result<()> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let kind = File::open(path).ok().and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok()).and_then(|b| {
+        b.metadata().file_metadata().key_value_metadata().and_then(|kv| kv.iter().find(|e| e.key == keys::SCHEMA)).and_then(|e| e.value.clone())
+    });
+    match kind {
+        Some(k) if k == T::NAME => Ok(()),
+        Some(k) => {
+            bail!("{} holds a '{k}' dataset; this would replace it with a '{}' dataset: give another path, or delete it", path.display(), T::NAME)
+        }
+        None => bail!("{} exists and is not a '{}' dataset written by wrpo: give another path, or delete it", path.display(), T::NAME),
+    }
+}
+
 /// Write `rows` to the Parquet file `path`, atomically, with ZSTD compression
 /// and the dataset's schema name, version and `prov` in the key-value metadata.
 pub fn write_dataset<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> Result<()> {
@@ -163,6 +182,7 @@ pub fn write_dataset<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> 
     for (i, row) in rows.iter().enumerate() {
         row.check().map_err(|e| anyhow!("{}: row {i} (0-based) of {} is invalid, nothing was written: {e}", path.display(), T::NAME))?;
     }
+    check_replaceable::<T>(path)?;
     let fields = T::fields();
     let schema = Arc::new(Schema::new(fields.clone()));
     let props = WriterProperties::builder()
@@ -460,7 +480,16 @@ pub fn read_file<T: Dataset>(path: &Path) -> Result<DatasetFile<T>> {
         let batch = batch.with_context(|| format!("cannot decode {shown}"))?;
         check_nulls(path, &batch, &expected, rows.len())?;
         let batch = conform(path, &batch, &expected)?;
-        let decoded: Vec<T> = serde_arrow::from_record_batch(&batch).with_context(|| format!("{shown}: cannot decode {} rows", T::NAME))?;
+        let decoded: Vec<T> = match serde_arrow::from_record_batch(&batch) {
+            Ok(rows) => rows,
+            // Name the first row that fails (an unknown enum value, say), decoding them one by one.
+            Err(e) => {
+                let bad = (0..batch.num_rows()).find_map(|i| serde_arrow::from_record_batch::<Vec<T>>(&batch.slice(i, 1)).err().map(|e| (i, e)));
+                let (row, e) = bad.map_or((None, e), |(i, e)| (Some(rows.len() + i), e));
+                let at = row.map_or(String::new(), |r| format!(" row {r} (0-based):"));
+                bail!("{shown}:{at} cannot decode it as a '{}' row: {e}", T::NAME);
+            }
+        };
         for (i, row) in decoded.iter().enumerate() {
             row.check().map_err(|e| anyhow!("{shown}: row {} (0-based): {e}", rows.len() + i))?;
         }

@@ -471,3 +471,44 @@ fn duplicate_keys_and_infinite_rewards_are_refused_on_read() {
     let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
     assert!(err.contains("inf.parquet: row 0") && err.contains("reward is -inf"), "{err}");
 }
+
+/// An unknown value in an enum column (as another tool may write) is named
+/// with its row, not only as a batch that does not decode.
+#[test]
+fn an_unknown_enum_value_is_named_with_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.parquet");
+    let s = |v: [&str; 2]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+    let u = |v: [u32; 2]| Arc::new(arrow::array::UInt32Array::from(v.to_vec())) as ArrayRef;
+    let columns = vec![
+        ("prompt_id", s(["p", "q"])),
+        ("model", s(["m", "m"])),
+        ("sample_index", u([0, 0])),
+        ("response", s(["r", "r"])),
+        ("response_tokens", u([1, 1])),
+        ("finish_reason", s(["stop", "exploded"])),
+        ("reward", Arc::new(Float64Array::from(vec![0.5, 0.5])) as ArrayRef),
+        ("reward_model", s(["rm", "rm"])),
+    ];
+    write_raw(&path, columns, META.to_vec());
+    let err = read_dataset::<ScoredSample>(&path).unwrap_err().to_string();
+    assert!(err.contains("odd.parquet: row 1 (0-based)") && err.contains("exploded"), "{err}");
+}
+
+/// A single-file output replaces a dataset of its own kind (a rerun), never
+/// one of another kind or a file that is not ours, as folders already refuse.
+#[test]
+fn a_file_output_never_replaces_another_kind_of_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_dataset(&path, &[prompt(1)], &prov()).unwrap();
+    write_dataset(&path, &[prompt(2)], &prov()).unwrap();
+    let err = write_dataset(&path, &[pair(0)], &prov()).unwrap_err().to_string();
+    assert!(err.contains("holds a 'prompts' dataset; this would replace it with a 'pairs' dataset"), "{err}");
+    assert_eq!(read_dataset::<Prompt>(&path).unwrap(), vec![prompt(2)]);
+    let text = dir.path().join("input.jsonl");
+    fs::write(&text, "{\"prompt\": \"hi\"}\n").unwrap();
+    let err = write_dataset(&text, &[prompt(1)], &prov()).unwrap_err().to_string();
+    assert!(err.contains("is not a 'prompts' dataset written by wrpo"), "{err}");
+    assert_eq!(fs::read_to_string(&text).unwrap(), "{\"prompt\": \"hi\"}\n");
+}

@@ -216,7 +216,8 @@ pub fn import_scored(path: &Path, model: &str, reward_model: &str) -> Result<Imp
 /// The list in `column`, every item converted by `item` (None: not `what`).
 fn list<T>(obj: &Map<String, Value>, column: &str, what: &str, item: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>, String> {
     let values = match obj.get(column) {
-        None | Some(Value::Null) => return Err(format!("no '{column}' column")),
+        None => return Err(format!("no '{column}' column")),
+        Some(Value::Null) => return Err(format!("'{column}' is null; expected a list")),
         Some(Value::Array(values)) => values,
         Some(v) => return Err(format!("'{column}' must be a list, found {}", kind(v))),
     };
@@ -247,6 +248,8 @@ fn jsonl_rows(path: &Path) -> Result<Vec<RawRow>> {
     let mut rows = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // A byte-order mark (as some Windows tools write) starts the file, not the JSON.
+        let line = if i == 0 { line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line) } else { line };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

@@ -355,3 +355,17 @@ fn a_reference_column_in_no_row_is_an_error() {
     let imported = import_prompts(&path, &opts("reference")).unwrap();
     assert_eq!(imported.prompts[1].reference.as_deref(), Some("4"));
 }
+
+/// A JSON-lines file that starts with a UTF-8 byte-order mark imports as
+/// without it; a null where a list belongs is named as null, not as a
+/// missing column.
+#[test]
+fn a_byte_order_mark_is_accepted_and_a_null_column_is_named_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bom.jsonl", "\u{feff}{\"prompt\": \"hi\"}\n{\"prompt\": \"there\"}\n");
+    let imported = import_prompts(&path, &ImportOptions::default()).unwrap();
+    assert_eq!((imported.prompts.len(), imported.rejected.len()), (2, 0));
+    let path = write(dir.path(), "null.jsonl", "{\"prompt\": \"q\", \"all_generated_responses\": null, \"all_rm_scores\": [0.1]}\n");
+    let imported = import_scored(&path, "m", "rm").unwrap();
+    assert_eq!(imported.rejected[0].reason, "'all_generated_responses' is null; expected a list");
+}
