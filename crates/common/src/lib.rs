@@ -40,10 +40,33 @@ pub fn interrupt_flag(what: &'static str) -> anyhow::Result<std::sync::Arc<std::
 }
 
 /// End a binary's `main`: on error print `BIN: error: ...` with the whole
-/// chain of causes (file, column, row) and exit non-zero.
-pub fn exit_on_error(bin: &str, result: anyhow::Result<()>) {
+/// chain of causes (file, column, row) and exit non-zero. Backtraces that a
+/// library captured (candle does when RUST_BACKTRACE is set) are left out
+/// unless `verbose` (the binaries' `-v`).
+pub fn exit_on_error(bin: &str, verbose: bool, result: anyhow::Result<()>) {
     if let Err(e) = result {
-        eprintln!("{bin}: error: {e:#}");
+        let text = format!("{e:#}");
+        eprintln!("{bin}: error: {}", if verbose { text } else { without_backtraces(&text) });
         std::process::exit(1);
+    }
+}
+
+/// `text` without the lines of a backtrace ("   3: path::fn" and "at file:line").
+pub fn without_backtraces(text: &str) -> String {
+    let frame = |line: &str| {
+        let t = line.trim_start();
+        let numbered = t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        line.starts_with(' ') && (numbered || t.starts_with("at "))
+    };
+    text.lines().filter(|l| !frame(l)).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backtrace_lines_go_and_our_own_lines_stay() {
+        let text =
+            "x.gguf is not readable: cut short\n   0: candle_core::error::Error::bt\n             at /src/error.rs:260:25\n  p.jsonl:line 4: bad row";
+        assert_eq!(super::without_backtraces(text), "x.gguf is not readable: cut short\n  p.jsonl:line 4: bad row");
     }
 }

@@ -42,13 +42,25 @@ pub fn is_gguf(path: &Path) -> bool {
 impl Gguf {
     pub fn open(path: &Path) -> Result<Self> {
         let mut reader = BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
-        let content = gguf_file::Content::read(&mut reader).with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
-        Ok(Gguf { path: path.to_path_buf(), content })
+        let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+            // Its first line, without the backtrace candle may capture; and what a missing-bytes message usually means.
+            let text = e.to_string();
+            let message = text.lines().next().unwrap_or_default();
+            let hint = if message.contains("remaining") || message.contains("fill whole buffer") {
+                " (its header is cut short: an interrupted download?)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("{} is not a readable GGUF file{hint}: {message}", path.display())
+        })?;
+        let gguf = Gguf { path: path.to_path_buf(), content };
+        gguf.check_extents()?;
+        Ok(gguf)
     }
 
     /// Refuse a file cut short: every tensor's data must lie inside it
-    /// (checked from the header alone, before anything is read).
-    pub fn check_extents(&self) -> Result<()> {
+    /// (checked from the header alone, before anything is read; `open` does).
+    fn check_extents(&self) -> Result<()> {
         let len = std::fs::metadata(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?.len();
         for (name, info) in &self.content.tensor_infos {
             let bytes = (info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()) as u64;

@@ -23,6 +23,9 @@ use wrpo_sampler::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// On an error, also print any backtrace a library captured (RUST_BACKTRACE).
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -203,7 +206,8 @@ enum SplitArg {
 
 fn main() {
     wrpo_llm::setup_process();
-    wrpo_common::exit_on_error("wrpo-sample", run(Cli::parse()));
+    let cli = Cli::parse();
+    wrpo_common::exit_on_error("wrpo-sample", cli.verbose, run(cli));
 }
 
 fn run(cli: Cli) -> Result<()> {

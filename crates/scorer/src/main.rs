@@ -31,6 +31,9 @@ const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// On an error, also print any backtrace a library captured (RUST_BACKTRACE).
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -228,7 +231,8 @@ const TRUNCATED_WARNING: f64 = 0.2;
 
 fn main() {
     wrpo_llm::setup_process();
-    wrpo_common::exit_on_error("wrpo-score", run(Cli::parse()));
+    let cli = Cli::parse();
+    wrpo_common::exit_on_error("wrpo-score", cli.verbose, run(cli));
 }
 
 /// `OUT.parquet` -> `OUT.summary.json`: where a single-file output's summary goes.
@@ -295,7 +299,7 @@ fn run(cli: Cli) -> Result<()> {
             let prompts = read_dataset::<Prompt>(&args.prompts)?;
             let scores = read_dataset::<ScoredSample>(&args.source_scores)?;
             check_scores(&[(&args.source_scores, &scores)])?;
-            let truncated = truncated_shares(&[&scores], TRUNCATED_WARNING);
+            let truncated = truncated_shares(&[&scores], TRUNCATED_WARNING, args.allow_truncated);
             let split = sft_split(&prompts, &ByPrompt::new(&scores), args.sft_fraction, args.seed, args.allow_truncated);
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.source_scores)?;
             write_dataset(&args.out, &split.sft, &prov)?;
@@ -353,7 +357,7 @@ fn run(cli: Cli) -> Result<()> {
             let target_path = args.target_scores.clone().unwrap_or_default();
             check_scores(&[(&args.source_scores, &source), (&target_path, &target)])?;
             let opts = PairOptions { strategy: args.strategy, allow_truncated: args.allow_truncated, min_gap: args.min_gap, max_gap: args.max_gap };
-            let truncated = truncated_shares(&[&source, &target], TRUNCATED_WARNING);
+            let truncated = truncated_shares(&[&source, &target], TRUNCATED_WARNING, args.allow_truncated);
             let (pairs, dropped) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &opts);
             if pairs.is_empty() {
                 bail!("no pair could be built from {} prompts: {}", prompts.len(), serde_json::to_string(&dropped)?);

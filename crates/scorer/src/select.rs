@@ -92,7 +92,7 @@ fn worst<'a>(samples: &[&'a ScoredSample]) -> Option<&'a ScoredSample> {
 /// a warning on standard error for every model above `warn_above`: those
 /// samples are set aside by selection, and many of them mean the sampler's
 /// --max-new-tokens is too small for the answers.
-pub fn truncated_shares(sets: &[&[ScoredSample]], warn_above: f64) -> BTreeMap<String, f64> {
+pub fn truncated_shares(sets: &[&[ScoredSample]], warn_above: f64, allow_truncated: bool) -> BTreeMap<String, f64> {
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for s in sets.iter().flat_map(|rows| rows.iter()).filter(|s| s.finish_reason != FinishReason::Skipped) {
         let c = counts.entry(s.model.clone()).or_default();
@@ -100,10 +100,14 @@ pub fn truncated_shares(sets: &[&[ScoredSample]], warn_above: f64) -> BTreeMap<S
         c.1 += 1;
     }
     let shares: BTreeMap<String, f64> = counts.into_iter().map(|(m, (cut, all))| (m, cut as f64 / all as f64)).collect();
+    let fate = if allow_truncated {
+        "--allow-truncated lets them be chosen and rejected"
+    } else {
+        "they are neither chosen nor rejected (or pass --allow-truncated)"
+    };
     for (model, share) in shares.iter().filter(|(_, &share)| share > warn_above) {
         eprintln!(
-            "warning: {:.0}% of {model}'s samples were cut off by the token limit; they are neither chosen nor rejected \
-             (raise --max-new-tokens when sampling, or pass --allow-truncated)",
+            "warning: {:.0}% of {model}'s samples were cut off by the token limit (raise --max-new-tokens when sampling); {fate}",
             100.0 * share
         );
     }

@@ -153,7 +153,7 @@ fn a_truncated_response_is_neither_chosen_nor_rejected_unless_allowed() {
     assert_eq!((split.sft.len(), split.only_truncated), (2, 1));
     assert_eq!(split.sft[0].response, "source");
     // The cut-off share per model, for the warning and the summary.
-    let shares = truncated_shares(&[&source, &target], 0.2);
+    let shares = truncated_shares(&[&source, &target], 0.2, false);
     assert_eq!((shares["a"], shares["t"]), (0.5, 3.0 / 8.0));
 }
 

@@ -28,6 +28,9 @@ use wrpo_trainer::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// On an error, also print any backtrace a library captured (RUST_BACKTRACE).
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -218,7 +221,8 @@ struct WrpoArgs {
 
 fn main() {
     wrpo_llm::setup_process();
-    wrpo_common::exit_on_error("wrpo-train", run_cli(Cli::parse()));
+    let cli = Cli::parse();
+    wrpo_common::exit_on_error("wrpo-train", cli.verbose, run_cli(cli));
 }
 
 fn set_threads(threads: Option<usize>) {

@@ -404,3 +404,30 @@ fn bad_settings_are_refused_first_and_a_failed_run_does_not_block_its_rerun() {
     ok(s.wrpo_on("pairs-ref.parquet", "rerun", &["--label-smoothing", "0.1"]));
     assert!(Path::new(&s.path("rerun/final")).exists());
 }
+
+/// A GGUF file cut short (in its header, or in its tensors) is named as such
+/// by the trainer too, in one line even with RUST_BACKTRACE=1 (candle then
+/// captures backtraces, which `-v` would print).
+#[test]
+fn a_cut_gguf_is_named_in_one_line_even_with_backtraces_on() {
+    let s = Setup::new();
+    let whole = std::fs::read(repo().join("data/fixtures/llm/gguf/llama.q8_0.gguf")).unwrap();
+    for (name, keep) in [("header.gguf", 200), ("tensors.gguf", whole.len() / 2)] {
+        let cut = s.dir.path().join(name);
+        std::fs::write(&cut, &whole[..keep]).unwrap();
+        let run = |verbose: bool| {
+            let mut args = vec!["sft", "--model", cut.to_str().unwrap(), "--data", &s.path("sft.parquet"), "--out", &s.path("o")]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>();
+            if verbose {
+                args.push("-v".into());
+            }
+            Command::new(env!("CARGO_BIN_EXE_wrpo-train")).args(&args).env("RUST_BACKTRACE", "1").output().unwrap()
+        };
+        let err = failed(run(false));
+        assert!(err.contains(name) && err.contains("cut short"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(failed(run(true)).contains("cut short"), "-v says the same, with whatever backtrace there is");
+    }
+}
