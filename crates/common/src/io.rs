@@ -257,24 +257,36 @@ impl DirLock {
                     return Ok(DirLock(path));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = fs::read_to_string(&path).unwrap_or_default();
-                    let (host, pid) = holder.trim().split_once(' ').unwrap_or(("?", "?"));
-                    // A process of this machine that is gone (killed, crashed) left it behind.
-                    let gone = host == hostname() && pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
-                    if !gone {
-                        bail!(
-                            "{} is being written by process {pid} on {host} ({}); wait for it to finish, or delete that file if the process is gone",
-                            dir.display(),
-                            path.display()
-                        );
+                    check_unlocked(dir)?;
+                    match fs::remove_file(&path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(e).with_context(|| format!("cannot remove the stale lock {}", path.display()))
+                        }
+                        _ => {}
                     }
-                    fs::remove_file(&path).with_context(|| format!("cannot remove the stale lock {}", path.display()))?;
                 }
                 Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
             }
         }
         bail!("cannot take the lock {}", path.display())
     }
+}
+
+/// Refuse a folder that a live process is writing (its `.lock`), before any
+/// work; a lock whose process of this machine is gone (killed, crashed) is stale.
+pub fn check_unlocked(dir: &Path) -> Result<()> {
+    let path = dir.join(".lock");
+    let Ok(holder) = fs::read_to_string(&path) else { return Ok(()) };
+    let (host, pid) = holder.trim().split_once(' ').unwrap_or(("?", "?"));
+    let gone = host == hostname() && pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+    if !gone {
+        bail!(
+            "{} is being written by process {pid} on {host} ({}); wait for it to finish, or delete that file if the process is gone",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 impl Drop for DirLock {
@@ -415,6 +427,10 @@ pub fn check_paths(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Resul
                 bail!("{flag} {} is (or lies inside) the input {input_flag} {}: writing it would destroy that input", out.display(), input.display());
             }
         }
+    }
+    // Writable, found out now rather than after the work: a temporary file beside each output, removed at once.
+    for (flag, out) in outputs {
+        AtomicFile::create(out).with_context(|| format!("{flag} {}: cannot write there", out.display()))?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use wrpo_common::{
     hash::shard_of,
-    io::{dataset_files, read_file},
+    io::{check_unlocked, dataset_files, read_file},
     progress::Progress,
     prompts::{Prompt, Split},
     samples::{FinishReason, Sample},
@@ -122,6 +122,13 @@ pub fn generate(
     if settings.n == 0 {
         bail!("--n must be at least 1");
     }
+    let aliases: HashSet<&str> = models.iter().map(|m| m.alias.as_str()).collect();
+    if aliases.len() != models.len() {
+        bail!("two --model options have the same alias; write alias=PATH to tell them apart");
+    }
+    for spec in models {
+        check_unlocked(&out.join(&spec.alias))?;
+    }
     // Check every model before writing anything.
     let mut engines = Vec::new();
     for spec in models {
@@ -131,10 +138,6 @@ pub fn generate(
             Source::Openai { base_url, served_name } => RemoteModel::connect(base_url, served_name, &run.remote).map(|m| Engine::Ready(Box::new(m))),
         };
         engines.push(engine.with_context(|| format!("model '{}'", spec.alias))?);
-    }
-    let aliases: HashSet<&str> = models.iter().map(|m| m.alias.as_str()).collect();
-    if aliases.len() != models.len() {
-        bail!("two --model options have the same alias; write alias=PATH to tell them apart");
     }
 
     // What each model's shards record as their inputs: the prompts and the model file's content.

@@ -354,6 +354,16 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
     write_dataset(&dup_path, &dup, &Provenance::new("test", &json!({})).unwrap()).unwrap();
     let err = failed(sample_bin(&["--prompts", dup_path.to_str().unwrap(), "--model", &s.model, "--out", &out]));
     assert!(err.contains("dup.parquet: row 3") && err.contains("prompt_id = p00"), "{err}");
+    // Checks that come before any model is looked at (the model path does not exist):
+    // two models under one alias, an output folder another live process is writing.
+    let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", "a=/nowhere/1.gguf", "--model", "a=/nowhere/2.gguf", "--out", &out]));
+    assert!(err.contains("two --model options have the same alias"), "{err}");
+    let locked = s.root.join("locked");
+    fs::create_dir_all(locked.join("x")).unwrap();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    fs::write(locked.join("x/.lock"), format!("{} {}", host.trim(), std::process::id())).unwrap();
+    let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", "x=/nowhere/1.gguf", "--out", locked.to_str().unwrap()]));
+    assert!(err.contains("is being written by process"), "{err}");
     // An output inside its input.
     let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", &s.model, "--out", &s.root.join("prompts.parquet/x").display().to_string()]));
     assert!(err.contains("the input --prompts"), "{err}");
