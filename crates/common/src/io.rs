@@ -428,9 +428,16 @@ pub fn check_paths(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Resul
             }
         }
     }
-    // Writable, found out now rather than after the work: a temporary file beside each output, removed at once.
+    // Writable, found out now rather than after the work: a probe file in
+    // the nearest folder that exists, removed at once (no folder is made).
     for (flag, out) in outputs {
-        AtomicFile::create(out).with_context(|| format!("{flag} {}: cannot write there", out.display()))?;
+        let mut dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        while !dir.is_dir() {
+            dir = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        }
+        let probe = dir.join(format!(".wrpo-probe.{}.tmp", std::process::id()));
+        File::create(&probe).with_context(|| format!("{flag} {}: cannot write in {}", out.display(), dir.display()))?;
+        let _ = fs::remove_file(&probe);
     }
     Ok(())
 }
