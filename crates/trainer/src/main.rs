@@ -254,8 +254,13 @@ fn check_settings(c: &Common, lr: f64) -> Result<()> {
         ("--save-every", c.save_every as f64, c.save_every > 0, "at least 1"),
         ("--max-length", c.max_length as f64, c.max_length > 1, "at least 2"),
     ];
+    in_range(&checks)
+}
+
+/// (flag, value, whether it is in range, the range in words): the first out
+/// of range, or not finite, is refused. NaN fails every comparison, so it is too.
+fn in_range(checks: &[(&str, f64, bool, &str)]) -> Result<()> {
     for (flag, value, ok, expected) in checks {
-        // NaN fails every comparison above, so it is refused too.
         if !ok || !value.is_finite() {
             bail!("{flag} must be {expected}, got {value}");
         }
@@ -271,12 +276,7 @@ fn check_objective(o: &Objective, alpha_max: f64) -> Result<()> {
         ("--label-smoothing", o.label_smoothing, (0.0..0.5).contains(&o.label_smoothing), "in [0, 0.5)"),
         ("--simpo-gamma", o.gamma, o.gamma.is_finite(), "a finite number"),
     ];
-    for (flag, value, ok, expected) in checks {
-        if !ok || !value.is_finite() {
-            bail!("{flag} must be {expected}, got {value}");
-        }
-    }
-    Ok(())
+    in_range(&checks)
 }
 
 fn train_config(c: &Common, lr: f64) -> TrainConfig {
