@@ -316,6 +316,13 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         // candle sizes its thread pools from this variable when first used.
         std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
     }
+    for (flag, value) in
+        [("--batch-size", a.batch_size), ("--shard-rows", a.shard_rows), ("--concurrency", a.concurrency), ("--threads", a.threads.unwrap_or(1))]
+    {
+        if value == 0 {
+            bail!("{flag} must be at least 1, got 0");
+        }
+    }
     check_paths(&[("--out", &a.out)], &[("--prompts", &a.prompts)])?;
     let models = a.models.iter().map(|m| ModelSpec::parse(m)).collect::<Result<Vec<_>>>()?;
     let settings = Settings {
@@ -338,10 +345,10 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         limit: a.limit,
     };
     let run = RunOptions {
-        batch_size: a.batch_size.max(1),
-        shard_rows: a.shard_rows.max(1),
+        batch_size: a.batch_size,
+        shard_rows: a.shard_rows,
         remote: RemoteOptions {
-            concurrency: a.concurrency.max(1),
+            concurrency: a.concurrency,
             retries: a.retries,
             timeout_seconds: a.timeout,
             connect_timeout_seconds: a.connect_timeout,

@@ -354,6 +354,11 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
     write_dataset(&dup_path, &dup, &Provenance::new("test", &json!({})).unwrap()).unwrap();
     let err = failed(sample_bin(&["--prompts", dup_path.to_str().unwrap(), "--model", &s.model, "--out", &out]));
     assert!(err.contains("dup.parquet: row 3") && err.contains("prompt_id = p00"), "{err}");
+    // Sizes of 0 are refused, not made 1.
+    for flag in ["--batch-size", "--shard-rows", "--concurrency"] {
+        let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", &s.model, "--out", &out, flag, "0"]));
+        assert!(err.contains(&format!("{flag} must be at least 1, got 0")), "{err}");
+    }
     // Checks that come before any model is looked at (the model path does not exist):
     // two models under one alias, an output folder another live process is writing.
     let err = failed(sample_bin(&["--prompts", &s.prompts, "--model", "a=/nowhere/1.gguf", "--model", "a=/nowhere/2.gguf", "--out", &out]));

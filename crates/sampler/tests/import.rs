@@ -365,6 +365,9 @@ fn a_byte_order_mark_is_accepted_and_a_null_column_is_named_null() {
     let path = write(dir.path(), "bom.jsonl", "\u{feff}{\"prompt\": \"hi\"}\n{\"prompt\": \"there\"}\n");
     let imported = import_prompts(&path, &ImportOptions::default()).unwrap();
     assert_eq!((imported.prompts.len(), imported.rejected.len()), (2, 0));
+    let path = write(dir.path(), "empty-id.jsonl", "{\"prompt_id\": \"\", \"prompt\": \"hi\"}\n");
+    let imported = import_prompts(&path, &ImportOptions::default()).unwrap();
+    assert_eq!(imported.rejected[0].reason, "'prompt_id' must be a non-empty string, found an empty string");
     let path = write(dir.path(), "null.jsonl", "{\"prompt\": \"q\", \"all_generated_responses\": null, \"all_rm_scores\": [0.1]}\n");
     let imported = import_scored(&path, "m", "rm").unwrap();
     assert_eq!(imported.rejected[0].reason, "'all_generated_responses' is null; expected a list");

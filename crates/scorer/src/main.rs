@@ -243,6 +243,11 @@ fn summary_path(out: &Path) -> PathBuf {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Score(a) => {
+            for (flag, value) in [("--batch-tokens", a.batch_tokens), ("--shard-rows", a.shard_rows), ("--threads", a.threads.unwrap_or(1))] {
+                if value == 0 {
+                    bail!("{flag} must be at least 1, got 0");
+                }
+            }
             check_paths(&[("--out", &a.out)], &[("--prompts", &a.prompts), ("--samples", &a.samples)])?;
             if let Some(t) = a.threads {
                 // candle sizes its thread pool from this variable when first used.
@@ -257,8 +262,7 @@ fn run(cli: Cli) -> Result<()> {
                 skip_unreferenced: a.skip_unreferenced,
                 shard: a.shard,
             };
-            let options =
-                ScoreOptions { batch_tokens: a.batch_tokens.max(1), shard_rows: a.shard_rows.max(1), abort_after_shards: a.abort_after_shards };
+            let options = ScoreOptions { batch_tokens: a.batch_tokens, shard_rows: a.shard_rows, abort_after_shards: a.abort_after_shards };
             let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
             let interrupted = wrpo_common::interrupt_flag("committing finished batches")?;
             let summary = score(&a.prompts, &prompts, &a.samples, &settings, &options, &a.out, interrupted)?;

@@ -374,4 +374,8 @@ fn outputs_at_one_path_or_over_an_input_are_refused_before_work() {
     assert!(!Path::new(&x).exists());
     let err = failed(score_bin(&run, &run.path("samples"), "exact", &[]));
     assert!(err.contains("--out") && err.contains("the input --samples"), "{err}");
+    for flag in ["--batch-tokens", "--shard-rows"] {
+        let err = failed(score_bin(&run, &run.path("o3"), "exact", &[flag, "0"]));
+        assert!(err.contains(&format!("{flag} must be at least 1, got 0")), "{err}");
+    }
 }

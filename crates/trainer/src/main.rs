@@ -240,7 +240,7 @@ fn encoder(model: &Model, tokenizer: wrpo_llm::Tokenizer, max_length: usize, max
 /// Every number a training run takes, range-checked before any model loads.
 fn check_settings(c: &Common, lr: f64) -> Result<()> {
     let s = &c.steps;
-    let checks: [(&str, f64, bool, &str); 12] = [
+    let checks: [(&str, f64, bool, &str); 13] = [
         ("--lr", lr, lr > 0.0, "a positive number"),
         ("--epochs", s.epochs, s.epochs > 0.0, "a positive number"),
         ("--warmup-ratio", s.warmup_ratio, (0.0..1.0).contains(&s.warmup_ratio), "in [0, 1)"),
@@ -253,6 +253,7 @@ fn check_settings(c: &Common, lr: f64) -> Result<()> {
         ("--adam-eps", c.adam_eps, c.adam_eps > 0.0, "a positive number"),
         ("--save-every", c.save_every as f64, c.save_every > 0, "at least 1"),
         ("--max-length", c.max_length as f64, c.max_length > 1, "at least 2"),
+        ("--threads", c.threads.unwrap_or(1) as f64, c.threads != Some(0), "at least 1"),
     ];
     in_range(&checks)
 }
