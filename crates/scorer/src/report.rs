@@ -260,7 +260,7 @@ pub fn paired_markdown(paired: &[PairedComparison]) -> String {
     );
     for c in paired {
         out += &format!(
-            "| {} - {} | {} | {} | {:+.4} [{:+.4}, {:+.4}] | {:.1}% [{:.1}, {:.1}] | {:.4} |\n",
+            "| {} - {} | {} | {} | {:+.4} [{:+.4}, {:+.4}] | {:.1}% [{:.1}, {:.1}] | {} |\n",
             c.model,
             c.against,
             c.measure,
@@ -271,10 +271,19 @@ pub fn paired_markdown(paired: &[PairedComparison]) -> String {
             100.0 * c.win_rate,
             100.0 * c.win_low,
             100.0 * c.win_high,
-            c.p_value
+            p_text(c.p_value)
         );
     }
     out
+}
+
+/// A p-value as a reader wants it: four decimals, or its order of magnitude when smaller.
+fn p_text(p: f64) -> String {
+    if p < 1e-3 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
 }
 
 /// The report as a markdown table.
@@ -387,7 +396,7 @@ pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> 
                     .draw_series([PathElement::new(vec![(c.diff_low, y.clone()), (c.diff_high, y.clone())], color.stroke_width(3))])
                     .map_err(|e| err(&e))?;
                 chart.draw_series([Circle::new((c.mean_diff, y.clone()), 6, color.filled())]).map_err(|e| err(&e))?;
-                let note = format!("{:+.4}  p={:.3}", c.mean_diff, c.p_value);
+                let note = format!("{:+.4}  p={}", c.mean_diff, p_text(c.p_value));
                 chart.draw_series([Text::new(note, (c.diff_high, y), ("sans-serif", 14))]).map_err(|e| err(&e))?;
             }
         }
