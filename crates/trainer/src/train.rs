@@ -111,6 +111,12 @@ fn seq_of(seqs: &PerY<Sequence>, y: Y) -> &Sequence {
     }
 }
 
+/// An SFT example's prompt and response ids, untruncated.
+fn sft_ids(enc: &Encoder, r: &SftExample) -> Result<(Vec<u32>, Vec<u32>)> {
+    let ctx = || format!("SFT example {}", r.prompt_id);
+    Ok((enc.prompt_ids(&r.messages).with_context(ctx)?, enc.response_ids(&r.messages, &r.response).with_context(ctx)?))
+}
+
 /// Encode SFT examples in `form`, counting the truncated ones (packing
 /// truncates none: a conversation runs on into the next block).
 pub fn encode_sft(enc: &Encoder, rows: &[SftExample], form: SftForm) -> Result<(Vec<Example>, usize)> {
@@ -120,8 +126,8 @@ pub fn encode_sft(enc: &Encoder, rows: &[SftExample], form: SftForm) -> Result<(
     let mut truncated = 0;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let ctx = || format!("SFT example {}", r.prompt_id);
-        let mut seq = enc.sequence(&enc.prompt_ids(&r.messages).with_context(ctx)?, &enc.response_ids(&r.messages, &r.response).with_context(ctx)?);
+        let (prompt, response) = sft_ids(enc, r)?;
+        let mut seq = enc.sequence(&prompt, &response);
         truncated += usize::from(seq.truncated);
         if form == SftForm::AllTokens {
             // Every token after the first is a label.
@@ -146,9 +152,7 @@ pub fn pack_sft(enc: &Encoder, rows: &[SftExample], block: usize, cross_document
     }
     let mut stream: Vec<(u32, usize)> = Vec::new();
     for (doc, r) in rows.iter().enumerate() {
-        let ctx = || format!("SFT example {}", r.prompt_id);
-        let prompt = enc.prompt_ids(&r.messages).with_context(ctx)?;
-        let response = enc.response_ids(&r.messages, &r.response).with_context(ctx)?;
+        let (prompt, response) = sft_ids(enc, r)?;
         stream.extend(prompt.into_iter().chain(response).map(|id| (id, doc)));
     }
     let sequence = |ids: Vec<u32>| Sequence { ids, prompt_len: 1, truncated: false };
