@@ -80,6 +80,11 @@ fn eligible<'a>(samples: &[&'a ScoredSample], allow_truncated: bool) -> Vec<&'a 
     samples.iter().copied().filter(|s| allow_truncated || s.finish_reason != FinishReason::Length).collect()
 }
 
+/// Every response the same text: no preference can be learned from them.
+fn all_identical(samples: &[&ScoredSample]) -> bool {
+    samples.iter().all(|s| s.response == samples[0].response)
+}
+
 fn best<'a>(samples: &[&'a ScoredSample]) -> Option<&'a ScoredSample> {
     samples.iter().copied().max_by(by_reward)
 }
@@ -261,7 +266,7 @@ fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], all
         dropped.fewer_than_two_samples += 1;
         return None;
     }
-    if target.iter().all(|s| s.response == target[0].response) {
+    if all_identical(target) {
         dropped.all_identical += 1;
         return None;
     }
@@ -270,7 +275,7 @@ fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], all
         dropped.only_truncated += 1;
         return None;
     }
-    if target.iter().all(|s| s.response == target[0].response) {
+    if all_identical(&target) {
         dropped.all_identical += 1;
         return None;
     }
@@ -295,12 +300,12 @@ fn fusechat_pair<'a>(source: &[&'a ScoredSample], opts: &PairOptions, dropped: &
     let (mut few, mut identical, mut truncated, mut tie) = (true, true, true, true);
     for samples in by_model.values().filter(|s| s.len() >= 2) {
         few = false;
-        if samples.iter().all(|s| s.response == samples[0].response) {
+        if all_identical(samples) {
             continue;
         }
         identical = false;
         let samples = eligible(samples, opts.allow_truncated);
-        if samples.len() < 2 || samples.iter().all(|s| s.response == samples[0].response) {
+        if samples.len() < 2 || all_identical(&samples) {
             continue;
         }
         truncated = false;
