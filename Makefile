@@ -77,14 +77,14 @@ TIMED = scripts/timed.sh $(WORK)
 # then sets DIR aside before the step writes it again (scripts/fresh.sh).
 # make expands every rule's prerequisites, so only runs that make pipeline
 # files write settings files.
-NOT_PIPELINE := help print-% build test test-remote models bench-decode bench-sample bench-train clean-run
+NOT_PIPELINE := help print-% build test test-remote test-gpu-path models bench-decode bench-sample bench-train clean-run
 DRY := $(if $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))),dry)
 settings = $(if $(filter-out $(NOT_PIPELINE),$(or $(MAKECMDGOALS),help)),$(shell scripts/settings.sh $(WORK) $(1) '$(2)' $(DRY)),$(WORK)/.settings/$(1))
 # What a dry run (make -n, make -q) shows for changed settings: out of date, and nothing written.
 %.changed: ;
 fresh = scripts/fresh.sh $(WORK)/.settings/$(1) $(2) $(3)
 
-.PHONY: help build test test-remote models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval clean-run
+.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
@@ -109,6 +109,9 @@ test: models ## Run every test (the command CI runs), including the demo-model c
 
 test-remote: models ## The OpenAI-backend test against llama-cpp-python's server on loopback (first run compiles llama.cpp, ~25 min)
 	bash scripts/test-remote.sh
+
+test-gpu-path: ## wrpo_trl (TRL, for GPUs) against wrpo-train: 3 steps, same losses, metrics and weights to 1e-4 (installs torch, TRL: GBs)
+	bash scripts/test-gpu-path.sh
 
 models: ## Fetch the demo models into models/ (GGUF files and the reward's MiniLM; pinned, SHA-256 checked)
 	bash scripts/fetch-models.sh

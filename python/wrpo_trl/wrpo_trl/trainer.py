@@ -1,0 +1,195 @@
+"""WRPOTrainer: TRL's DPOTrainer (its model loading, DeepSpeed/FSDP, PEFT,
+logging and checkpoints) with the objective and data of `wrpo-train wrpo`:
+three responses per prompt (y_ws, y_wt, y_l) tokenized as docs/method.md fixes
+them, our losses (wrpo_trl.loss), alpha = alpha_max * t / T at optimizer step t
+of T, and the reference log-probs of our pairs file when it has them."""
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+from transformers.data.data_collator import DataCollatorMixin
+from trl import DPOConfig, DPOTrainer
+from trl.models import prepare_deepspeed
+
+from . import loss as L
+from .data import RESPONSES, Encoder
+
+
+@dataclass
+class WRPOConfig(DPOConfig):
+    """DPOConfig plus our objective's settings; the defaults are the WRPO recipe's."""
+
+    loss: str = field(default="wrpo", metadata={"help": "The objective, as wrpo-train's --loss.", "choices": list(L.LOSSES)})
+    alpha_max: float = field(default=0.1, metadata={"help": "Final fusion coefficient alpha (alpha = alpha_max * t / T)."})
+    static_alpha: bool = field(default=False, metadata={"help": "Keep alpha at alpha_max from the first step."})
+    dpo_chosen: str = field(
+        default="target", metadata={"help": "y_w of the pairwise losses: y_wt (target) or y_ws (source).", "choices": ["target", "source"]}
+    )
+    simpo_gamma: float | None = field(default=None, metadata={"help": "SimPO's margin gamma (default 0.5 beta)."})
+    beta: float | None = field(default=None, metadata={"help": "beta (default: 0.01 for wrpo, dpo and sigmoid-mix; 2.0 SimPO; 0.1 IPO)."})
+    max_length: int | None = field(default=2048, metadata={"help": "Prompt + response tokens at most (the response is cut)."})
+    max_prompt_length: int = field(default=1800, metadata={"help": "Prompt tokens at most (the prompt keeps its end)."})
+    precompute_ref_log_probs: bool = field(
+        default=True, metadata={"help": "Reference log-probs once before training (read from the pairs file when it has them)."}
+    )
+    reference_check: float = field(
+        default=0.05,
+        metadata={
+            "help": "At the first step the policy must be the reference: stop if a log-prob differs from the pairs' "
+            "reference by more than this + 1e-4 |log p| (negative: no check; raise it for bf16 runs)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.loss not in L.LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(L.LOSSES)}, got {self.loss!r}")
+        if self.beta is None:
+            self.beta = L.default_beta(self.loss)
+        if self.simpo_gamma is None:
+            self.simpo_gamma = 0.5 * self.beta
+        if self.max_length is None or self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})")
+        super().__post_init__()
+
+
+@dataclass
+class DataCollatorForWRPO(DataCollatorMixin):
+    """Stacks each response of `responses` after its prompt, response by response
+    ([y_ws of every example; y_wt of every example; y_l ...]), right-padded, with
+    the completion mask over the response ids and the reference log-probs as a
+    (responses, batch) tensor when the examples carry them."""
+
+    pad_token_id: int
+    responses: tuple = RESPONSES
+    return_tensors: str = "pt"
+
+    def torch_call(self, examples):
+        seqs = [(e["prompt_ids"], e[f"{y}_ids"]) for y in self.responses for e in examples]
+        width = max(len(p) + len(r) for p, r in seqs)
+        pad = [width - len(p) - len(r) for p, r in seqs]
+        out = {
+            "input_ids": torch.tensor([p + r + [self.pad_token_id] * n for (p, r), n in zip(seqs, pad)]),
+            "attention_mask": torch.tensor([[1] * (len(p) + len(r)) + [0] * n for (p, r), n in zip(seqs, pad)]),
+            "completion_mask": torch.tensor([[0] * len(p) + [1] * len(r) + [0] * n for (p, r), n in zip(seqs, pad)]),
+            "prompt_id": [e["prompt_id"] for e in examples],
+        }
+        if "ref_logp_y_l" in examples[0]:
+            out["ref_logps"] = torch.tensor([[e[f"ref_logp_{y}"] for e in examples] for y in self.responses])
+        return out
+
+
+class WRPOTrainer(DPOTrainer):
+    """Train with `args.loss` (WRPO by default) on a tokenized pairs dataset
+    (`wrpo_trl.load_pairs`) or on our pairs' columns (messages, y_ws, y_wt, y_l),
+    which it tokenizes itself."""
+
+    _tag_names = ["trl", "wrpo"]
+    _name = "WRPO"
+
+    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, callbacks=None, optimizers=(None, None), peft_config=None):
+        args = args or WRPOConfig("wrpo")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model if isinstance(model, str) else model.config._name_or_path)
+        self.responses = L.responses(args.loss, args.dpo_chosen)
+        pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
+        self._pad_token_id = 0 if pad is None else pad
+        super().__init__(
+            model,
+            ref_model=ref_model,
+            args=args,
+            data_collator=data_collator or DataCollatorForWRPO(self._pad_token_id, self.responses),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+        )
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "prompt_ids" in dataset.column_names:
+            return dataset
+        encoder = Encoder(processing_class, args.max_length, args.max_prompt_length)
+        return Dataset.from_list([encoder.encode(row, f"{dataset_name} dataset: row {i}") for i, row in enumerate(dataset)])
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt_id", "prompt_ids"] + [f"{y}_ids" for y in RESPONSES] + [f"ref_logp_{y}" for y in RESPONSES]
+
+    def alpha(self):
+        """alpha_max * t / T, t the optimizer steps done (the official trainer's rule)."""
+        if self.args.static_alpha:
+            return self.args.alpha_max
+        return self.args.alpha_max * self.state.global_step / max(self.state.max_steps, 1)
+
+    def _sequence_logps(self, model, inputs):
+        """log pi(y|x) of every stacked sequence, summed over its response ids."""
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels, use_cache=False, fused_lm_head=True)
+        return outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1), outputs
+
+    def _reference_logps(self, model, inputs):
+        # DPOTrainer's reference pass (PEFT adapters off, no checkpointing, autocast) on our stacked
+        # sequences; it splits its output in two halves, which are joined back.
+        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+        return torch.cat(super().compute_ref_log_probs(model, batch))
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        if all(f"ref_logp_{y}" in dataset.column_names for y in RESPONSES):
+            return dataset
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=DataCollatorForWRPO(self._pad_token_id, RESPONSES), shuffle=False)
+        loader = self.accelerator.prepare(loader)
+        if self.ref_model is None and self.is_deepspeed_enabled:
+            # Before `train`, ZeRO-3 parameters are still sharded: an inference engine gathers them (as DPOTrainer does).
+            if self._precompute_engine is None:
+                self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+            model = self._precompute_engine
+        else:
+            model = self.ref_model or self.model
+        refs = []
+        for batch in loader:
+            logps = self._reference_logps(model, batch).view(len(RESPONSES), -1).T
+            refs.append(self.accelerator.gather_for_metrics(logps).cpu())
+        refs = torch.cat(refs).double()
+        for j, y in enumerate(RESPONSES):
+            dataset = dataset.add_column(f"ref_logp_{y}", refs[:, j].tolist())
+        return dataset
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        args, mode, n = self.args, ("train" if self.model.training else "eval"), len(self.responses)
+        logps, outputs = self._sequence_logps(model, inputs)
+        policy = dict(zip(self.responses, logps.chunk(n)))
+        lengths = dict(zip(self.responses, inputs["completion_mask"].sum(dim=1).to(logps.dtype).chunk(n)))
+        reference = None
+        if L.needs_reference(args.loss):
+            ref = inputs["ref_logps"] if "ref_logps" in inputs else self._reference_logps(self.ref_model or self.model, inputs).view(n, -1)
+            reference = {y: ref[j].to(logps.dtype) for j, y in enumerate(self.responses)}
+            if mode == "train" and self.state.global_step == 0 and args.reference_check >= 0:
+                self._check_reference(policy, reference, inputs["prompt_id"])
+        alpha = self.alpha()
+        losses, rewards = L.objective(
+            args.loss, beta=args.beta, alpha=alpha, policy=policy, reference=reference, lengths=lengths,
+            dpo_chosen=args.dpo_chosen, gamma=args.simpo_gamma, label_smoothing=args.label_smoothing,
+        )
+        for key, value in L.metrics(args.loss, alpha, rewards, policy, args.dpo_chosen).items():
+            self._metrics[mode][key].append(self.accelerator.gather(value).float().mean().item())
+        if L.uses_alpha(args.loss):
+            self._metrics[mode]["alpha"].append(alpha)
+        loss = losses.mean()
+        return (loss, outputs) if return_outputs else loss
+
+    def _check_reference(self, policy, reference, prompt_ids):
+        """At step 0 the policy is the reference (Target-SFT): a log-prob that differs means another
+        model, template or truncation made the pairs' reference log-probs."""
+        for y in self.responses:
+            for prompt_id, p, r in zip(prompt_ids, policy[y].tolist(), reference[y].tolist()):
+                if abs(p - r) > self.args.reference_check + 1e-4 * abs(r):
+                    raise ValueError(
+                        f"at the first step the policy is the reference, but on prompt {prompt_id} log pi({y}) is {p:.4f} "
+                        f"and the pairs' reference log-prob {r:.4f}: they were computed with another model, template or "
+                        f"truncation (or in another precision: raise reference_check)"
+                    )
