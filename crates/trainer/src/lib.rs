@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod import;
 pub mod loss;
 pub mod optim;
 pub mod plot;

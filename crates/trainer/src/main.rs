@@ -13,6 +13,7 @@ use wrpo_common::{
 use wrpo_llm::Model;
 use wrpo_trainer::{
     data::{Encoder, Sequence, Truncation},
+    import,
     loss::{Chosen, LossKind, Objective, SIMPO_GAMMA_BETA_RATIO},
     optim::AdamWConfig,
     schedule::Schedule,
@@ -43,6 +44,10 @@ enum Command {
     RefLogps(RefArgs),
     /// Preference training: WRPO, or a baseline (DPO, SimPO, IPO, ...) on the same pairs.
     Wrpo(WrpoArgs),
+    /// Turn a Hugging Face Trainer run's log (TRL's, wrpo_trl's:
+    /// trainer_state.json) into a `metrics` dataset and its plot, as
+    /// `wrpo-train` writes them for its own runs.
+    ImportMetrics(ImportArgs),
     /// Print the learning-rate and alpha schedule of a run as CSV
     /// (step, lr, alpha), to check a configuration before training.
     Schedule {
@@ -61,6 +66,19 @@ enum Command {
         #[arg(long)]
         static_alpha: bool,
     },
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// trainer_state.json of the run (in its output folder or a checkpoint-N folder).
+    state: PathBuf,
+    /// Output `metrics` Parquet; the plot is written beside it (same name, .png).
+    #[arg(long)]
+    out: PathBuf,
+    /// The rows' stage (wrpo, dpo, sft, ...) [default: wrpo if the log has
+    /// preference rewards, else sft].
+    #[arg(long)]
+    stage: Option<String>,
 }
 
 #[derive(Args)]
@@ -356,6 +374,19 @@ fn run_cli(cli: Cli) -> Result<()> {
             for step in 0..s.total_steps {
                 println!("{step},{:e},{}", s.lr(step), s.alpha(step));
             }
+        }
+        Command::ImportMetrics(a) => {
+            check_paths(&[("--out", &a.out)], &[("STATE", &a.state)])?;
+            let text = std::fs::read_to_string(&a.state).with_context(|| format!("cannot read {}", a.state.display()))?;
+            let state: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", a.state.display()))?;
+            let log = import::log_history(&state, &a.state)?;
+            let stage = a.stage.clone().unwrap_or_else(|| import::default_stage(&log).to_string());
+            let metrics = import::metrics_from_log(&log, &stage, &a.state)?;
+            let prov = Provenance::new(PRODUCER, &serde_json::json!({"stage": stage}))?.with_input(&a.state)?;
+            write_dataset(&a.out, &metrics, &prov)?;
+            let plot = a.out.with_extension("png");
+            wrpo_trainer::plot::plot(&metrics, &plot)?;
+            eprintln!("{} rows ({stage}) -> {} and {}", metrics.len(), a.out.display(), plot.display());
         }
         Command::Sft(a) => {
             set_threads(a.common.threads);

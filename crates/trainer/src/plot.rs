@@ -47,10 +47,10 @@ pub fn plot(metrics: &[StepMetrics], path: &Path) -> Result<()> {
         let max_lr = metrics.iter().map(|m| m.lr).fold(0.0, f64::max);
         let preference = metrics.iter().any(|m| m.alpha.is_some());
         for (area, (title, get, with_eval)) in panels.iter().zip(if preference { PREFERENCE } else { SFT }) {
-            let train: Vec<(f64, f64)> =
-                metrics.iter().filter(|m| !m.stage.starts_with("eval")).filter_map(|m| get(m).map(|v| (m.step as f64, v))).collect();
-            let eval: Vec<(f64, f64)> =
-                metrics.iter().filter(|m| with_eval && m.stage.starts_with("eval")).filter_map(|m| get(m).map(|v| (m.step as f64, v))).collect();
+            // Values a run did not log (NaN: an imported run's throughput) are not drawn.
+            let point = |m: &StepMetrics| get(m).filter(|v| v.is_finite()).map(|v| (m.step as f64, v));
+            let train: Vec<(f64, f64)> = metrics.iter().filter(|m| !m.stage.starts_with("eval")).filter_map(point).collect();
+            let eval: Vec<(f64, f64)> = metrics.iter().filter(|m| with_eval && m.stage.starts_with("eval")).filter_map(point).collect();
             let lr: Vec<(f64, f64)> = if title.starts_with("alpha") {
                 let top = train.iter().map(|p| p.1).fold(0.0, f64::max);
                 metrics.iter().filter(|m| !m.stage.starts_with("eval")).map(|m| (m.step as f64, m.lr / max_lr.max(1e-30) * top)).collect()

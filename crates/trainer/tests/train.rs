@@ -434,3 +434,45 @@ fn a_cut_gguf_is_named_in_one_line_even_with_backtraces_on() {
         assert!(failed(run(true)).contains("cut short"), "-v says the same, with whatever backtrace there is");
     }
 }
+
+/// A real TRL log (`data/fixtures/trl/trainer_state.json`: wrpo_trl's three
+/// WRPO steps with an evaluation after each, written by `make
+/// test-gpu-path`) becomes our metrics dataset, numbered as our runs number
+/// their rows, and its plot.
+#[test]
+fn a_trl_runs_log_becomes_a_metrics_dataset_and_its_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gpu/metrics.parquet");
+    let state = repo().join("data/fixtures/trl/trainer_state.json");
+    ok(train_bin(&["import-metrics", state.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    let file = read_file::<StepMetrics>(&out).unwrap();
+    let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let logged: Vec<&serde_json::Value> = log["log_history"].as_array().unwrap().iter().filter(|e| e.get("loss").is_some()).collect();
+    let train: Vec<&StepMetrics> = file.rows.iter().filter(|m| m.stage == "wrpo").collect();
+    let eval: Vec<&StepMetrics> = file.rows.iter().filter(|m| m.stage == "eval_wrpo").collect();
+    assert_eq!((train.len(), eval.len(), file.rows.len()), (3, 3, 6), "{:?}", file.rows);
+    for (k, (m, e)) in train.iter().zip(&logged).enumerate() {
+        // TRL's step t (1-based, after the update) is our step index t - 1.
+        assert_eq!(m.step, k as u64);
+        assert_eq!((m.loss, m.lr, m.grad_norm), (e["loss"].as_f64().unwrap(), e["learning_rate"].as_f64().unwrap(), e["grad_norm"].as_f64()));
+        // The run's alpha rose as alpha_max * t / T with alpha_max 0.5 and T = 3.
+        assert!((m.alpha.unwrap() - 0.5 * k as f64 / 3.0).abs() < 1e-12, "{m:?}");
+        assert_eq!(m.rewards_source_chosen, e["rewards/source_chosen"].as_f64());
+        assert_eq!(m.rewards_pivot_accuracies, e["rewards/pivot_accuracies"].as_f64());
+        assert_eq!(m.logps_target_chosen, e["logps/target_chosen"].as_f64());
+        assert!(m.tokens_per_second.is_nan(), "TRL logs no throughput");
+    }
+    // Evaluations are numbered by the steps done before them, with no learning rate or gradient.
+    assert_eq!(eval.iter().map(|m| m.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(eval.iter().all(|m| m.grad_norm.is_none() && m.rewards_margins.is_some()));
+    assert_eq!(file.provenance.inputs[0].sha256, wrpo_common::hash::content_sha256(&state).unwrap());
+    let png = std::fs::read(out.with_extension("png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the plot is a PNG with something drawn");
+
+    // A file that is not a Trainer's state is named, and nothing is written.
+    std::fs::write(dir.path().join("other.json"), "{\"epoch\": 1}").unwrap();
+    let bad = dir.path().join("bad/metrics.parquet");
+    let err = failed(train_bin(&["import-metrics", dir.path().join("other.json").to_str().unwrap(), "--out", bad.to_str().unwrap()]));
+    assert!(err.contains("other.json") && err.contains("log_history"), "{err}");
+    assert!(!bad.exists());
+}
