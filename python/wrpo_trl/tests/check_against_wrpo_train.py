@@ -5,8 +5,8 @@ checkpoint and pairs give the same losses, logged metrics and weights.
     python check_against_wrpo_train.py WRPO_TRAIN_BINARY WORK_DIR [--fixture OUT_DIR]
 
 For each family (a Llama with llama3 rope scaling and an untied head; a Gemma-3
-with sliding-window layers, the demo target's family) and each loss (wrpo,
-dpo): 4 pairs from the gradient fixtures' conversations, their reference
+with sliding-window layers, the demo target's family) and loss (every --loss
+form on the Llama; wrpo and dpo on the Gemma-3): 4 pairs from the gradient fixtures' conversations, their reference
 log-probs from `wrpo-train ref-logps`, then 3 steps of 2 micro-batches of 2 on
 each side (an epoch is one step, so the data order cannot differ), each step
 followed by an evaluation on the same pairs, cosine
@@ -14,7 +14,8 @@ learning rate without warm-up, alpha rising to 0.5, f32 on the CPU. Our weights
 after steps 1 and 2 come from runs stopped there (--abort-after-steps) and
 resumed, TRL's from its per-step checkpoints. Prints the agreement table and
 exits non-zero if a metric or weight differs by more than 1e-4 relative
-(metrics near 0: 1e-5 absolute). --fixture keeps
+(metrics near 0: 1e-5 absolute). Each WRPO checkpoint TRL saved is then sampled
+with `wrpo-sample`, as `make eval` samples a GPU run. --fixture keeps
 one TRL run's trainer_state.json for the import-metrics test.
 """
 import json
@@ -30,7 +31,9 @@ from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[3]
 FAMILIES = {"llama": "llama_llama3_untied", "gemma3": "gemma3_local_rope"}
-LOSSES = {"wrpo": [], "dpo": ["--dpo-chosen", "target"]}
+LOSSES = {"wrpo": [], "dpo": ["--dpo-chosen", "target"], "simpo": [], "ipo": [], "wrpo-simpo": [], "wrpo-ipo": [], "sigmoid-mix": []}
+# Every loss form on the Llama; WRPO and DPO, the study's pair, on both families.
+LOSSES_OF = {"llama": list(LOSSES), "gemma3": ["wrpo", "dpo"]}
 STEPS, LR, BETA, ALPHA_MAX, MAX_LENGTH, MAX_PROMPT = 3, 1e-3, 0.1, 0.5, 256, 200
 TOLERANCE = 1e-4
 # Our metric columns and the keys TRL's log history gives them.
@@ -101,6 +104,21 @@ def trl(model, pairs, out, loss):
     return weights, json.loads((out / "trainer_state.json").read_text())["log_history"]
 
 
+def samples_from(sampler, checkpoint, cases, work):
+    """The checkpoint TRL saved (its chat template in chat_template.jinja, as transformers 5
+    writes it) samples with wrpo-sample, as `make eval` would sample a GPU run."""
+    work.mkdir()
+    with open(work / "prompts.jsonl", "w") as f:
+        for i, e in enumerate(cases["examples"]):
+            f.write(json.dumps({"prompt_id": f"p{i}", "messages": e["messages"]}) + "\n")
+    run(sampler, "import", "--input", work / "prompts.jsonl", "--out", work / "prompts.parquet")
+    run(sampler, "generate", "--prompts", work / "prompts.parquet", "--model", f"gpu={checkpoint}", "--n", 2,
+        "--max-new-tokens", 8, "--out", work / "samples")
+    rows = pq.read_table(work / "samples" / "gpu").to_pylist()
+    if len(rows) != 2 * len(cases["examples"]) or not all(r["prompt_text"].endswith(("assistant\n", "model\n")) for r in rows):
+        sys.exit(f"wrpo-sample on {checkpoint}: expected 2 samples per prompt rendered with its chat template, got {rows[:1]}")
+
+
 def allowed(a, b):
     """1e-4 relative, with a floor of 1e-5 for values near 0 (at step 1 every reward is
     0 up to f32 rounding, since the policy is the reference)."""
@@ -161,7 +179,7 @@ def main():
         run(binary, "ref-logps", "--model", model, "--pairs", work / f"{family}-pairs.parquet", "--out", pairs,
             "--max-length", MAX_LENGTH, "--max-prompt-length", MAX_PROMPT)
         initial = load_file(model / "model.safetensors")
-        for loss in LOSSES:
+        for loss in LOSSES_OF[family]:
             ours_w, ours_rows = ours(binary, model, pairs, work / f"{family}-{loss}-ours", loss)
             trl_out = work / f"{family}-{loss}-trl"
             trl_w, trl_rows = trl(model, pairs, trl_out, loss)
@@ -170,6 +188,8 @@ def main():
                 print(f"| {family} | {loss} | {k + 1} | {lo:.6f} | {lt:.6f} | {worst} {diffs[worst]:.2f} | {w:.1e} | {u:.1e} |")
                 failures += [f"{family} {loss} step {k + 1}: {m} differs by {v:.2f}x the allowed" for m, v in diffs.items() if not v <= 1]
                 failures += [f"{family} {loss} step {k + 1}: weights differ by {w:.2e}"] if not w <= TOLERANCE else []
+            if loss == "wrpo":
+                samples_from(binary.with_name("wrpo-sample"), trl_out, cases, work / f"{family}-samples")
             if fixture and family == "llama" and loss == "wrpo":
                 fixture.mkdir(parents=True, exist_ok=True)
                 shutil.copy(trl_out / "trainer_state.json", fixture / "trainer_state.json")
