@@ -10,6 +10,9 @@ use crate::dataset::{check_conversation, messages_field, opt_utf8, utf8, Dataset
 pub enum Split {
     Train,
     Eval,
+    /// Held out from training and from the final comparison: for choosing
+    /// settings (never taken by `sft-set` or `pairs`).
+    Validation,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,7 +35,8 @@ impl Dataset for Prompt {
         Some(self.prompt_id.clone())
     }
     const NAME: &'static str = "prompts";
-    const VERSION: u32 = 1;
+    /// 2: `split` may be `validation`.
+    const VERSION: u32 = 2;
     fn fields() -> Vec<FieldRef> {
         vec![utf8("prompt_id"), messages_field(), opt_utf8("reference"), utf8("split"), utf8("origin")]
     }

@@ -99,7 +99,7 @@ pub fn import_prompts(path: &Path, opts: &ImportOptions) -> Result<Imported> {
     let mut seen: HashMap<String, (usize, String)> = HashMap::new();
     for row in rows {
         let converted = row.parsed.and_then(|obj| convert(&obj, opts));
-        let (id, messages, reference) = match converted {
+        let (id, messages, reference, fixed_split) = match converted {
             Ok(c) => c,
             Err(reason) => {
                 out.rejected.push(Rejected { location: row.location, reason, raw: row.raw });
@@ -121,7 +121,9 @@ pub fn import_prompts(path: &Path, opts: &ImportOptions) -> Result<Imported> {
             }
             Entry::Vacant(e) => {
                 e.insert((out.prompts.len(), row.location));
-                let split = if uniform_draw(opts.seed, "eval", &id) < opts.eval_fraction { Split::Eval } else { Split::Train };
+                // A row's own split wins over the hash draw (a study's fixed train / validation / test sets).
+                let split =
+                    fixed_split.unwrap_or_else(|| if uniform_draw(opts.seed, "eval", &id) < opts.eval_fraction { Split::Eval } else { Split::Train });
                 out.prompts.push(Prompt { prompt_id: id, messages, reference, split, origin: origin.clone() });
             }
         }
@@ -149,7 +151,7 @@ pub fn import_scored(path: &Path, model: &str, reward_model: &str) -> Result<Imp
     let mut seen: HashMap<String, (String, Vec<Message>, Vec<String>)> = HashMap::new();
     for row in read_rows(path)? {
         let converted = row.parsed.and_then(|obj| {
-            let (id, messages, _) = convert(&obj, &ImportOptions::default())?;
+            let (id, messages, _, _) = convert(&obj, &ImportOptions::default())?;
             // An empty response would become y_ws and be refused by training, far from here.
             let responses: Vec<String> =
                 list(&obj, "all_generated_responses", "a non-empty string", |v| v.as_str().filter(|t| !t.trim().is_empty()).map(str::to_string))?;
@@ -291,7 +293,8 @@ fn parquet_rows(path: &Path) -> Result<Vec<RawRow>> {
     Ok(rows)
 }
 
-type Converted = (String, Vec<Message>, Option<String>);
+/// prompt_id, messages, reference, and the row's own split if it names one.
+type Converted = (String, Vec<Message>, Option<String>, Option<Split>);
 
 fn convert(obj: &Map<String, Value>, opts: &ImportOptions) -> Result<Converted, String> {
     let mut messages = if let Some(p) = obj.get("prompt") {
@@ -323,7 +326,17 @@ fn convert(obj: &Map<String, Value>, opts: &ImportOptions) -> Result<Converted, 
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(v) => return Err(format!("'prompt_id' must be a non-empty string, found {}", kind(v))),
     };
-    Ok((id, messages, reference))
+    let split = match obj.get("split") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(match s.as_str() {
+            "train" => Split::Train,
+            "eval" | "test" => Split::Eval,
+            "validation" => Split::Validation,
+            _ => return Err(format!("'split' must be train, eval (or test) or validation, found '{s}'")),
+        }),
+        Some(v) => return Err(format!("'split' must be a string, found {}", kind(v))),
+    };
+    Ok((id, messages, reference, split))
 }
 
 fn parse_turns(column: &str, value: &Value) -> Result<Vec<Message>, String> {

@@ -35,7 +35,8 @@ enum Command {
     /// Accepts rows with a `prompt` string, a `messages` list (role/content) or
     /// a `conversations` list (from/value), optionally with their own
     /// `prompt_id` (UltraFeedback). Rows are deduplicated by prompt_id and split
-    /// into train/eval by a hash of the id, so the split is stable.
+    /// into train/eval by a hash of the id, so the split is stable; a row's own
+    /// `split` (train, eval or test, validation) wins over the hash.
     Import {
         /// Input file: JSON lines or Parquet (told apart by content).
         #[arg(long)]
@@ -150,7 +151,7 @@ struct GenerateArgs {
     /// Also stop at this string (repeatable); EOS and end-of-turn tokens always stop.
     #[arg(long = "stop")]
     stop: Vec<String>,
-    /// Which prompts: the train or eval split, or all.
+    /// Which prompts: the train, eval or validation split, or all.
     #[arg(long, value_enum, default_value_t = SplitArg::All)]
     split: SplitArg,
     /// Only the prompt ids listed in this file (one per line).
@@ -201,6 +202,7 @@ struct GenerateArgs {
 enum SplitArg {
     Train,
     Eval,
+    Validation,
     All,
 }
 
@@ -229,11 +231,16 @@ fn run(cli: Cli) -> Result<()> {
             save_rejected(bad, rejected)?;
             let prov = Provenance::new(concat!("wrpo-sample ", env!("CARGO_PKG_VERSION")), &opts)?.with_input(&input)?;
             write_dataset(&out, &imported.prompts, &prov)?;
-            let eval = imported.prompts.iter().filter(|p| p.split == Split::Eval).count();
+            let count = |split: Split| imported.prompts.iter().filter(|p| p.split == split).count();
+            let validation = match count(Split::Validation) {
+                0 => String::new(),
+                n => format!(", {n} validation"),
+            };
             eprintln!(
-                "imported {} prompts ({} train, {eval} eval) into {}; {} duplicate(s) dropped, {} bad row(s) skipped",
+                "imported {} prompts ({} train, {} eval{validation}) into {}; {} duplicate(s) dropped, {} bad row(s) skipped",
                 imported.prompts.len(),
-                imported.prompts.len() - eval,
+                count(Split::Train),
+                count(Split::Eval),
                 out.display(),
                 imported.duplicates,
                 bad.len()
@@ -338,6 +345,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         split: match a.split {
             SplitArg::Train => Some(Split::Train),
             SplitArg::Eval => Some(Split::Eval),
+            SplitArg::Validation => Some(Split::Validation),
             SplitArg::All => None,
         },
         prompt_ids: a.prompt_ids.as_deref().map(read_prompt_ids).transpose()?,

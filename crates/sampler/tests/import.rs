@@ -200,6 +200,31 @@ fn the_eval_split_is_stable_and_close_to_the_fraction() {
     assert_ne!(a.iter().map(|p| p.split).collect::<Vec<_>>(), other_seed.iter().map(|p| p.split).collect::<Vec<_>>());
 }
 
+/// A study's fixed sets: a row's own split wins over the hash draw, `test`
+/// is the eval split, and a split of another name is a bad row.
+#[test]
+fn a_rows_own_split_wins_over_the_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "study.jsonl",
+        concat!(
+            "{\"prompt\": \"a\", \"split\": \"train\"}\n",
+            "{\"prompt\": \"b\", \"split\": \"test\"}\n",
+            "{\"prompt\": \"c\", \"split\": \"validation\"}\n",
+            "{\"prompt\": \"d\", \"split\": \"eval\"}\n",
+            "{\"prompt\": \"e\"}\n",
+            "{\"prompt\": \"f\", \"split\": \"dev\"}\n",
+        ),
+    );
+    // Every unsplit row would be drawn into eval; the split rows keep theirs.
+    let imported = import_prompts(&input, &ImportOptions { eval_fraction: 1.0, ..Default::default() }).unwrap();
+    let splits: Vec<Split> = imported.prompts.iter().map(|p| p.split).collect();
+    assert_eq!(splits, vec![Split::Train, Split::Eval, Split::Validation, Split::Eval, Split::Eval]);
+    assert_eq!(imported.rejected.len(), 1);
+    assert!(imported.rejected[0].location.contains("line 6") && imported.rejected[0].reason.contains("'dev'"), "{:?}", imported.rejected[0]);
+}
+
 fn wrpo_sample(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wrpo-sample")).args(args).output().unwrap()
 }
