@@ -56,6 +56,21 @@ TRAINING := $(TRAINING_STEPS) --seed $(SEED)
 # evaluated as wrpo@1, wrpo@2, ..., which the report also pools per prompt
 # into wrpo and dpo for the paired comparisons.
 SEEDS ?=
+# The alpha ablation: one WRPO run per alpha_max in ALPHAS (0 is DPO on y_wt,
+# 1 is DPO on y_ws) into WORK/wrpo-alphaA, and with STATIC_ALPHA a run with
+# alpha fixed at that value (WORK/wrpo-staticA), all with the first training
+# seed; the eval samples them as alphaA and staticA and compares each with
+# Target-SFT (static with dynamic when ALPHAS has its value).
+ALPHAS ?=
+STATIC_ALPHA ?=
+FIRST_SEED = $(or $(firstword $(SEEDS)),$(SEED))
+# The run of alpha_max A: the first seed's WRPO run when A is ALPHA_MAX (not trained twice).
+alpha_dir = $(if $(filter $(1),$(ALPHA_MAX)),$(firstword $(call run_dirs,wrpo)),$(WORK)/wrpo-alpha$(1))
+ABLATION_DONE = $(foreach a,$(ALPHAS),$(call alpha_dir,$(a))/.done) $(if $(STATIC_ALPHA),$(WORK)/wrpo-static$(STATIC_ALPHA)/.done)
+# Which held-out prompts `make eval` answers: eval (the test split, into
+# WORK/eval) or validation (WORK/validation), the split for choosing settings.
+EVAL_SPLIT ?= eval
+EVAL_DIR = $(WORK)/$(if $(filter validation,$(EVAL_SPLIT)),validation,eval)
 run_dirs = $(if $(SEEDS),$(foreach s,$(SEEDS),$(WORK)/$(1)-seed$(s)),$(WORK)/$(1))
 WRPO_DONE = $(addsuffix /.done,$(call run_dirs,wrpo))
 DPO_DONE = $(addsuffix /.done,$(call run_dirs,dpo))
@@ -77,21 +92,27 @@ TIMED = scripts/timed.sh $(WORK)
 # then sets DIR aside before the step writes it again (scripts/fresh.sh).
 # make expands every rule's prerequisites, so only runs that make pipeline
 # files write settings files.
-NOT_PIPELINE := help print-% build test test-remote test-gpu-path models bench-decode bench-sample bench-train clean-run
+NOT_PIPELINE := help print-% build test test-remote test-gpu-path experiment models bench-decode bench-sample bench-train clean-run
 DRY := $(if $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))),dry)
 settings = $(if $(filter-out $(NOT_PIPELINE),$(or $(MAKECMDGOALS),help)),$(shell scripts/settings.sh $(WORK) $(1) '$(2)' $(DRY)),$(WORK)/.settings/$(1))
 # What a dry run (make -n, make -q) shows for changed settings: out of date, and nothing written.
 %.changed: ;
+# Settings files appear while make reads the rules; a pattern rule's search looks
+# for them in make's listing of the folder, taken before, and would find none for
+# a step's first run (a seed's, an ablation's): "no rule to make target". This
+# rule says they can exist, and .PRECIOUS that they are not intermediate files to delete.
+$(WORK)/.settings/%: ;
+.PRECIOUS: $(WORK)/.settings/%
 fresh = scripts/fresh.sh $(WORK)/.settings/$(1) $(2) $(3)
 
-.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval clean-run
+.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval experiment clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS EVAL_N MAX_LENGTH; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS ALPHAS STATIC_ALPHA EVAL_SPLIT EVAL_N MAX_LENGTH; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -136,7 +157,19 @@ train: $$(WRPO_DONE) ## Train the target with WRPO on the pairs (runs every step
 
 dpo: $$(DPO_DONE) ## The DPO baseline on the same pairs (chosen = y_wt)
 
-eval: $(WORK)/eval/report.md ## Held-out comparison: original target, Target-SFT, WRPO, DPO (report.md, report.png)
+eval: $$(EVAL_DIR)/report.md ## Held-out comparison: original target, Target-SFT, WRPO, DPO (report.md, report.png)
+
+# The evidence study (docs/results.md): the chain on the study's prompt set, WRPO and
+# DPO per training seed, the alpha ablation, and the paired report. Override the
+# STUDY_* variables (and any other) as usual.
+STUDY_WORK ?= runs/study
+STUDY_PROMPTS ?= data/study/prompts.jsonl
+STUDY_SEEDS ?= 1 2
+STUDY_ALPHAS ?= 0 0.1 0.3 1
+STUDY_STATIC_ALPHA ?= 0.1
+experiment: ## The evidence study: data/study prompts, WRPO and DPO per seed, alpha ablation, paired report (STUDY_WORK; hours)
+	$(MAKE) --no-print-directory eval WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" \
+	  ALPHAS="$(STUDY_ALPHAS)" STATIC_ALPHA=$(STUDY_STATIC_ALPHA)
 
 clean-run: ## Delete WORK
 	rm -rf $(WORK)
@@ -228,6 +261,18 @@ $(WORK)/wrpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-seed$$
 	$(call preference,wrpo-seed$*,$(WRPO_ARGS),$*)
 	touch $@
 
+$(WORK)/wrpo-alpha%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-alpha$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(call fresh,wrpo-alpha$*,$(@D),$@)
+	$(call preference,wrpo-alpha$*,--alpha-max $*,$(FIRST_SEED))
+	touch $@
+
+$(WORK)/wrpo-static%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-static$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(call fresh,wrpo-static$*,$(@D),$@)
+	$(call preference,wrpo-static$*,--alpha-max $* --static-alpha,$(FIRST_SEED))
+	touch $@
+
 $(WORK)/dpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-seed$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS)) | $(BUILD)
 	$(call need,$(TRAIN))
 	$(call fresh,dpo-seed$*,$(@D),$@)
@@ -241,12 +286,15 @@ $(WORK)/dpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-seed$$*,
 # WRPO - DPO).
 # Each run's final checkpoint as an eval alias: wrpo, or wrpo@SEED per seed.
 run_models = $(if $(SEEDS),$(foreach s,$(SEEDS),$(1)@$(s)=$(WORK)/$(1)-seed$(s)/final),$(1)=$(WORK)/$(1)/final)
-EVAL_MODELS = target=$(TARGET) target-sft=$(WORK)/target-sft/final $(call run_models,wrpo) $(call run_models,dpo)
-$(WORK)/eval/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(call settings,eval,$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD) crn $$(SEEDS)) | $(BUILD)
+ABLATION_MODELS = $(foreach a,$(ALPHAS),alpha$(a)=$(call alpha_dir,$(a))/final) $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
+ABLATION_COMPARE = $(foreach a,$(ALPHAS),--compare alpha$(a):target-sft) \
+  $(if $(STATIC_ALPHA),--compare static$(STATIC_ALPHA):$(if $(filter $(STATIC_ALPHA),$(ALPHAS)),alpha$(STATIC_ALPHA),target-sft))
+EVAL_MODELS = target=$(TARGET) target-sft=$(WORK)/target-sft/final $(call run_models,wrpo) $(call run_models,dpo) $(ABLATION_MODELS)
+$(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(ABLATION_DONE) $$(call settings,$$(notdir $$(EVAL_DIR)),$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD) crn $$(SEEDS) $$(ALPHAS) $$(STATIC_ALPHA)) | $(BUILD)
 	$(call need,$(SAMPLE))
-	$(call fresh,eval,$(@D),$@)
-	$(TIMED) eval-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split eval $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(EVAL_MODELS)) \
-	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(WORK)/eval/samples
-	$(TIMED) eval-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(WORK)/eval/samples --reward $(REWARD) --out $(WORK)/eval/scores
-	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(WORK)/eval/scores --baseline target --order target,target-sft,dpo,wrpo \
-	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo --out $(WORK)/eval
+	$(call fresh,$(notdir $(@D)),$(@D),$@)
+	$(TIMED) $(notdir $(@D))-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split $(EVAL_SPLIT) $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(EVAL_MODELS)) \
+	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(@D)/samples
+	$(TIMED) $(notdir $(@D))-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(@D)/samples --reward $(REWARD) --out $(@D)/scores
+	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(@D)/scores --baseline target --order target,target-sft,dpo,wrpo \
+	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(ABLATION_COMPARE) --out $(@D)

@@ -22,4 +22,15 @@ grep -q "source-samples .*generate" "$work/dry.txt" || fail "N changed: the sour
 make -n eval "${run[@]}" ALPHA_MAX=0.2 > "$work/dry.txt"
 grep -q "fresh.sh .*/wrpo " "$work/dry.txt" && ! grep -q "generate .*--split train" "$work/dry.txt" \
   || fail "ALPHA_MAX changed: expected WRPO alone to rerun, got: $(cat "$work/dry.txt")"
+# make experiment's alpha ablation on the same chain: alpha_max 0 is trained, 0.1
+# is the WRPO run itself, and a static-alpha run is compared with it.
+make eval "${run[@]}" ALPHAS="0 0.1" STATIC_ALPHA=0.1
+for f in wrpo-alpha0/final/model.safetensors wrpo-static0.1/final/model.safetensors; do
+  test -s "$work/$f" || fail "$f is missing"
+done
+test ! -e "$work/wrpo-alpha0.1" || fail "alpha_max 0.1 was trained twice (it is the WRPO run)"
+make -q eval "${run[@]}" ALPHAS="0 0.1" STATIC_ALPHA=0.1 || fail "make eval with the ablation again: not up to date"
+for row in "alpha0 - target-sft | reward" "alpha0.1 - target-sft | reward" "static0.1 - alpha0.1 | reward"; do
+  grep -qF "| $row |" "$work/eval/report.md" || fail "report.md lacks the paired row '$row'"
+done
 echo "smoke: 1 passed, 0 failed"
