@@ -7,9 +7,9 @@ OUT/trainer_state.json's log history becomes our metrics dataset with
 `wrpo-train import-metrics`."""
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from . import run
 from .data import load_pairs
 from .trainer import WRPOConfig, WRPOTrainer
 
@@ -27,13 +27,7 @@ def parse(args=None):
 
 def main():
     data, config, model_args = parse()
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-    )
+    model, tokenizer = run.load(model_args)
     pairs = lambda path: load_pairs(path, tokenizer, config.max_length, config.max_prompt_length)  # noqa: E731
     trainer = WRPOTrainer(
         model,
@@ -43,9 +37,7 @@ def main():
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
-    trainer.save_state()
+    run.train(trainer, config)
 
 
 if __name__ == "__main__":

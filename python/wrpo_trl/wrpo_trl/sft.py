@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+
+from . import run
 
 
 @dataclass
@@ -31,16 +32,10 @@ def parse(args=None):
 
 def main():
     data, config, model_args = parse()
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-    )
+    model, tokenizer = run.load(model_args)
     trainer = SFTTrainer(model, args=config, train_dataset=conversations(data.sft), processing_class=tokenizer,
                          peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
-    trainer.save_state()
+    run.train(trainer, config)
 
 
 if __name__ == "__main__":
