@@ -297,4 +297,5 @@ $(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(ABLATION_DONE) $$(call sett
 	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(@D)/samples
 	$(TIMED) $(notdir $(@D))-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(@D)/samples --reward $(REWARD) --out $(@D)/scores
 	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(@D)/scores --baseline target --order target,target-sft,dpo,wrpo \
-	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(ABLATION_COMPARE) --out $(@D)
+	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(ABLATION_COMPARE) \
+	  $(if $(ALPHAS),--sweep-label alpha_max $(foreach a,$(ALPHAS),--sweep alpha$(a)=$(a))) --out $(@D)

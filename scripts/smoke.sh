@@ -30,7 +30,8 @@ for f in wrpo-alpha0/final/model.safetensors wrpo-static0.1/final/model.safetens
 done
 test ! -e "$work/wrpo-alpha0.1" || fail "alpha_max 0.1 was trained twice (it is the WRPO run)"
 make -q eval "${run[@]}" ALPHAS="0 0.1" STATIC_ALPHA=0.1 || fail "make eval with the ablation again: not up to date"
-for row in "alpha0 - target-sft | reward" "alpha0.1 - target-sft | reward" "static0.1 - alpha0.1 | reward"; do
-  grep -qF "| $row |" "$work/eval/report.md" || fail "report.md lacks the paired row '$row'"
+for row in "alpha0 - target-sft | reward" "alpha0.1 - target-sft | reward" "static0.1 - alpha0.1 | reward" "0.1 | alpha0.1 - target-sft"; do
+  grep -qF "| $row |" "$work/eval/report.md" || fail "report.md lacks the row '$row'"
 done
+test -s "$work/eval/sweep.png" || fail "sweep.png (the ablation against alpha_max) is missing"
 echo "smoke: 1 passed, 0 failed"

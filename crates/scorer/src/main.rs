@@ -152,6 +152,14 @@ struct ReportArgs {
     /// NAME@SEED (one training seed each) also pool into NAME.
     #[arg(long = "compare", value_parser = parse_comparison)]
     compare: Vec<(String, String)>,
+    /// A sweep's model and its value, MODEL=VALUE (repeatable, e.g.
+    /// alpha0.1=0.1): each model's paired reward comparison (its first
+    /// --compare) against the value, as sweep.png and a table in report.md.
+    #[arg(long = "sweep", value_parser = parse_sweep)]
+    sweep: Vec<(String, f64)>,
+    /// What the sweep's values are (the plot's axis).
+    #[arg(long, default_value = "value")]
+    sweep_label: String,
     /// Seed of the bootstrap resamples.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -223,6 +231,13 @@ fn parse_comparison(text: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_sweep(text: &str) -> Result<(String, f64), String> {
+    match text.split_once('=').map(|(m, v)| (m, v.parse::<f64>())) {
+        Some((m, Ok(v))) if !m.is_empty() && v.is_finite() => Ok((m.to_string(), v)),
+        _ => Err(format!("'{text}' is not MODEL=VALUE with a finite number")),
+    }
+}
+
 /// What `report` writes into its --out folder.
 const REPORT_FILES: [&str; 5] = ["report.parquet", "per-prompt.parquet", "paired.parquet", "report.png", "report.md"];
 
@@ -270,25 +285,39 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Report(args) => {
             let written = REPORT_FILES.map(|f| args.out.join(f));
-            let outputs: Vec<(&str, &Path)> = written.iter().map(|p| ("--out", p.as_path())).collect();
+            let sweep_png = args.out.join("sweep.png");
+            let mut outputs: Vec<(&str, &Path)> = written.iter().map(|p| ("--out", p.as_path())).collect();
+            if !args.sweep.is_empty() {
+                outputs.push(("--out", &sweep_png));
+            }
             check_paths(&outputs, &[("--prompts", &args.prompts), ("--scores", &args.scores)])?;
+            if let Some((m, _)) = args.sweep.iter().find(|(m, _)| !args.compare.is_empty() && !args.compare.iter().any(|(a, _)| a == m)) {
+                bail!("--sweep {m}: no --compare {m}:AGAINST gives it a comparison to plot");
+            }
             let prompts: Vec<Prompt> = read_dataset(&args.prompts)?;
             let scored: Vec<ScoredSample> = read_dataset(&args.scores)?;
             let mut r = report::report(&prompts, &scored, &args.baseline, &args.compare, args.seed)?;
             let rank = |m: &str| args.order.iter().position(|o| o == m).unwrap_or(usize::MAX);
             r.models.sort_by(|a, b| rank(&a.model).cmp(&rank(&b.model)).then_with(|| a.model.cmp(&b.model)));
             let reward = scored.first().map_or(String::new(), |s| s.reward_model.clone());
-            let table = format!(
+            let mut table = format!(
                 "{}\nPaired comparisons: per-prompt differences on the prompts both models answered.\n\n{}",
                 report::markdown(&r.models, &args.baseline, &reward),
                 report::paired_markdown(&r.paired)
             );
+            let sweep = report::sweep_points(&args.sweep, &r.paired)?;
+            if !sweep.is_empty() {
+                table += &format!("\nBy {} (sweep.png):\n\n{}", args.sweep_label, report::sweep_markdown(&args.sweep_label, &sweep));
+            }
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.scores)?;
             let [models, per_prompt, paired, png, md] = &written;
             write_dataset(models, &r.models, &prov)?;
             write_dataset(per_prompt, &r.prompts, &prov)?;
             write_dataset(paired, &r.paired, &prov)?;
             report::chart(&r.models, &r.paired, png)?;
+            if !sweep.is_empty() {
+                report::sweep_chart(&args.sweep_label, &sweep, &sweep_png)?;
+            }
             write_text(md, &table)?;
             println!("{table}");
         }

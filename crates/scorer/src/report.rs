@@ -405,6 +405,80 @@ pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> 
     std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot move the chart to {}: {e}", path.display()))
 }
 
+/// The paired reward comparison of each model of a sweep (`(value, model)`,
+/// e.g. alpha_max = 0.1 for `alpha0.1`): its first `--compare` row, in the
+/// order of the values. A model without one is named.
+pub fn sweep_points<'a>(sweep: &[(String, f64)], paired: &'a [PairedComparison]) -> Result<Vec<(f64, &'a PairedComparison)>> {
+    let mut points = sweep
+        .iter()
+        .map(|(model, x)| {
+            let row = paired.iter().find(|c| &c.model == model && c.measure == "reward");
+            row.map(|c| (*x, c)).ok_or_else(|| anyhow!("--sweep {model}={x}: no paired comparison of {model}; add --compare {model}:AGAINST"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(points)
+}
+
+/// The sweep as a table: value, comparison, mean difference with its interval, p.
+pub fn sweep_markdown(label: &str, points: &[(f64, &PairedComparison)]) -> String {
+    let mut out = format!("| {label} | model - against | prompts | mean reward difference [95% CI] | p (sign-flip) |\n|---|---|---|---|---|\n");
+    for (x, c) in points {
+        out += &format!(
+            "| {x} | {} - {} | {} | {:+.4} [{:+.4}, {:+.4}] | {} |\n",
+            c.model,
+            c.against,
+            c.prompts,
+            c.mean_diff,
+            c.diff_low,
+            c.diff_high,
+            p_text(c.p_value)
+        );
+    }
+    out
+}
+
+/// The sweep as a plot: the paired reward difference (mean and 95% CI)
+/// against the swept value, with the zero line.
+pub fn sweep_chart(label: &str, points: &[(f64, &PairedComparison)], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    let err = |e: &dyn std::fmt::Display| anyhow!("sweep chart: {e}");
+    let tmp = path.with_file_name(format!(".{}.tmp.png", path.file_stem().unwrap_or_default().to_string_lossy()));
+    {
+        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (x0, x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let pad = ((x1 - x0) * 0.08).max(0.05);
+        let (y0, y1) = points.iter().fold((0.0f64, 0.0f64), |(a, b), p| (a.min(p.1.diff_low), b.max(p.1.diff_high)));
+        let ypad = ((y1 - y0) * 0.1).max(1e-3);
+        let against: Vec<&str> = points.iter().map(|p| p.1.against.as_str()).collect();
+        let title = if against.windows(2).all(|w| w[0] == w[1]) {
+            format!("reward difference against {} (mean, 95% CI) by {label}", against.first().unwrap_or(&""))
+        } else {
+            format!("paired reward difference (mean, 95% CI) by {label}")
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d((x0 - pad)..(x1 + pad), (y0 - ypad)..(y1 + ypad))
+            .map_err(|e| err(&e))?;
+        chart.configure_mesh().x_desc(label).y_desc("reward difference").label_style(("sans-serif", 15)).draw().map_err(|e| err(&e))?;
+        chart.draw_series([PathElement::new(vec![(x0 - pad, 0.0), (x1 + pad, 0.0)], BLACK.mix(0.5).stroke_width(1))]).map_err(|e| err(&e))?;
+        chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1.mean_diff)), BLUE.stroke_width(2))).map_err(|e| err(&e))?;
+        for (x, c) in points {
+            chart.draw_series([PathElement::new(vec![(*x, c.diff_low), (*x, c.diff_high)], BLUE.stroke_width(2))]).map_err(|e| err(&e))?;
+            chart.draw_series([Circle::new((*x, c.mean_diff), 6, BLUE.filled())]).map_err(|e| err(&e))?;
+            let label = (*x + pad * 0.1, c.diff_high);
+            chart.draw_series([Text::new(format!("p={}", p_text(c.p_value)), label, ("sans-serif", 14))]).map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot move the chart to {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +623,43 @@ mod tests {
         uneven.retain(|s| !(s.model == "wrpo@2" && s.prompt_id == "p0"));
         let err = report(&prompts(3), &uneven, "base", &[], 1).err().unwrap().to_string();
         assert!(err.contains("'wrpo@1' answered 3 prompts and 'wrpo@2' 2"), "{err}");
+    }
+
+    /// A sweep takes each model's first reward comparison, in the order of
+    /// the values, names a model without one, and is drawn.
+    #[test]
+    fn a_sweep_orders_its_comparisons_by_value_and_is_plotted() {
+        let row = |model: &str, against: &str, measure: &str, mean: f64| PairedComparison {
+            model: model.into(),
+            against: against.into(),
+            measure: measure.into(),
+            prompts: 10,
+            mean_diff: mean,
+            diff_low: mean - 0.02,
+            diff_high: mean + 0.02,
+            win_rate: 0.5,
+            win_low: 0.4,
+            win_high: 0.6,
+            p_value: 0.5,
+        };
+        let paired = vec![
+            row("alpha1", "target-sft", "rouge_l", 9.0),
+            row("alpha1", "target-sft", "reward", 0.03),
+            row("alpha0", "target-sft", "reward", 0.01),
+            row("alpha0", "dpo", "reward", 0.0),
+        ];
+        let sweep = vec![("alpha1".to_string(), 1.0), ("alpha0".to_string(), 0.0)];
+        let points = sweep_points(&sweep, &paired).unwrap();
+        let got: Vec<(f64, &str, &str, f64)> = points.iter().map(|(x, c)| (*x, c.model.as_str(), c.against.as_str(), c.mean_diff)).collect();
+        assert_eq!(got, vec![(0.0, "alpha0", "target-sft", 0.01), (1.0, "alpha1", "target-sft", 0.03)]);
+        let table = sweep_markdown("alpha_max", &points);
+        assert!(table.contains("| 0 | alpha0 - target-sft | 10 | +0.0100 [-0.0100, +0.0300] |"), "{table}");
+        let err = sweep_points(&[("alpha9".to_string(), 9.0)], &paired).unwrap_err().to_string();
+        assert!(err.contains("alpha9") && err.contains("--compare alpha9:AGAINST"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("sweep.png");
+        sweep_chart("alpha_max", &points, &png).unwrap();
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     }
 
     #[test]
