@@ -315,14 +315,10 @@ pub fn markdown(rows: &[ModelReport], baseline: &str, reward: &str) -> String {
 /// forest plot of the paired reward differences with theirs.
 pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     let err = |e: &dyn std::fmt::Display| anyhow!("chart: {e}");
-    let tmp = path.with_file_name(format!(".{}.tmp.png", path.file_stem().unwrap_or_default().to_string_lossy()));
     let reward: Vec<&PairedComparison> = paired.iter().filter(|c| c.measure == "reward").collect();
     let forest_height = if reward.is_empty() { 0 } else { 120 + 40 * reward.len() as u32 };
-    {
-        let root = BitMapBackend::new(&tmp, (1200, 500 + forest_height)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+    write_png(path, (1200, 500 + forest_height), |root| {
         let (top, bottom) = root.split_vertically(500);
         let (left, right) = top.split_horizontally(600);
         let n = rows.len();
@@ -400,6 +396,26 @@ pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> 
                 chart.draw_series([Text::new(note, (c.diff_high, y), ("sans-serif", 14))]).map_err(|e| err(&e))?;
             }
         }
+        Ok(())
+    })
+}
+
+/// Draw a white PNG of `size` with `draw` and move it to `path` whole: the
+/// image is written to a hidden file beside it first (the backend picks the
+/// format by extension, hence `.NAME.tmp.png`).
+fn write_png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&plotters::drawing::DrawingArea<plotters::prelude::BitMapBackend, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    use plotters::prelude::*;
+    // A font in the binary: no system fonts needed.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    let tmp = path.with_file_name(format!(".{}.tmp.png", path.file_stem().unwrap_or_default().to_string_lossy()));
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("cannot draw {}: {e}", path.display()))?;
+        draw(&root)?;
         root.present().map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot move the chart to {}: {e}", path.display()))
@@ -442,12 +458,8 @@ pub fn sweep_markdown(label: &str, points: &[(f64, &PairedComparison)]) -> Strin
 /// against the swept value, with the zero line.
 pub fn sweep_chart(label: &str, points: &[(f64, &PairedComparison)], path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     let err = |e: &dyn std::fmt::Display| anyhow!("sweep chart: {e}");
-    let tmp = path.with_file_name(format!(".{}.tmp.png", path.file_stem().unwrap_or_default().to_string_lossy()));
-    {
-        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+    write_png(path, (900, 560), |root| {
         let (x0, x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
         let pad = ((x1 - x0) * 0.08).max(0.05);
         let (y0, y1) = points.iter().fold((0.0f64, 0.0f64), |(a, b), p| (a.min(p.1.diff_low), b.max(p.1.diff_high)));
@@ -458,7 +470,7 @@ pub fn sweep_chart(label: &str, points: &[(f64, &PairedComparison)], path: &Path
         } else {
             format!("paired reward difference (mean, 95% CI) by {label}")
         };
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 20))
             .margin(15)
             .x_label_area_size(45)
@@ -474,9 +486,8 @@ pub fn sweep_chart(label: &str, points: &[(f64, &PairedComparison)], path: &Path
             let label = (*x + pad * 0.1, c.diff_high);
             chart.draw_series([Text::new(format!("p={}", p_text(c.p_value)), label, ("sans-serif", 14))]).map_err(|e| err(&e))?;
         }
-        root.present().map_err(|e| anyhow!("cannot write {}: {e}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot move the chart to {}: {e}", path.display()))
+        Ok(())
+    })
 }
 
 #[cfg(test)]
