@@ -50,18 +50,15 @@ pub fn metrics_from_log(log: &[Value], stage: &str, file: &Path) -> Result<Vec<S
         // Metrics carry the entry's prefix; step, epoch, learning rate and gradient norm do not.
         let number = |key: &str| number_in(e, &format!("{prefix}{key}"), i, file);
         let plain = |key: &str| number_in(e, key, i, file);
-        let step = plain("step")?.ok_or_else(|| anyhow!("{}: log_history[{i}] has no 'step'", file.display()))? as u64;
+        let required = |value: Option<f64>, key: &str| value.ok_or_else(|| anyhow!("{}: log_history[{i}] has no '{key}'", file.display()));
+        let step = required(plain("step")?, "step")? as u64;
         let step = if eval { step } else { step.checked_sub(1).ok_or_else(|| anyhow!("{}: log_history[{i}] has step 0", file.display()))? };
         rows.push(StepMetrics {
             stage: if eval { format!("eval_{stage}") } else { stage.to_string() },
             step,
             epoch: plain("epoch")?.unwrap_or(0.0),
-            loss: number("loss")?.ok_or_else(|| anyhow!("{}: log_history[{i}] has no loss", file.display()))?,
-            lr: if eval {
-                0.0
-            } else {
-                plain("learning_rate")?.ok_or_else(|| anyhow!("{}: log_history[{i}] has no learning_rate", file.display()))?
-            },
+            loss: required(number("loss")?, "loss")?,
+            lr: if eval { 0.0 } else { required(plain("learning_rate")?, "learning_rate")? },
             alpha: number("alpha")?,
             grad_norm: if eval { None } else { plain("grad_norm")? },
             tokens_per_second: f64::NAN,
