@@ -126,11 +126,17 @@ class Encoder:
         return out
 
 
-def load_pairs(path, tokenizer, max_length, max_prompt_length):
-    """A pairs file as a tokenized `datasets.Dataset` that WRPOTrainer trains on."""
+def encode_pairs(rows, tokenizer, max_length, max_prompt_length, name):
+    """Pair rows (`read_rows`' dicts, or a dataset of our pairs' columns) as the
+    tokenized `datasets.Dataset` WRPOTrainer trains on; `name` names them in errors."""
     encoder = Encoder(tokenizer, max_length, max_prompt_length)
-    rows = [encoder.encode(row, f"{path}: row {i}") for i, row in enumerate(read_rows(path))]
+    rows = [encoder.encode(row, f"{name}: row {i}") for i, row in enumerate(rows)]
     with_refs = sum("ref_logp_y_l" in r for r in rows)
     if 0 < with_refs < len(rows):
-        raise ValueError(f"{path}: {with_refs} of {len(rows)} rows have reference log-probs; all or none must")
+        raise ValueError(f"{name}: {with_refs} of {len(rows)} rows have reference log-probs; all or none must")
     return Dataset.from_list(rows)
+
+
+def load_pairs(path, tokenizer, max_length, max_prompt_length):
+    """A pairs file as the tokenized `datasets.Dataset` WRPOTrainer trains on."""
+    return encode_pairs(read_rows(path), tokenizer, max_length, max_prompt_length, str(path))

@@ -6,7 +6,6 @@ of T, and the reference log-probs of our pairs file when it has them."""
 from dataclasses import dataclass, field
 
 import torch
-from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 from transformers.data.data_collator import DataCollatorMixin
@@ -14,7 +13,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.models import prepare_deepspeed
 
 from . import loss as L
-from .data import RESPONSES, Encoder
+from .data import RESPONSES, encode_pairs
 
 
 @dataclass
@@ -112,8 +111,7 @@ class WRPOTrainer(DPOTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "prompt_ids" in dataset.column_names:
             return dataset
-        encoder = Encoder(processing_class, args.max_length, args.max_prompt_length)
-        return Dataset.from_list([encoder.encode(row, f"{dataset_name} dataset: row {i}") for i, row in enumerate(dataset)])
+        return encode_pairs(dataset, processing_class, args.max_length, args.max_prompt_length, f"{dataset_name} dataset")
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
