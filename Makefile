@@ -49,7 +49,11 @@ TRAIN  := $(BIN)/wrpo-train
 need = @test -x $(1) || { echo "$(notdir $(1)) is not built yet ($(1) is missing): run 'make build' first" >&2; exit 1; }
 SAMPLING := --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED)
 LENGTHS  := --max-length $(MAX_LENGTH) --max-prompt-length $$(( $(MAX_LENGTH) / 2 ))
-TRAINING_STEPS := --micro-batch 2 --grad-accum 2 --warmup-ratio 0.1 $(LENGTHS)
+# Non-empty: preference training (WRPO, DPO, the ablation) keeps the token
+# embeddings (and a head tied to them) as Target-SFT has them, which spares
+# the gradient of Gemma's 262k x 640 embedding every step.
+FREEZE_EMBEDDINGS ?=
+TRAINING_STEPS := --micro-batch 2 --grad-accum 2 --warmup-ratio 0.1 $(LENGTHS) $(if $(FREEZE_EMBEDDINGS),--freeze-embeddings)
 TRAINING := $(TRAINING_STEPS) --seed $(SEED)
 # Training seeds (the data order) of WRPO and DPO. Empty: one run each with
 # SEED (WORK/wrpo, WORK/dpo). "1 2": one run per seed (WORK/wrpo-seed1, ...),
@@ -64,8 +68,13 @@ SEEDS ?=
 ALPHAS ?=
 STATIC_ALPHA ?=
 FIRST_SEED = $(or $(firstword $(SEEDS)),$(SEED))
-# The run of alpha_max A: the first seed's WRPO run when A is ALPHA_MAX (not trained twice).
-alpha_dir = $(if $(filter $(1),$(ALPHA_MAX)),$(firstword $(call run_dirs,wrpo)),$(WORK)/wrpo-alpha$(1))
+# Two alpha_max values are runs already made, neither trained nor sampled twice:
+# ALPHA_MAX is the first seed's WRPO run, and 0 its DPO run (alpha = 0 turns the
+# WRPO loss into DPO's on y_wt term by term). $(call alpha_model,A) is the eval
+# name of alpha_max A's run, $(call alpha_dir,A) its folder.
+first_run = $(if $(SEEDS),$(1)@$(FIRST_SEED),$(1))
+alpha_model = $(if $(filter $(1),$(ALPHA_MAX)),$(call first_run,wrpo),$(if $(filter 0,$(1)),$(call first_run,dpo),alpha$(1)))
+alpha_dir = $(if $(filter alpha%,$(call alpha_model,$(1))),$(WORK)/wrpo-alpha$(1),$(firstword $(call run_dirs,$(firstword $(subst @, ,$(call alpha_model,$(1)))))))
 ABLATION_DONE = $(foreach a,$(ALPHAS),$(call alpha_dir,$(a))/.done) $(if $(STATIC_ALPHA),$(WORK)/wrpo-static$(STATIC_ALPHA)/.done)
 # Which held-out prompts `make eval` answers: eval (the test split, into
 # WORK/eval) or validation (WORK/validation), the split for choosing settings.
@@ -112,7 +121,7 @@ help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS ALPHAS STATIC_ALPHA EVAL_SPLIT EVAL_N MAX_LENGTH; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS ALPHAS STATIC_ALPHA FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -167,9 +176,14 @@ STUDY_PROMPTS ?= data/study/prompts.jsonl
 STUDY_SEEDS ?= 1 2
 STUDY_ALPHAS ?= 0 0.1 0.3 1
 STUDY_STATIC_ALPHA ?= 0.1
+# y_ws is the best of 8 source samples against y_wt's best of 2 (docs/results.md says why).
+STUDY_SOURCE_N ?= 8
+STUDY_TARGET_N ?= 2
+STUDY_FREEZE_EMBEDDINGS ?= 1
 experiment: ## The evidence study: data/study prompts, WRPO and DPO per seed, alpha ablation, paired report (STUDY_WORK; hours)
 	$(MAKE) --no-print-directory eval WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" \
-	  ALPHAS="$(STUDY_ALPHAS)" STATIC_ALPHA=$(STUDY_STATIC_ALPHA)
+	  ALPHAS="$(STUDY_ALPHAS)" STATIC_ALPHA=$(STUDY_STATIC_ALPHA) SOURCE_N=$(STUDY_SOURCE_N) TARGET_N=$(STUDY_TARGET_N) \
+	  FREEZE_EMBEDDINGS=$(STUDY_FREEZE_EMBEDDINGS)
 
 clean-run: ## Delete WORK
 	rm -rf $(WORK)
@@ -286,9 +300,13 @@ $(WORK)/dpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-seed$$*,
 # WRPO - DPO).
 # Each run's final checkpoint as an eval alias: wrpo, or wrpo@SEED per seed.
 run_models = $(if $(SEEDS),$(foreach s,$(SEEDS),$(1)@$(s)=$(WORK)/$(1)-seed$(s)/final),$(1)=$(WORK)/$(1)/final)
-ABLATION_MODELS = $(foreach a,$(ALPHAS),alpha$(a)=$(call alpha_dir,$(a))/final) $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
-ABLATION_COMPARE = $(foreach a,$(ALPHAS),--compare alpha$(a):target-sft) \
-  $(if $(STATIC_ALPHA),--compare static$(STATIC_ALPHA):$(if $(filter $(STATIC_ALPHA),$(ALPHAS)),alpha$(STATIC_ALPHA),target-sft))
+ABLATION_MODELS = $(foreach a,$(ALPHAS),$(if $(filter alpha%,$(call alpha_model,$(a))),alpha$(a)=$(call alpha_dir,$(a))/final)) \
+  $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
+# A sweep point is its model's first comparison; wrpo and dpo (no SEEDS) have theirs with Target-SFT already.
+ABLATION_COMPARE = $(foreach a,$(ALPHAS),$(addprefix --compare ,$(addsuffix :target-sft,$(filter-out wrpo dpo,$(call alpha_model,$(a)))))) \
+  $(if $(STATIC_ALPHA),--compare static$(STATIC_ALPHA):$(if $(filter $(STATIC_ALPHA),$(ALPHAS)),$(call alpha_model,$(STATIC_ALPHA)),target-sft))
+# Each training seed's own WRPO - DPO, beside the pooled one.
+SEED_COMPARE = $(foreach s,$(SEEDS),--compare wrpo@$(s):dpo@$(s))
 EVAL_MODELS = target=$(TARGET) target-sft=$(WORK)/target-sft/final $(call run_models,wrpo) $(call run_models,dpo) $(ABLATION_MODELS)
 $(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(ABLATION_DONE) $$(call settings,$$(notdir $$(EVAL_DIR)),$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD) crn $$(SEEDS) $$(ALPHAS) $$(STATIC_ALPHA)) | $(BUILD)
 	$(call need,$(SAMPLE))
@@ -297,5 +315,5 @@ $(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(ABLATION_DONE) $$(call sett
 	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(@D)/samples
 	$(TIMED) $(notdir $(@D))-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(@D)/samples --reward $(REWARD) --out $(@D)/scores
 	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(@D)/scores --baseline target --order target,target-sft,dpo,wrpo \
-	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(ABLATION_COMPARE) \
-	  $(if $(ALPHAS),--sweep-label alpha_max $(foreach a,$(ALPHAS),--sweep alpha$(a)=$(a))) --out $(@D)
+	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(ABLATION_COMPARE) $(SEED_COMPARE) \
+	  $(if $(ALPHAS),--sweep-label alpha_max $(foreach a,$(ALPHAS),--sweep $(call alpha_model,$(a))=$(a))) --out $(@D)
