@@ -60,22 +60,24 @@ TRAINING := $(TRAINING_STEPS) --seed $(SEED)
 # evaluated as wrpo@1, wrpo@2, ..., which the report also pools per prompt
 # into wrpo and dpo for the paired comparisons.
 SEEDS ?=
-# The alpha ablation: one WRPO run per alpha_max in ALPHAS (0 is DPO on y_wt,
-# 1 is DPO on y_ws) into WORK/wrpo-alphaA, and with STATIC_ALPHA a run with
-# alpha fixed at that value (WORK/wrpo-staticA), all with the first training
-# seed; the eval samples them as alphaA and staticA and compares each with
-# Target-SFT (static with dynamic when ALPHAS has its value).
-ALPHAS ?=
-STATIC_ALPHA ?=
+# The alpha ablation (`make ablation`): one WRPO run per alpha_max in ALPHAS
+# (0 is DPO on y_wt, 1 is DPO on y_ws) into WORK/wrpo-alphaA and one with
+# alpha fixed at STATIC_ALPHA (WORK/wrpo-staticA), all with the first training
+# seed, answered on ABLATION_SPLIT into WORK/ablation as alphaA and staticA:
+# each compared with Target-SFT (static with dynamic at its value), plotted
+# against alpha_max in WORK/ablation/sweep.png.
+ALPHAS ?= 0 0.1 0.3 1
+STATIC_ALPHA ?= 0.1
+# Empty: the ablation trains on every pair, and two of its runs are made
+# already: alpha_max = ALPHA_MAX is the first seed's WRPO run, and 0 its DPO run
+# (alpha = 0 turns the WRPO loss into DPO's on y_wt term by term). N: every run
+# of the ablation trains on the same N pairs (wrpo-train --subsample).
+ABLATION_PAIRS ?=
+ABLATION_SPLIT ?= eval
 FIRST_SEED = $(or $(firstword $(SEEDS)),$(SEED))
-# Two alpha_max values are runs already made, neither trained nor sampled twice:
-# ALPHA_MAX is the first seed's WRPO run, and 0 its DPO run (alpha = 0 turns the
-# WRPO loss into DPO's on y_wt term by term). $(call alpha_model,A) is the eval
-# name of alpha_max A's run, $(call alpha_dir,A) its folder.
-first_run = $(if $(SEEDS),$(1)@$(FIRST_SEED),$(1))
-alpha_model = $(if $(filter $(1),$(ALPHA_MAX)),$(call first_run,wrpo),$(if $(filter 0,$(1)),$(call first_run,dpo),alpha$(1)))
-alpha_dir = $(if $(filter alpha%,$(call alpha_model,$(1))),$(WORK)/wrpo-alpha$(1),$(firstword $(call run_dirs,$(firstword $(subst @, ,$(call alpha_model,$(1)))))))
+alpha_dir = $(or $(if $(ABLATION_PAIRS),,$(if $(filter $(1),$(ALPHA_MAX)),$(firstword $(call run_dirs,wrpo)),$(if $(filter 0,$(1)),$(firstword $(call run_dirs,dpo))))),$(WORK)/wrpo-alpha$(1))
 ABLATION_DONE = $(foreach a,$(ALPHAS),$(call alpha_dir,$(a))/.done) $(if $(STATIC_ALPHA),$(WORK)/wrpo-static$(STATIC_ALPHA)/.done)
+SUBSAMPLE = $(if $(ABLATION_PAIRS),--subsample $(ABLATION_PAIRS))
 # Which held-out prompts `make eval` answers: eval (the test split, into
 # WORK/eval) or validation (WORK/validation), the split for choosing settings.
 EVAL_SPLIT ?= eval
@@ -114,14 +116,14 @@ $(WORK)/.settings/%: ;
 .PRECIOUS: $(WORK)/.settings/%
 fresh = scripts/fresh.sh $(WORK)/.settings/$(1) $(2) $(3)
 
-.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval experiment clean-run
+.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval ablation experiment clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS ALPHAS STATIC_ALPHA FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -168,22 +170,24 @@ dpo: $$(DPO_DONE) ## The DPO baseline on the same pairs (chosen = y_wt)
 
 eval: $$(EVAL_DIR)/report.md ## Held-out comparison: original target, Target-SFT, WRPO, DPO (report.md, report.png)
 
+ablation: $(WORK)/ablation/report.md ## The alpha ablation: WRPO per alpha_max in ALPHAS and static alpha, against Target-SFT (sweep.png)
+
 # The evidence study (docs/results.md): the chain on the study's prompt set, WRPO and
-# DPO per training seed, the alpha ablation, and the paired report. Override the
-# STUDY_* variables (and any other) as usual.
+# DPO per training seed on the test split, then the alpha ablation on a subsample
+# of the pairs, answered on the validation split. Override the STUDY_* variables
+# (and any other) as usual.
 STUDY_WORK ?= runs/study
 STUDY_PROMPTS ?= data/study/prompts.jsonl
 STUDY_SEEDS ?= 1 2
-STUDY_ALPHAS ?= 0 0.1 0.3 1
-STUDY_STATIC_ALPHA ?= 0.1
 # y_ws is the best of 8 source samples against y_wt's best of 2 (docs/results.md says why).
 STUDY_SOURCE_N ?= 8
 STUDY_TARGET_N ?= 2
 STUDY_FREEZE_EMBEDDINGS ?= 1
+STUDY_ABLATION_PAIRS ?= 150
 experiment: ## The evidence study: data/study prompts, WRPO and DPO per seed, alpha ablation, paired report (STUDY_WORK; hours)
-	$(MAKE) --no-print-directory eval WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" \
-	  ALPHAS="$(STUDY_ALPHAS)" STATIC_ALPHA=$(STUDY_STATIC_ALPHA) SOURCE_N=$(STUDY_SOURCE_N) TARGET_N=$(STUDY_TARGET_N) \
-	  FREEZE_EMBEDDINGS=$(STUDY_FREEZE_EMBEDDINGS)
+	$(MAKE) --no-print-directory eval ablation WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" \
+	  SOURCE_N=$(STUDY_SOURCE_N) TARGET_N=$(STUDY_TARGET_N) FREEZE_EMBEDDINGS=$(STUDY_FREEZE_EMBEDDINGS) \
+	  ABLATION_PAIRS=$(STUDY_ABLATION_PAIRS) ABLATION_SPLIT=validation
 
 clean-run: ## Delete WORK
 	rm -rf $(WORK)
@@ -275,16 +279,16 @@ $(WORK)/wrpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-seed$$
 	$(call preference,wrpo-seed$*,$(WRPO_ARGS),$*)
 	touch $@
 
-$(WORK)/wrpo-alpha%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-alpha$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED)) | $(BUILD)
+$(WORK)/wrpo-alpha%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-alpha$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED) $$(SUBSAMPLE)) | $(BUILD)
 	$(call need,$(TRAIN))
 	$(call fresh,wrpo-alpha$*,$(@D),$@)
-	$(call preference,wrpo-alpha$*,--alpha-max $*,$(FIRST_SEED))
+	$(call preference,wrpo-alpha$*,--alpha-max $* $(SUBSAMPLE),$(FIRST_SEED))
 	touch $@
 
-$(WORK)/wrpo-static%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-static$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED)) | $(BUILD)
+$(WORK)/wrpo-static%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-static$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED) $$(SUBSAMPLE)) | $(BUILD)
 	$(call need,$(TRAIN))
 	$(call fresh,wrpo-static$*,$(@D),$@)
-	$(call preference,wrpo-static$*,--alpha-max $* --static-alpha,$(FIRST_SEED))
+	$(call preference,wrpo-static$*,--alpha-max $* --static-alpha $(SUBSAMPLE),$(FIRST_SEED))
 	touch $@
 
 $(WORK)/dpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-seed$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS)) | $(BUILD)
@@ -300,20 +304,30 @@ $(WORK)/dpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-seed$$*,
 # WRPO - DPO).
 # Each run's final checkpoint as an eval alias: wrpo, or wrpo@SEED per seed.
 run_models = $(if $(SEEDS),$(foreach s,$(SEEDS),$(1)@$(s)=$(WORK)/$(1)-seed$(s)/final),$(1)=$(WORK)/$(1)/final)
-ABLATION_MODELS = $(foreach a,$(ALPHAS),$(if $(filter alpha%,$(call alpha_model,$(a))),alpha$(a)=$(call alpha_dir,$(a))/final)) \
-  $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
-# A sweep point is its model's first comparison; wrpo and dpo (no SEEDS) have theirs with Target-SFT already.
-ABLATION_COMPARE = $(foreach a,$(ALPHAS),$(addprefix --compare ,$(addsuffix :target-sft,$(filter-out wrpo dpo,$(call alpha_model,$(a)))))) \
-  $(if $(STATIC_ALPHA),--compare static$(STATIC_ALPHA):$(if $(filter $(STATIC_ALPHA),$(ALPHAS)),$(call alpha_model,$(STATIC_ALPHA)),target-sft))
+EVAL_MODELS = target=$(TARGET) target-sft=$(WORK)/target-sft/final $(call run_models,wrpo) $(call run_models,dpo)
 # Each training seed's own WRPO - DPO, beside the pooled one.
 SEED_COMPARE = $(foreach s,$(SEEDS),--compare wrpo@$(s):dpo@$(s))
-EVAL_MODELS = target=$(TARGET) target-sft=$(WORK)/target-sft/final $(call run_models,wrpo) $(call run_models,dpo) $(ABLATION_MODELS)
-$(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(ABLATION_DONE) $$(call settings,$$(notdir $$(EVAL_DIR)),$$(EVAL_LIMIT) $$(EVAL_N) $$(MAX_NEW_TOKENS) $$(TEMPERATURE) $$(TOP_P) $$(SEED) $$(REWARD) crn $$(SEEDS) $$(ALPHAS) $$(STATIC_ALPHA)) | $(BUILD)
+# $(call answer,MODELS,SPLIT): MODELS answer SPLIT's prompts EVAL_N times each
+# (the same seeds sample by sample), scored with the training reward, into $(@D).
+define answer
+$(TIMED) $(notdir $(@D))-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split $(2) $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(1)) \
+  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(@D)/samples
+$(TIMED) $(notdir $(@D))-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(@D)/samples --reward $(REWARD) --out $(@D)/scores
+endef
+ANSWERING = $(EVAL_LIMIT) $(EVAL_N) $(MAX_NEW_TOKENS) $(TEMPERATURE) $(TOP_P) $(SEED) $(REWARD) crn
+$(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(call settings,$$(notdir $$(EVAL_DIR)),$$(ANSWERING) $$(SEEDS)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,$(notdir $(@D)),$(@D),$@)
-	$(TIMED) $(notdir $(@D))-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split $(EVAL_SPLIT) $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(EVAL_MODELS)) \
-	  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(@D)/samples
-	$(TIMED) $(notdir $(@D))-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(@D)/samples --reward $(REWARD) --out $(@D)/scores
+	$(call answer,$(EVAL_MODELS),$(EVAL_SPLIT))
 	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(@D)/scores --baseline target --order target,target-sft,dpo,wrpo \
-	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(ABLATION_COMPARE) $(SEED_COMPARE) \
-	  $(if $(ALPHAS),--sweep-label alpha_max $(foreach a,$(ALPHAS),--sweep $(call alpha_model,$(a))=$(a))) --out $(@D)
+	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(SEED_COMPARE) --out $(@D)
+
+ABLATION_MODELS = $(foreach a,$(ALPHAS),alpha$(a)=$(call alpha_dir,$(a))/final) $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
+STATIC_AGAINST = $(if $(filter $(STATIC_ALPHA),$(ALPHAS)),alpha$(STATIC_ALPHA),target-sft)
+$(WORK)/ablation/report.md: $$(ABLATION_DONE) $$(call settings,ablation,$$(ANSWERING) $$(ABLATION_SPLIT) $$(SEEDS) $$(ALPHAS) $$(STATIC_ALPHA) $$(ABLATION_PAIRS)) | $(BUILD)
+	$(call need,$(SAMPLE))
+	$(call fresh,ablation,$(@D),$@)
+	$(call answer,target-sft=$(WORK)/target-sft/final $(ABLATION_MODELS),$(ABLATION_SPLIT))
+	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(@D)/scores --baseline target-sft \
+	  $(foreach a,$(ALPHAS),--compare alpha$(a):target-sft --sweep alpha$(a)=$(a)) --sweep-label alpha_max \
+	  $(if $(STATIC_ALPHA),--compare static$(STATIC_ALPHA):$(STATIC_AGAINST)) --out $(@D)

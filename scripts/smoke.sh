@@ -22,19 +22,23 @@ grep -q "source-samples .*generate" "$work/dry.txt" || fail "N changed: the sour
 make -n eval "${run[@]}" ALPHA_MAX=0.2 > "$work/dry.txt"
 grep -q "fresh.sh .*/wrpo " "$work/dry.txt" && ! grep -q "generate .*--split train" "$work/dry.txt" \
   || fail "ALPHA_MAX changed: expected WRPO alone to rerun, got: $(cat "$work/dry.txt")"
-# make experiment's alpha ablation on the same chain: alpha_max 1 is trained,
-# 0.1 is the WRPO run itself and 0 the DPO run (the same loss), and a
-# static-alpha run is compared with the WRPO run.
-make eval "${run[@]}" ALPHAS="0 0.1 1" STATIC_ALPHA=0.1
+# make experiment's alpha ablation on the same chain, on every pair: alpha_max
+# 1 is trained, 0.1 is the WRPO run itself and 0 the DPO run (the same loss),
+# and the static-alpha run is compared with the WRPO run.
+ablation=(ALPHAS="0 0.1 1" STATIC_ALPHA=0.1)
+make ablation "${run[@]}" "${ablation[@]}"
 for f in wrpo-alpha1/final/model.safetensors wrpo-static0.1/final/model.safetensors; do
   test -s "$work/$f" || fail "$f is missing"
 done
 for a in 0 0.1; do
   test ! -e "$work/wrpo-alpha$a" || fail "alpha_max $a was trained twice (it is the WRPO or the DPO run)"
 done
-make -q eval "${run[@]}" ALPHAS="0 0.1 1" STATIC_ALPHA=0.1 || fail "make eval with the ablation again: not up to date"
-for row in "alpha1 - target-sft | reward" "static0.1 - wrpo | reward" "0 | dpo - target-sft" "0.1 | wrpo - target-sft" "1 | alpha1 - target-sft"; do
-  grep -qF "| $row |" "$work/eval/report.md" || fail "report.md lacks the row '$row'"
+make -q ablation "${run[@]}" "${ablation[@]}" || fail "make ablation again: not up to date"
+for row in "alpha1 - target-sft | reward" "static0.1 - alpha0.1 | reward" "0 | alpha0 - target-sft" "0.1 | alpha0.1 - target-sft" "1 | alpha1 - target-sft"; do
+  grep -qF "| $row |" "$work/ablation/report.md" || fail "ablation/report.md lacks the row '$row'"
 done
-test -s "$work/eval/sweep.png" || fail "sweep.png (the ablation against alpha_max) is missing"
+# On a subsample of the pairs every alpha_max is trained, on the same pairs.
+make -n ablation "${run[@]}" "${ablation[@]}" ABLATION_PAIRS=3 > "$work/dry.txt"
+grep -q "wrpo-alpha0 .*--alpha-max 0 --subsample 3 " "$work/dry.txt" || fail "ABLATION_PAIRS=3: alpha_max 0 is not trained on 3 pairs"
+test -s "$work/ablation/sweep.png" || fail "sweep.png (the ablation against alpha_max) is missing"
 echo "smoke: 1 passed, 0 failed"

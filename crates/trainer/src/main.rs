@@ -18,8 +18,8 @@ use wrpo_trainer::{
     optim::AdamWConfig,
     schedule::Schedule,
     train::{
-        encode_pairs, encode_sft, load_model, reference_logps, run, Example, LrSchedule, ReferenceRecord, RunInputs, SftForm, Stage, TrainConfig,
-        PRODUCER,
+        encode_pairs, encode_sft, load_model, reference_logps, run, subsample, Example, LrSchedule, ReferenceRecord, RunInputs, SftForm, Stage,
+        TrainConfig, PRODUCER,
     },
 };
 
@@ -211,6 +211,10 @@ struct WrpoArgs {
     /// Held-out pairs (with reference log-probs) whose metrics are logged as eval rows.
     #[arg(long)]
     eval_pairs: Option<PathBuf>,
+    /// Train on N of the pairs, the same N for every run and seed (picked by a
+    /// hash of the prompt id): an ablation on a subsample.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    subsample: Option<u64>,
     /// Peak learning rate (recipe: 3e-7 for an 8B target).
     #[arg(long, default_value_t = 3e-7)]
     lr: f64,
@@ -470,7 +474,14 @@ fn run_cli(cli: Cli) -> Result<()> {
                 }
                 Ok(files.into_iter().flat_map(|f| f.rows).collect())
             };
-            let (examples, truncated) = encode_pairs(&enc, &read(&a.pairs)?, Some(&objective), &a.pairs)?;
+            let mut pairs = read(&a.pairs)?;
+            if let Some(n) = a.subsample {
+                if n as usize > pairs.len() {
+                    bail!("--subsample {n}: {} has only {} pairs", a.pairs.display(), pairs.len());
+                }
+                pairs = subsample(pairs, n as usize);
+            }
+            let (examples, truncated) = encode_pairs(&enc, &pairs, Some(&objective), &a.pairs)?;
             report_truncated(truncated, examples.len(), "pairs");
             let eval = match &a.eval_pairs {
                 Some(p) => Some(encode_pairs(&enc, &read(p)?, Some(&objective), p)?.0),

@@ -16,7 +16,9 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
-use wrpo_common::{io::InputHash, metrics::StepMetrics, pairs::Pair, progress::Progress, sft::SftExample, write_dataset, Provenance};
+use wrpo_common::{
+    hash::uniform_draw, io::InputHash, metrics::StepMetrics, pairs::Pair, progress::Progress, sft::SftExample, write_dataset, Provenance,
+};
 use wrpo_llm::{Model, Rng, Tokenizer};
 
 use crate::{
@@ -170,6 +172,20 @@ pub fn pack_sft(enc: &Encoder, rows: &[SftExample], block: usize, cross_document
         }
     }
     Ok(out)
+}
+
+/// The n pairs a study's runs share when they train on a subsample (an
+/// ablation): those with the smallest draws keyed by prompt id alone, so
+/// every run and training seed gets the same ones whatever the file's order
+/// (which is by prompt id, grouping families); kept in the file's order.
+pub fn subsample(rows: Vec<Pair>, n: usize) -> Vec<Pair> {
+    let mut draws: Vec<(f64, usize)> = rows.iter().enumerate().map(|(i, p)| (uniform_draw(0, "subsample", &p.prompt_id), i)).collect();
+    draws.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut keep = vec![false; rows.len()];
+    for &(_, i) in draws.iter().take(n) {
+        keep[i] = true;
+    }
+    rows.into_iter().zip(keep).filter_map(|(p, k)| k.then_some(p)).collect()
 }
 
 /// Encode pairs for `objective`; reference log-probs are required unless it is reference-free.

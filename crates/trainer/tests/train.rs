@@ -285,6 +285,10 @@ fn bad_inputs_are_named() {
     write_dataset(Path::new(&s.path("nan.parquet")), &bad, &prov).unwrap();
     let err = failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("nan.parquet"), "--out", &s.path("o2")]));
     assert!(err.contains("row 5") && err.contains("ref_logp_y_wt"), "{err}");
+    // A subsample larger than the pairs.
+    let err =
+        failed(train_bin(&["wrpo", "--model", &s.model, "--pairs", &s.path("pairs-ref.parquet"), "--out", &s.path("o4"), "--subsample", "999"]));
+    assert!(err.contains("--subsample 999") && err.contains("pairs-ref.parquet") && err.contains("only"), "{err}");
     // A prompt limit that leaves no room for a response.
     let err = failed(train_bin(&[
         "wrpo",
@@ -475,4 +479,25 @@ fn a_trl_runs_log_becomes_a_metrics_dataset_and_its_plot() {
     let err = failed(train_bin(&["import-metrics", dir.path().join("other.json").to_str().unwrap(), "--out", bad.to_str().unwrap()]));
     assert!(err.contains("other.json") && err.contains("log_history"), "{err}");
     assert!(!bad.exists());
+}
+
+/// An ablation's subsample: the same pairs whatever the file's order, kept in
+/// that order, spread over the file rather than its first rows.
+#[test]
+fn a_subsample_is_fixed_by_the_prompt_ids() {
+    let all = pairs(0..40);
+    let ids = |rows: &[Pair]| rows.iter().map(|p| p.prompt_id.clone()).collect::<Vec<_>>();
+    let picked = wrpo_trainer::train::subsample(all.clone(), 10);
+    assert_eq!(picked.len(), 10);
+    let order: Vec<usize> = picked.iter().map(|p| p.prompt_id[1..].parse().unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "not in the file's order: {order:?}");
+    assert!(*order.last().unwrap() >= 20, "only the first rows were taken: {order:?}");
+    let mut reversed = all.clone();
+    reversed.reverse();
+    let mut again = ids(&wrpo_trainer::train::subsample(reversed, 10));
+    again.sort();
+    let mut want = ids(&picked);
+    want.sort();
+    assert_eq!(again, want);
+    assert_eq!(wrpo_trainer::train::subsample(all.clone(), 40).len(), 40);
 }
