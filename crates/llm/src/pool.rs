@@ -7,6 +7,14 @@
 //! machine a wake-up can take longer than the matmul. Here the calling
 //! thread works too, and the other workers poll for the next job for a few
 //! milliseconds after each one before they go to sleep, as ggml's do.
+//!
+//! A spinning pool has one failure: when another process takes a worker's
+//! core, the worker is descheduled holding a chunk, and the caller waits out
+//! the other process's time slice at the end of nearly every job. Sampling
+//! kept 21% of its speed beside a busy loop on one of 2 cores. So a caller
+//! that waits for a late worker longer than it worked itself runs the jobs
+//! of the next [`SOLO`] alone, then tries the workers again: it keeps the
+//! core that is free.
 
 use std::{
     cell::UnsafeCell,
@@ -20,18 +28,32 @@ use std::{
 
 /// How long an idle worker polls before it sleeps.
 const SPIN: Duration = Duration::from_millis(5);
+/// A worker is late when the caller waits this long for it, and longer than
+/// it worked on the job itself: a chunk takes microseconds to a few
+/// milliseconds, and a descheduled thread waits out a time slice.
+const LATE: Duration = Duration::from_millis(1);
+/// How long the caller then runs jobs alone.
+const SOLO: Duration = Duration::from_millis(50);
 
 type Task = dyn Fn(usize) + Sync;
 
+/// The job word: the job's generation above these bits, then whether the
+/// job is closed to workers, then how many workers joined it.
+const GENERATION: u32 = 32;
+const CLOSED: u64 = 1 << 31;
+const JOINED: u64 = CLOSED - 1;
+
 struct Shared {
-    /// Bumped for each job; workers watch it.
-    generation: AtomicU64,
-    /// The job's task, valid until every worker has left it.
+    /// Generation, closed and joined (above), as one word so that a worker
+    /// joins only the job it saw, and only before the caller closes it.
+    /// Workers watch it for a new generation.
+    job: AtomicU64,
+    /// The job's task, valid until every worker that joined has left it.
     task: UnsafeCell<*const Task>,
     chunks: AtomicUsize,
     next: AtomicUsize,
-    /// Workers still inside the current job.
-    busy: AtomicUsize,
+    /// Workers that joined the current job and have left it.
+    left: AtomicUsize,
     panicked: AtomicBool,
     /// Workers asleep or about to be: only then does a job need a wake-up call.
     sleepers: AtomicUsize,
@@ -40,9 +62,10 @@ struct Shared {
 }
 
 // SAFETY: `task` is written only by the thread that holds `Pool::submit`,
-// before it publishes the job through `generation` (Release), and read by
-// workers after they see it (Acquire); the submitter waits until `busy` is
-// zero before the task goes out of scope.
+// before it publishes the job through `job` (SeqCst), and read by workers
+// only after they joined that job (AcqRel); the submitter closes the job and
+// waits until every worker that joined has left before the task goes out of
+// scope.
 unsafe impl Sync for Shared {}
 
 /// A pointer through which pool tasks write disjoint elements of one buffer.
@@ -61,8 +84,9 @@ impl<T> SharedMut<T> {
 pub struct Pool {
     shared: &'static Shared,
     workers: usize,
-    /// One job at a time; a second caller runs its chunks itself.
-    submit: Mutex<()>,
+    /// One job at a time; a second caller runs its chunks itself. Holds
+    /// the time until which jobs run on the caller alone (a worker was late).
+    submit: Mutex<Option<Instant>>,
 }
 
 impl Pool {
@@ -75,11 +99,11 @@ impl Pool {
 
     fn new(threads: usize) -> Pool {
         let shared: &'static Shared = Box::leak(Box::new(Shared {
-            generation: AtomicU64::new(0),
+            job: AtomicU64::new(0),
             task: UnsafeCell::new(std::ptr::null::<fn(usize)>() as *const Task),
             chunks: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
+            left: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
@@ -89,7 +113,7 @@ impl Pool {
         for i in 0..workers {
             std::thread::Builder::new().name(format!("wrpo-pool-{i}")).spawn(move || worker(shared)).expect("cannot start a pool thread");
         }
-        Pool { shared, workers, submit: Mutex::new(()) }
+        Pool { shared, workers, submit: Mutex::new(None) }
     }
 
     /// Threads that run a job, the caller included.
@@ -106,36 +130,51 @@ impl Pool {
 
     /// Run `task(0..chunks)` across the pool; returns when all are done.
     pub fn run(&self, chunks: usize, task: &(dyn Fn(usize) + Sync)) {
-        let guard = match self.submit.try_lock() {
-            Ok(g) => Some(g),
+        let mut guard = match self.submit.try_lock() {
+            Ok(g) => g,
             // A chunk panicked in an earlier job, which still ended cleanly.
-            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return (0..chunks).for_each(task),
         };
-        if guard.is_none() || self.workers == 0 || chunks < 2 {
+        let started = Instant::now();
+        if self.workers == 0 || chunks < 2 || guard.is_some_and(|until| started < until) {
             return (0..chunks).for_each(task);
         }
         let s = self.shared;
         let borrowed: *const (dyn Fn(usize) + Sync + '_) = task;
-        // SAFETY: no worker reads `task` now (`busy` was zero when the last
-        // job returned, and workers read it only after a new generation), and
-        // this job does not return before they are done with it.
+        // SAFETY: no worker reads `task` now (every worker that joined the
+        // last job had left it when it returned, and workers read it only
+        // after joining a new one), and this job does not return before the
+        // workers that join it are done with it.
         unsafe { *s.task.get() = std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Task>(borrowed) };
         s.chunks.store(chunks, Ordering::Relaxed);
         s.next.store(0, Ordering::Relaxed);
-        s.busy.store(self.workers, Ordering::Relaxed);
+        s.left.store(0, Ordering::Relaxed);
+        let generation = (s.job.load(Ordering::Relaxed) >> GENERATION).wrapping_add(1);
         // SeqCst with the sleepers count: a worker either counts itself
         // before this job is published, and is woken, or sees the job.
-        s.generation.fetch_add(1, Ordering::SeqCst);
+        s.job.store(generation << GENERATION, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             // Under the lock, so that no worker is between its check and its wait.
             drop(s.sleep.lock().unwrap_or_else(|e| e.into_inner()));
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| work(s, task)));
-        while s.busy.load(Ordering::Acquire) != 0 {
+        let done = Instant::now();
+        // Workers that have not joined by now (asleep, or descheduled before
+        // they saw the job) are not waited for: no chunk is left for them.
+        let joined = (s.job.fetch_or(CLOSED, Ordering::AcqRel) & JOINED) as usize;
+        let mut spins = 0u32;
+        while s.left.load(Ordering::Acquire) < joined {
             std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1024) {
+                // A worker sharing this core gets it.
+                std::thread::yield_now();
+            }
         }
+        let waited = done.elapsed();
+        *guard = (waited > LATE && waited > done - started).then(|| Instant::now() + SOLO);
         // Cleared whichever panic is raised, so that it does not poison the next job.
         let theirs = s.panicked.swap(false, Ordering::Relaxed);
         if let Err(panic) = mine {
@@ -158,13 +197,26 @@ fn work(s: &Shared, task: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// Joins the job of generation `generation` unless it is closed or gone.
+fn join(s: &Shared, generation: u64) -> bool {
+    let mut word = s.job.load(Ordering::Acquire);
+    while word >> GENERATION == generation && word & CLOSED == 0 {
+        match s.job.compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => word = now,
+        }
+    }
+    false
+}
+
 fn worker(s: &'static Shared) {
     let mut seen = 0;
+    let generation = |s: &Shared, order| s.job.load(order) >> GENERATION;
     loop {
         // Poll for the next job, then sleep until one comes.
         let idle = Instant::now();
         let mut spins = 0u32;
-        while s.generation.load(Ordering::Acquire) == seen {
+        while generation(s, Ordering::Acquire) == seen {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
             if !spins.is_multiple_of(1024) {
@@ -175,19 +227,23 @@ fn worker(s: &'static Shared) {
             if idle.elapsed() > SPIN {
                 let guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
-                let guard = s.wake.wait_while(guard, |_| s.generation.load(Ordering::SeqCst) == seen);
+                let guard = s.wake.wait_while(guard, |_| generation(s, Ordering::SeqCst) == seen);
                 s.sleepers.fetch_sub(1, Ordering::SeqCst);
                 drop(guard);
             }
         }
-        seen = s.generation.load(Ordering::Acquire);
+        seen = generation(s, Ordering::Acquire);
+        if !join(s, seen) {
+            continue;
+        }
         // SAFETY: the submitter wrote the task before publishing this
-        // generation and keeps it alive until `busy` reaches zero.
+        // generation, and keeps it alive until every worker that joined
+        // before it closed the job has left.
         let task = unsafe { &**s.task.get() };
         if catch_unwind(AssertUnwindSafe(|| work(s, task))).is_err() {
             s.panicked.store(true, Ordering::Relaxed);
         }
-        s.busy.fetch_sub(1, Ordering::Release);
+        s.left.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -211,6 +267,46 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn after_a_late_worker_the_caller_runs_jobs_alone_for_a_while() {
+        let pool = Pool::new(2);
+        let caller = std::thread::current().id();
+        let on_workers = AtomicUsize::new(0);
+        // Chunks that a worker takes wait as a descheduled worker would.
+        let job = |c: usize| {
+            if std::thread::current().id() != caller {
+                on_workers.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(4 * LATE);
+            } else if c == 0 {
+                // Time for a sleeping worker to wake and take a chunk.
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        };
+        // Until a worker has taken a chunk (it may be asleep, or too slow to get one).
+        let late = (0..100).any(|_| {
+            pool.run(8, &job);
+            on_workers.swap(0, Ordering::Relaxed) > 0
+        });
+        assert!(late, "no worker ever took a chunk");
+        let solo_since = Instant::now();
+        pool.run(64, &job);
+        assert_eq!(on_workers.load(Ordering::Relaxed), 0, "the job after a late worker ran on the workers");
+        // Then the workers get jobs again.
+        std::thread::sleep(SOLO.saturating_sub(solo_since.elapsed()));
+        let shared = (0..100).any(|_| {
+            pool.run(8, &|c| {
+                if c == 0 {
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                if std::thread::current().id() != caller {
+                    on_workers.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            on_workers.load(Ordering::Relaxed) > 0
+        });
+        assert!(shared, "the workers never got a job back");
     }
 
     #[test]
