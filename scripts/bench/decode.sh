@@ -11,6 +11,7 @@ TOKENS=${TOKENS:-128}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2
 cargo build --release -q --workspace --bins --examples
+echo "cpu: $(target/release/examples/cpu)"
 out=$(mktemp)
 "$PYTHON" scripts/bench/decode_llama_cpp.py "$MODEL" "$TOKENS" | tee -a "$out"
 target/release/examples/bench_decode "$MODEL" --tokens "$TOKENS" --batches 1,8 | tee -a "$out"

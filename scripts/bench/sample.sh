@@ -15,6 +15,8 @@
 # Needs: make models, and a Python with scripts/bench/requirements.txt
 # (PYTHON picks it: default .venv/bin/python if present, else python3).
 # Ratios are what to read: absolute speeds vary a lot with machine load.
+# WRPO_ISA=avx2 (or scalar, avxvnni, avx512vnni) runs our int8 kernels at a
+# lower tier than the CPU has, to measure a CPU without VNNI on one with it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SOURCE=${SOURCE:-models/smollm2-135m-instruct-q4_1.gguf}
@@ -23,6 +25,7 @@ PROMPTS=${PROMPTS:-16} MAX_NEW=${MAX_NEW:-128} BATCH=${BATCH:-16}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2
 cargo build --release -q --workspace --bins --examples
+echo "cpu: $(target/release/examples/cpu)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 head -n "$PROMPTS" data/demo/prompts.jsonl > "$work/prompts.jsonl"

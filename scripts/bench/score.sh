@@ -19,6 +19,7 @@ SHARD=${SHARD:-0/3}
 PEER_BATCH_TOKENS=${PEER_BATCH_TOKENS:-1024}
 export RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2
 cargo build --release -q --workspace --bins --examples
+echo "cpu: $(target/release/examples/cpu)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 target/release/examples/save_hf models/smollm2-135m-instruct-q4_1.gguf "$work/lm" > /dev/null

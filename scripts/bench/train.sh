@@ -15,6 +15,7 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 STEPS=${STEPS:-4}
 export RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2
 cargo build --release -q --workspace --bins --examples
+echo "cpu: $(target/release/examples/cpu)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for model in smollm2-135m-instruct-q4_1 gemma-3-270m-q4_k_m; do

@@ -30,6 +30,33 @@ pub use sampling::{Rng, SamplingParams};
 pub use save::save_hf_checkpoint;
 pub use tokenizer::Tokenizer;
 
+/// The CPU this process computes on, as logs and benchmarks name it: its
+/// model, the threads our pool uses, the vector extensions the f32 matmul
+/// (`gemm`) and the int8 kernels pick from, and the int8 kernels' tier.
+pub fn cpu_summary() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    #[allow(unused_mut)]
+    let mut features: Vec<&str> = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let known = [
+            ("avx2", has!("avx2")),
+            ("fma", has!("fma")),
+            ("avx512f", has!("avx512f")),
+            ("avx512bw", has!("avx512bw")),
+            ("avx512vnni", has!("avx512vnni")),
+            ("avxvnni", has!("avxvnni")),
+        ];
+        features.extend(known.iter().filter(|(_, on)| *on).map(|(name, _)| *name));
+    }
+    let tier = qmatmul::kernel_tier().unwrap_or("?");
+    format!("{model}, {} threads; {}; int8 kernels: {tier}", pool::Pool::global().threads(), features.join(" "))
+}
+
 /// Set the process up for our compute; call first thing in `main`, before
 /// any thread is started.
 ///
@@ -45,7 +72,14 @@ pub use tokenizer::Tokenizer;
 /// run on `pool::Pool`, whose workers already fill the cores; a candle worker
 /// spinning beside them took its core's time away from them, a fifth of a
 /// WRPO step on 2 cores. `CANDLE_BARRIER_POOL_SPIN_LIMIT`, if set, wins.
+///
+/// A `WRPO_ISA` that this CPU cannot run ends the process here, with the
+/// tiers it can.
 pub fn setup_process() {
+    if let Err(e) = qmatmul::kernel_tier() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // Before any thread exists, so nothing reads the environment meanwhile.
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");

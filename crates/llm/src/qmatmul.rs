@@ -201,7 +201,13 @@ impl Activations {
     }
 }
 
-#[derive(Clone, Copy)]
+/// The int8 kernels' tier for this process (see [`Isa::choose`]), or why
+/// `WRPO_ISA` cannot be honoured: checked at start, before any model loads.
+pub fn kernel_tier() -> Result<&'static str, String> {
+    Isa::choose(std::env::var(ISA_VARIABLE).ok().as_deref()).map(Isa::name)
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
@@ -212,22 +218,59 @@ enum Isa {
     Avx512Vnni,
 }
 
+/// Names a tier as `WRPO_ISA` takes it.
+const ISA_VARIABLE: &str = "WRPO_ISA";
+
 impl Isa {
-    fn detect() -> Isa {
+    fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => "avxvnni",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// The tiers this CPU can run, best last.
+    fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut tiers = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") {
-                if has!("avxvnni") {
-                    return Isa::AvxVnni;
-                }
+                tiers.push(Isa::Avx2);
                 if has!("avx512vnni") && has!("avx512vl") {
-                    return Isa::Avx512Vnni;
+                    tiers.push(Isa::Avx512Vnni);
                 }
-                return Isa::Avx2;
+                // Preferred where both exist: the same dot on 256-bit
+                // vectors, without AVX-512's frequency cost.
+                if has!("avxvnni") {
+                    tiers.push(Isa::AvxVnni);
+                }
             }
         }
-        Isa::Scalar
+        tiers
+    }
+
+    /// The best tier of this CPU, or the one `WRPO_ISA` names, so that a
+    /// lower tier can be measured or tested on a CPU that has a better one.
+    fn choose(requested: Option<&str>) -> Result<Isa, String> {
+        let tiers = Isa::available();
+        let Some(name) = requested else { return Ok(*tiers.last().expect("scalar is always there")) };
+        tiers.iter().copied().find(|t| t.name() == name).ok_or_else(|| {
+            let names: Vec<_> = tiers.iter().map(|t| t.name()).collect();
+            format!("{ISA_VARIABLE}={name}: this CPU runs the int8 kernels at {}", names.join(", "))
+        })
+    }
+
+    /// The tier every quantized matmul of this process runs.
+    fn detect() -> Isa {
+        static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| Isa::choose(std::env::var(ISA_VARIABLE).ok().as_deref()).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Column tiles `tiles` for every activation row, into `out` (m rows of
@@ -457,28 +500,14 @@ mod tests {
                     let width = ours.tiles * COLS;
                     let mut out = vec![0f32; m * width];
                     let ptr = SharedMut(out.as_mut_ptr());
-                    // SAFETY: only ISAs this CPU has are run (below).
+                    // SAFETY: only ISAs this CPU has are run.
                     unsafe { isa.tiles(&ours, &acts, 0..ours.tiles, &ptr) };
                     Tensor::from_vec(out, (m, width), &dev).unwrap().narrow(1, 0, n).unwrap()
                 };
                 let reference = run(Isa::Scalar);
-                let mut isas = vec![];
-                #[cfg(target_arch = "x86_64")]
-                {
-                    use std::arch::is_x86_feature_detected as has;
-                    if has!("avx2") && has!("fma") {
-                        isas.push(("avx2", Isa::Avx2));
-                        if has!("avxvnni") {
-                            isas.push(("avxvnni", Isa::AvxVnni));
-                        }
-                        if has!("avx512vnni") && has!("avx512vl") {
-                            isas.push(("avx512vnni", Isa::Avx512Vnni));
-                        }
-                    }
-                }
-                for (name, isa) in isas {
+                for isa in Isa::available() {
                     let err = max_abs(&(run(isa) - &reference).unwrap());
-                    assert!(err <= 1e-5 * scale, "{dtype:?} {name} ({m}x{k}x{n}): {err} from the scalar kernel");
+                    assert!(err <= 1e-5 * scale, "{dtype:?} {} ({m}x{k}x{n}): {err} from the scalar kernel", isa.name());
                 }
                 // ggml's Q8_1 activations (candle's for Q4_1) store Σq times the
                 // scale as f16, so its offset term is rounded where ours is not.
@@ -492,6 +521,17 @@ mod tests {
                 assert!(err < bound * scale, "{dtype:?} ({m}x{k}x{n}): {err} from f32 (values up to {scale})");
             }
         }
+    }
+
+    #[test]
+    fn the_tier_is_the_best_unless_a_lower_one_is_named() {
+        let tiers = Isa::available();
+        assert_eq!(Isa::choose(None).unwrap(), *tiers.last().unwrap());
+        for t in &tiers {
+            assert_eq!(Isa::choose(Some(t.name())).unwrap(), *t);
+        }
+        let err = Isa::choose(Some("avx9000")).unwrap_err();
+        assert!(err.contains("WRPO_ISA=avx9000") && err.contains("scalar"), "{err}");
     }
 
     #[test]

@@ -120,13 +120,14 @@ impl Backend for LocalModel {
     fn describe(&self) -> String {
         let c = &self.model.config;
         format!(
-            "{:?}, {} layers, hidden {}, vocab {}, context {}, {}",
+            "{:?}, {} layers, hidden {}, vocab {}, context {}, {}; on {}",
             c.family,
             c.num_layers,
             c.hidden_size,
             c.vocab_size,
             c.max_position_embeddings,
-            if self.quantized { "quantized weights" } else { "f32 weights" }
+            if self.quantized { "quantized weights" } else { "f32 weights" },
+            wrpo_llm::cpu_summary()
         )
     }
 

@@ -277,6 +277,7 @@ fn run(cli: Cli) -> Result<()> {
                 skip_unreferenced: a.skip_unreferenced,
                 shard: a.shard,
             };
+            eprintln!("scoring on {}", wrpo_llm::cpu_summary());
             let options = ScoreOptions { batch_tokens: a.batch_tokens, shard_rows: a.shard_rows, abort_after_shards: a.abort_after_shards };
             let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
             let interrupted = wrpo_common::interrupt_flag("committing finished batches")?;

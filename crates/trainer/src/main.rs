@@ -343,6 +343,7 @@ fn train(
 ) -> Result<()> {
     let config = train_config(c, lr);
     let template = enc.template().source.clone();
+    eprintln!("training on {}", wrpo_llm::cpu_summary());
     let metrics = run(RunInputs {
         model,
         tokenizer: enc.tokenizer(),
