@@ -6,6 +6,7 @@ use std::{
     fs::{self, File},
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -231,6 +232,12 @@ pub fn write_rows<T: Dataset>(path: &Path, rows: &[T], prov: &Provenance) -> Res
 /// (machine, process, start time), so the folders of several machines'
 /// `--shard` runs can be copied into one without overwriting each other. A
 /// lock file in `dir` refuses a second writer while one is at work.
+///
+/// The commit contract every long job shares (sampling, scoring): rows come
+/// in units of work (a sample, a batch) that are never split across shards;
+/// after a unit, the buffer is committed once it holds `rows_per_shard` rows
+/// or [`COMMIT_EVERY`] has passed since the last commit; a resumed run reads
+/// what is there through [`resume_files`].
 pub struct ShardWriter<T: Dataset> {
     dir: PathBuf,
     prov: Provenance,
@@ -238,6 +245,10 @@ pub struct ShardWriter<T: Dataset> {
     rows: Vec<T>,
     next: usize,
     tag: String,
+    last_commit: Instant,
+    /// Shards committed after a unit of work, and after how many of them to abort.
+    committed: usize,
+    abort_after: Option<usize>,
     /// Held, not read: dropping the writer releases it.
     _lock: DirLock,
 }
@@ -306,13 +317,42 @@ impl<T: Dataset> ShardWriter<T> {
         let next = shard_files(dir)?.iter().filter_map(|p| shard_number(p)).max().map_or(0, |n| n + 1);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let tag = crate::hash::short_hash(&format!("{} {} {nanos}", hostname(), std::process::id()));
-        Ok(ShardWriter { dir: dir.to_path_buf(), prov, rows_per_shard: rows_per_shard.max(1), rows: Vec::new(), next, tag, _lock: lock })
+        Ok(ShardWriter {
+            dir: dir.to_path_buf(),
+            prov,
+            rows_per_shard: rows_per_shard.max(1),
+            rows: Vec::new(),
+            next,
+            tag,
+            last_commit: Instant::now(),
+            committed: 0,
+            abort_after: None,
+            _lock: lock,
+        })
     }
 
+    /// For crash tests: abort the process, as a crash would, once this many
+    /// shards have been committed after units of work.
+    pub fn abort_after_shards(mut self, shards: Option<usize>) -> Self {
+        self.abort_after = shards;
+        self
+    }
+
+    /// One unit of work of one row.
     pub fn push(&mut self, row: T) -> Result<()> {
-        self.rows.push(row);
-        if self.rows.len() >= self.rows_per_shard {
-            self.flush()?;
+        self.push_unit([row])
+    }
+
+    /// The rows of one unit of work, committed together (see the type).
+    pub fn push_unit(&mut self, rows: impl IntoIterator<Item = T>) -> Result<()> {
+        self.rows.extend(rows);
+        if self.rows.is_empty() || (self.rows.len() < self.rows_per_shard && self.last_commit.elapsed() < COMMIT_EVERY) {
+            return Ok(());
+        }
+        self.flush()?;
+        self.committed += 1;
+        if self.abort_after.is_some_and(|k| self.committed >= k) {
+            std::process::abort();
         }
         Ok(())
     }
@@ -331,6 +371,7 @@ impl<T: Dataset> ShardWriter<T> {
         write_dataset(&path, &self.rows, &self.prov)?;
         self.rows.clear();
         self.next += 1;
+        self.last_commit = Instant::now();
         Ok(())
     }
 
@@ -338,6 +379,28 @@ impl<T: Dataset> ShardWriter<T> {
     pub fn finish(mut self) -> Result<()> {
         self.flush()
     }
+}
+
+/// A shard is committed at least this often, so a crash loses little work.
+pub const COMMIT_EVERY: Duration = Duration::from_secs(60);
+
+/// The shards a resumed run finds in `dir` (none if it holds none). Each is
+/// checked by `differs`, which says how the run that made it differs from
+/// this one, if it does: then this run is refused, naming the shard.
+pub fn resume_files<T: Dataset>(dir: &Path, differs: impl Fn(&Provenance) -> Option<String>) -> Result<Vec<DatasetFile<T>>> {
+    if !dir.exists() || dataset_files(dir).is_err() {
+        return Ok(vec![]);
+    }
+    dataset_files(dir)?
+        .iter()
+        .map(|path| {
+            let file = read_file::<T>(path)?;
+            if let Some(why) = differs(&file.provenance) {
+                bail!("{} was made {why}; give this run another --out, or delete that folder to start over", path.display());
+            }
+            Ok(file)
+        })
+        .collect()
 }
 
 /// N of `part-N-TAG.parquet` (or of `part-N.parquet`, as earlier versions named shards).

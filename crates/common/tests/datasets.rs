@@ -13,7 +13,7 @@ use parquet::{
     file::properties::WriterProperties,
 };
 use wrpo_common::{
-    io::{dataset_files, keys, read_file, AtomicFile},
+    io::{dataset_files, keys, read_file, resume_files, AtomicFile},
     metrics::StepMetrics,
     pairs::Pair,
     prompts::{Prompt, Split},
@@ -352,6 +352,31 @@ fn shards_are_numbered_on_from_existing_ones_and_read_as_one_dataset() {
     fs::create_dir(&empty).unwrap();
     let err = read_dataset::<Sample>(&empty).unwrap_err().to_string();
     assert!(err.contains("holds no .parquet files"), "{err}");
+}
+
+/// The contract sampling and scoring share: a unit of work is never split
+/// across shards, a shard is committed once a unit fills it, and a resumed
+/// run reads the shards back unless they were made otherwise.
+#[test]
+fn units_of_work_stay_whole_and_a_resumed_run_checks_how_shards_were_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let mut w = ShardWriter::<Sample>::new(&out, prov(), 4).unwrap();
+    // Units of 3 rows: the first stays buffered, the second fills a shard of 6.
+    w.push_unit((0..3).map(sample)).unwrap();
+    assert_eq!((w.pending(), dataset_files(&out).is_err()), (3, true));
+    w.push_unit((3..6).map(sample)).unwrap();
+    assert_eq!(w.pending(), 0);
+    w.push(sample(6)).unwrap();
+    w.finish().unwrap();
+    let sizes: Vec<usize> = dataset_files(&out).unwrap().iter().map(|p| read_file::<Sample>(p).unwrap().rows.len()).collect();
+    assert_eq!(sizes, [6, 1]);
+
+    let same = resume_files::<Sample>(&out, |_| None).unwrap();
+    assert_eq!(same.iter().map(|f| f.rows.len()).sum::<usize>(), 7);
+    let err = resume_files::<Sample>(&out, |then| Some(format!("with seed {}", then.config["seed"]))).err().unwrap().to_string();
+    assert!(err.contains("part-00000") && err.contains("was made with seed 42") && err.contains("another --out"), "{err}");
+    assert!(resume_files::<Sample>(&dir.path().join("none"), |_| Some("never asked".into())).unwrap().is_empty());
 }
 
 /// What DuckDB's COPY (or pyarrow, polars) writes: nullable fields, large or

@@ -11,14 +11,14 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use wrpo_common::{
     hash::shard_of,
-    io::{check_unlocked, dataset_files, read_file},
+    io::{check_unlocked, resume_files},
     progress::Progress,
     prompts::{Prompt, Split},
     samples::{FinishReason, Sample},
@@ -171,11 +171,8 @@ pub fn generate(
         let mut sink = ShardSink {
             alias: &spec.alias,
             settings,
-            writer: ShardWriter::new(&dir, prov, run.shard_rows)?,
-            last_commit: Instant::now(),
-            shards: 0,
+            writer: ShardWriter::new(&dir, prov, run.shard_rows)?.abort_after_shards(run.abort_after_shards),
             made: (0, 0),
-            abort_after_shards: run.abort_after_shards,
             interrupted: interrupted.clone(),
             progress: &mut progress,
             earlier: already,
@@ -245,9 +242,6 @@ fn plan<'a>(
 /// `keep_skipped`.
 fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Provenance, keep_skipped: bool) -> Result<HashSet<(String, u32)>> {
     let mut done = HashSet::new();
-    if !dir.exists() || dataset_files(dir).is_err() {
-        return Ok(done);
-    }
     let without_n = |v: &serde_json::Value| {
         let mut v = v.clone();
         v.as_object_mut().map(|o| o.remove("n"));
@@ -255,29 +249,17 @@ fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Pr
     };
     let want_model = serde_json::to_value(spec)?;
     let want_settings = without_n(&serde_json::to_value(settings)?);
-    for path in dataset_files(dir)? {
-        let file = read_file::<Sample>(&path)?;
-        for (then, now) in file.provenance.inputs.iter().zip(&prov.inputs) {
-            if then.sha256 != now.sha256 {
-                bail!(
-                    "{} was made from another {} (its content changed since); give this run another --out, or delete that folder to start over",
-                    path.display(),
-                    now.path
-                );
-            }
+    let files = resume_files::<Sample>(dir, |then| {
+        if let Some(now) = then.inputs.iter().zip(&prov.inputs).find_map(|(then, now)| (then.sha256 != now.sha256).then_some(now)) {
+            return Some(format!("from another {} (its content changed since)", now.path));
         }
-        let config = &file.provenance.config;
-        if config["model"] != want_model || without_n(&config["settings"]) != want_settings {
-            bail!(
-                "{} was made with other settings or another model ({} {}), not ({} {}); \
-                 give this run another --out, or delete that folder to start over",
-                path.display(),
-                config["model"],
-                config["settings"],
-                want_model,
-                want_settings
-            );
-        }
+        let config = &then.config;
+        (config["model"] != want_model || without_n(&config["settings"]) != want_settings).then(|| {
+            format!("with other settings or another model ({} {}), not ({want_model} {want_settings})", config["model"], config["settings"])
+        })
+    })?;
+    for file in files {
+        let path = file.path.clone();
         let rows = if keep_skipped || file.rows.iter().all(|r| r.finish_reason != FinishReason::Skipped) {
             file.rows
         } else {
@@ -304,19 +286,13 @@ struct ShardSink<'a> {
     alias: &'a str,
     settings: &'a Settings,
     writer: ShardWriter<Sample>,
-    last_commit: Instant,
-    shards: usize,
     /// Samples and new tokens made by this run.
     made: (usize, u64),
-    abort_after_shards: Option<usize>,
     interrupted: Arc<AtomicBool>,
     progress: &'a mut Progress,
     /// Samples of this model the output held before this run.
     earlier: usize,
 }
-
-/// A shard is committed at least this often, so a crash loses little work.
-const COMMIT_EVERY: Duration = Duration::from_secs(60);
 
 impl Sink for ShardSink<'_> {
     fn push(&mut self, prompt_id: &str, sample_index: u32, o: Outcome) -> Result<()> {
@@ -328,7 +304,6 @@ impl Sink for ShardSink<'_> {
             Finish::Skipped(why) => (FinishReason::Skipped, Some(why)),
         };
         let s = self.settings;
-        let pending = self.writer.pending() + 1;
         self.writer.push(Sample {
             prompt_id: prompt_id.to_string(),
             model: self.alias.to_string(),
@@ -344,19 +319,7 @@ impl Sink for ShardSink<'_> {
             top_k: s.sampling.top_k as u32,
             seed: s.seed,
             generation_seconds: o.seconds,
-        })?;
-        let committed = self.writer.pending() < pending;
-        if !committed && self.last_commit.elapsed() >= COMMIT_EVERY {
-            self.writer.flush()?;
-        }
-        if self.writer.pending() == 0 {
-            self.last_commit = Instant::now();
-            self.shards += 1;
-            if self.abort_after_shards.is_some_and(|k| self.shards >= k) {
-                std::process::abort();
-            }
-        }
-        Ok(())
+        })
     }
 
     fn interrupted(&self) -> bool {

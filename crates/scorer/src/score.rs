@@ -11,14 +11,13 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use wrpo_common::{
     hash::shard_of,
-    io::{check_keys, dataset_files, read_file, write_text},
+    io::{check_keys, dataset_files, read_file, resume_files, write_text},
     progress::Progress,
     prompts::Prompt,
     samples::{FinishReason, Sample},
@@ -88,22 +87,11 @@ fn read_samples(samples: &Path) -> Result<Vec<(Sample, PathBuf)>> {
 
 /// (prompt_id, sample_index) already scored in `dir`, from the same settings.
 fn existing(dir: &Path, settings: &serde_json::Value) -> Result<Vec<ScoredSample>> {
-    if !dir.exists() || dataset_files(dir).is_err() {
-        return Ok(vec![]);
-    }
-    let mut rows = Vec::new();
-    for path in dataset_files(dir)? {
-        let file = read_file::<ScoredSample>(&path)?;
-        if &file.provenance.config["settings"] != settings {
-            bail!(
-                "{} was scored with other settings ({}), not ({settings}); give this run another --out, or delete that folder",
-                path.display(),
-                file.provenance.config["settings"]
-            );
-        }
-        rows.extend(file.rows);
-    }
-    Ok(rows)
+    let files = resume_files::<ScoredSample>(dir, |then| {
+        let made_with = &then.config["settings"];
+        (made_with != settings).then(|| format!("with other settings of the reward ({made_with}), not ({settings})"))
+    })?;
+    Ok(files.into_iter().flat_map(|f| f.rows).collect())
 }
 
 #[derive(Serialize)]
@@ -123,6 +111,7 @@ pub fn score(
 ) -> Result<Summary> {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
     let reward = settings.reward.load(if settings.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 })?;
+    eprintln!("reward {} on {}", reward.name(), wrpo_llm::cpu_summary());
     let mut summary = Summary { reward_model: reward.name(), ..Default::default() };
     let settings_json = serde_json::to_value(settings)?;
 
@@ -194,8 +183,7 @@ pub fn score(
             prov = prov.with_input(path)?;
         }
         progress.set_model(&model);
-        let mut writer = ShardWriter::new(&dir, prov, usize::MAX)?;
-        let (mut last_commit, mut shards) = (Instant::now(), 0);
+        let mut writer = ShardWriter::new(&dir, prov, options.shard_rows)?.abort_after_shards(options.abort_after_shards);
         for batch in batches {
             if interrupted.load(Ordering::SeqCst) {
                 break;
@@ -208,6 +196,7 @@ pub fn score(
                 })
                 .collect();
             let rewards = reward.score(&items).with_context(|| format!("scoring samples of {}", batch[0].file.display()))?;
+            let mut rows = Vec::with_capacity(batch.len());
             for (w, r) in batch.iter().zip(rewards) {
                 // A batch cut differently by an earlier run (another --batch-tokens) may hold rows already on disk.
                 if scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index)) {
@@ -222,7 +211,7 @@ pub fn score(
                     );
                 }
                 let s = &w.sample;
-                writer.push(ScoredSample {
+                rows.push(ScoredSample {
                     prompt_id: s.prompt_id.clone(),
                     model: s.model.clone(),
                     sample_index: s.sample_index,
@@ -231,17 +220,10 @@ pub fn score(
                     finish_reason: s.finish_reason,
                     reward: r,
                     reward_model: reward.name(),
-                })?;
+                });
             }
+            writer.push_unit(rows)?;
             progress.add(batch.len() as u64, batch.iter().map(|w| w.cost as u64).sum());
-            if writer.pending() >= options.shard_rows || last_commit.elapsed() >= COMMIT_EVERY {
-                writer.flush()?;
-                last_commit = Instant::now();
-                shards += 1;
-                if options.abort_after_shards.is_some_and(|k| shards >= k) {
-                    std::process::abort();
-                }
-            }
         }
         writer.finish()?;
         if interrupted.load(Ordering::SeqCst) {
@@ -263,9 +245,6 @@ pub fn score(
     write_summary(&out.join("summary.json"), &summary)?;
     Ok(summary)
 }
-
-/// A shard is committed at least this often, so a crash loses little work.
-const COMMIT_EVERY: Duration = Duration::from_secs(60);
 
 /// Consecutive items while the batch's tokens stay within `budget`: batch
 /// size x largest cost when batches are padded, the sum of costs when not
