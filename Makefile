@@ -116,7 +116,7 @@ $(WORK)/.settings/%: ;
 .PRECIOUS: $(WORK)/.settings/%
 fresh = scripts/fresh.sh $(WORK)/.settings/$(1) $(2) $(3)
 
-.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-score prompts pairs train dpo eval ablation experiment clean-run
+.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-contention bench-score prompts pairs train dpo eval ablation experiment clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
@@ -156,6 +156,9 @@ bench-sample: models ## wrpo-sample generate tokens/s against llama.cpp (sequent
 
 bench-train: models ## One WRPO step (3 x 256 tokens) of our trainer against PyTorch eager: time and peak memory
 	bash scripts/bench/train.sh
+
+bench-contention: models ## Speed kept beside a busy process on one core: wrpo-sample and wrpo-train against llama.cpp
+	bash scripts/bench/contention.sh
 
 bench-score: models $(WORK)/source-samples/.done ## Reward-model scoring of real samples: wrpo-score against PyTorch transformers
 	WORK=$(WORK) bash scripts/bench/score.sh
