@@ -30,6 +30,15 @@ pub use sampling::{Rng, SamplingParams};
 pub use save::save_hf_checkpoint;
 pub use tokenizer::Tokenizer;
 
+/// Size the compute threads (`--threads`; default every core): our pool and
+/// candle's are both sized from `RAYON_NUM_THREADS` when first used, so call
+/// this before any compute.
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
+        std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
+    }
+}
+
 /// The CPU this process computes on, as logs and benchmarks name it: its
 /// model, the threads our pool uses, the vector extensions the f32 matmul
 /// (`gemm`) and the int8 kernels pick from, and the int8 kernels' tier.

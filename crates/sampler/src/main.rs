@@ -319,10 +319,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if a.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
-    if let Some(t) = a.threads {
-        // candle sizes its thread pools from this variable when first used.
-        std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
-    }
+    wrpo_llm::set_threads(a.threads);
     for (flag, value) in
         [("--batch-size", a.batch_size), ("--shard-rows", a.shard_rows), ("--concurrency", a.concurrency), ("--threads", a.threads.unwrap_or(1))]
     {

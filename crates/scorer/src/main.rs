@@ -19,11 +19,10 @@ use wrpo_common::{
 use wrpo_scorer::{
     report,
     reward::RewardSpec,
-    score::{score, write_summary, ScoreOptions, ScoreSettings},
+    score::{score, write_summary, ScoreOptions, ScoreSettings, PRODUCER},
     select::{check_scores, make_pairs, sft_split, source_gain, truncated_shares, ByPrompt, PairOptions, Strategy},
 };
 
-const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
 
 /// Score samples with a reward model and build the SFT set and WRPO pairs.
 #[derive(Parser)]
@@ -264,10 +263,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             check_paths(&[("--out", &a.out)], &[("--prompts", &a.prompts), ("--samples", &a.samples)])?;
-            if let Some(t) = a.threads {
-                // candle sizes its thread pool from this variable when first used.
-                std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
-            }
+            wrpo_llm::set_threads(a.threads);
             let settings = ScoreSettings {
                 reward: a.reward,
                 dtype: match a.dtype {
@@ -277,7 +273,6 @@ fn run(cli: Cli) -> Result<()> {
                 skip_unreferenced: a.skip_unreferenced,
                 shard: a.shard,
             };
-            eprintln!("scoring on {}", wrpo_llm::cpu_summary());
             let options = ScoreOptions { batch_tokens: a.batch_tokens, shard_rows: a.shard_rows, abort_after_shards: a.abort_after_shards };
             let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
             let interrupted = wrpo_common::interrupt_flag("committing finished batches")?;

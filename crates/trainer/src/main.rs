@@ -247,13 +247,6 @@ fn main() {
     wrpo_common::exit_on_error("wrpo-train", cli.verbose, run_cli(cli));
 }
 
-fn set_threads(threads: Option<usize>) {
-    if let Some(t) = threads {
-        // candle sizes its thread pool from this variable when first used.
-        std::env::set_var("RAYON_NUM_THREADS", t.max(1).to_string());
-    }
-}
-
 fn encoder(model: &Model, tokenizer: wrpo_llm::Tokenizer, max_length: usize, max_prompt_length: usize, path: &Path) -> Result<Encoder> {
     let template = tokenizer.chat_template_for(model.config.family).with_context(|| format!("{}: chat template", path.display()))?;
     Encoder::new(tokenizer, template, Truncation { max_length, max_prompt_length })
@@ -394,7 +387,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             eprintln!("{} rows ({stage}) -> {} and {}", metrics.len(), a.out.display(), plot.display());
         }
         Command::Sft(a) => {
-            set_threads(a.common.threads);
+            wrpo_llm::set_threads(a.common.threads);
             let c = &a.common;
             check_settings(c, a.lr)?;
             let mut inputs = vec![("--data", a.data.as_path()), ("--model", c.model.as_path())];
@@ -419,7 +412,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             train(c, a.lr, Stage::Sft { form }, &model, &enc, &examples, eval.as_deref(), inputs)?;
         }
         Command::RefLogps(a) => {
-            set_threads(a.threads);
+            wrpo_llm::set_threads(a.threads);
             if a.micro_batch == 0 {
                 bail!("--micro-batch must be at least 1, got 0");
             }
@@ -449,7 +442,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             eprintln!("reference log-probs of {} pairs -> {}", pairs.len(), a.out.display());
         }
         Command::Wrpo(a) => {
-            set_threads(a.common.threads);
+            wrpo_llm::set_threads(a.common.threads);
             let c = &a.common;
             let beta = a.beta.unwrap_or(a.loss.default_beta());
             let gamma = a.simpo_gamma.unwrap_or(SIMPO_GAMMA_BETA_RATIO * beta);
