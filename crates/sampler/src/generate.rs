@@ -254,9 +254,8 @@ fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Pr
             return Some(format!("from another {} (its content changed since)", now.path));
         }
         let config = &then.config;
-        (config["model"] != want_model || without_n(&config["settings"]) != want_settings).then(|| {
-            format!("with other settings or another model ({} {}), not ({want_model} {want_settings})", config["model"], config["settings"])
-        })
+        (config["model"] != want_model || without_n(&config["settings"]) != want_settings)
+            .then(|| format!("with other settings or another model ({} {}), not ({want_model} {want_settings})", config["model"], config["settings"]))
     })?;
     for file in files {
         let path = file.path.clone();

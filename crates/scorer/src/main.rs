@@ -23,7 +23,6 @@ use wrpo_scorer::{
     select::{check_scores, make_pairs, sft_split, source_gain, truncated_shares, ByPrompt, PairOptions, Strategy},
 };
 
-
 /// Score samples with a reward model and build the SFT set and WRPO pairs.
 #[derive(Parser)]
 #[command(name = "wrpo-score", version, about)]
