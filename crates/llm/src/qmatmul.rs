@@ -204,7 +204,7 @@ impl Activations {
 /// The int8 kernels' tier for this process (see [`Isa::choose`]), or why
 /// `WRPO_ISA` cannot be honoured: checked at start, before any model loads.
 pub fn kernel_tier() -> Result<&'static str, String> {
-    Isa::choose(std::env::var(ISA_VARIABLE).ok().as_deref()).map(Isa::name)
+    Isa::from_env().map(Isa::name)
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -267,10 +267,16 @@ impl Isa {
         })
     }
 
-    /// The tier every quantized matmul of this process runs.
+    /// The tier `WRPO_ISA` asks for, or this CPU's best.
+    fn from_env() -> Result<Isa, String> {
+        Isa::choose(std::env::var(ISA_VARIABLE).ok().as_deref())
+    }
+
+    /// The tier every quantized matmul of this process runs
+    /// (`setup_process` has refused a `WRPO_ISA` this CPU cannot run).
     fn detect() -> Isa {
         static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| Isa::choose(std::env::var(ISA_VARIABLE).ok().as_deref()).unwrap_or_else(|e| panic!("{e}")))
+        *CHOSEN.get_or_init(|| Isa::from_env().unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Column tiles `tiles` for every activation row, into `out` (m rows of
