@@ -6,8 +6,8 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
-use wrpo_llm::{sampling::argmax, ChatMessage, KvCache, Model, Tokenizer};
+use candle_core::DType;
+use wrpo_llm::{sampling::argmax, ChatMessage, KvCache, LoadOptions, Model, Tokenizer};
 
 fn main() -> Result<()> {
     // As the sampler's main does, so the benchmark measures what users run.
@@ -23,8 +23,7 @@ fn main() -> Result<()> {
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
-    let device = Device::Cpu;
-    let model = if dense { Model::load(&path, DType::F32, &device)? } else { Model::load_quantized(&path, &device)? };
+    let model = if dense { Model::load(&path, &LoadOptions::frozen(DType::F32))? } else { Model::load(&path, &LoadOptions::quantized(None))? };
     let tok = Tokenizer::load(&path)?;
     let template = tok.chat_template_for(model.config.family)?;
     let prompt = template.render(&[ChatMessage { role: "user", content: "Write a short story about a robot who learns to paint." }], true)?;

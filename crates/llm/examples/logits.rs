@@ -8,11 +8,11 @@ use std::io::BufRead;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use wrpo_llm::{ChatMessage, Model, Tokenizer};
+use wrpo_llm::{ChatMessage, LoadOptions, Model, Tokenizer};
 
 fn main() -> Result<()> {
     let path = std::path::PathBuf::from(std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: logits MODEL < prompts.jsonl"))?);
-    let model = Model::load_frozen(&path, DType::F32, &Device::Cpu)?;
+    let model = Model::load(&path, &LoadOptions::frozen(DType::F32))?;
     let tokenizer = Tokenizer::load(&path)?;
     let template = tokenizer.chat_template_for(model.config.family)?;
     for line in std::io::stdin().lock().lines() {

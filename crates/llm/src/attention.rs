@@ -11,8 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use num_traits::Float;
 
 use crate::{
-    grad_ops::{tensor, values},
-    infer::{gemm, with_values, Operand},
+    kernels::{gemm, tensor, values, with_values, Operand},
     pool::{Pool, SharedMut},
 };
 

@@ -4,11 +4,14 @@
 //! `zeros + gradient`: for each weight, every step, a zeroed tensor and an
 //! add into a third, which the optimizer then adds into its own buffer. For
 //! Gemma-3's tied (262k, 640) embedding that is 671 MB a few times over.
-//! An optimizer registers one [`GradBuffer`] per trainable variable here;
-//! the training ops that take a weight (linear, RMSNorm, the LM head, the
-//! embedding) then add its gradient into that buffer in place and give
-//! candle none. With no buffer registered (the gradient checks, a model
-//! without an optimizer) they return the gradient to candle as before.
+//! An optimizer registers one [`GradBuffer`] per trainable variable here.
+//! The kernels that take a weight (`kernels::linear`, `rms_norm`,
+//! `embedding`, and the LM head's `logprob::label_logprobs`) look the buffer
+//! up when they record their forward ([`buffer_of`]), keep it in the op, and
+//! their backward adds the weight's gradient into it in place and gives
+//! candle none ([`gradient`]). With no buffer registered (the gradient
+//! checks, a model without an optimizer) they return the gradient to candle
+//! as any op does.
 
 use std::{
     collections::HashMap,
@@ -20,7 +23,7 @@ use std::{
 
 use candle_core::{DType, Result, Tensor, TensorId, WithDType};
 
-use crate::grad_ops::tensor;
+use crate::kernels::tensor;
 
 /// The running sum of one variable's gradient, in f32.
 pub struct GradBuffer {
@@ -59,13 +62,25 @@ pub fn unregister(var: &Tensor) {
     sinks().write().unwrap_or_else(|e| e.into_inner()).remove(&var.id());
 }
 
+/// The buffer registered for `weight`, if any: what a kernel keeps when it
+/// records a forward that takes `weight`.
+pub(crate) fn buffer_of(weight: &Tensor) -> Option<Arc<GradBuffer>> {
+    if !weight.track_op() {
+        return None;
+    }
+    sinks().read().unwrap_or_else(|e| e.into_inner()).get(&weight.id()).cloned()
+}
+
 /// `weight`'s gradient, which `add` adds into the buffer it is given: the
-/// buffer registered for `weight` when there is one and the op computes in
-/// f32 (then None: candle gets no gradient for `weight`), else a zeroed one,
+/// kernel's `buffer` (from [`buffer_of`]) when it has one and computes in f32
+/// (then None: candle gets no gradient for `weight`), else a zeroed one,
 /// returned as a tensor of `weight`'s shape and dtype.
-pub(crate) fn gradient<T: WithDType>(weight: &Tensor, add: impl FnOnce(&mut [T]) -> Result<()>) -> Result<Option<Tensor>> {
-    let registered = if T::DTYPE == DType::F32 { sinks().read().unwrap_or_else(|e| e.into_inner()).get(&weight.id()).cloned() } else { None };
-    let Some(buffer) = registered else {
+pub(crate) fn gradient<T: WithDType>(
+    weight: &Tensor,
+    buffer: Option<&Arc<GradBuffer>>,
+    add: impl FnOnce(&mut [T]) -> Result<()>,
+) -> Result<Option<Tensor>> {
+    let Some(buffer) = buffer.filter(|_| T::DTYPE == DType::F32) else {
         let mut values = vec![T::zero(); weight.elem_count()];
         add(&mut values)?;
         return Ok(Some(tensor(values, weight.shape(), weight)?));

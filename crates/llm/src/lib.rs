@@ -2,33 +2,35 @@
 //! for every supported family, so sampling, scoring and training run the same
 //! forward pass (and match HF transformers).
 
-pub mod attention;
-pub mod chat;
-pub mod config;
+mod attention;
+mod chat;
+mod config;
 pub mod gguf;
-pub mod grad_ops;
 pub mod grad_sink;
-mod infer;
-pub mod kv;
-pub mod logprob;
-pub mod model;
-pub mod pool;
-pub mod qmatmul;
-pub mod rope;
+mod kernels;
+mod kv;
+mod logprob;
+mod model;
+mod pool;
+mod qmatmul;
+mod rope;
 pub mod sampling;
 pub mod save;
+#[cfg(feature = "tiny")]
 pub mod tiny;
-pub mod tokenizer;
-pub mod weights;
+mod tokenizer;
+mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Config, Family};
-pub use infer::with_values;
+pub use kernels::with_values;
 pub use kv::KvCache;
-pub use model::Model;
+pub use model::{LoadOptions, Model};
+pub use pool::for_each_mut;
 pub use sampling::{Rng, SamplingParams};
 pub use save::save_hf_checkpoint;
 pub use tokenizer::Tokenizer;
+pub use weights::Weights;
 
 /// Size the compute threads (`--threads`; default every core): our pool and
 /// candle's are both sized from `RAYON_NUM_THREADS` when first used, so call

@@ -9,14 +9,17 @@
 //! backward applies the analytic gradient of log p(label):
 //!   d/dlogit_v = g * (1[v = label] - p_v)   (times 1 - tanh^2 under soft-capping).
 
-use std::{any::Any, sync::Mutex};
+use std::{
+    any::Any,
+    sync::{Arc, Mutex},
+};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use num_traits::Float;
 
 use crate::{
-    grad_sink,
-    infer::{self, Operand},
+    grad_sink::{self, GradBuffer},
+    kernels::{gemm, with_values, Operand},
     pool::{Pool, SharedMut},
 };
 
@@ -46,7 +49,7 @@ fn label_logprobs_in_chunks(
     rows: usize,
     keep_limit: usize,
 ) -> Result<Tensor> {
-    let op = LabelLogProb { labels: labels.to_vec(), softcap, rows };
+    let op = LabelLogProb { labels: labels.to_vec(), softcap, rows, w_grad: grad_sink::buffer_of(weight) };
     // Training keeps the logits for the backward, up to `keep_limit` of them:
     // one matmul of the three fewer, for (rows x vocab) floats until the backward has run.
     let keep = (hidden.track_op() || weight.track_op()) && labels.len() * weight.dim(0)? <= keep_limit;
@@ -63,6 +66,9 @@ struct LabelLogProb {
     softcap: Option<f64>,
     /// Rows per chunk.
     rows: usize,
+    /// Where the backward adds the weight's gradient, if an optimizer
+    /// registered a buffer for it (the kernels' contract, `kernels`).
+    w_grad: Option<Arc<GradBuffer>>,
 }
 
 /// Soft-capped logits (rows x vocab) and each row's log-sum-exp, of element
@@ -71,7 +77,7 @@ type Kept = Box<dyn Any + Send + Sync>;
 
 /// The log-probabilities (M,), the gradients of hidden and weight when
 /// `grad` is given (none for a weight whose gradient went into its
-/// [`grad_sink`] buffer), and the logits when `keep`.
+/// [`GradBuffer`]), and the logits when `keep`.
 type Run = (Tensor, Option<(Tensor, Option<Tensor>)>, Option<Kept>);
 
 impl LabelLogProb {
@@ -94,7 +100,7 @@ impl LabelLogProb {
     /// one matmul (or kept ones), soft-capping, log-sum-exp and, backward, the
     /// analytic gradient written over the logits in place, then two matmuls;
     /// the weight's gradient accumulates into one (V, H) buffer, the weight's
-    /// [`grad_sink`] buffer when it has one.
+    /// [`GradBuffer`] when it has one.
     fn run_as<T: WithDType + Float>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>, kept: Option<Kept>, keep: bool) -> Result<Run> {
         let dev = hidden.device().clone();
         let variable = weight.clone();
@@ -113,15 +119,15 @@ impl LabelLogProb {
         let (mut z, mut lse) = kept.unwrap_or_else(|| (vec![T::zero(); if keep { m } else { self.rows.min(m) } * v], vec![T::zero(); m]));
         // Every chunk; the weight's gradient is added into `grad_w` (v, hd).
         let mut chunks = |mut grad_w: Option<&mut [T]>| -> Result<()> {
-            infer::with_values(&hidden, |h: &[T]| {
-                infer::with_values(&weight, |w: &[T]| {
+            with_values(&hidden, |h: &[T]| {
+                with_values(&weight, |w: &[T]| {
                     for start in (0..m).step_by(self.rows) {
                         let n = self.rows.min(m - start);
                         let z = if z.len() == m * v { &mut z[start * v..(start + n) * v] } else { &mut z[..n * v] };
                         let h_chunk = Operand { ptr: h[start * hd..].as_ptr(), rs: hd, cs: 1 };
                         if !have_logits {
                             // SAFETY: h holds rows start..start + n of hd values, w is (v, hd), z is (n, v).
-                            unsafe { infer::gemm(n, v, hd, z.as_mut_ptr(), v, h_chunk, Operand { ptr: w.as_ptr(), rs: 1, cs: hd }, false) };
+                            unsafe { gemm(n, v, hd, z.as_mut_ptr(), v, h_chunk, Operand { ptr: w.as_ptr(), rs: 1, cs: hd }, false) };
                         }
                         let mut rows: Vec<(usize, &mut [T])> = z.chunks_exact_mut(v).enumerate().collect();
                         let (out, lse_out) = (SharedMut(values[start..].as_mut_ptr()), SharedMut(lse[start..].as_mut_ptr()));
@@ -155,7 +161,7 @@ impl LabelLogProb {
                             // SAFETY: dz is (n, v), w (v, hd), h's chunk (n, hd); grad_h's rows
                             // start..start + n and grad_w (v, hd) are written by these calls only.
                             unsafe {
-                                infer::gemm(
+                                gemm(
                                     n,
                                     hd,
                                     v,
@@ -165,7 +171,7 @@ impl LabelLogProb {
                                     Operand { ptr: w.as_ptr(), rs: hd, cs: 1 },
                                     false,
                                 );
-                                infer::gemm(v, hd, n, grad_w.as_mut_ptr(), hd, Operand { ptr: dz, rs: 1, cs: v }, h_chunk, true);
+                                gemm(v, hd, n, grad_w.as_mut_ptr(), hd, Operand { ptr: dz, rs: 1, cs: v }, h_chunk, true);
                             }
                         }
                     }
@@ -178,7 +184,7 @@ impl LabelLogProb {
                 chunks(None)?;
                 None
             }
-            Some(_) => grad_sink::gradient(&variable, |sum: &mut [T]| chunks(Some(sum)))?,
+            Some(_) => grad_sink::gradient(&variable, self.w_grad.as_ref(), |sum: &mut [T]| chunks(Some(sum)))?,
         };
         let grads = grad_h.map(|gh| Ok::<_, candle_core::Error>((Tensor::new(gh, &dev)?, grad_w))).transpose()?;
         let kept: Option<Kept> = (keep && !have_logits).then(|| Box::new((z, lse)) as Kept);

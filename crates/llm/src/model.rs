@@ -1,8 +1,8 @@
 //! One config-driven decoder for every supported family, with two forwards:
-//! the training one over a packed row (differentiable: candle ops and our own
-//! ops with an analytic backward, `grad_ops`, `attention`, `logprob`; candle's
-//! fused kernels have no backward pass and would silently drop gradients),
-//! and the cached one for sampling and scoring.
+//! the training one over a packed row (differentiable: our kernels with an
+//! analytic backward, `kernels`, `attention`, `logprob`), and the cached one
+//! for sampling and scoring. Both call the same layers; whether gradients
+//! flow is the tensors' own business (tracked variables or not).
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use candle_core::{quantized::GgmlDType, DType, Device, Module, Tensor, D};
 use crate::{
     attention::{self, Packing},
     config::{Activation, Config},
-    grad_ops, infer,
+    kernels,
     kv::{Attend, KvCache},
     rope::{CosSin, RotaryEmbedding},
     weights::{LinearWeight, Weights},
@@ -44,11 +44,9 @@ impl Linear {
         let (rows, in_dim) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
-            LinearWeight::Dense(w) if infer::applies(&[&x2, w]) => infer::matmul_t(&x2, w)?,
-            LinearWeight::Dense(w) if grad_ops::applies(&[&x2, w]) => grad_ops::linear(&x2, w)?,
-            LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
-            LinearWeight::Ours(q) => q.forward(&x2)?,
-            LinearWeight::Quantized(q) => q.forward(&x2)?,
+            LinearWeight::Dense(w) => kernels::linear(&x2, w)?,
+            LinearWeight::Int8Dot(q) => q.forward(&x2)?,
+            LinearWeight::CandleQuantized(q) => q.forward(&x2)?,
         };
         let mut shape = x.dims().to_vec();
         *shape.last_mut().unwrap() = y.dim(1)?;
@@ -77,21 +75,8 @@ impl RmsNorm {
         })
     }
 
-    /// `fused`: candle's kernel, which has no backward pass (inference only).
-    fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
-        if infer::applies(&[x, &self.weight]) {
-            return infer::rms_norm(x, &self.weight, self.eps, self.offset);
-        }
-        if fused {
-            let scale = if self.offset == 0.0 { self.weight.clone() } else { (&self.weight + self.offset)? };
-            return candle_nn::ops::rms_norm(&x.contiguous()?, &scale, self.eps as f32);
-        }
-        if grad_ops::applies(&[x, &self.weight]) {
-            return grad_ops::rms_norm(x, &self.weight, self.eps, self.offset);
-        }
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&(&self.weight + self.offset)?)
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        kernels::rms_norm(x, &self.weight, self.eps, self.offset)
     }
 }
 
@@ -145,10 +130,9 @@ impl Attention {
         })
     }
 
-    /// x (B, T, hidden). With a cache (inference) the fused kernels run;
-    /// without one, only differentiable ops.
+    /// x (B, T, hidden): the cache attends (inference), or the packed
+    /// row's differentiable attention (training, reference log-probs).
     fn forward(&self, x: &Tensor, ctx: Positions) -> candle_core::Result<Tensor> {
-        let fused = matches!(ctx, Positions::Cached { .. });
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let (q, k, v) = match &self.qkv {
@@ -160,8 +144,8 @@ impl Attention {
         };
         let (mut q, mut k, v) = (q.reshape((b, t, nh, hd))?, k.reshape((b, t, nkv, hd))?, v.reshape((b, t, nkv, hd))?);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q, fused)?;
-            k = kn.forward(&k, fused)?;
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
         }
         let out = match ctx {
             Positions::Cached { cache, layer, rows, window, rope } => {
@@ -181,8 +165,8 @@ impl Attention {
                 Tensor::from_vec(out, (b, t, nh * hd), x.device())?.to_dtype(x.dtype())?
             }
             Positions::Packed { rope, packing, window } => {
-                let q = grad_ops::rope(&q.transpose(1, 2)?, rope)?;
-                let k = grad_ops::rope(&k.transpose(1, 2)?, rope)?;
+                let q = kernels::rope(&q.transpose(1, 2)?, rope)?;
+                let k = kernels::rope(&k.transpose(1, 2)?, rope)?;
                 let a = attention::Attention { packing, heads: nh, kv_heads: nkv, scale: self.scale, softcap: self.softcap, window };
                 attention::attention(&q, &k, &v.transpose(1, 2)?, &a)?
             }
@@ -229,18 +213,7 @@ impl Mlp {
                 (y.narrow(D::Minus1, 0, i)?, y.narrow(D::Minus1, i, i)?)
             }
         };
-        let hidden = match self.activation {
-            Activation::Silu | Activation::GeluTanh if infer::applies(&[&gate, &up]) => {
-                infer::gated(&gate, &up, self.activation == Activation::GeluTanh)?
-            }
-            Activation::Silu | Activation::GeluTanh if grad_ops::applies(&[&gate, &up]) => {
-                grad_ops::gated(&gate, &up, self.activation == Activation::GeluTanh)?
-            }
-            Activation::Silu => (gate.silu()? * up)?,
-            Activation::GeluTanh => (gate.gelu()? * up)?,
-            Activation::Gelu => (gate.gelu_erf()? * up)?,
-        };
-        self.down.forward(&hidden)
+        self.down.forward(&kernels::gated(&gate, &up, self.activation)?)
     }
 }
 
@@ -273,25 +246,16 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, ctx: Positions) -> candle_core::Result<Tensor> {
-        let fused = matches!(ctx, Positions::Cached { .. });
-        let mut h = self.attn.forward(&self.input_norm.forward(x, fused)?, ctx)?;
+        let mut h = self.attn.forward(&self.input_norm.forward(x)?, ctx)?;
         if let Some(n) = &self.attn_out_norm {
-            h = n.forward(&h, fused)?;
+            h = n.forward(&h)?;
         }
-        let x = residual(x, &h)?;
-        let mut h = self.mlp.forward(&self.mlp_norm.forward(&x, fused)?)?;
+        let x = kernels::add(x, &h)?;
+        let mut h = self.mlp.forward(&self.mlp_norm.forward(&x)?)?;
         if let Some(n) = &self.mlp_out_norm {
-            h = n.forward(&h, fused)?;
+            h = n.forward(&h)?;
         }
-        residual(&x, &h)
-    }
-}
-
-fn residual(x: &Tensor, h: &Tensor) -> candle_core::Result<Tensor> {
-    if infer::applies(&[x, h]) {
-        infer::add(x, h)
-    } else {
-        x + h
+        kernels::add(&x, &h)
     }
 }
 
@@ -311,29 +275,55 @@ pub struct Model {
     device: Device,
 }
 
+/// How [`Model::load`] holds a model's weights.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The dense weights' dtype, which the forward computes in.
+    pub dtype: DType,
+    /// Trainable variables that record gradients; else frozen (inference:
+    /// samplers, reward models, the reference), which records no graph.
+    pub trainable: bool,
+    /// Keep the projections quantized, for inference: a GGUF file keeps its
+    /// own blocks, an HF folder is quantized at load to `quantize_to` (or
+    /// stays dense with None). Without it a GGUF file is dequantized.
+    pub quantized: bool,
+    pub quantize_to: Option<GgmlDType>,
+}
+
+impl LoadOptions {
+    /// Training: trainable dense weights.
+    pub fn trainable(dtype: DType) -> Self {
+        LoadOptions { dtype, trainable: true, quantized: false, quantize_to: None }
+    }
+
+    /// Inference on dense weights: the reference model, reward models.
+    pub fn frozen(dtype: DType) -> Self {
+        LoadOptions { dtype, trainable: false, quantized: false, quantize_to: None }
+    }
+
+    /// Sampling: quantized projections in f32 compute, frozen.
+    pub fn quantized(quantize_to: Option<GgmlDType>) -> Self {
+        LoadOptions { dtype: DType::F32, trainable: false, quantized: true, quantize_to }
+    }
+}
+
 impl Model {
-    /// Load an HF model folder (config.json + safetensors) or a GGUF file,
-    /// with every weight as `dtype`.
-    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (hf_config, weights) = Self::read(path, dtype, device)?;
-        Self::new(hf_config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", path.display()))
-    }
-
-    /// Load as [`Model::load`] does, for inference without autograd
-    /// tracking: the frozen reference model, reward models.
-    pub fn load_frozen(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (hf_config, mut weights) = Self::read(path, dtype, device)?;
-        weights.freeze();
-        Self::new(hf_config, weights, dtype, device).with_context(|| format!("cannot build the model in {}", path.display()))
-    }
-
-    fn read(path: &Path, dtype: DType, device: &Device) -> Result<(serde_json::Value, Weights)> {
-        Ok(if crate::gguf::is_gguf(path) {
-            let gguf = crate::gguf::Gguf::open(path)?;
-            (gguf.hf_config()?, gguf.weights(dtype, device)?)
-        } else {
-            (Self::hf_config(path)?, Weights::from_hf_dir(path, dtype, device)?)
-        })
+    /// Load an HF model folder (config.json + safetensors) or a GGUF file.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let device = Device::Cpu;
+        let gguf = crate::gguf::is_gguf(path).then(|| crate::gguf::Gguf::open(path)).transpose()?;
+        let (hf_config, mut weights) = match &gguf {
+            Some(g) if options.quantized => (g.hf_config()?, g.quantized_weights(&device)?),
+            Some(g) => (g.hf_config()?, g.weights(options.dtype, &device)?),
+            None => (Self::hf_config(path)?, Weights::from_hf_dir(path, options.dtype, &device)?),
+        };
+        if let (None, true, Some(q)) = (&gguf, options.quantized, options.quantize_to) {
+            weights.quantize_projections(q)?;
+        }
+        if !options.trainable {
+            weights.freeze();
+        }
+        Self::new(hf_config, weights, options.dtype, &device).with_context(|| format!("cannot build the model in {}", path.display()))
     }
 
     /// The HF config of a model, without reading its weights: an HF folder's
@@ -350,29 +340,7 @@ impl Model {
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))
     }
 
-    /// Load for sampling: a GGUF file keeps its quantized projections; an HF
-    /// folder is quantized at load to `quantize` (Q8_0, Q4_1), or stays f32
-    /// with None. Inference only either way.
-    pub fn load_for_inference(path: &Path, quantize: Option<GgmlDType>, device: &Device) -> Result<Self> {
-        match quantize {
-            _ if crate::gguf::is_gguf(path) => Self::load_quantized(path, device),
-            None => Self::load_frozen(path, DType::F32, device),
-            Some(q) => {
-                let (hf_config, mut weights) = Self::read(path, DType::F32, device)?;
-                weights.quantize_projections(q)?;
-                weights.freeze();
-                Self::new(hf_config, weights, DType::F32, device).with_context(|| format!("cannot build the model in {}", path.display()))
-            }
-        }
-    }
-
-    /// Load a GGUF file for inference, its projections kept quantized.
-    pub fn load_quantized(path: &Path, device: &Device) -> Result<Self> {
-        let gguf = crate::gguf::Gguf::open(path)?;
-        let weights = gguf.quantized_weights(device)?;
-        Self::new(gguf.hf_config()?, weights, DType::F32, device).with_context(|| format!("cannot build the model in {}", path.display()))
-    }
-
+    /// A model from its parts: an HF config and the weights it names.
     pub fn new(hf_config: serde_json::Value, mut weights: Weights, dtype: DType, device: &Device) -> Result<Self> {
         let config = Config::from_hf_json(&hf_config)?;
         let cfg = &config;
@@ -418,12 +386,7 @@ impl Model {
 
     /// Token embeddings (1, N, hidden) of `ids`, scaled as the family does.
     fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let x = if crate::grad_ops::applies(&[&self.embed]) {
-            crate::grad_ops::embedding(&self.embed, ids)?
-        } else {
-            self.embed.index_select(&Tensor::from_slice(ids, ids.len(), &self.device)?, 0)?
-        };
-        let x = x.unsqueeze(0)?;
+        let x = kernels::embedding(&self.embed, ids)?.unsqueeze(0)?;
         if !self.config.family.is_gemma() {
             return Ok(x);
         }
@@ -435,7 +398,7 @@ impl Model {
     /// The training forward: final-normed hidden states (N, hidden) of a
     /// packed row of `ids` laid out as `packing` says, differentiable.
     fn run_packed(&self, ids: &[u32], packing: &Packing) -> Result<Tensor> {
-        if ids.len() != packing.len() || ids.is_empty() {
+        if ids.len() != packing.len() || packing.is_empty() {
             bail!("{} token ids for a packing of {}", ids.len(), packing.len());
         }
         let mut x = self.embed(ids)?;
@@ -444,7 +407,7 @@ impl Model {
             let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
             x = layer.forward(&x, Positions::Packed { rope, packing, window })?;
         }
-        Ok(self.norm.forward(&x, false)?.squeeze(0)?)
+        Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
 
     /// The inference forward: the tokens of `rows` packed one after another,
@@ -459,7 +422,7 @@ impl Model {
             let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
             x = layer.forward(&x, Positions::Cached { cache: &mut *cache, layer: i, rows, window, rope })?;
         }
-        Ok(self.norm.forward(&x, true)?.squeeze(0)?)
+        Ok(self.norm.forward(&x)?.squeeze(0)?)
     }
 
     /// Append `tokens` to cache slot `slot` (a prompt's prefill, or more of a

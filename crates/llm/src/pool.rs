@@ -81,6 +81,13 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// `f` on every item of `items` across the compute threads, each item once:
+/// for the other crates' work beside the model's (the optimizer's updates,
+/// the sampler's draws), on the same threads.
+pub fn for_each_mut<T: Send>(items: &mut [T], f: &(dyn Fn(&mut T) + Sync)) {
+    Pool::global().for_each_mut(items, f);
+}
+
 pub struct Pool {
     shared: &'static Shared,
     workers: usize,

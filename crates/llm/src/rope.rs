@@ -1,7 +1,7 @@
 //! Rotary position embeddings in the HF layout (rotate_half over the two
 //! halves of the rotated dimensions), computed for the positions at hand:
 //! one rotation, which the KV cache applies as keys arrive and the training
-//! forward applies as a differentiable op (`grad_ops::rope`).
+//! forward applies as a differentiable op (`kernels::rope`).
 
 use std::sync::Arc;
 

@@ -158,12 +158,12 @@ mod tests {
     }
 
     use super::*;
-    use candle_core::Device;
+    use crate::LoadOptions;
 
     #[test]
     fn large_models_are_sharded_with_an_index_that_loads_back() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures");
-        let model = Model::load(&root.join("llm/gemma3"), DType::F32, &Device::Cpu).unwrap();
+        let model = Model::load(&root.join("llm/gemma3"), &LoadOptions::trainable(DType::F32)).unwrap();
         let tokenizer = Tokenizer::from_hf_dir(&root.join("tokenizer/tiny-bpe")).unwrap();
         let dir = tempfile::tempdir().unwrap();
         write_files(&model, &tokenizer, None, dir.path(), 100_000).unwrap();
@@ -171,7 +171,7 @@ mod tests {
         let files: std::collections::BTreeSet<_> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
         assert!(files.len() >= 3, "{files:?}");
         assert!(!dir.path().join("model.safetensors").exists());
-        let back = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        let back = Model::load(dir.path(), &LoadOptions::trainable(DType::F32)).unwrap();
         for ((a, x), (b, y)) in model.weights.vars().iter().zip(back.weights.vars().iter()) {
             assert_eq!(a, b);
             assert_eq!((x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);

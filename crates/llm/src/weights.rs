@@ -113,7 +113,7 @@ impl Weights {
             .into_iter()
             .map(|(k, q)| {
                 let w = match QMatrix::from_qtensor(&q)? {
-                    Some(m) => QuantizedWeight::Ours(Arc::new(m)),
+                    Some(m) => QuantizedWeight::Int8Dot(Arc::new(m)),
                     None => QuantizedWeight::Candle(Arc::new(q)),
                 };
                 Ok((k, w))
@@ -130,7 +130,7 @@ impl Weights {
         let mats: Vec<&QMatrix> = parts
             .iter()
             .filter_map(|p| match self.quantized.get(&format!("{p}.weight")) {
-                Some(QuantizedWeight::Ours(m)) => Some(m.as_ref()),
+                Some(QuantizedWeight::Int8Dot(m)) => Some(m.as_ref()),
                 _ => None,
             })
             .collect();
@@ -150,7 +150,7 @@ impl Weights {
             self.quantized.remove(&format!("{p}.weight"));
             self.vars.remove(&format!("{p}.bias"));
         }
-        self.quantized.insert(format!("{fused}.weight"), QuantizedWeight::Ours(Arc::new(matrix)));
+        self.quantized.insert(format!("{fused}.weight"), QuantizedWeight::Int8Dot(Arc::new(matrix)));
         Ok(())
     }
 
@@ -166,7 +166,7 @@ impl Weights {
 
     /// The weight of a projection with `shape` (out, in): quantized if it was
     /// loaded so, else the dense variable.
-    pub fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
+    pub(crate) fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
         let q = match self.quantized.get(name) {
             None => return Ok(LinearWeight::Dense(self.get(name, shape)?)),
             Some(q) => q,
@@ -175,8 +175,8 @@ impl Weights {
             bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, q.dims());
         }
         Ok(match q {
-            QuantizedWeight::Ours(m) => LinearWeight::Ours(m.clone()),
-            QuantizedWeight::Candle(t) => LinearWeight::Quantized(QMatMul::from_arc(t.clone())?),
+            QuantizedWeight::Int8Dot(m) => LinearWeight::Int8Dot(m.clone()),
+            QuantizedWeight::Candle(t) => LinearWeight::CandleQuantized(QMatMul::from_arc(t.clone())?),
         })
     }
 
@@ -188,23 +188,23 @@ impl Weights {
     }
 }
 
-pub enum LinearWeight {
+pub(crate) enum LinearWeight {
     Dense(Tensor),
-    /// Q8_0 or Q4_1, through our batched kernel.
-    Ours(Arc<QMatrix>),
+    /// Q8_0 or Q4_1 blocks, through our batched int8 dot-product kernels (qmatmul).
+    Int8Dot(Arc<QMatrix>),
     /// Other GGUF block types, through candle's quantized matmul.
-    Quantized(QMatMul),
+    CandleQuantized(QMatMul),
 }
 
 enum QuantizedWeight {
-    Ours(Arc<QMatrix>),
+    Int8Dot(Arc<QMatrix>),
     Candle(Arc<QTensor>),
 }
 
 impl QuantizedWeight {
     fn dims(&self) -> Vec<usize> {
         match self {
-            QuantizedWeight::Ours(m) => m.dims().to_vec(),
+            QuantizedWeight::Int8Dot(m) => m.dims().to_vec(),
             QuantizedWeight::Candle(t) => t.shape().dims().to_vec(),
         }
     }

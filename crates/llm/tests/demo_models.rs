@@ -61,11 +61,12 @@ fn greedy(model: &wrpo_llm::Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u
 #[test]
 #[ignore = "needs the demo models: make models"]
 fn demo_models_match_transformers_gguf_loader_and_the_quantized_path_follows() {
-    use candle_core::{DType, Device};
+    use candle_core::DType;
+    use wrpo_llm::LoadOptions;
     for (name, file) in MODELS {
         let reference = read_json(root().join(format!("data/fixtures/demo/{name}.json")));
-        let dense = wrpo_llm::Model::load(&model(file), DType::F32, &Device::Cpu).unwrap();
-        let quantized = wrpo_llm::Model::load_quantized(&model(file), &Device::Cpu).unwrap();
+        let dense = wrpo_llm::Model::load(&model(file), &LoadOptions::trainable(DType::F32)).unwrap();
+        let quantized = wrpo_llm::Model::load(&model(file), &LoadOptions::quantized(None)).unwrap();
         for case in reference["cases"].as_array().unwrap() {
             let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
             let top: Vec<usize> = serde_json::from_value(case["top_ids"].clone()).unwrap();
@@ -93,12 +94,12 @@ fn demo_models_match_transformers_gguf_loader_and_the_quantized_path_follows() {
 #[test]
 #[ignore = "needs the demo models: make models"]
 fn an_hf_checkpoint_quantized_at_load_follows_its_f32_model() {
-    use candle_core::{quantized::GgmlDType, DType, Device};
-    use wrpo_llm::Model;
+    use candle_core::{quantized::GgmlDType, DType};
+    use wrpo_llm::{LoadOptions, Model};
     let dir = tempfile::tempdir().unwrap();
     for (name, file) in MODELS {
         // The GGUF model as an f32 HF checkpoint, as `wrpo-train sft` writes one.
-        let dense = Model::load(&model(file), DType::F32, &Device::Cpu).unwrap();
+        let dense = Model::load(&model(file), &LoadOptions::trainable(DType::F32)).unwrap();
         let tokenizer = Tokenizer::from_gguf(&Gguf::open(&model(file)).unwrap()).unwrap();
         let hf = dir.path().join(name);
         wrpo_llm::save_hf_checkpoint(&dense, &tokenizer, None, &hf).unwrap();
@@ -108,11 +109,11 @@ fn an_hf_checkpoint_quantized_at_load_follows_its_f32_model() {
         for key in ["query_pre_attn_scalar", "head_dim", "sliding_window", "num_key_value_heads"] {
             assert!(config[key].is_null() || config[key].is_u64(), "{name}: config.json's {key} is {}, not an integer", config[key]);
         }
-        let exact = Model::load_for_inference(&hf, None, &Device::Cpu).unwrap();
-        let q8 = Model::load_for_inference(&hf, Some(GgmlDType::Q8_0), &Device::Cpu).unwrap();
+        let exact = Model::load(&hf, &LoadOptions::quantized(None)).unwrap();
+        let q8 = Model::load(&hf, &LoadOptions::quantized(Some(GgmlDType::Q8_0))).unwrap();
         // Gemma's k-quant GGUF runs as Q8_0 of the same values: its Q8_0
         // equivalent, which the HF checkpoint quantized at load must equal.
-        let gguf_q8 = (name == "gemma3").then(|| Model::load_for_inference(&model(file), None, &Device::Cpu).unwrap());
+        let gguf_q8 = (name == "gemma3").then(|| Model::load(&model(file), &LoadOptions::quantized(None)).unwrap());
         let reference = read_json(root().join(format!("data/fixtures/demo/{name}.json")));
         for case in reference["cases"].as_array().unwrap() {
             let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, D};
 use wrpo_llm::{
     grad_sink::{self, GradBuffer},
     sampling::argmax,
-    KvCache, Model,
+    KvCache, LoadOptions, Model,
 };
 
 const FAMILIES: [&str; 8] = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
@@ -44,7 +44,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn logits_match_transformers_with_and_without_padding() {
     for family in FAMILIES {
-        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let model = Model::load(&fixture(family), &LoadOptions::trainable(DType::F32)).unwrap();
         let e = expected(family);
         let logits = model.forward(&e.ids, &e.mask).unwrap();
         let real = e.logits_row1.dim(1).unwrap();
@@ -73,7 +73,7 @@ fn prompts(e: &Expected) -> Vec<Vec<u32>> {
 #[test]
 fn greedy_decoding_with_the_cache_matches_transformers_generate() {
     for family in FAMILIES {
-        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let model = Model::load(&fixture(family), &LoadOptions::trainable(DType::F32)).unwrap();
         let e = expected(family);
         let prompts = prompts(&e);
         // Both rows decode together from different lengths (12 and 7).
@@ -101,7 +101,7 @@ fn greedy_decoding_with_the_cache_matches_transformers_generate() {
 #[test]
 fn cached_decoding_equals_full_recomputation() {
     for family in FAMILIES {
-        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let model = Model::load(&fixture(family), &LoadOptions::trainable(DType::F32)).unwrap();
         let e = expected(family);
         // Each row: its prompt then its greedy continuation; a shared prefix
         // copied into a third slot must continue the same way.
@@ -157,7 +157,7 @@ fn borrowed(seqs: &[(Vec<u32>, Vec<u32>)]) -> Vec<(&[u32], &[u32])> {
 #[test]
 fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
     for family in FAMILIES {
-        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let model = Model::load(&fixture(family), &LoadOptions::trainable(DType::F32)).unwrap();
         let e = expected(family);
         let logp = model.response_logprobs(&borrowed(&shared(&e))).unwrap();
         let grads = logp.sum_all().unwrap().backward().unwrap();
@@ -179,7 +179,7 @@ fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
 #[test]
 fn gradient_buffers_receive_the_gradients_candle_would_hold() {
     for family in FAMILIES {
-        let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+        let model = Model::load(&fixture(family), &LoadOptions::trainable(DType::F32)).unwrap();
         let seqs = shared(&expected(family));
         let backward = || model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().backward().unwrap();
         let want = backward();
@@ -215,7 +215,7 @@ fn gradient_buffers_receive_the_gradients_candle_would_hold() {
 #[test]
 fn response_logprobs_sum_the_response_tokens_log_softmax() {
     let family = "qwen2";
-    let model = Model::load(&fixture(family), DType::F32, &Device::Cpu).unwrap();
+    let model = Model::load(&fixture(family), &LoadOptions::trainable(DType::F32)).unwrap();
     let e = expected(family);
     let seqs = sequences(&e);
     let got = model.response_logprobs(&borrowed(&seqs)).unwrap().to_vec1::<f32>().unwrap();
@@ -236,7 +236,7 @@ fn response_logprobs_sum_the_response_tokens_log_softmax() {
 #[test]
 fn a_shared_prompt_computed_once_changes_no_log_prob_or_gradient() {
     for family in FAMILIES {
-        let model = Model::load(&fixture(family), DType::F64, &Device::Cpu).unwrap();
+        let model = Model::load(&fixture(family), &LoadOptions::trainable(DType::F64)).unwrap();
         let seqs = shared(&expected(family));
         let packed = model.response_logprobs(&borrowed(&seqs)).unwrap();
         let alone: Vec<Tensor> = seqs.iter().map(|(p, r)| model.response_logprobs(&[(p, r)]).unwrap()).collect();
@@ -256,7 +256,7 @@ fn a_shared_prompt_computed_once_changes_no_log_prob_or_gradient() {
 fn backward_agrees_with_finite_differences() {
     // f64 so that central differences are accurate to ~1e-8.
     for family in ["llama", "gemma2", "gemma3", "phi3", "qwen3"] {
-        let model = Model::load(&fixture(family), DType::F64, &Device::Cpu).unwrap();
+        let model = Model::load(&fixture(family), &LoadOptions::trainable(DType::F64)).unwrap();
         let e = expected(family);
         let seqs = shared(&e);
         let f = || model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
@@ -301,13 +301,13 @@ fn a_missing_or_misshapen_tensor_is_named() {
     let mut partial = tensors.clone();
     partial.remove("model.layers.1.mlp.up_proj.weight");
     candle_core::safetensors::save(&partial, dir.path().join("model.safetensors")).unwrap();
-    let err = format!("{:#}", Model::load(dir.path(), DType::F32, &Device::Cpu).err().unwrap());
+    let err = format!("{:#}", Model::load(dir.path(), &LoadOptions::trainable(DType::F32)).err().unwrap());
     assert!(err.contains("tensor 'model.layers.1.mlp.up_proj.weight' is missing"), "{err}");
 
     let mut bad = tensors;
     bad.insert("model.norm.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
     candle_core::safetensors::save(&bad, dir.path().join("model.safetensors")).unwrap();
-    let err = format!("{:#}", Model::load(dir.path(), DType::F32, &Device::Cpu).err().unwrap());
+    let err = format!("{:#}", Model::load(dir.path(), &LoadOptions::trainable(DType::F32)).err().unwrap());
     assert!(err.contains("tensor 'model.norm.weight' has shape [3], expected [64]"), "{err}");
 }
 
@@ -317,7 +317,7 @@ fn a_tied_checkpoint_shipping_lm_head_trains_and_saves_no_stale_copy() {
     let embed = tensors["model.embed_tokens.weight"].clone();
     tensors.insert("lm_head.weight".into(), (embed.clone() * 3.0).unwrap());
     candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
-    let model = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let model = Model::load(dir.path(), &LoadOptions::trainable(DType::F32)).unwrap();
     assert!(model.weights.vars().iter().all(|(n, _)| *n != "lm_head.weight"), "the stale head is a variable");
     // The head is the embedding: the logits are those of the fixture (row 0 has no padding).
     let e = expected("llama_tied");
@@ -330,7 +330,7 @@ fn bf16_checkpoints_load_as_f32() {
     let (dir, tensors) = rewritable_fixture("qwen3");
     let bf16: HashMap<_, _> = tensors.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::BF16).unwrap())).collect();
     candle_core::safetensors::save(&bf16, dir.path().join("model.safetensors")).unwrap();
-    let model = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let model = Model::load(dir.path(), &LoadOptions::trainable(DType::F32)).unwrap();
     let e = expected("qwen3");
     let logits = model.forward(&e.ids, &e.mask).unwrap();
     assert_eq!(logits.dtype(), DType::F32);
@@ -356,8 +356,8 @@ fn sharded_checkpoints_load_through_their_index() {
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     let e = expected("gemma3");
-    let sharded = Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap().forward(&e.ids, &e.mask).unwrap();
-    let whole = Model::load(&fixture("gemma3"), DType::F32, &Device::Cpu).unwrap().forward(&e.ids, &e.mask).unwrap();
+    let sharded = Model::load(dir.path(), &LoadOptions::trainable(DType::F32)).unwrap().forward(&e.ids, &e.mask).unwrap();
+    let whole = Model::load(&fixture("gemma3"), &LoadOptions::trainable(DType::F32)).unwrap().forward(&e.ids, &e.mask).unwrap();
     assert_eq!(max_abs_diff(&sharded, &whole), 0.0);
 }
 
@@ -377,7 +377,7 @@ fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
 fn gguf_files_match_transformers_own_gguf_loader() {
     let dir = fixture("gguf");
     for name in ["llama", "gemma3"] {
-        let model = Model::load(&dir.join(format!("{name}.gguf")), DType::F32, &Device::Cpu).unwrap();
+        let model = Model::load(&dir.join(format!("{name}.gguf")), &LoadOptions::trainable(DType::F32)).unwrap();
         let t = candle_core::safetensors::load(dir.join(format!("{name}.expected.safetensors")), &Device::Cpu).unwrap();
         let (ids, mask) = (t["input_ids"].to_dtype(DType::U32).unwrap(), t["attention_mask"].to_dtype(DType::U32).unwrap());
         let logits = model.forward(&ids, &mask).unwrap();
@@ -391,7 +391,7 @@ fn gguf_files_match_transformers_own_gguf_loader() {
         assert_eq!(greedy(&model, prompt, want.len()), want, "{name}.gguf: greedy continuation");
 
         // The Q8_0 file dequantizes to nearly the same model.
-        let q8 = Model::load(&dir.join(format!("{name}.q8_0.gguf")), DType::F32, &Device::Cpu).unwrap();
+        let q8 = Model::load(&dir.join(format!("{name}.q8_0.gguf")), &LoadOptions::trainable(DType::F32)).unwrap();
         let err = max_abs_diff(&q8.forward(&ids, &mask).unwrap().get(0).unwrap(), &logits.get(0).unwrap());
         assert!(err > 0.0 && err < 0.25, "{name}.q8_0.gguf: logits moved by {err}");
     }
@@ -399,8 +399,8 @@ fn gguf_files_match_transformers_own_gguf_loader() {
 
 #[test]
 fn a_llama_gguf_holds_exactly_the_hf_weights_once_q_and_k_are_unpermuted() {
-    let hf = Model::load(&fixture("llama_tied"), DType::F32, &Device::Cpu).unwrap();
-    let gguf = Model::load(&fixture("gguf").join("llama.gguf"), DType::F32, &Device::Cpu).unwrap();
+    let hf = Model::load(&fixture("llama_tied"), &LoadOptions::trainable(DType::F32)).unwrap();
+    let gguf = Model::load(&fixture("gguf").join("llama.gguf"), &LoadOptions::trainable(DType::F32)).unwrap();
     assert_eq!(gguf.config, hf.config);
     let (a, b) = (hf.weights.vars(), gguf.weights.vars());
     assert_eq!(a.iter().map(|v| v.0).collect::<Vec<_>>(), b.iter().map(|v| v.0).collect::<Vec<_>>());
@@ -413,8 +413,8 @@ fn a_llama_gguf_holds_exactly_the_hf_weights_once_q_and_k_are_unpermuted() {
 fn the_quantized_inference_path_follows_the_dequantized_model() {
     for name in ["llama", "gemma3"] {
         let path = fixture("gguf").join(format!("{name}.q8_0.gguf"));
-        let dense = Model::load(&path, DType::F32, &Device::Cpu).unwrap();
-        let quantized = Model::load_quantized(&path, &Device::Cpu).unwrap();
+        let dense = Model::load(&path, &LoadOptions::trainable(DType::F32)).unwrap();
+        let quantized = Model::load(&path, &LoadOptions::quantized(None)).unwrap();
         let e = expected(if name == "llama" { "llama_tied" } else { "gemma3" });
         let prompt = &prompts(&e)[0];
         let mut cache = KvCache::new(&quantized, 1, 64).unwrap();
@@ -453,6 +453,6 @@ fn a_gguf_rope_scaling_we_do_not_implement_is_refused_by_name() {
     let mut out = std::fs::File::create(&path).unwrap();
     gguf_file::write(&mut out, &metadata, &tensors.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>()).unwrap();
     drop(out);
-    let err = format!("{:#}", Model::load(&path, DType::F32, &Device::Cpu).err().unwrap());
+    let err = format!("{:#}", Model::load(&path, &LoadOptions::trainable(DType::F32)).err().unwrap());
     assert!(err.contains("unsupported rope type 'yarn'"), "{err}");
 }

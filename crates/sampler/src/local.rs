@@ -7,9 +7,8 @@
 use std::{collections::VecDeque, path::Path, time::Instant};
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use wrpo_common::Message;
-use wrpo_llm::{gguf::is_gguf, pool::Pool, sampling::sample, ChatMessage, ChatTemplate, KvCache, Model, Rng, Tokenizer};
+use wrpo_llm::{gguf::is_gguf, sampling::sample, ChatMessage, ChatTemplate, KvCache, LoadOptions, Model, Rng, Tokenizer};
 
 use crate::backend::{Backend, Finish, Job, Outcome, Quantize, Settings, Sink};
 
@@ -44,9 +43,8 @@ impl LocalModel {
     /// A GGUF file keeps its quantized projections; an HF folder is
     /// quantized at load as `quantize` says (inference only either way).
     pub fn load(path: &Path, quantize: Quantize, batch_size: usize) -> Result<Self> {
-        let device = Device::Cpu;
         let quantized = is_gguf(path) || quantize != Quantize::None;
-        let model = Model::load_for_inference(path, quantize.ggml(), &device)?;
+        let model = Model::load(path, &LoadOptions::quantized(quantize.ggml()))?;
         let tokenizer = Tokenizer::load(path)?;
         let template = tokenizer.chat_template_for(model.config.family)?;
         Ok(LocalModel { model, tokenizer, template, quantized, batch_size: batch_size.max(1) })
@@ -211,7 +209,7 @@ impl Backend for LocalModel {
             // Rows draw in parallel: each has its own generator, so the
             // tokens do not depend on which thread draws them.
             let mut draws: Vec<(&mut Row, &[f32])> = batch.iter_mut().zip(&logits).map(|(r, l)| (r, l.as_slice())).collect();
-            Pool::global().for_each_mut(&mut draws, &|(row, logits)| {
+            wrpo_llm::for_each_mut(&mut draws, &|(row, logits)| {
                 let token = sample(logits, &settings.sampling, &mut row.rng);
                 row.tokens.push(token);
             });

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 use serde_json::Value;
 use wrpo_common::Message;
-use wrpo_llm::{ChatMessage, ChatTemplate, KvCache, Model, Tokenizer};
+use wrpo_llm::{ChatMessage, ChatTemplate, KvCache, LoadOptions, Model, Tokenizer};
 
 /// What `--reward` names.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -164,7 +164,7 @@ impl RewardModel {
         if seq_cls && labels != 1 {
             bail!("{}: the head has {labels} labels; a reward model has one", path.display());
         }
-        let model = Model::load_frozen(path, dtype, &Device::Cpu)?;
+        let model = Model::load(path, &LoadOptions::frozen(dtype))?;
         let tokenizer = Tokenizer::load(path)?;
         let template = tokenizer.chat_template_for(model.config.family)?;
         let hidden = model.config.hidden_size;

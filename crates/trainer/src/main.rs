@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use wrpo_common::{
     io::{check_keys, check_paths, dataset_files, read_file},
@@ -10,7 +10,7 @@ use wrpo_common::{
     sft::SftExample,
     write_dataset, Provenance,
 };
-use wrpo_llm::Model;
+use wrpo_llm::{LoadOptions, Model};
 use wrpo_trainer::{
     data::{Encoder, Sequence, Truncation},
     import,
@@ -418,7 +418,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             }
             check_paths(&[("--out", &a.out)], &[("--pairs", &a.pairs), ("--model", &a.model)])?;
             let mut pairs = read_dataset::<Pair>(&a.pairs)?;
-            let model = Model::load_frozen(&a.model, DType::F32, &Device::Cpu)?;
+            let model = Model::load(&a.model, &LoadOptions::frozen(DType::F32))?;
             if model.weights.has_quantized() {
                 bail!("{}: the reference must be a dense model", a.model.display());
             }

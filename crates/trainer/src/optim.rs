@@ -12,7 +12,6 @@ use candle_core::{backprop::GradStore, CpuStorage, DType, Device, InplaceOp1, La
 use serde::Serialize;
 use wrpo_llm::{
     grad_sink::{self, GradBuffer},
-    pool::Pool,
     with_values,
 };
 
@@ -101,7 +100,7 @@ impl AdamW {
             let mut sum = p.grad.lock();
             with_values(g, |g: &[f32]| {
                 let mut parts: Vec<(&mut [f32], &[f32])> = sum.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).collect();
-                Pool::global().for_each_mut(&mut parts, &|(sum, g)| sum.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b));
+                wrpo_llm::for_each_mut(&mut parts, &|(sum, g)| sum.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b));
             })?;
         }
         Ok(())
@@ -116,7 +115,7 @@ impl AdamW {
     pub fn grad_norm(&self) -> f64 {
         let sums: Vec<_> = self.params.iter().map(|p| p.grad.lock()).collect();
         let mut parts: Vec<(&[f32], f64)> = sums.iter().flat_map(|g| g.chunks(CHUNK)).map(|c| (c, 0.0)).collect();
-        Pool::global().for_each_mut(&mut parts, &|(g, sum)| *sum = g.iter().map(|&g| (g as f64).powi(2)).sum());
+        wrpo_llm::for_each_mut(&mut parts, &|(g, sum)| *sum = g.iter().map(|&g| (g as f64).powi(2)).sum());
         parts.iter().map(|(_, s)| s).sum::<f64>().sqrt()
     }
 
@@ -138,7 +137,7 @@ impl AdamW {
             let (mut grad, m, v) = (p.grad.lock(), &mut p.m, &mut p.v);
             let mut update = |w: &mut [f32]| {
                 let mut parts: Vec<_> = w.chunks_mut(CHUNK).zip(grad.chunks_mut(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK)).collect();
-                Pool::global().for_each_mut(&mut parts, &|(((w, grad), m), v)| {
+                wrpo_llm::for_each_mut(&mut parts, &|(((w, grad), m), v)| {
                     for (((w, g), m), v) in w.iter_mut().zip(grad.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
                         let clipped = *g * clip;
                         *m = b1 * *m + (1.0 - b1) * clipped;

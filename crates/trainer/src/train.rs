@@ -14,12 +14,12 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 use wrpo_common::{
     hash::uniform_draw, io::InputHash, metrics::StepMetrics, pairs::Pair, progress::Progress, sft::SftExample, write_dataset, Provenance,
 };
-use wrpo_llm::{Model, Rng, Tokenizer};
+use wrpo_llm::{LoadOptions, Model, Rng, Tokenizer};
 
 use crate::{
     checkpoint,
@@ -729,7 +729,7 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
 
 /// Load the model to train: an HF folder or a GGUF file (dequantized), f32.
 pub fn load_model(path: &Path) -> Result<(Model, Tokenizer)> {
-    let model = Model::load(path, DType::F32, &Device::Cpu)?;
+    let model = Model::load(path, &LoadOptions::trainable(DType::F32))?;
     if model.weights.has_quantized() {
         bail!("{}: a model loaded for quantized inference cannot be trained", path.display());
     }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
-use wrpo_llm::Model;
+use wrpo_llm::{LoadOptions, Model};
 use wrpo_trainer::{
     data::{Sequence, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
@@ -25,7 +25,7 @@ struct Fixture {
 }
 
 fn load() -> Fixture {
-    let model = Model::load(&fixture(), DType::F32, &Device::Cpu).unwrap();
+    let model = Model::load(&fixture(), &LoadOptions::trainable(DType::F32)).unwrap();
     let cases = serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).unwrap()).unwrap();
     let expected = candle_core::safetensors::load(fixture().join("expected.safetensors"), &Device::Cpu).unwrap();
     Fixture { model, cases, expected }

@@ -10,7 +10,7 @@ use std::{
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 use wrpo_common::{io::read_file, metrics::StepMetrics, pairs::Pair, read_dataset, sft::SftExample, write_dataset, Message, Provenance, Role};
-use wrpo_llm::Model;
+use wrpo_llm::{LoadOptions, Model};
 
 /// Micro-batches of 4, no accumulation, 3 epochs, no warm-up: a few quick steps.
 const SMALL_STEPS: [&str; 8] = ["--micro-batch", "4", "--grad-accum", "1", "--epochs", "3", "--warmup-ratio", "0"];
@@ -162,7 +162,7 @@ fn wrpo_learns_held_out_preferences_and_resumes_exactly() {
     assert!(Path::new(&s.path("resumed/checkpoint/state.json")).exists());
     let out = ok(s.wrpo("resumed", &["--eval-pairs", &s.path("eval-ref.parquet"), "--save-every", "4"]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"), "{}", String::from_utf8_lossy(&out.stderr));
-    let load = |d: &str| Model::load(Path::new(&s.path(d)).join("final").as_path(), DType::F32, &Device::Cpu).unwrap();
+    let load = |d: &str| Model::load(Path::new(&s.path(d)).join("final").as_path(), &LoadOptions::trainable(DType::F32)).unwrap();
     let (a, b) = (load("whole"), load("resumed"));
     for ((n, x), (_, y)) in a.weights.vars().iter().zip(b.weights.vars().iter()) {
         let d = (x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
@@ -243,7 +243,7 @@ fn sft_lowers_the_held_out_loss() {
     assert!(last < 0.5 * first, "held-out token loss {first} -> {last}");
     assert!(m.iter().all(|r| r.rewards_accuracies.is_none()));
     // Target-SFT loads back as a model the sampler can use.
-    Model::load(&Path::new(&out).join("final"), DType::F32, &Device::Cpu).unwrap();
+    Model::load(&Path::new(&out).join("final"), &LoadOptions::trainable(DType::F32)).unwrap();
     // The recipe's packed form: conversations in blocks of 64 tokens, loss on every token.
     let packed = s.path("sft-packed");
     let args = [
@@ -307,7 +307,7 @@ fn bad_inputs_are_named() {
     // A model loaded for quantized inference cannot be trained.
     let gguf = repo().join("data/fixtures/llm/gguf");
     if let Some(q8) = std::fs::read_dir(&gguf).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.to_string_lossy().contains("q8")) {
-        let model = Model::load_quantized(&q8, &Device::Cpu).unwrap();
+        let model = Model::load(&q8, &LoadOptions::quantized(None)).unwrap();
         let err = model.response_logprobs(&[(&[1u32][..], &[2u32, 3][..])]).unwrap_err().to_string();
         assert!(err.contains("quantized"), "{err}");
     }

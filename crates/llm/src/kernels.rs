@@ -1,37 +1,151 @@
-//! The training forward's matmuls, RMSNorm, gated activation, rotary
-//! embedding and token embedding as candle ops with their analytic backward,
-//! each one kernel on our pool.
+//! The f32 kernels of every forward, on our pool: dense matmul (`gemm`),
+//! RMSNorm, gated activation, residual add, token and rotary embedding, and
+//! the matmul the attention and the log-prob kernels build on.
 //!
-//! Written out of candle's primitives, an RMSNorm is seven ops forward and
-//! more backward, each with its own buffer and its own trip through candle's
-//! thread pool, and a matmul against a weight's transpose comes back with a
-//! transposed gradient that is copied again. These do each in one pass, in
-//! f32, or in f64 for the finite-difference checks ([`applies`] says which
-//! tensors they take). candle's autograd calls `bwd`; a gradient is returned
-//! for every input, or added into the weight's [`grad_sink`] buffer when an
-//! optimizer registered one, so no variable is left without one.
+//! Each is one candle op with its analytic backward, computed in f32, or in
+//! f64 for the finite-difference checks. Inference (sampling, reward models,
+//! reference log-probs) calls the same ops: with no tensor tracking a
+//! gradient, candle records nothing and only the forward runs.
+//!
+//! Why not candle's own: written out of candle's primitives an RMSNorm is
+//! seven ops forward and more backward, each with its own buffer; a matmul
+//! against a weight's transpose comes back with a transposed gradient that is
+//! copied again; and candle's fused kernels have no backward at all, so they
+//! would silently drop gradients. candle also runs a dense matmul on rayon's
+//! threads and its element-wise ops on its barrier pool, while our attention
+//! and quantized matmuls run on [`Pool`]: on 2 cores their spinning workers
+//! stole each other's cores, a quarter of a reward model's time. Here every
+//! step of a layer runs on the one pool.
+//!
+//! Other dtypes (bf16 reward models) fall back to candle's ops, for inference
+//! only: a tracked bf16 tensor is an error, never a dropped gradient.
+//!
+//! Gradient contract of the ops that take a weight ([`linear`],
+//! [`rms_norm`], [`embedding`], and `logprob`'s LM head): when the op
+//! records its forward it looks up the [`GradBuffer`] an optimizer registered
+//! for the weight (`grad_sink`) and keeps it; its backward adds the weight's
+//! gradient into that buffer in place and gives candle none. Without one it
+//! returns the gradient to candle like any op.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use std::sync::Arc;
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use num_traits::Float;
 
 use crate::{
-    grad_sink,
-    infer::{gemm, with_values, Operand},
+    config::Activation,
+    grad_sink::{self, GradBuffer},
     pool::{Pool, SharedMut},
     rope::{rotate, CosSin},
 };
 
-/// Whether these ops take `tensors`: f32 or f64 on the CPU.
-pub fn applies(tensors: &[&Tensor]) -> bool {
+/// Whether these kernels take `tensors`: f32 or f64 on the CPU.
+fn applies(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| matches!(t.dtype(), DType::F32 | DType::F64) && t.device().is_cpu())
+}
+
+/// The fallback to candle's ops, which serves inference only.
+fn untracked(tensors: &[&Tensor], op: &str) -> Result<()> {
+    match tensors.iter().find(|t| t.track_op()) {
+        Some(t) => candle_core::bail!("{op}: gradients are computed in f32 or f64 on the CPU, not {:?} on {:?}", t.dtype(), t.device().location()),
+        None => Ok(()),
+    }
+}
+
+/// `f` on the values of a CPU tensor of element type T (copied first if not
+/// contiguous).
+pub fn with_values<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        candle_core::bail!("the kernels need CPU tensors");
+    };
+    Ok(f(&cpu.as_slice::<T>()?[start..end]))
 }
 
 /// The values of an input of a custom op, which must be contiguous.
 pub(crate) fn values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("a fused training op got a non-contiguous input"),
+        None => candle_core::bail!("a kernel got a non-contiguous input"),
     }
+}
+
+/// A strided matrix operand: element (i, j) at `ptr[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<T> {
+    pub ptr: *const T,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// dst (m, n), row-major with row stride `dst_rs`, = lhs (m, k) · rhs (k, n),
+/// plus dst's old values when `accumulate`; blocks of dst run on the pool
+/// (two per thread, for balance), each a single-threaded call of the `gemm`
+/// crate's kernels (candle's).
+///
+/// A block packs all of the operand it does not split, so dst is split along
+/// its longer side: a weight gradient (vocabulary, hidden) split into column
+/// blocks repacked the whole (vocabulary, tokens) operand in every block,
+/// and ran at half the speed of the same FLOPs split by rows.
+///
+/// # Safety
+/// The operands hold the elements their shapes and strides reach, and `dst`
+/// holds m rows of n columns that nothing else reads or writes meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    lhs: Operand<T>,
+    rhs: Operand<T>,
+    accumulate: bool,
+) {
+    struct Ptrs<T>(*mut T, Operand<T>, Operand<T>);
+    // SAFETY: the tasks write disjoint blocks of dst and only read the operands.
+    unsafe impl<T> Sync for Ptrs<T> {}
+    let ptrs = Ptrs(dst, lhs, rhs);
+    let pool = Pool::global();
+    let by_rows = m > n;
+    let long = if by_rows { m } else { n };
+    // Multiples of 64, a whole number of the kernels' rows and columns.
+    let block = long.div_ceil(2 * pool.threads()).next_multiple_of(64);
+    pool.run(long.div_ceil(block), &|c| {
+        let (start, len) = (c * block, block.min(long - c * block));
+        let Ptrs(dst, lhs, rhs) = &ptrs;
+        let (rows, cols) = if by_rows { (len, n) } else { (m, len) };
+        // SAFETY: as the caller promised; this task touches its own block of dst.
+        unsafe {
+            let (dst, lhs_ptr, rhs_ptr) = if by_rows {
+                (dst.add(start * dst_rs), lhs.ptr.add(start * lhs.rs), rhs.ptr)
+            } else {
+                (dst.add(start), lhs.ptr, rhs.ptr.add(start * rhs.cs))
+            };
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                dst,
+                1,
+                dst_rs as isize,
+                accumulate,
+                lhs_ptr,
+                lhs.cs as isize,
+                lhs.rs as isize,
+                rhs_ptr,
+                rhs.cs as isize,
+                rhs.rs as isize,
+                if accumulate { T::one() } else { T::zero() },
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
 }
 
 /// `n` rows of `width` values, split into tasks on the pool: `f(first row, rows)`.
@@ -58,7 +172,7 @@ trait Kernel2: Send + Sync + 'static {
     /// The output of inputs `a` and `b` (contiguous).
     fn fwd<T: WithDType + Float>(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)>;
     /// The gradients of `a` and `b` from the output's gradient `g`; none for
-    /// a weight `b` whose gradient went into its [`grad_sink`] buffer.
+    /// a weight `b` whose gradient went into its [`GradBuffer`].
     fn bwd_as<T: WithDType + Float>(&self, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Option<Tensor>)>;
 }
 
@@ -86,16 +200,24 @@ impl<K: Kernel2> CustomOp2 for Op2<K> {
     }
 }
 
-/// x (m, k) · wᵀ for a weight w (n, k): (m, n), differentiable in both.
+/// x (m, k) · wᵀ for a weight w (n, k): (m, n), differentiable in both;
+/// w's gradient goes to its [`GradBuffer`] when it has one.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let ((_, k), (_, wk)) = (x.dims2()?, w.dims2()?);
     if k != wk {
         candle_core::bail!("linear: input has {k} features, the weight {wk}");
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(LinearOp))
+    if !applies(&[x, w]) {
+        untracked(&[x, w], "linear")?;
+        return x.matmul(&w.t()?);
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(LinearOp { w_grad: grad_sink::buffer_of(w) }))
 }
 
-struct LinearOp;
+struct LinearOp {
+    /// Where the backward adds w's gradient, if an optimizer registered a buffer for it.
+    w_grad: Option<Arc<GradBuffer>>,
+}
 
 /// dst (m, n) = a (m, k) · b (k, n), plus dst's old values when
 /// `accumulate`, the operands read through their strides.
@@ -127,7 +249,7 @@ impl Kernel2 for LinearOp {
                 with_values(&gt, |g: &[T]| {
                     matmul_into(m, k, n, &mut dx, Operand { ptr: g.as_ptr(), rs: n, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: k, cs: 1 }, false);
                     let (g_t, x) = (Operand { ptr: g.as_ptr(), rs: 1, cs: n }, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 });
-                    grad_sink::gradient(w, |sum: &mut [T]| {
+                    grad_sink::gradient(w, self.w_grad.as_ref(), |sum: &mut [T]| {
                         matmul_into(n, k, m, sum, g_t, x, true);
                         Ok(())
                     })
@@ -139,14 +261,22 @@ impl Kernel2 for LinearOp {
 }
 
 /// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) * (offset + w),
-/// differentiable in x and w.
+/// differentiable in x and w; w's gradient goes to its [`GradBuffer`] when
+/// it has one.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(RmsNormOp { eps, offset }))
+    if !applies(&[x, w]) {
+        untracked(&[x, w], "RMSNorm")?;
+        let scale = if offset == 0.0 { w.clone() } else { (w + offset)? };
+        return candle_nn::ops::rms_norm(&x.contiguous()?, &scale, eps as f32);
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(RmsNormOp { eps, offset, w_grad: grad_sink::buffer_of(w) }))
 }
 
 struct RmsNormOp {
     eps: f64,
     offset: f64,
+    /// Where the backward adds w's gradient, if an optimizer registered a buffer for it.
+    w_grad: Option<Arc<GradBuffer>>,
 }
 
 impl Kernel2 for RmsNormOp {
@@ -203,7 +333,7 @@ impl Kernel2 for RmsNormOp {
                 })
             })
         })???;
-        let dw = grad_sink::gradient(w, |dw: &mut [T]| {
+        let dw = grad_sink::gradient(w, self.w_grad.as_ref(), |dw: &mut [T]| {
             for part in partial.chunks_exact(dim) {
                 dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
             }
@@ -218,12 +348,24 @@ fn inv_rms<T: Float>(row: &[T], eps: T) -> T {
     T::one() / (mean_sq + eps).sqrt()
 }
 
-/// act(gate) * up, element by element, differentiable in both: SiLU, or
-/// GELU's tanh form when `gelu_tanh`.
-pub fn gated(gate: &Tensor, up: &Tensor, gelu_tanh: bool) -> Result<Tensor> {
+/// act(gate) * up, element by element, differentiable in both. SiLU and
+/// GELU's tanh form run here; GELU's erf form as candle's ops.
+pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tensor> {
     if gate.shape() != up.shape() {
         candle_core::bail!("gated: shapes {:?} and {:?} differ", gate.shape(), up.shape());
     }
+    let gelu_tanh = match activation {
+        Activation::Gelu => return gate.gelu_erf()? * up,
+        _ if !applies(&[gate, up]) => {
+            untracked(&[gate, up], "gated activation")?;
+            return match activation {
+                Activation::Silu => gate.silu()? * up,
+                _ => gate.gelu()? * up,
+            };
+        }
+        Activation::Silu => false,
+        Activation::GeluTanh => true,
+    };
     gate.contiguous()?.apply_op2(&up.contiguous()?, Op2(GatedOp { gelu_tanh }))
 }
 
@@ -288,23 +430,65 @@ impl Kernel2 for GatedOp {
     }
 }
 
+/// a + b for tensors of one shape (the residual stream), differentiable in both.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        candle_core::bail!("add: shapes {:?} and {:?} differ", a.shape(), b.shape());
+    }
+    if !applies(&[a, b]) {
+        return a + b;
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, Op2(AddOp))
+}
+
+struct AddOp;
+
+impl Kernel2 for AddOp {
+    const NAME: &'static str = "add";
+
+    fn fwd<T: WithDType + Float>(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (av, bv) = (values::<T>(a, la)?, values::<T>(b, lb)?);
+        let width = la.shape().dims().last().copied().unwrap_or(1);
+        let mut y = vec![T::zero(); av.len()];
+        over_rows(&mut y, width, &|first, out| {
+            let at = first * width;
+            for ((y, &a), &b) in out.iter_mut().zip(&av[at..]).zip(&bv[at..]) {
+                *y = a + b;
+            }
+        });
+        Ok((T::to_cpu_storage_owned(y), la.shape().clone()))
+    }
+
+    fn bwd_as<T: WithDType + Float>(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((g.clone(), Some(g.clone())))
+    }
+}
+
 /// Rows `ids` of an embedding table w (V, H): (N, H), differentiable in w.
-/// Its backward adds the rows' gradients into w's gradient buffer when it
-/// has one: candle's `index_select` copies the whole table's gradient for it.
+/// Its backward adds the rows' gradients into w's [`GradBuffer`] when it has
+/// one: candle's `index_select` builds the whole table's gradient for it.
 pub fn embedding(w: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let vocab = w.dim(0)?;
     if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
         candle_core::bail!("embedding: token id {id} is outside the vocabulary of {vocab}");
     }
-    w.contiguous()?.apply_op1(EmbeddingOp(ids.to_vec()))
+    if !applies(&[w]) {
+        untracked(&[w], "embedding")?;
+        return w.index_select(&Tensor::from_slice(ids, ids.len(), w.device())?, 0);
+    }
+    w.contiguous()?.apply_op1(EmbeddingOp { ids: ids.to_vec(), w_grad: grad_sink::buffer_of(w) })
 }
 
-struct EmbeddingOp(Vec<u32>);
+struct EmbeddingOp {
+    ids: Vec<u32>,
+    /// Where the backward adds w's gradient, if an optimizer registered a buffer for it.
+    w_grad: Option<Arc<GradBuffer>>,
+}
 
 impl EmbeddingOp {
     /// Add row r of `rows` (N, H) to row ids[r] of `table` (V, H).
     fn scatter_add<T: WithDType + Float>(&self, rows: &[T], table: &mut [T], h: usize) {
-        for (row, &id) in rows.chunks_exact(h).zip(&self.0) {
+        for (row, &id) in rows.chunks_exact(h).zip(&self.ids) {
             table[id as usize * h..][..h].iter_mut().zip(row).for_each(|(t, &g)| *t += g);
         }
     }
@@ -312,7 +496,7 @@ impl EmbeddingOp {
     fn bwd_as<T: WithDType + Float>(&self, w: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let h = w.dim(1)?;
         with_values(&grad.to_dtype(T::DTYPE)?, |g: &[T]| {
-            grad_sink::gradient(w, |table: &mut [T]| {
+            grad_sink::gradient(w, self.w_grad.as_ref(), |table: &mut [T]| {
                 self.scatter_add(g, table, h);
                 Ok(())
             })
@@ -331,11 +515,11 @@ impl CustomOp1 for EmbeddingOp {
             ids.iter().flat_map(|&id| table[id as usize * h..][..h].iter().copied()).collect()
         }
         let storage = match w.dtype() {
-            DType::F64 => CpuStorage::F64(gather(&self.0, values::<f64>(w, lw)?, h)),
-            DType::F32 => CpuStorage::F32(gather(&self.0, values::<f32>(w, lw)?, h)),
+            DType::F64 => CpuStorage::F64(gather(&self.ids, values::<f64>(w, lw)?, h)),
+            DType::F32 => CpuStorage::F32(gather(&self.ids, values::<f32>(w, lw)?, h)),
             other => candle_core::bail!("embedding: {other:?} tables are not supported here"),
         };
-        Ok((storage, Shape::from((self.0.len(), h))))
+        Ok((storage, Shape::from((self.ids.len(), h))))
     }
 
     fn bwd(&self, w: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -403,6 +587,8 @@ impl CustomOp1 for RopeOp {
 mod tests {
     use candle_core::{DType, Device, Tensor, Var, D};
 
+    use crate::config::Activation;
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
     }
@@ -444,9 +630,68 @@ mod tests {
                     x.broadcast_div(&inv).unwrap().broadcast_mul(&(w + offset).unwrap()).unwrap()
                 });
             }
-            check("silu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, false).unwrap(), &|g, u| (g.silu().unwrap() * u).unwrap());
-            check("gelu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, true).unwrap(), &|g, u| (g.gelu().unwrap() * u).unwrap());
+            check("silu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, Activation::Silu).unwrap(), &|g, u| {
+                (g.silu().unwrap() * u).unwrap()
+            });
+            check("gelu", dtype, [&[4, 3, 10], &[4, 3, 10]], &|g, u| super::gated(g, u, Activation::GeluTanh).unwrap(), &|g, u| {
+                (g.gelu().unwrap() * u).unwrap()
+            });
+            check("add", dtype, [&[4, 3, 10], &[4, 3, 10]], &|a, b| super::add(a, b).unwrap(), &|a, b| (a + b).unwrap());
         }
+    }
+
+    /// Inference's shapes (no gradient tracked), from a decode step's one row
+    /// to a prefill's hundreds.
+    #[test]
+    fn linear_equals_candles_matmul_at_every_shape() {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(1, 8, 3), (7, 64, 100), (33, 576, 1536), (130, 40, 17)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let err = max_diff(&super::linear(&x, &w).unwrap(), &x.matmul(&w.t().unwrap()).unwrap());
+            assert!(err < 1e-3, "({m}, {k}, {n}): {err}");
+        }
+    }
+
+    /// Both ways of splitting dst (rows when it is taller than wide), with a
+    /// transposed lhs, as a weight gradient reads it, and accumulation.
+    #[test]
+    fn strided_accumulating_gemm_equals_candles() {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(300, 24, 70), (70, 24, 300), (129, 5, 129)] {
+            let a_t = Tensor::randn(0f32, 1.0, (k, m), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+            let before = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+            let mut dst = before.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            super::with_values(&a_t, |a: &[f32]| {
+                super::with_values(&b, |b: &[f32]| {
+                    let (lhs, rhs) = (super::Operand { ptr: a.as_ptr(), rs: 1, cs: m }, super::Operand { ptr: b.as_ptr(), rs: n, cs: 1 });
+                    // SAFETY: a_t is (k, m) and b (k, n), row-major; dst is (m, n).
+                    unsafe { super::gemm(m, n, k, dst.as_mut_ptr(), n, lhs, rhs, true) }
+                })
+            })
+            .unwrap()
+            .unwrap();
+            let want = (before + a_t.t().unwrap().matmul(&b).unwrap()).unwrap();
+            let err = max_diff(&Tensor::from_vec(dst, (m, n), &dev).unwrap(), &want);
+            assert!(err < 1e-4, "({m}, {k}, {n}): {err}");
+        }
+    }
+
+    /// bf16 (reward models) runs on candle's ops; a bf16 tensor that tracks a
+    /// gradient is refused rather than given a kernel without a backward.
+    #[test]
+    fn other_dtypes_fall_back_for_inference_only() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 16), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
+        let (xb, wb) = (x.to_dtype(DType::BF16).unwrap(), w.to_dtype(DType::BF16).unwrap());
+        let ours = super::rms_norm(&x, &w, 1e-6, 1.0).unwrap();
+        let fallback = super::rms_norm(&xb, &wb, 1e-6, 1.0).unwrap().to_dtype(DType::F32).unwrap();
+        assert!(max_diff(&ours, &fallback) < 0.05, "bf16 RMSNorm differs by {}", max_diff(&ours, &fallback));
+        let tracked = Var::from_tensor(&xb).unwrap();
+        let err = super::rms_norm(&tracked, &wb, 1e-6, 1.0).unwrap_err().to_string();
+        assert!(err.contains("f32 or f64"), "{err}");
     }
 
     /// Rope against transformers' formula, x * cos + rotate_half(x) * sin, in
