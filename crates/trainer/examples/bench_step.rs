@@ -15,7 +15,8 @@ use wrpo_trainer::{
     data::{Sequence, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
     optim::{AdamW, AdamWConfig},
-    train::{load_model, Example, LrSchedule, Stage, TrainConfig, Trainer},
+    schedule::LrSchedule,
+    train::{load_model, Batch, PairExample, Stage, TrainConfig, Trainer},
 };
 
 fn peak_rss_mb() -> f64 {
@@ -65,7 +66,7 @@ fn main() -> Result<()> {
     let prompt = get("prompt");
     let seq = |k: &str| Sequence { ids: [prompt.clone(), get(k)].concat(), prompt_len: prompt.len(), truncated: false };
     let reference = [ids["ref"][0].as_f64().unwrap_or(-500.0), ids["ref"][1].as_f64().unwrap_or(-500.0), ids["ref"][2].as_f64().unwrap_or(-500.0)];
-    let example = Example::Pair {
+    let example = PairExample {
         prompt_id: "bench".into(),
         seqs: PerY { y_ws: Some(seq("y_ws")), y_wt: Some(seq("y_wt")), y_l: seq("y_l") },
         reference: Some(reference),
@@ -94,7 +95,7 @@ fn main() -> Result<()> {
     let mut losses = vec![];
     for _ in 0..steps.parse::<usize>()? {
         let t = Instant::now();
-        let loss = trainer.batch_loss(&[&example], 0.1)?;
+        let loss = trainer.batch_loss(&Batch::Pairs(vec![&example]), 0.1)?;
         losses.push(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
         optimizer.accumulate(&loss.backward()?)?;
         optimizer.step(config.lr, config.max_grad_norm)?;

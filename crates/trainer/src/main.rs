@@ -16,10 +16,10 @@ use wrpo_trainer::{
     import,
     loss::{Chosen, LossKind, Objective, SIMPO_GAMMA_BETA_RATIO},
     optim::AdamWConfig,
-    schedule::Schedule,
+    schedule::{LrSchedule, Schedule, Settings},
     train::{
-        encode_pairs, encode_sft, load_model, reference_logps, run, subsample, Example, LrSchedule, ReferenceRecord, RunInputs, SftForm, Stage,
-        TrainConfig, PRODUCER,
+        encode_pairs, encode_sft, load_model, reference_logps, run, subsample, Examples, ReferenceRecord, RunInputs, SftForm, Stage, TrainConfig,
+        PRODUCER,
     },
 };
 
@@ -94,6 +94,9 @@ struct Steps {
     /// Fraction of the steps spent warming the learning rate up.
     #[arg(long, default_value_t = 0.1)]
     warmup_ratio: f64,
+    /// The learning rate's decay after warm-up.
+    #[arg(long, value_enum, default_value_t = LrSchedule::Cosine)]
+    lr_schedule: LrSchedule,
 }
 
 #[derive(Args)]
@@ -106,8 +109,6 @@ struct Common {
     out: PathBuf,
     #[command(flatten)]
     steps: Steps,
-    #[arg(long, value_enum, default_value_t = LrSchedule::Cosine)]
-    lr_schedule: LrSchedule,
     /// Gradient clipping by global norm (0 = none).
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f64,
@@ -299,7 +300,7 @@ fn train_config(c: &Common, lr: f64) -> TrainConfig {
     TrainConfig {
         lr,
         warmup_ratio: c.steps.warmup_ratio,
-        schedule: c.lr_schedule,
+        schedule: c.steps.lr_schedule,
         epochs: c.steps.epochs,
         micro_batch: c.steps.micro_batch as usize,
         grad_accum: c.steps.grad_accum as usize,
@@ -330,8 +331,8 @@ fn train(
     stage: Stage,
     model: &Model,
     enc: &Encoder,
-    examples: &[Example],
-    eval: Option<&[Example]>,
+    examples: &Examples,
+    eval: Option<&Examples>,
     inputs: Vec<PathBuf>,
 ) -> Result<()> {
     let config = train_config(c, lr);
@@ -364,15 +365,27 @@ fn train(
     Ok(())
 }
 
+/// `wrpo-train schedule`: every optimizer step's learning rate and alpha, as CSV.
+fn print_schedule(s: &Schedule) {
+    println!("step,lr,alpha");
+    for step in 0..s.total_steps {
+        println!("{step},{:e},{}", s.lr(step), s.alpha(step));
+    }
+}
+
 fn run_cli(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Schedule { examples, steps, lr, alpha_max, static_alpha } => {
-            let s = Schedule::new(examples, steps.micro_batch, steps.grad_accum, steps.epochs, steps.warmup_ratio, lr, alpha_max, static_alpha);
-            println!("step,lr,alpha");
-            for step in 0..s.total_steps {
-                println!("{step},{:e},{}", s.lr(step), s.alpha(step));
-            }
-        }
+        Command::Schedule { examples, steps, lr, alpha_max, static_alpha } => print_schedule(&Schedule::new(&Settings {
+            examples,
+            micro_batch: steps.micro_batch,
+            grad_accum: steps.grad_accum,
+            epochs: steps.epochs,
+            warmup_ratio: steps.warmup_ratio,
+            lr,
+            lr_schedule: steps.lr_schedule,
+            alpha_max,
+            static_alpha,
+        })),
         Command::ImportMetrics(a) => {
             check_paths(&[("--out", &a.out)], &[("STATE", &a.state)])?;
             let text = std::fs::read_to_string(&a.state).with_context(|| format!("cannot read {}", a.state.display()))?;
@@ -404,12 +417,12 @@ fn run_cli(cli: Cli) -> Result<()> {
             let (examples, truncated) = encode_sft(&enc, &rows, form).with_context(|| a.data.display().to_string())?;
             report_truncated(truncated, examples.len(), "SFT examples");
             let eval = match &a.eval_data {
-                Some(p) => Some(encode_sft(&enc, &read_dataset::<SftExample>(p)?, form).with_context(|| p.display().to_string())?.0),
+                Some(p) => Some(Examples::Sft(encode_sft(&enc, &read_dataset::<SftExample>(p)?, form).with_context(|| p.display().to_string())?.0)),
                 None => None,
             };
             let mut inputs = vec![a.data.clone(), c.model.clone()];
             inputs.extend(a.eval_data.clone());
-            train(c, a.lr, Stage::Sft { form }, &model, &enc, &examples, eval.as_deref(), inputs)?;
+            train(c, a.lr, Stage::Sft { form }, &model, &enc, &Examples::Sft(examples), eval.as_ref(), inputs)?;
         }
         Command::RefLogps(a) => {
             wrpo_llm::set_threads(a.threads);
@@ -430,10 +443,9 @@ fn run_cli(cli: Cli) -> Result<()> {
             let logps = reference_logps(&model, &examples, a.micro_batch)?;
             for ((p, l), e) in pairs.iter_mut().zip(&logps).zip(&examples) {
                 (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) = (Some(l[0]), Some(l[1]), Some(l[2]));
-                let Example::Pair { seqs, .. } = e else { unreachable!("pairs") };
                 let tokens = |s: &Option<Sequence>| s.as_ref().map(|s| s.response_len() as u32);
                 (p.ref_tokens_y_ws, p.ref_tokens_y_wt, p.ref_tokens_y_l) =
-                    (tokens(&seqs.y_ws), tokens(&seqs.y_wt), Some(seqs.y_l.response_len() as u32));
+                    (tokens(&e.seqs.y_ws), tokens(&e.seqs.y_wt), Some(e.seqs.y_l.response_len() as u32));
             }
             let config =
                 serde_json::json!({"model": a.model, "max_length": a.max_length, "max_prompt_length": a.max_prompt_length, "reference": record});
@@ -478,13 +490,13 @@ fn run_cli(cli: Cli) -> Result<()> {
             let (examples, truncated) = encode_pairs(&enc, &pairs, Some(&objective), &a.pairs)?;
             report_truncated(truncated, examples.len(), "pairs");
             let eval = match &a.eval_pairs {
-                Some(p) => Some(encode_pairs(&enc, &read(p)?, Some(&objective), p)?.0),
+                Some(p) => Some(Examples::Pairs(encode_pairs(&enc, &read(p)?, Some(&objective), p)?.0)),
                 None => None,
             };
             let mut inputs = vec![a.pairs.clone(), c.model.clone()];
             inputs.extend(a.eval_pairs.clone());
             let stage = Stage::Preference { objective, alpha_max: a.alpha_max, static_alpha: a.static_alpha };
-            train(c, a.lr, stage, &model, &enc, &examples, eval.as_deref(), inputs)?;
+            train(c, a.lr, stage, &model, &enc, &Examples::Pairs(examples), eval.as_ref(), inputs)?;
         }
     }
     Ok(())

@@ -26,7 +26,7 @@ use crate::{
     data::{Encoder, Sequence, Truncation},
     loss::{Chosen, Inputs, LossKind, Objective, PerY, Y},
     optim::{AdamW, AdamWConfig},
-    schedule::Schedule,
+    schedule::{LrSchedule, Schedule, Settings},
 };
 
 pub const PRODUCER: &str = concat!("wrpo-train ", env!("CARGO_PKG_VERSION"));
@@ -45,14 +45,6 @@ pub struct TrainConfig {
     pub truncation: Truncation,
     pub seed: u64,
     pub freeze_embeddings: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LrSchedule {
-    Cosine,
-    Linear,
-    Constant,
 }
 
 /// What is trained.
@@ -77,25 +69,75 @@ pub enum SftForm {
     Packed { cross_document: bool },
 }
 
-/// One training example as token ids.
-pub enum Example {
-    /// A conversation (one sequence) or a packed block: one sequence when its
-    /// documents attend to each other, else a sequence per document piece.
-    Sft {
-        prompt_id: String,
-        seqs: Vec<Sequence>,
-    },
-    Pair {
-        prompt_id: String,
-        seqs: PerY<Sequence>,
-        reference: Option<[f64; 3]>,
-    },
+/// An SFT example as token ids: a conversation (one sequence) or a packed
+/// block: one sequence when its documents attend to each other, else a
+/// sequence per document piece.
+pub struct SftBlock {
+    pub prompt_id: String,
+    pub seqs: Vec<Sequence>,
 }
 
-impl Example {
-    fn prompt_id(&self) -> &str {
+/// A preference example as token ids, with the pairs file's reference
+/// log-probs of (y_ws, y_wt, y_l) when it has them.
+pub struct PairExample {
+    pub prompt_id: String,
+    pub seqs: PerY<Sequence>,
+    pub reference: Option<[f64; 3]>,
+}
+
+/// A stage's examples, all of one kind.
+pub enum Examples {
+    Sft(Vec<SftBlock>),
+    Pairs(Vec<PairExample>),
+}
+
+impl Examples {
+    pub fn len(&self) -> usize {
         match self {
-            Example::Sft { prompt_id, .. } | Example::Pair { prompt_id, .. } => prompt_id,
+            Examples::Sft(e) => e.len(),
+            Examples::Pairs(e) => e.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The examples at `indices`.
+    pub fn batch(&self, indices: &[usize]) -> Batch<'_> {
+        match self {
+            Examples::Sft(e) => Batch::Sft(indices.iter().map(|&i| &e[i]).collect()),
+            Examples::Pairs(e) => Batch::Pairs(indices.iter().map(|&i| &e[i]).collect()),
+        }
+    }
+
+    /// Consecutive batches of `size` examples (the last may be smaller).
+    pub fn batches(&self, size: usize) -> Vec<Batch<'_>> {
+        let starts = (0..self.len()).step_by(size.max(1));
+        starts.map(|start| self.batch(&(start..(start + size.max(1)).min(self.len())).collect::<Vec<_>>())).collect()
+    }
+}
+
+/// A micro-batch.
+pub enum Batch<'a> {
+    Sft(Vec<&'a SftBlock>),
+    Pairs(Vec<&'a PairExample>),
+}
+
+impl Batch<'_> {
+    fn prompt_ids(&self) -> Vec<&str> {
+        match self {
+            Batch::Sft(b) => b.iter().map(|e| e.prompt_id.as_str()).collect(),
+            Batch::Pairs(b) => b.iter().map(|e| e.prompt_id.as_str()).collect(),
+        }
+    }
+
+    /// What a step's mean divides by: label tokens for SFT (the mean token
+    /// loss), examples for preference losses.
+    fn denominator(&self) -> f64 {
+        match self {
+            Batch::Sft(b) => b.iter().flat_map(|e| &e.seqs).map(Sequence::response_len).sum::<usize>() as f64,
+            Batch::Pairs(b) => b.len() as f64,
         }
     }
 }
@@ -121,7 +163,7 @@ fn sft_ids(enc: &Encoder, r: &SftExample) -> Result<(Vec<u32>, Vec<u32>)> {
 
 /// Encode SFT examples in `form`, counting the truncated ones (packing
 /// truncates none: a conversation runs on into the next block).
-pub fn encode_sft(enc: &Encoder, rows: &[SftExample], form: SftForm) -> Result<(Vec<Example>, usize)> {
+pub fn encode_sft(enc: &Encoder, rows: &[SftExample], form: SftForm) -> Result<(Vec<SftBlock>, usize)> {
     if let SftForm::Packed { cross_document } = form {
         return Ok((pack_sft(enc, rows, enc.truncation.max_length, cross_document)?, 0));
     }
@@ -135,7 +177,7 @@ pub fn encode_sft(enc: &Encoder, rows: &[SftExample], form: SftForm) -> Result<(
             // Every token after the first is a label.
             seq.prompt_len = 1;
         }
-        out.push(Example::Sft { prompt_id: r.prompt_id.clone(), seqs: vec![seq] });
+        out.push(SftBlock { prompt_id: r.prompt_id.clone(), seqs: vec![seq] });
     }
     Ok((out, truncated))
 }
@@ -148,7 +190,7 @@ pub fn encode_sft(enc: &Encoder, rows: &[SftExample], form: SftForm) -> Result<(
 /// sequence, as plain concatenation trains it (documents attend to the ones
 /// before them in the block); without, each document's piece is a sequence
 /// of its own, positions from 0, and its first token is no label.
-pub fn pack_sft(enc: &Encoder, rows: &[SftExample], block: usize, cross_document: bool) -> Result<Vec<Example>> {
+pub fn pack_sft(enc: &Encoder, rows: &[SftExample], block: usize, cross_document: bool) -> Result<Vec<SftBlock>> {
     if block < 2 {
         bail!("a packed block needs at least 2 tokens, got {block}");
     }
@@ -168,7 +210,7 @@ pub fn pack_sft(enc: &Encoder, rows: &[SftExample], block: usize, cross_document
         // A one-token piece predicts nothing.
         let seqs: Vec<Sequence> = seqs.into_iter().filter(|s| s.ids.len() >= 2).collect();
         if !seqs.is_empty() {
-            out.push(Example::Sft { prompt_id: format!("block-{k}"), seqs });
+            out.push(SftBlock { prompt_id: format!("block-{k}"), seqs });
         }
     }
     Ok(out)
@@ -189,7 +231,7 @@ pub fn subsample(rows: Vec<Pair>, n: usize) -> Vec<Pair> {
 }
 
 /// Encode pairs for `objective`; reference log-probs are required unless it is reference-free.
-pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>, file: &Path) -> Result<(Vec<Example>, usize)> {
+pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>, file: &Path) -> Result<(Vec<PairExample>, usize)> {
     let needs_ref = objective.is_some_and(Objective::needs_reference);
     let mut truncated = 0;
     let mut out = Vec::with_capacity(rows.len());
@@ -234,7 +276,7 @@ pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>,
             }
             _ => None,
         };
-        out.push(Example::Pair { prompt_id: p.prompt_id.clone(), seqs, reference });
+        out.push(PairExample { prompt_id: p.prompt_id.clone(), seqs, reference });
     }
     Ok((out, truncated))
 }
@@ -322,12 +364,28 @@ pub struct Sums {
     examples: f64,
     loss: f64,
     tokens: usize,
-    /// rewards chosen / source / target / rejected, accuracies (3), logps (4).
-    values: [f64; 11],
+    /// Null for SFT rows.
+    preference: Option<PreferenceSums>,
+}
+
+/// Sums over preference examples of what the metrics report, by TRL's names.
+#[derive(Default)]
+struct PreferenceSums {
+    /// The objective's chosen reward: alpha-weighted for the WRPO forms.
+    rewards_chosen: f64,
+    rewards_source_chosen: f64,
+    rewards_target_chosen: f64,
+    rewards_rejected: f64,
+    accuracies: f64,
+    source_accuracies: f64,
+    pivot_accuracies: f64,
+    logps_chosen: f64,
+    logps_source_chosen: f64,
+    logps_target_chosen: f64,
+    logps_rejected: f64,
+    /// Whether the objective reads y_ws, and y_wt.
     has_source: bool,
     has_target: bool,
-    /// Preference metrics were summed (null for SFT rows).
-    preference: bool,
 }
 
 impl Sums {
@@ -338,9 +396,10 @@ impl Sums {
 
     fn row(&self, stage: &str, step: u64, epoch: f64, lr: f64, alpha: Option<f64>, grad_norm: Option<f64>, secs: f64) -> StepMetrics {
         let n = self.examples.max(1.0);
-        let v = |i: usize| Some(self.values[i] / n);
-        let pref = self.preference;
-        let when = |ok: bool, i: usize| if pref && ok { v(i) } else { None };
+        let p = self.preference.as_ref();
+        let mean = |f: fn(&PreferenceSums) -> f64| p.map(|p| f(p) / n);
+        let source = |f: fn(&PreferenceSums) -> f64| p.filter(|p| p.has_source).map(|p| f(p) / n);
+        let target = |f: fn(&PreferenceSums) -> f64| p.filter(|p| p.has_target).map(|p| f(p) / n);
         StepMetrics {
             stage: stage.to_string(),
             step,
@@ -350,18 +409,18 @@ impl Sums {
             alpha,
             grad_norm,
             tokens_per_second: self.tokens as f64 / secs.max(1e-9),
-            rewards_chosen: when(true, 0),
-            rewards_source_chosen: when(self.has_source, 1),
-            rewards_target_chosen: when(self.has_target, 2),
-            rewards_rejected: when(true, 3),
-            rewards_accuracies: when(true, 4),
-            rewards_source_accuracies: when(self.has_source, 5),
-            rewards_pivot_accuracies: when(self.has_target, 6),
-            rewards_margins: if pref { Some((self.values[0] - self.values[3]) / n) } else { None },
-            logps_chosen: when(true, 7),
-            logps_source_chosen: when(self.has_source, 8),
-            logps_target_chosen: when(self.has_target, 9),
-            logps_rejected: when(true, 10),
+            rewards_chosen: mean(|p| p.rewards_chosen),
+            rewards_source_chosen: source(|p| p.rewards_source_chosen),
+            rewards_target_chosen: target(|p| p.rewards_target_chosen),
+            rewards_rejected: mean(|p| p.rewards_rejected),
+            rewards_accuracies: mean(|p| p.accuracies),
+            rewards_source_accuracies: source(|p| p.source_accuracies),
+            rewards_pivot_accuracies: target(|p| p.pivot_accuracies),
+            rewards_margins: mean(|p| p.rewards_chosen - p.rewards_rejected),
+            logps_chosen: mean(|p| p.logps_chosen),
+            logps_source_chosen: source(|p| p.logps_source_chosen),
+            logps_target_chosen: target(|p| p.logps_target_chosen),
+            logps_rejected: mean(|p| p.logps_rejected),
         }
     }
 }
@@ -377,96 +436,85 @@ impl Trainer<'_> {
     /// Loss of a micro-batch, scaled by `1 / denominator` (examples or
     /// tokens of the whole optimizer step, so accumulation gives the step's
     /// mean), and its metrics added to `sums`.
-    fn micro_loss(&self, batch: &[&Example], alpha: f64, denominator: f64, sums: &mut Sums) -> Result<Tensor> {
-        let device = self.model.device();
-        match self.stage {
-            Stage::Sft { .. } => {
-                let seqs: Vec<&Sequence> = batch
-                    .iter()
-                    .flat_map(|e| match e {
-                        Example::Sft { seqs, .. } => seqs,
-                        Example::Pair { .. } => unreachable!("SFT examples only"),
-                    })
-                    .collect();
-                let logps = self.model.response_logprobs(&split(&seqs))?;
-                let nll = logps.sum_all()?.neg()?;
-                let tokens: usize = seqs.iter().map(|s| s.response_len()).sum();
-                sums.loss += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                sums.examples += tokens as f64;
-                sums.tokens += tokens;
-                Ok((nll / denominator)?)
-            }
-            Stage::Preference { objective, .. } => {
-                let ys = objective.responses();
-                let mut seqs = Vec::new();
-                for &y in &ys {
-                    for e in batch {
-                        let Example::Pair { seqs: s, .. } = e else { unreachable!("pairs only") };
-                        seqs.push(seq_of(s, y));
-                    }
-                }
-                let logps = self.model.response_logprobs(&split(&seqs))?;
-                let counts: Vec<usize> = seqs.iter().map(|s| s.response_len()).collect();
-                let n = batch.len();
-                let part = |k: usize| logps.narrow(0, k * n, n);
-                let lengths_of =
-                    |k: usize| Tensor::from_vec(counts[k * n..(k + 1) * n].iter().map(|&c| c as f32).collect(), n, device)?.to_dtype(logps.dtype());
-                let refs_of = |y: Y| -> Result<Tensor> {
-                    let values = batch
-                        .iter()
-                        .map(|e| match e {
-                            Example::Pair { reference: Some(r), .. } => Ok(r[y.index()] as f32),
-                            e => Err(anyhow!("prompt {}: no reference log-probs", e.prompt_id())),
-                        })
-                        .collect::<Result<Vec<f32>>>()?;
-                    Ok(Tensor::from_vec(values, n, device)?.to_dtype(logps.dtype())?)
-                };
-                let k_of = |y: Y| ys.iter().position(|&v| v == y);
-                let per_y = |f: &dyn Fn(usize) -> candle_core::Result<Tensor>| -> Result<PerY<Tensor>> {
-                    Ok(PerY {
-                        y_ws: k_of(Y::Ws).map(f).transpose()?,
-                        y_wt: k_of(Y::Wt).map(f).transpose()?,
-                        y_l: f(k_of(Y::L).expect("y_l always"))?,
-                    })
-                };
-                let reference = if objective.needs_reference() {
-                    Some(PerY {
-                        y_ws: k_of(Y::Ws).map(|_| refs_of(Y::Ws)).transpose()?,
-                        y_wt: k_of(Y::Wt).map(|_| refs_of(Y::Wt)).transpose()?,
-                        y_l: refs_of(Y::L)?,
-                    })
-                } else {
-                    None
-                };
-                let inputs = Inputs { policy: per_y(&part)?, reference, lengths: per_y(&lengths_of)? };
-                let out = objective.forward(&inputs, alpha)?;
-                let loss_sum = out.losses.sum_all()?;
-                self.add_metrics(objective, alpha, &inputs, &out, sums)?;
-                sums.loss += loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                sums.examples += n as f64;
-                sums.tokens += counts.iter().sum::<usize>();
-                Ok((loss_sum / denominator)?)
-            }
+    fn micro_loss(&self, batch: &Batch, alpha: f64, denominator: f64, sums: &mut Sums) -> Result<Tensor> {
+        match (self.stage, batch) {
+            (Stage::Sft { .. }, Batch::Sft(b)) => self.sft_loss(b, denominator, sums),
+            (Stage::Preference { objective, .. }, Batch::Pairs(b)) => self.preference_loss(objective, b, alpha, denominator, sums),
+            (Stage::Sft { .. }, Batch::Pairs(_)) => bail!("SFT trains on SFT examples, not on preference pairs"),
+            (Stage::Preference { .. }, Batch::Sft(_)) => bail!("preference training needs pairs, not SFT examples"),
         }
+    }
+
+    /// The summed next-token loss of the blocks' label tokens.
+    fn sft_loss(&self, batch: &[&SftBlock], denominator: f64, sums: &mut Sums) -> Result<Tensor> {
+        let seqs: Vec<&Sequence> = batch.iter().flat_map(|e| &e.seqs).collect();
+        let logps = self.model.response_logprobs(&split(&seqs))?;
+        let nll = logps.sum_all()?.neg()?;
+        let tokens: usize = seqs.iter().map(|s| s.response_len()).sum();
+        sums.loss += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        sums.examples += tokens as f64;
+        sums.tokens += tokens;
+        Ok((nll / denominator)?)
+    }
+
+    /// The summed preference loss of the pairs: the responses the objective
+    /// reads, by one forward over all of them.
+    fn preference_loss(&self, objective: &Objective, batch: &[&PairExample], alpha: f64, denominator: f64, sums: &mut Sums) -> Result<Tensor> {
+        let device = self.model.device();
+        let ys = objective.responses();
+        let seqs: Vec<&Sequence> = ys.iter().flat_map(|&y| batch.iter().map(move |e| seq_of(&e.seqs, y))).collect();
+        let logps = self.model.response_logprobs(&split(&seqs))?;
+        let counts: Vec<usize> = seqs.iter().map(|s| s.response_len()).collect();
+        let n = batch.len();
+        let part = |k: usize| logps.narrow(0, k * n, n);
+        let lengths_of =
+            |k: usize| Tensor::from_vec(counts[k * n..(k + 1) * n].iter().map(|&c| c as f32).collect(), n, device)?.to_dtype(logps.dtype());
+        let refs_of = |y: Y| -> Result<Tensor> {
+            let values = batch
+                .iter()
+                .map(|e| e.reference.map(|r| r[y.index()] as f32).ok_or_else(|| anyhow!("prompt {}: no reference log-probs", e.prompt_id)))
+                .collect::<Result<Vec<f32>>>()?;
+            Ok(Tensor::from_vec(values, n, device)?.to_dtype(logps.dtype())?)
+        };
+        let k_of = |y: Y| ys.iter().position(|&v| v == y);
+        let per_y = |f: &dyn Fn(usize) -> candle_core::Result<Tensor>| -> Result<PerY<Tensor>> {
+            Ok(PerY { y_ws: k_of(Y::Ws).map(f).transpose()?, y_wt: k_of(Y::Wt).map(f).transpose()?, y_l: f(k_of(Y::L).expect("y_l always"))? })
+        };
+        let reference = if objective.needs_reference() {
+            Some(PerY {
+                y_ws: k_of(Y::Ws).map(|_| refs_of(Y::Ws)).transpose()?,
+                y_wt: k_of(Y::Wt).map(|_| refs_of(Y::Wt)).transpose()?,
+                y_l: refs_of(Y::L)?,
+            })
+        } else {
+            None
+        };
+        let inputs = Inputs { policy: per_y(&part)?, reference, lengths: per_y(&lengths_of)? };
+        let out = objective.forward(&inputs, alpha)?;
+        let loss_sum = out.losses.sum_all()?;
+        self.add_metrics(objective, alpha, &inputs, &out, sums)?;
+        sums.loss += loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        sums.examples += n as f64;
+        sums.tokens += counts.iter().sum::<usize>();
+        Ok((loss_sum / denominator)?)
     }
 
     /// At the first step the policy is the reference, so policy minus
     /// reference log-probs must be ~0 (rounding of a differently packed
     /// forward aside): anything else means the pairs' reference log-probs
     /// came from another model, template or truncation.
-    pub fn check_reference_at_start(&self, batch: &[&Example]) -> Result<()> {
-        let Stage::Preference { objective, .. } = self.stage else { return Ok(()) };
+    pub fn check_reference_at_start(&self, batch: &Batch) -> Result<()> {
+        let (Stage::Preference { objective, .. }, Batch::Pairs(batch)) = (self.stage, batch) else { return Ok(()) };
         if !objective.needs_reference() {
             return Ok(());
         }
-        let ys = objective.responses();
         let mut seqs = Vec::new();
         let mut refs = Vec::new();
-        for &y in &ys {
+        for y in objective.responses() {
             for e in batch {
-                let Example::Pair { seqs: s, reference: Some(r), prompt_id } = e else { continue };
-                seqs.push(seq_of(s, y));
-                refs.push((prompt_id.as_str(), y, r[y.index()]));
+                let Some(r) = e.reference else { continue };
+                seqs.push(seq_of(&e.seqs, y));
+                refs.push((e.prompt_id.as_str(), y, r[y.index()]));
             }
         }
         let policy = self.model.response_logprobs(&split(&seqs))?.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
@@ -485,15 +533,13 @@ impl Trainer<'_> {
     /// micro-batch's loss, scaled so that their gradients sum to the
     /// gradient of the step's mean loss, added into `optimizer`'s buffers.
     /// Returns the step's metric sums.
-    pub fn step_gradients(&self, micro: &[Vec<&Example>], alpha: f64, optimizer: &mut AdamW) -> Result<Sums> {
-        let all: Vec<&Example> = micro.iter().flatten().copied().collect();
-        let denominator = self.denominator(&all);
+    pub fn step_gradients(&self, micro: &[Batch], alpha: f64, optimizer: &mut AdamW) -> Result<Sums> {
+        let denominator = micro.iter().map(Batch::denominator).sum();
         let mut sums = Sums::default();
         for batch in micro {
             let loss = self.micro_loss(batch, alpha, denominator, &mut sums)?;
             if !loss.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
-                let ids: Vec<&str> = batch.iter().map(|e| e.prompt_id()).collect();
-                bail!("the loss became {loss} on prompts {ids:?}");
+                bail!("the loss became {loss} on prompts {:?}", batch.prompt_ids());
             }
             optimizer.accumulate(&loss.backward()?)?;
         }
@@ -511,61 +557,47 @@ impl Trainer<'_> {
             LossKind::SigmoidMix => 0.5,
             _ => alpha,
         };
-        sums.preference = true;
-        sums.has_source = r_ws.is_some();
-        sums.has_target = r_wt.is_some();
+        let s = sums.preference.get_or_insert_with(PreferenceSums::default);
+        s.has_source = r_ws.is_some();
+        s.has_target = r_wt.is_some();
         // logps/chosen as the official trainer reports it: the plain mean of y_ws and y_wt.
         let w_logps = if p_ws.is_some() && p_wt.is_some() { 0.5 } else { w };
+        let at = |v: &Option<Vec<f64>>, i: usize| v.as_ref().map_or(0.0, |v| v[i]);
+        let beats = |v: &Option<Vec<f64>>, i: usize| v.as_ref().map_or(0.0, |v| f64::from(v[i] > r_l[i]));
         for i in 0..r_l.len() {
             let mix = |w: f64, a: &Option<Vec<f64>>, b: &Option<Vec<f64>>| {
                 a.as_ref().map_or(0.0, |a| w * a[i]) + b.as_ref().map_or(0.0, |b| (1.0 - w) * b[i])
             };
             let chosen = mix(w, &r_ws, &r_wt);
-            let s = &mut sums.values;
-            s[0] += chosen;
-            s[1] += r_ws.as_ref().map_or(0.0, |r| r[i]);
-            s[2] += r_wt.as_ref().map_or(0.0, |r| r[i]);
-            s[3] += r_l[i];
-            s[4] += f64::from(chosen > r_l[i]);
-            s[5] += r_ws.as_ref().map_or(0.0, |r| f64::from(r[i] > r_l[i]));
-            s[6] += r_wt.as_ref().map_or(0.0, |r| f64::from(r[i] > r_l[i]));
-            s[7] += mix(w_logps, &p_ws, &p_wt);
-            s[8] += p_ws.as_ref().map_or(0.0, |p| p[i]);
-            s[9] += p_wt.as_ref().map_or(0.0, |p| p[i]);
-            s[10] += p_l[i];
+            s.rewards_chosen += chosen;
+            s.rewards_source_chosen += at(&r_ws, i);
+            s.rewards_target_chosen += at(&r_wt, i);
+            s.rewards_rejected += r_l[i];
+            s.accuracies += f64::from(chosen > r_l[i]);
+            s.source_accuracies += beats(&r_ws, i);
+            s.pivot_accuracies += beats(&r_wt, i);
+            s.logps_chosen += mix(w_logps, &p_ws, &p_wt);
+            s.logps_source_chosen += at(&p_ws, i);
+            s.logps_target_chosen += at(&p_wt, i);
+            s.logps_rejected += p_l[i];
         }
         Ok(())
     }
 
     /// The mean loss of `batch` (per example for preference losses, per
     /// label token for SFT), as one optimizer step over it computes it.
-    pub fn batch_loss(&self, batch: &[&Example], alpha: f64) -> Result<Tensor> {
-        self.micro_loss(batch, alpha, self.denominator(batch), &mut Sums::default())
-    }
-
-    /// The denominator of a step's mean: examples for preference losses,
-    /// label tokens for SFT (the mean token loss of the step).
-    fn denominator(&self, batch: &[&Example]) -> f64 {
-        match self.stage {
-            Stage::Sft { .. } => batch
-                .iter()
-                .map(|e| match e {
-                    Example::Sft { seqs, .. } => seqs.iter().map(Sequence::response_len).sum(),
-                    _ => 0,
-                })
-                .sum::<usize>() as f64,
-            Stage::Preference { .. } => batch.len() as f64,
-        }
+    pub fn batch_loss(&self, batch: &Batch, alpha: f64) -> Result<Tensor> {
+        self.micro_loss(batch, alpha, batch.denominator(), &mut Sums::default())
     }
 
     /// Metrics of `examples` without updating (micro-batches of the same size).
-    pub fn evaluate(&self, examples: &[Example], alpha: f64, step: u64, stage: &str) -> Result<StepMetrics> {
+    pub fn evaluate(&self, examples: &Examples, alpha: f64, step: u64, stage: &str) -> Result<StepMetrics> {
         let mut sums = Sums::default();
         let started = Instant::now();
-        let all: Vec<&Example> = examples.iter().collect();
-        let denominator = self.denominator(&all);
-        for chunk in all.chunks(self.config.micro_batch) {
-            self.micro_loss(chunk, alpha, denominator, &mut sums)?;
+        let batches = examples.batches(self.config.micro_batch);
+        let denominator = batches.iter().map(Batch::denominator).sum();
+        for batch in &batches {
+            self.micro_loss(batch, alpha, denominator, &mut sums)?;
         }
         let alpha = matches!(self.stage, Stage::Preference { objective, .. } if objective.uses_alpha()).then_some(alpha);
         Ok(sums.row(stage, step, 0.0, 0.0, alpha, None, started.elapsed().as_secs_f64()))
@@ -576,8 +608,8 @@ pub struct RunInputs<'a> {
     pub model: &'a Model,
     pub tokenizer: &'a Tokenizer,
     pub chat_template: &'a str,
-    pub examples: &'a [Example],
-    pub eval: Option<&'a [Example]>,
+    pub examples: &'a Examples,
+    pub eval: Option<&'a Examples>,
     pub stage: &'a Stage,
     pub config: &'a TrainConfig,
     pub out: &'a Path,
@@ -596,28 +628,17 @@ pub fn schedule_of(stage: &Stage, config: &TrainConfig, examples: usize) -> Sche
         Stage::Preference { alpha_max, static_alpha, .. } => (*alpha_max, *static_alpha),
         Stage::Sft { .. } => (0.0, false),
     };
-    Schedule::new(
-        examples as u64,
-        config.micro_batch as u64,
-        config.grad_accum as u64,
-        config.epochs,
-        config.warmup_ratio,
-        config.lr,
+    Schedule::new(&Settings {
+        examples: examples as u64,
+        micro_batch: config.micro_batch as u64,
+        grad_accum: config.grad_accum as u64,
+        epochs: config.epochs,
+        warmup_ratio: config.warmup_ratio,
+        lr: config.lr,
+        lr_schedule: config.schedule,
         alpha_max,
         static_alpha,
-    )
-}
-
-fn lr_at(s: &Schedule, kind: LrSchedule, step: u64) -> f64 {
-    match kind {
-        LrSchedule::Cosine => s.lr(step),
-        _ if step < s.warmup_steps => s.lr(step),
-        LrSchedule::Constant => s.lr,
-        LrSchedule::Linear => {
-            let decay = s.total_steps.saturating_sub(s.warmup_steps).max(1);
-            s.lr * (1.0 - (step - s.warmup_steps) as f64 / decay as f64).max(0.0)
-        }
-    }
+    })
 }
 
 /// Train, resuming from `out/checkpoint` when it exists; returns the metrics rows.
@@ -627,6 +648,11 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         Stage::Sft { .. } => "sft".to_string(),
         Stage::Preference { objective, .. } => serde_json::to_value(objective.loss)?.as_str().unwrap_or("wrpo").to_string(),
     };
+    match (stage, examples) {
+        (Stage::Sft { .. }, Examples::Sft(_)) | (Stage::Preference { .. }, Examples::Pairs(_)) => {}
+        (Stage::Sft { .. }, Examples::Pairs(_)) => bail!("SFT trains on SFT examples, not on preference pairs"),
+        (Stage::Preference { .. }, Examples::Sft(_)) => bail!("preference training needs pairs, not SFT examples"),
+    }
     let schedule = schedule_of(stage, config, examples.len());
     if schedule.total_steps == 0 {
         bail!("no training example");
@@ -666,20 +692,18 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
     while state.step < schedule.total_steps {
         let step = state.step;
         let started = Instant::now();
-        let (lr, alpha) = (lr_at(&schedule, config.schedule, step), alpha_of(step));
-        let micro: Vec<Vec<usize>> =
-            schedule.micro_batches(step).map(|k| micro_batch(examples.len(), config.micro_batch, config.seed, k as usize)).collect();
-        let micro: Vec<Vec<&Example>> = micro.iter().map(|mb| mb.iter().map(|&i| &examples[i]).collect()).collect();
+        let (lr, alpha) = (schedule.lr(step), alpha_of(step));
+        let micro: Vec<Batch> =
+            schedule.micro_batches(step).map(|k| examples.batch(&micro_batch(examples.len(), config.micro_batch, config.seed, k as usize))).collect();
         if step == 0 {
             trainer.check_reference_at_start(&micro[0]).with_context(|| format!("step 0; {}", checkpoint::what_is_kept(out)))?;
         }
-        let all: Vec<&Example> = micro.iter().flatten().copied().collect();
         let sums = trainer
             .step_gradients(&micro, alpha.unwrap_or(0.0), &mut optimizer)
             .with_context(|| format!("step {step}; {}", checkpoint::what_is_kept(out)))?;
         let grad_norm = optimizer.step(lr, config.max_grad_norm)?;
         if !grad_norm.is_finite() {
-            let ids: Vec<&str> = all.iter().map(|e| e.prompt_id()).collect();
+            let ids: Vec<&str> = micro.iter().flat_map(Batch::prompt_ids).collect();
             bail!("the gradient norm became {grad_norm} at step {step} on prompts {ids:?}; {}", checkpoint::what_is_kept(out));
         }
         let epoch = (schedule.micro_batches(step).end as f64 / per_epoch as f64).min(config.epochs);
@@ -738,25 +762,19 @@ pub fn load_model(path: &Path) -> Result<(Model, Tokenizer)> {
 
 /// Fill the reference log-probs of every pair with the frozen reference
 /// model: the same forward and tokenization as training, computed once.
-pub fn reference_logps(model: &Model, examples: &[Example], micro_batch: usize) -> Result<Vec<[f64; 3]>> {
+pub fn reference_logps(model: &Model, examples: &[PairExample], micro_batch: usize) -> Result<Vec<[f64; 3]>> {
     let mut out = Vec::with_capacity(examples.len());
     let mut progress = Progress::new(examples.len() as u64, "pairs");
     progress.set_model("ref-logps");
     for chunk in examples.chunks(micro_batch.max(1)) {
-        let mut seqs = Vec::new();
-        for y in [Y::Ws, Y::Wt, Y::L] {
-            for e in chunk {
-                let Example::Pair { seqs: s, .. } = e else { unreachable!("pairs only") };
-                seqs.push(seq_of(s, y));
-            }
-        }
+        let seqs: Vec<&Sequence> = [Y::Ws, Y::Wt, Y::L].into_iter().flat_map(|y| chunk.iter().map(move |e| seq_of(&e.seqs, y))).collect();
         let logps = model.response_logprobs(&split(&seqs))?;
         let v = logps.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let n = chunk.len();
         for (i, e) in chunk.iter().enumerate() {
             let row = [v[i], v[n + i], v[2 * n + i]];
             if row.iter().any(|x| !x.is_finite()) {
-                bail!("prompt {}: a reference log-prob is not finite ({row:?})", e.prompt_id());
+                bail!("prompt {}: a reference log-prob is not finite ({row:?})", e.prompt_id);
             }
             out.push(row);
         }

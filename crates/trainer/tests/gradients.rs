@@ -16,10 +16,11 @@ use serde_json::Value;
 use wrpo_common::{sft::SftExample, Message};
 use wrpo_llm::Model;
 use wrpo_trainer::{
-    data::{Encoder, Sequence, Truncation},
+    data::{Encoder, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
     optim::{AdamW, AdamWConfig},
-    train::{load_model, pack_sft, reference_logps, Example, LrSchedule, SftForm, Stage, TrainConfig, Trainer},
+    schedule::LrSchedule,
+    train::{load_model, pack_sft, reference_logps, Examples, PairExample, SftBlock, SftForm, Stage, TrainConfig, Trainer},
 };
 
 const CONFIGS: [&str; 8] = [
@@ -69,7 +70,7 @@ const YS: [&str; 3] = ["y_ws", "y_wt", "y_l"];
 /// The examples as the trainer encodes them, each checked against the ids
 /// transformers gave the same text; reference log-probs computed by the
 /// reference code on this model, plus the fixture's offsets if `offset`.
-fn examples(f: &Fixture, offset: bool) -> Vec<Example> {
+fn examples(f: &Fixture, offset: bool) -> Vec<PairExample> {
     let enc = &f.encoder;
     let mut out = Vec::new();
     for (i, e) in f.cases["examples"].as_array().unwrap().iter().enumerate() {
@@ -84,7 +85,7 @@ fn examples(f: &Fixture, offset: bool) -> Vec<Example> {
             assert!(!s.truncated);
             s
         };
-        out.push(Example::Pair {
+        out.push(PairExample {
             prompt_id: format!("p{i}"),
             seqs: PerY { y_ws: Some(seq("y_ws")), y_wt: Some(seq("y_wt")), y_l: seq("y_l") },
             reference: None,
@@ -93,25 +94,15 @@ fn examples(f: &Fixture, offset: bool) -> Vec<Example> {
     // As `wrpo-train ref-logps` computes them: the same forward, micro-batches of 2.
     let reference = reference_logps(&f.model, &out, 2).unwrap();
     for (i, (example, r)) in out.iter_mut().zip(reference).enumerate() {
-        let Example::Pair { reference, .. } = example else { unreachable!() };
         let e = &f.cases["examples"][i];
         let shift = |k: usize| if offset { e[format!("ref_offset_{}", YS[k])].as_f64().unwrap() } else { 0.0 };
-        *reference = Some([r[0] + shift(0), r[1] + shift(1), r[2] + shift(2)]);
+        example.reference = Some([r[0] + shift(0), r[1] + shift(1), r[2] + shift(2)]);
     }
     out
 }
 
-fn sft_examples(pairs: &[Example]) -> Vec<Example> {
-    pairs
-        .iter()
-        .map(|e| match e {
-            Example::Pair { prompt_id, seqs, .. } => {
-                let s: &Sequence = seqs.y_ws.as_ref().unwrap();
-                Example::Sft { prompt_id: prompt_id.clone(), seqs: vec![s.clone()] }
-            }
-            _ => unreachable!(),
-        })
-        .collect()
+fn sft_examples(pairs: &[PairExample]) -> Vec<SftBlock> {
+    pairs.iter().map(|e| SftBlock { prompt_id: e.prompt_id.clone(), seqs: vec![e.seqs.y_ws.clone().unwrap()] }).collect()
 }
 
 fn config() -> TrainConfig {
@@ -141,13 +132,13 @@ struct Worst {
 /// examples) against PyTorch's: the mean loss, the global norm, and for
 /// every parameter its norm (relative 1e-4) and its largest element error
 /// (1e-5 of the tensor's largest element).
-fn check(f: &Fixture, case: &str, stage: Stage, examples: &[Example], alpha: f64) -> Worst {
+fn check(f: &Fixture, case: &str, stage: Stage, examples: &Examples, alpha: f64) -> Worst {
     let config = config();
     let trainer = Trainer { model: &f.model, stage: &stage, config: &config };
     let vars = f.model.weights.vars();
     let params = vars.iter().map(|(n, v)| (n.to_string(), (*v).clone())).collect();
     let mut optimizer = AdamW::new(params, config.adamw.clone()).unwrap();
-    let micro: Vec<Vec<&Example>> = examples.chunks(2).map(|c| c.iter().collect()).collect();
+    let micro = examples.batches(2);
     let sums = trainer.step_gradients(&micro, alpha, &mut optimizer).unwrap();
     let scalar = |k: &str| f.expected[&format!("{case}.{k}")].to_vec1::<f32>().unwrap()[0] as f64;
     let what = format!("{}: {case}", f.name);
@@ -182,12 +173,13 @@ fn wrpo_dpo_and_sft_gradients_equal_pytorch_on_every_configuration() {
         let (alpha, beta) = (f.cases["alpha"].as_f64().unwrap(), f.cases["beta"].as_f64().unwrap());
         let objective = |loss, chosen| Objective { loss, chosen, beta, label_smoothing: 0.0, gamma: 0.0 };
         let preference = |loss, chosen| Stage::Preference { objective: objective(loss, chosen), alpha_max: alpha, static_alpha: true };
-        let (equal, offset) = (examples(&f, false), examples(&f, true));
+        let (equal, offset) = (Examples::Pairs(examples(&f, false)), examples(&f, true));
+        let (sft, offset) = (Examples::Sft(sft_examples(&offset)), Examples::Pairs(offset));
         let report = [
             ("wrpo_ref_policy", check(&f, "wrpo_ref_policy", preference(LossKind::Wrpo, Chosen::Target), &equal, alpha)),
             ("wrpo", check(&f, "wrpo", preference(LossKind::Wrpo, Chosen::Target), &offset, alpha)),
             ("dpo", check(&f, "dpo", preference(LossKind::Dpo, Chosen::Target), &offset, alpha)),
-            ("sft", check(&f, "sft", Stage::Sft { form: SftForm::Response }, &sft_examples(&offset), 0.0)),
+            ("sft", check(&f, "sft", Stage::Sft { form: SftForm::Response }, &sft, 0.0)),
         ];
         eprintln!("{name} ({}): {report:?}", f.cases["covers"].as_str().unwrap());
         if let Some(block) = f.cases["packed_block"].as_u64() {
@@ -207,7 +199,7 @@ fn wrpo_dpo_and_sft_gradients_equal_pytorch_on_every_configuration() {
                 .collect();
             let mut packed = Vec::new();
             for (case, cross_document) in [("sft_packed", false), ("sft_packed_cross", true)] {
-                let examples = pack_sft(&f.encoder, &rows, block as usize, cross_document).unwrap();
+                let examples = Examples::Sft(pack_sft(&f.encoder, &rows, block as usize, cross_document).unwrap());
                 packed.push((case, check(&f, case, Stage::Sft { form: SftForm::Packed { cross_document } }, &examples, 0.0)));
             }
             eprintln!("{name}, packed SFT in blocks of {block}: {packed:?}");

@@ -11,7 +11,8 @@ use wrpo_trainer::{
     data::{Sequence, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
     optim::{AdamW, AdamWConfig},
-    train::{Example, LrSchedule, SftForm, Stage, TrainConfig, Trainer},
+    schedule::LrSchedule,
+    train::{Examples, PairExample, SftBlock, SftForm, Stage, TrainConfig, Trainer},
 };
 
 fn fixture() -> PathBuf {
@@ -39,8 +40,8 @@ fn seq(prompt: &[u32], response: &[u32]) -> Sequence {
     Sequence { ids: [prompt, response].concat(), prompt_len: prompt.len(), truncated: false }
 }
 
-fn pairs(f: &Fixture) -> Vec<Example> {
-    f.cases["examples"]
+fn pairs(f: &Fixture) -> Examples {
+    let pairs = f.cases["examples"]
         .as_array()
         .unwrap()
         .iter()
@@ -48,13 +49,14 @@ fn pairs(f: &Fixture) -> Vec<Example> {
         .map(|(i, e)| {
             let p = ids(&e["prompt"]);
             let r = |k: &str| e[k].as_f64().unwrap();
-            Example::Pair {
+            PairExample {
                 prompt_id: format!("e{i}"),
                 seqs: PerY { y_ws: Some(seq(&p, &ids(&e["y_ws"]))), y_wt: Some(seq(&p, &ids(&e["y_wt"]))), y_l: seq(&p, &ids(&e["y_l"])) },
                 reference: Some([r("ref_y_ws"), r("ref_y_wt"), r("ref_y_l")]),
             }
         })
-        .collect()
+        .collect();
+    Examples::Pairs(pairs)
 }
 
 fn config(lr: f64, weight_decay: f64) -> TrainConfig {
@@ -91,10 +93,10 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     diff / scale.max(1e-6)
 }
 
-fn check_loss_and_grads(f: &Fixture, case: &str, stage: Stage, examples: &[Example], alpha: f64) {
+fn check_loss_and_grads(f: &Fixture, case: &str, stage: Stage, examples: &Examples, alpha: f64) {
     let config = config(0.0, 0.0);
     let trainer = Trainer { model: &f.model, stage: &stage, config: &config };
-    let batch: Vec<&Example> = examples.iter().collect();
+    let batch = examples.batch(&(0..examples.len()).collect::<Vec<_>>());
     let loss = trainer.batch_loss(&batch, alpha).unwrap();
     let want = &f.expected[&format!("{case}.loss")];
     let err = rel_err(&loss.reshape(1).unwrap(), want);
@@ -136,21 +138,21 @@ fn every_loss_form_and_its_gradients_equal_pytorch() {
 #[test]
 fn the_sft_loss_and_its_gradients_equal_pytorch() {
     let f = load();
-    let examples: Vec<Example> = f.cases["examples"]
+    let blocks: Vec<SftBlock> = f.cases["examples"]
         .as_array()
         .unwrap()
         .iter()
         .enumerate()
-        .map(|(i, e)| Example::Sft { prompt_id: format!("e{i}"), seqs: vec![seq(&ids(&e["prompt"]), &ids(&e["y_ws"]))] })
+        .map(|(i, e)| SftBlock { prompt_id: format!("e{i}"), seqs: vec![seq(&ids(&e["prompt"]), &ids(&e["y_ws"]))] })
         .collect();
-    check_loss_and_grads(&f, "sft", Stage::Sft { form: SftForm::Response }, &examples, 0.0);
+    check_loss_and_grads(&f, "sft", Stage::Sft { form: SftForm::Response }, &Examples::Sft(blocks), 0.0);
 }
 
 #[test]
 fn two_adamw_steps_equal_torch_optim_adamw() {
     let f = load();
     let examples = pairs(&f);
-    let batch: Vec<&Example> = examples.iter().collect();
+    let batch = examples.batch(&(0..examples.len()).collect::<Vec<_>>());
     let alpha = f.cases["alpha"].as_f64().unwrap();
     let a = &f.cases["adamw"];
     let (lr, wd) = (a["lr"].as_f64().unwrap(), a["weight_decay"].as_f64().unwrap());
