@@ -1,7 +1,4 @@
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -20,7 +17,7 @@ use wrpo_scorer::{
     report,
     reward::RewardSpec,
     score::{score, write_summary, ScoreOptions, ScoreSettings, PRODUCER},
-    select::{check_scores, make_pairs, sft_split, source_gain, truncated_shares, ByPrompt, PairOptions, Strategy},
+    select::{check_scores, make_pairs, pairs_summary, sft_split, sft_summary, truncated_shares, ByPrompt, PairOptions, Strategy},
 };
 
 /// Score samples with a reward model and build the SFT set and WRPO pairs.
@@ -332,18 +329,7 @@ fn run(cli: Cli) -> Result<()> {
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.source_scores)?;
             write_dataset(&args.out, &split.sft, &prov)?;
             write_dataset(&args.out_preference, &split.preference, &prov)?;
-            let mut y_ws_sources: BTreeMap<&str, usize> = BTreeMap::new();
-            for e in &split.sft {
-                *y_ws_sources.entry(&e.source_model).or_default() += 1;
-            }
-            write_summary(
-                &summary_path(&args.out),
-                &serde_json::json!({
-                    "sft_examples": split.sft.len(), "preference_prompts": split.preference.len(),
-                    "dropped": {"no_scored_source_sample": split.unscored, "only_truncated": split.only_truncated}, "y_ws_sources": y_ws_sources,
-                    "truncated_share": truncated,
-                }),
-            )?;
+            write_summary(&summary_path(&args.out), &sft_summary(&split, &truncated))?;
             eprintln!(
                 "{} SFT examples -> {}; {} preference prompts -> {}; {} train prompts had no scored source sample, {} only truncated ones",
                 split.sft.len(),
@@ -391,18 +377,9 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("no pair could be built from {} prompts: {}", prompts.len(), serde_json::to_string(&dropped)?);
             }
             write_dataset(&args.out, &pairs, &prov)?;
-            let gain = source_gain(&pairs);
-            let mut y_ws_sources: BTreeMap<&str, usize> = BTreeMap::new();
-            for p in &pairs {
-                *y_ws_sources.entry(&p.y_ws_model).or_default() += 1;
-            }
-            write_summary(
-                &summary_path(&args.out),
-                &serde_json::json!({
-                    "pairs": pairs.len(), "prompts": prompts.len(), "dropped": &dropped, "y_ws_sources": y_ws_sources,
-                    "truncated_share": truncated, "source_gain": gain,
-                }),
-            )?;
+            let summary = pairs_summary(prompts.len(), &pairs, &dropped, &truncated);
+            write_summary(&summary_path(&args.out), &summary)?;
+            let gain = &summary["source_gain"];
             eprintln!(
                 "{} pairs from {} prompts -> {}; dropped: {}; y_ws beats y_wt on {:.0}% (mean gap {:+.4})",
                 pairs.len(),

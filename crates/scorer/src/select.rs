@@ -140,6 +140,37 @@ pub fn source_gain(pairs: &[Pair]) -> serde_json::Value {
         .into()
 }
 
+/// How many of `models` name each model: which sources gave y_ws.
+fn counts<'a>(models: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
+    let mut by = BTreeMap::new();
+    for m in models {
+        *by.entry(m).or_default() += 1;
+    }
+    by
+}
+
+/// `sft-set`'s summary (OUT.summary.json): the split's sizes, the prompts
+/// left out and why, which sources gave y_ws, and the truncated shares.
+pub fn sft_summary(split: &SftSplit, truncated: &BTreeMap<String, f64>) -> serde_json::Value {
+    serde_json::json!({
+        "sft_examples": split.sft.len(), "preference_prompts": split.preference.len(),
+        "dropped": {"no_scored_source_sample": split.unscored, "only_truncated": split.only_truncated},
+        "y_ws_sources": counts(split.sft.iter().map(|e| e.source_model.as_str())),
+        "truncated_share": truncated,
+    })
+}
+
+/// `pairs`' summary (OUT.summary.json): pairs and prompts, the prompts
+/// dropped and why, which sources gave y_ws, the truncated shares and
+/// [`source_gain`].
+pub fn pairs_summary(prompts: usize, pairs: &[Pair], dropped: &Dropped, truncated: &BTreeMap<String, f64>) -> serde_json::Value {
+    serde_json::json!({
+        "pairs": pairs.len(), "prompts": prompts, "dropped": dropped,
+        "y_ws_sources": counts(pairs.iter().map(|p| p.y_ws_model.as_str())),
+        "truncated_share": truncated, "source_gain": source_gain(pairs),
+    })
+}
+
 /// The train prompts divided between the SFT stage and preference training.
 #[derive(Debug, Default)]
 pub struct SftSplit {
