@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a run folder with every dataset kind (the real binaries where no model
 # is needed, synthetic samples and scores where one is), then run every SQL
-# block of README.md on it in DuckDB.
+# block of README.md and docs/datasets.md on it in DuckDB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same build as `cargo test` (same features), so nothing is compiled twice.
@@ -22,7 +22,7 @@ run=$tmp/runs/demo
 # The eval report from the real binary, on the synthetic scores as if they were the eval set's.
 "$bin/wrpo-score" report --prompts "$run/prompts.parquet" --scores "$run/source-scores" --baseline gemma3 --out "$run/eval" > /dev/null
 printf 'stage,seconds,finished_at\nsource-samples,61.2,2026-11-28T16:37:00Z\nwrpo,540.0,2026-11-28T17:00:00Z\n' > "$run/timings.csv"
-python3 scripts/check_duckdb.py README.md "$tmp"
+python3 scripts/check_duckdb.py "$tmp" README.md docs/datasets.md
 # Files rewritten by DuckDB (nullable columns, list items named 'element', no
 # wrpo metadata) read back: pairs filtered in SQL, exported by wrpo-score;
 # prompts rewritten, sampled by wrpo-sample.

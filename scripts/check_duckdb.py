@@ -1,4 +1,5 @@
-"""Run every ```sql block of README.md in DuckDB from a folder holding runs/demo.
+"""Run every ```sql block of the given pages (README.md, docs/datasets.md) in
+DuckDB from a folder holding runs/demo: check_duckdb.py ROOT PAGE...
 
 Each query must succeed and return at least one row; every Parquet file of the
 run must carry the wrpo key-value metadata. Prints 'N passed, N failed'.
@@ -9,8 +10,8 @@ import sys
 
 import duckdb
 
-readme, root = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-queries = re.findall(r"```sql\n(.*?)```", readme.read_text(), re.S)
+root, pages = pathlib.Path(sys.argv[1]), [pathlib.Path(p) for p in sys.argv[2:]]
+queries = [q for page in pages for q in re.findall(r"```sql\n(.*?)```", page.read_text(), re.S)]
 con = duckdb.connect()
 con.execute(f"SET file_search_path = '{root}'")
 passed, failed = 0, 0
