@@ -13,6 +13,7 @@ use num_traits::Float;
 use crate::{
     kernels::{gemm, tensor, values, with_values, Operand},
     pool::{Pool, SharedMut},
+    vmath::{self, vectorized, Exp},
 };
 
 /// A run of tokens of a packed row. A prompt attends to itself causally; a
@@ -144,7 +145,7 @@ impl AttentionOp {
         (t / self.segments.len(), &self.segments[t % self.segments.len()])
     }
 
-    fn forward<T: WithDType + Float>(&self, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<Probs<T>>) {
+    fn forward<T: WithDType + Exp>(&self, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<Probs<T>>) {
         let (n, hd, heads) = (self.positions.len(), self.hd, self.heads);
         let groups = heads / self.kv_heads;
         let mut out = vec![T::zero(); n * heads * hd];
@@ -180,7 +181,7 @@ impl AttentionOp {
     }
 
     /// Scale, soft-cap, mask and softmax one query's scores in place; its log-sum-exp.
-    fn softmax_row<T: Float>(&self, query: usize, keys: &[Range<usize>], row: &mut [T]) -> T {
+    fn softmax_row<T: Exp>(&self, query: usize, keys: &[Range<usize>], row: &mut [T]) -> T {
         let scale = T::from(self.scale).unwrap();
         let cap = self.softcap.map(|c| T::from(c).unwrap());
         let pos = self.positions[query];
@@ -200,10 +201,11 @@ impl AttentionOp {
                 col += 1;
             }
         }
-        let sum = row.iter().fold(T::zero(), |acc, &x| acc + (x - max).exp());
-        let lse = max + sum.ln();
-        row.iter_mut().for_each(|x| *x = (*x - lse).exp());
-        lse
+        vectorized(|| {
+            let lse = max + vmath::sum_exp(row, max).ln();
+            row.iter_mut().for_each(|x| *x = (*x - lse).exp_fast());
+            lse
+        })
     }
 
     /// dq, dk, dv from d out (N, heads · hd) and the saved probabilities:

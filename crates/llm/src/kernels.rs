@@ -37,6 +37,7 @@ use crate::{
     grad_sink::{self, GradBuffer},
     pool::{Pool, SharedMut},
     rope::{rotate, CosSin},
+    vmath::{vectorized, Exp},
 };
 
 /// Whether these kernels take `tensors`: f32 or f64 on the CPU.
@@ -160,6 +161,25 @@ fn over_rows<T: Send>(out: &mut [T], width: usize, f: &(dyn Fn(usize, &mut [T]) 
     });
 }
 
+/// `f(a, b)` element by element for inputs of one shape, across the pool,
+/// vectorised.
+fn zip_map<T: WithDType + Exp>(
+    a: &CpuStorage,
+    la: &Layout,
+    b: &CpuStorage,
+    lb: &Layout,
+    f: impl Fn(T, T) -> T + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let (av, bv) = (values::<T>(a, la)?, values::<T>(b, lb)?);
+    let width = la.shape().dims().last().copied().unwrap_or(1);
+    let mut y = vec![T::zero(); av.len()];
+    over_rows(&mut y, width, &|first, out| {
+        let at = first * width;
+        vectorized(|| out.iter_mut().zip(&av[at..]).zip(&bv[at..]).for_each(|((y, &a), &b)| *y = f(a, b)));
+    });
+    Ok((T::to_cpu_storage_owned(y), la.shape().clone()))
+}
+
 /// A gradient of `like`'s dtype from values computed in T.
 pub(crate) fn tensor<T: WithDType>(v: Vec<T>, shape: &Shape, like: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())
@@ -170,10 +190,10 @@ pub(crate) fn tensor<T: WithDType>(v: Vec<T>, shape: &Shape, like: &Tensor) -> R
 trait Kernel2: Send + Sync + 'static {
     const NAME: &'static str;
     /// The output of inputs `a` and `b` (contiguous).
-    fn fwd<T: WithDType + Float>(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)>;
+    fn fwd<T: WithDType + Exp>(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)>;
     /// The gradients of `a` and `b` from the output's gradient `g`; none for
     /// a weight `b` whose gradient went into its [`GradBuffer`].
-    fn bwd_as<T: WithDType + Float>(&self, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Option<Tensor>)>;
+    fn bwd_as<T: WithDType + Exp>(&self, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Option<Tensor>)>;
 }
 
 /// A [`Kernel2`] as a candle op.
@@ -230,7 +250,7 @@ fn matmul_into<T: WithDType>(m: usize, n: usize, k: usize, dst: &mut [T], a: Ope
 impl Kernel2 for LinearOp {
     const NAME: &'static str = "linear";
 
-    fn fwd<T: WithDType + Float>(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: WithDType + Exp>(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
         let ((m, k), (n, _)) = (lx.shape().dims2()?, lw.shape().dims2()?);
         let (xv, wv) = (values::<T>(x, lx)?, values::<T>(w, lw)?);
         let mut y = vec![T::zero(); m * n];
@@ -240,7 +260,7 @@ impl Kernel2 for LinearOp {
 
     /// dx = dy · w (m, k) and dw = dyᵀ · x (n, k), the latter added into
     /// w's gradient buffer when it has one.
-    fn bwd_as<T: WithDType + Float>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    fn bwd_as<T: WithDType + Exp>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let ((m, k), (n, _)) = (x.dims2()?, w.dims2()?);
         let (xt, wt, gt) = (x.to_dtype(T::DTYPE)?, w.to_dtype(T::DTYPE)?, dy.to_dtype(T::DTYPE)?);
         let mut dx = vec![T::zero(); m * k];
@@ -282,7 +302,7 @@ struct RmsNormOp {
 impl Kernel2 for RmsNormOp {
     const NAME: &'static str = "rms-norm";
 
-    fn fwd<T: WithDType + Float>(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn fwd<T: WithDType + Exp>(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
         let (xv, wv) = (values::<T>(x, lx)?, values::<T>(w, lw)?);
         let (dim, offset, eps) = (wv.len(), T::from(self.offset).unwrap(), T::from(self.eps).unwrap());
         let mut y = vec![T::zero(); xv.len()];
@@ -300,7 +320,7 @@ impl Kernel2 for RmsNormOp {
 
     /// With x̂ = x / rms and s = offset + w:
     /// dx = (dy·s - x̂ · mean(dy·s·x̂)) / rms, dw = Σ_rows dy·x̂.
-    fn bwd_as<T: WithDType + Float>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    fn bwd_as<T: WithDType + Exp>(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (xt, wt, gt) = (x.to_dtype(T::DTYPE)?, w.to_dtype(T::DTYPE)?, dy.to_dtype(T::DTYPE)?);
         let dim = w.elem_count();
         let (offset, eps) = (T::from(self.offset).unwrap(), T::from(self.eps).unwrap());
@@ -375,15 +395,16 @@ struct GatedOp {
 
 impl GatedOp {
     /// act(g) and act'(g).
-    fn act<T: Float>(&self, g: T) -> (T, T) {
+    #[inline(always)]
+    fn act<T: Exp>(&self, g: T) -> (T, T) {
         let one = T::one();
         if self.gelu_tanh {
             let (c, k) = (T::from((2.0 / std::f64::consts::PI).sqrt()).unwrap(), T::from(0.044715).unwrap());
             let half = T::from(0.5).unwrap();
-            let t = (c * (g + k * g * g * g)).tanh();
+            let t = (c * (g + k * g * g * g)).tanh_fast();
             (half * g * (one + t), half * (one + t) + half * g * (one - t * t) * c * (one + T::from(3.0).unwrap() * k * g * g))
         } else {
-            let s = one / (one + (-g).exp());
+            let s = one / (one + (-g).exp_fast());
             (g * s, s * (one + g * (one - s)))
         }
     }
@@ -392,21 +413,12 @@ impl GatedOp {
 impl Kernel2 for GatedOp {
     const NAME: &'static str = "gated-activation";
 
-    fn fwd<T: WithDType + Float>(&self, g: &CpuStorage, lg: &Layout, u: &CpuStorage, lu: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (gv, uv) = (values::<T>(g, lg)?, values::<T>(u, lu)?);
-        let width = lg.shape().dims().last().copied().unwrap_or(1);
-        let mut h = vec![T::zero(); gv.len()];
-        over_rows(&mut h, width, &|first, out| {
-            let at = first * width;
-            for ((h, &g), &u) in out.iter_mut().zip(&gv[at..]).zip(&uv[at..]) {
-                *h = self.act(g).0 * u;
-            }
-        });
-        Ok((T::to_cpu_storage_owned(h), lg.shape().clone()))
+    fn fwd<T: WithDType + Exp>(&self, g: &CpuStorage, lg: &Layout, u: &CpuStorage, lu: &Layout) -> Result<(CpuStorage, Shape)> {
+        zip_map(g, lg, u, lu, |g: T, u| self.act(g).0 * u)
     }
 
     /// d gate = dh · up · act'(gate), d up = dh · act(gate), written into one buffer of two halves.
-    fn bwd_as<T: WithDType + Float>(&self, gate: &Tensor, up: &Tensor, dh: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    fn bwd_as<T: WithDType + Exp>(&self, gate: &Tensor, up: &Tensor, dh: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (gt, ut, dt) = (gate.to_dtype(T::DTYPE)?, up.to_dtype(T::DTYPE)?, dh.to_dtype(T::DTYPE)?);
         let n = gate.elem_count();
         let mut both = vec![T::zero(); 2 * n];
@@ -415,12 +427,14 @@ impl Kernel2 for GatedOp {
                 with_values(&dt, |d: &[T]| {
                     // Pairs (d gate, d up) side by side, so rows of the buffer split into tasks.
                     over_rows(&mut both, 2, &|first, out| {
-                        for (i, pair) in out.chunks_exact_mut(2).enumerate() {
-                            let e = first + i;
-                            let (a, da) = self.act(gv[e]);
-                            pair[0] = d[e] * uv[e] * da;
-                            pair[1] = d[e] * a;
-                        }
+                        vectorized(|| {
+                            for (i, pair) in out.chunks_exact_mut(2).enumerate() {
+                                let e = first + i;
+                                let (a, da) = self.act(gv[e]);
+                                pair[0] = d[e] * uv[e] * da;
+                                pair[1] = d[e] * a;
+                            }
+                        })
                     });
                 })
             })
@@ -446,20 +460,11 @@ struct AddOp;
 impl Kernel2 for AddOp {
     const NAME: &'static str = "add";
 
-    fn fwd<T: WithDType + Float>(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (av, bv) = (values::<T>(a, la)?, values::<T>(b, lb)?);
-        let width = la.shape().dims().last().copied().unwrap_or(1);
-        let mut y = vec![T::zero(); av.len()];
-        over_rows(&mut y, width, &|first, out| {
-            let at = first * width;
-            for ((y, &a), &b) in out.iter_mut().zip(&av[at..]).zip(&bv[at..]) {
-                *y = a + b;
-            }
-        });
-        Ok((T::to_cpu_storage_owned(y), la.shape().clone()))
+    fn fwd<T: WithDType + Exp>(&self, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
+        zip_map(a, la, b, lb, |a: T, b| a + b)
     }
 
-    fn bwd_as<T: WithDType + Float>(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    fn bwd_as<T: WithDType + Exp>(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         Ok((g.clone(), Some(g.clone())))
     }
 }
@@ -493,7 +498,7 @@ impl EmbeddingOp {
         }
     }
 
-    fn bwd_as<T: WithDType + Float>(&self, w: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd_as<T: WithDType + Exp>(&self, w: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let h = w.dim(1)?;
         with_values(&grad.to_dtype(T::DTYPE)?, |g: &[T]| {
             grad_sink::gradient(w, self.w_grad.as_ref(), |table: &mut [T]| {

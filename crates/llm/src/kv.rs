@@ -9,7 +9,10 @@
 
 use anyhow::{bail, Result};
 
-use crate::pool::{Pool, SharedMut};
+use crate::{
+    pool::{Pool, SharedMut},
+    vmath::{self, vectorized},
+};
 
 /// Preallocated keys and values: `slots` sequences of up to `capacity`
 /// positions each, every slot with its own length, so sequences of
@@ -172,12 +175,11 @@ impl KvCache {
                         let s = dot(query, &keys[base + j * hd..base + (j + 1) * hd]) * a.scale;
                         a.softcap.map_or(s, |cap| (s / cap).tanh() * cap)
                     }));
-                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut total = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
-                    }
+                    let total = vectorized(|| {
+                        let max = vmath::max(&scores);
+                        scores.iter_mut().for_each(|s| *s = vmath::exp_f32(*s - max));
+                        vmath::sum(&scores)
+                    });
                     let mut acc = vec![0f32; hd];
                     for (s, j) in scores.iter().zip(first..=p) {
                         let weight = s / total;

@@ -19,6 +19,7 @@ pub mod save;
 #[cfg(feature = "tiny")]
 pub mod tiny;
 mod tokenizer;
+mod vmath;
 mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};

@@ -15,12 +15,12 @@ use std::{
 };
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
-use num_traits::Float;
 
 use crate::{
     grad_sink::{self, GradBuffer},
     kernels::{gemm, with_values, Operand},
     pool::{Pool, SharedMut},
+    vmath::{self, vectorized, Exp},
 };
 
 /// Rows of logits materialised at a time: about 64 MB.
@@ -101,7 +101,7 @@ impl LabelLogProb {
     /// analytic gradient written over the logits in place, then two matmuls;
     /// the weight's gradient accumulates into one (V, H) buffer, the weight's
     /// [`GradBuffer`] when it has one.
-    fn run_as<T: WithDType + Float>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>, kept: Option<Kept>, keep: bool) -> Result<Run> {
+    fn run_as<T: WithDType + Exp>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>, kept: Option<Kept>, keep: bool) -> Result<Run> {
         let dev = hidden.device().clone();
         let variable = weight.clone();
         let (hidden, weight) = (hidden.detach().to_dtype(T::DTYPE)?, weight.detach().to_dtype(T::DTYPE)?);
@@ -139,18 +139,19 @@ impl LabelLogProb {
                                 if let Some(cap) = cap {
                                     z.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
                                 }
-                                let max = z.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
-                                *lse = max + z.iter().fold(T::zero(), |sum, &x| sum + (x - max).exp()).ln();
+                                let max = vectorized(|| vmath::max(z));
+                                *lse = max + vectorized(|| vmath::sum_exp(z, max)).ln();
                                 unsafe { *out.add(*r) = z[label] - *lse };
                             }
                             if let Some(g) = &grad {
                                 // d log p(label) / d z_j = 1[j = label] - p_j, times the
                                 // cap's d z / d raw = 1 - (z / cap)^2; written over z.
-                                let g = g[start + *r];
+                                let (g, lse) = (g[start + *r], *lse);
                                 let through_cap = |z: T| cap.map_or(T::one(), |c| T::one() - (z / c) * (z / c));
                                 let z_label = z[label];
-                                for x in z.iter_mut() {
-                                    *x = -g * (*x - *lse).exp() * through_cap(*x);
+                                match cap {
+                                    None => vectorized(|| z.iter_mut().for_each(|x| *x = -g * (*x - lse).exp_fast())),
+                                    Some(_) => z.iter_mut().for_each(|x| *x = -g * (*x - lse).exp_fast() * through_cap(*x)),
                                 }
                                 z[label] += g * through_cap(z_label);
                             }
