@@ -13,7 +13,7 @@ use num_traits::Float;
 use crate::{
     kernels::{gemm, tensor, values, with_values, Operand},
     pool::{Pool, SharedMut},
-    vmath::{self, vectorized, Exp},
+    vmath::{self, Exp},
 };
 
 /// A run of tokens of a packed row. A prompt attends to itself causally; a
@@ -201,11 +201,9 @@ impl AttentionOp {
                 col += 1;
             }
         }
-        vectorized(|| {
-            let lse = max + vmath::sum_exp(row, max).ln();
-            row.iter_mut().for_each(|x| *x = (*x - lse).exp_fast());
-            lse
-        })
+        let lse = max + vmath::sum_exp(row, max).ln();
+        vmath::exp_in_place(row, lse, T::one(), T::one());
+        lse
     }
 
     /// dq, dk, dv from d out (N, heads · hd) and the saved probabilities:

@@ -37,7 +37,7 @@ use crate::{
     grad_sink::{self, GradBuffer},
     pool::{Pool, SharedMut},
     rope::{rotate, CosSin},
-    vmath::{vectorized, Exp},
+    vmath::{self, vectorized, Exp},
 };
 
 /// Whether these kernels take `tensors`: f32 or f64 on the CPU.
@@ -175,7 +175,14 @@ fn zip_map<T: WithDType + Exp>(
     let mut y = vec![T::zero(); av.len()];
     over_rows(&mut y, width, &|first, out| {
         let at = first * width;
-        vectorized(|| out.iter_mut().zip(&av[at..]).zip(&bv[at..]).for_each(|((y, &a), &b)| *y = f(a, b)));
+        let n = out.len();
+        vmath::map2(
+            out,
+            &av[at..at + n],
+            &bv[at..at + n],
+            #[inline(always)]
+            |a, b| f(a, b),
+        );
     });
     Ok((T::to_cpu_storage_owned(y), la.shape().clone()))
 }
@@ -414,7 +421,14 @@ impl Kernel2 for GatedOp {
     const NAME: &'static str = "gated-activation";
 
     fn fwd<T: WithDType + Exp>(&self, g: &CpuStorage, lg: &Layout, u: &CpuStorage, lu: &Layout) -> Result<(CpuStorage, Shape)> {
-        zip_map(g, lg, u, lu, |g: T, u| self.act(g).0 * u)
+        zip_map(
+            g,
+            lg,
+            u,
+            lu,
+            #[inline(always)]
+            |g: T, u| self.act(g).0 * u,
+        )
     }
 
     /// d gate = dh · up · act'(gate), d up = dh · act(gate), written into one buffer of two halves.
@@ -427,14 +441,17 @@ impl Kernel2 for GatedOp {
                 with_values(&dt, |d: &[T]| {
                     // Pairs (d gate, d up) side by side, so rows of the buffer split into tasks.
                     over_rows(&mut both, 2, &|first, out| {
-                        vectorized(|| {
-                            for (i, pair) in out.chunks_exact_mut(2).enumerate() {
-                                let e = first + i;
-                                let (a, da) = self.act(gv[e]);
-                                pair[0] = d[e] * uv[e] * da;
-                                pair[1] = d[e] * a;
-                            }
-                        })
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                for (i, pair) in out.chunks_exact_mut(2).enumerate() {
+                                    let e = first + i;
+                                    let (a, da) = self.act(gv[e]);
+                                    pair[0] = d[e] * uv[e] * da;
+                                    pair[1] = d[e] * a;
+                                }
+                            },
+                        )
                     });
                 })
             })

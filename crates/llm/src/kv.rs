@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     pool::{Pool, SharedMut},
-    vmath::{self, vectorized},
+    vmath,
 };
 
 /// Preallocated keys and values: `slots` sequences of up to `capacity`
@@ -175,11 +175,9 @@ impl KvCache {
                         let s = dot(query, &keys[base + j * hd..base + (j + 1) * hd]) * a.scale;
                         a.softcap.map_or(s, |cap| (s / cap).tanh() * cap)
                     }));
-                    let total = vectorized(|| {
-                        let max = vmath::max(&scores);
-                        scores.iter_mut().for_each(|s| *s = vmath::exp_f32(*s - max));
-                        vmath::sum(&scores)
-                    });
+                    let max = vmath::max(&scores);
+                    vmath::exp_in_place(&mut scores, max, 1.0, 1.0);
+                    let total = vmath::sum(&scores);
                     let mut acc = vec![0f32; hd];
                     for (s, j) in scores.iter().zip(first..=p) {
                         let weight = s / total;

@@ -20,7 +20,7 @@ use crate::{
     grad_sink::{self, GradBuffer},
     kernels::{gemm, with_values, Operand},
     pool::{Pool, SharedMut},
-    vmath::{self, vectorized, Exp},
+    vmath::{self, Exp},
 };
 
 /// Rows of logits materialised at a time: about 64 MB.
@@ -139,8 +139,8 @@ impl LabelLogProb {
                                 if let Some(cap) = cap {
                                     z.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
                                 }
-                                let max = vectorized(|| vmath::max(z));
-                                *lse = max + vectorized(|| vmath::sum_exp(z, max)).ln();
+                                let max = vmath::max(z);
+                                *lse = max + vmath::sum_exp(z, max).ln();
                                 unsafe { *out.add(*r) = z[label] - *lse };
                             }
                             if let Some(g) = &grad {
@@ -150,7 +150,7 @@ impl LabelLogProb {
                                 let through_cap = |z: T| cap.map_or(T::one(), |c| T::one() - (z / c) * (z / c));
                                 let z_label = z[label];
                                 match cap {
-                                    None => vectorized(|| z.iter_mut().for_each(|x| *x = -g * (*x - lse).exp_fast())),
+                                    None => vmath::exp_in_place(z, lse, T::one(), -g),
                                     Some(_) => z.iter_mut().for_each(|x| *x = -g * (*x - lse).exp_fast() * through_cap(*x)),
                                 }
                                 z[label] += g * through_cap(z_label);

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::vmath;
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
     /// 0 picks the most likely token.
@@ -95,11 +97,15 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     if params.temperature == 0.0 {
         return argmax(logits);
     }
-    let inv_t = 1.0 / params.temperature as f64;
-    let max = logits[argmax(logits) as usize] as f64;
-    // Unnormalised probabilities relative to the top token (which has 1).
-    let weight = |l: f32| ((l as f64 - max) * inv_t).exp();
-    let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+    let inv_t = 1.0 / params.temperature;
+    let max = logits[argmax(logits) as usize];
+    // Unnormalised probabilities relative to the top token (which has 1),
+    // once per row and vectorised: a 262k vocabulary's e^x in f64, three
+    // times over, was a fifth of Gemma-3's sampling time.
+    let mut weights = logits.to_vec();
+    vmath::exp_in_place(&mut weights, max, inv_t, 1.0);
+    let weight = |i: usize| weights[i] as f64;
+    let total = vmath::sum(&weights) as f64;
 
     // Highest weight first, ties by token id: one total order, so the same
     // logits always give the same candidates.
@@ -107,7 +113,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     let (mut candidates, mass) = if params.top_k > 0 && params.top_k < logits.len() {
         // top-k first; top-p then counts within the k kept (as transformers
         // and llama.cpp renormalise after top-k).
-        let mut all: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).collect();
+        let mut all: Vec<(u32, f64)> = (0..logits.len()).map(|i| (i as u32, weight(i))).collect();
         all.select_nth_unstable_by(params.top_k - 1, order);
         all.truncate(params.top_k);
         let mass = all.iter().map(|c| c.1).sum();
@@ -121,7 +127,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
         let min_p = params.min_p as f64;
         let mut threshold = if params.top_p < 1.0 { min_p.max(1e-4) } else { min_p };
         loop {
-            let head: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, weight(l))).filter(|&(_, w)| w >= threshold).collect();
+            let head: Vec<(u32, f64)> = (0..logits.len()).map(|i| (i as u32, weight(i))).filter(|&(_, w)| w >= threshold).collect();
             let covered = head.iter().map(|c| c.1).sum::<f64>() / total;
             if covered >= params.top_p as f64 || threshold <= min_p {
                 break (head, total);

@@ -78,7 +78,11 @@ impl Exp for f64 {
     }
 }
 
-/// `f`, compiled for the widest vector extension this CPU has.
+/// `f`, compiled for the widest vector extension this CPU has. Only code
+/// inlined into pulp's dispatched function gets its target features: the
+/// closure must be `#[inline(always)]` and loop with `for` over slices,
+/// whose iterators inline (a `collect` or `for_each` left out of line ran
+/// on SSE2, partly scalar). The helpers below are written so.
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
@@ -89,33 +93,68 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 /// not), then the lanes combined in order.
 #[inline(always)]
 fn reduce<T: Float>(xs: &[T], init: T, map: impl Fn(T) -> T, combine: impl Fn(T, T) -> T) -> T {
-    let mut lanes = [init; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(c) {
-            *lane = combine(*lane, map(x));
-        }
-    }
-    tail.iter().map(|&x| map(x)).chain(lanes).fold(init, combine)
+    vectorized(
+        #[inline(always)]
+        || {
+            let mut lanes = [init; LANES];
+            let chunks = xs.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for (lane, &x) in lanes.iter_mut().zip(c) {
+                    *lane = combine(*lane, map(x));
+                }
+            }
+            let mut total = init;
+            for &x in tail {
+                total = combine(total, map(x));
+            }
+            for lane in lanes {
+                total = combine(total, lane);
+            }
+            total
+        },
+    )
 }
 
 /// The largest of `xs` (-inf for none; NaN is passed over).
-#[inline(always)]
 pub(crate) fn max<T: Float>(xs: &[T]) -> T {
     reduce(xs, T::neg_infinity(), |x| x, |m, x| if x > m { x } else { m })
 }
 
 /// Σ xs.
-#[inline(always)]
 pub(crate) fn sum<T: Float>(xs: &[T]) -> T {
     reduce(xs, T::zero(), |x| x, |a, b| a + b)
 }
 
 /// Σ e^(x - shift) over `xs`.
-#[inline(always)]
 pub(crate) fn sum_exp<T: Exp>(xs: &[T], shift: T) -> T {
     reduce(xs, T::zero(), |x| (x - shift).exp_fast(), |a, b| a + b)
+}
+
+/// x <- scale · e^((x - shift) · factor) for every x of `xs`: a softmax's
+/// probabilities (factor and scale 1), at a temperature, or their multiple.
+pub(crate) fn exp_in_place<T: Exp>(xs: &mut [T], shift: T, factor: T, scale: T) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for x in xs {
+                *x = scale * ((*x - shift) * factor).exp_fast();
+            }
+        },
+    )
+}
+
+/// out[i] = f(a[i], b[i]).
+#[inline(always)]
+pub(crate) fn map2<T: Float>(out: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        },
+    )
 }
 
 #[cfg(test)]
