@@ -176,13 +176,7 @@ fn zip_map<T: WithDType + Exp>(
     over_rows(&mut y, width, &|first, out| {
         let at = first * width;
         let n = out.len();
-        vmath::map2(
-            out,
-            &av[at..at + n],
-            &bv[at..at + n],
-            #[inline(always)]
-            |a, b| f(a, b),
-        );
+        vmath::map2(out, &av[at..at + n], &bv[at..at + n], &f);
     });
     Ok((T::to_cpu_storage_owned(y), la.shape().clone()))
 }
