@@ -45,7 +45,8 @@ fn applies(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| matches!(t.dtype(), DType::F32 | DType::F64) && t.device().is_cpu())
 }
 
-/// The fallback to candle's ops, which serves inference only.
+/// Refuse the fallback to candle's ops to a tensor that tracks a gradient:
+/// it serves inference only.
 fn untracked(tensors: &[&Tensor], op: &str) -> Result<()> {
     match tensors.iter().find(|t| t.track_op()) {
         Some(t) => candle_core::bail!("{op}: gradients are computed in f32 or f64 on the CPU, not {:?} on {:?}", t.dtype(), t.device().location()),
