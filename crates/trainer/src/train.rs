@@ -56,6 +56,16 @@ pub enum Stage {
     Preference { objective: Objective, alpha_max: f64, static_alpha: bool },
 }
 
+impl Stage {
+    /// The error for examples of the other kind than this stage trains on.
+    fn wrong_examples(&self) -> anyhow::Error {
+        match self {
+            Stage::Sft { .. } => anyhow!("SFT trains on SFT examples, not on preference pairs"),
+            Stage::Preference { .. } => anyhow!("preference training needs pairs, not SFT examples"),
+        }
+    }
+}
+
 /// Which tokens SFT trains on, and how conversations are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -440,8 +450,7 @@ impl Trainer<'_> {
         match (self.stage, batch) {
             (Stage::Sft { .. }, Batch::Sft(b)) => self.sft_loss(b, denominator, sums),
             (Stage::Preference { objective, .. }, Batch::Pairs(b)) => self.preference_loss(objective, b, alpha, denominator, sums),
-            (Stage::Sft { .. }, Batch::Pairs(_)) => bail!("SFT trains on SFT examples, not on preference pairs"),
-            (Stage::Preference { .. }, Batch::Sft(_)) => bail!("preference training needs pairs, not SFT examples"),
+            _ => Err(self.stage.wrong_examples()),
         }
     }
 
@@ -648,10 +657,8 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         Stage::Sft { .. } => "sft".to_string(),
         Stage::Preference { objective, .. } => serde_json::to_value(objective.loss)?.as_str().unwrap_or("wrpo").to_string(),
     };
-    match (stage, examples) {
-        (Stage::Sft { .. }, Examples::Sft(_)) | (Stage::Preference { .. }, Examples::Pairs(_)) => {}
-        (Stage::Sft { .. }, Examples::Pairs(_)) => bail!("SFT trains on SFT examples, not on preference pairs"),
-        (Stage::Preference { .. }, Examples::Sft(_)) => bail!("preference training needs pairs, not SFT examples"),
+    if !matches!((stage, examples), (Stage::Sft { .. }, Examples::Sft(_)) | (Stage::Preference { .. }, Examples::Pairs(_))) {
+        return Err(stage.wrong_examples());
     }
     let schedule = schedule_of(stage, config, examples.len());
     if schedule.total_steps == 0 {
