@@ -13,7 +13,6 @@ use wrpo_sampler::{
     backend::{Quantize, Settings},
     generate::{generate, read_prompt_ids, select_prompts, RunOptions, Selection},
     import::{import_prompts, import_scored, write_rejected, ImportOptions, Rejected},
-    remote::RemoteOptions,
     spec::{check_alias, ModelSpec},
 };
 
@@ -176,23 +175,8 @@ struct GenerateArgs {
     /// refusal) as done instead of trying them again.
     #[arg(long)]
     keep_skipped: bool,
-    /// Requests in flight per remote model.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    /// Retries of a remote request on 408, 429, 5xx, timeouts, dropped
-    /// connections and answers without a sample (honouring Retry-After).
-    #[arg(long, default_value_t = 5)]
-    retries: u32,
-    /// Seconds a remote request may take, answer included.
-    #[arg(long, default_value_t = 600)]
-    timeout: u64,
-    /// Seconds to wait for a connection to a remote server to open.
-    #[arg(long, default_value_t = 10)]
-    connect_timeout: u64,
-    /// Environment variable holding the remote server's API key (sent as a
-    /// Bearer token) [default: OPENAI_API_KEY, if set].
-    #[arg(long)]
-    api_key_env: Option<String>,
+    #[command(flatten)]
+    remote: wrpo_remote::RemoteArgs,
     /// For tests: abort, as a crash would, after committing this many shards.
     #[arg(long, hide = true)]
     abort_after_shards: Option<usize>,
@@ -320,9 +304,12 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         bail!("--max-new-tokens must be at least 1");
     }
     wrpo_llm::set_threads(a.threads);
-    for (flag, value) in
-        [("--batch-size", a.batch_size), ("--shard-rows", a.shard_rows), ("--concurrency", a.concurrency), ("--threads", a.threads.unwrap_or(1))]
-    {
+    for (flag, value) in [
+        ("--batch-size", a.batch_size),
+        ("--shard-rows", a.shard_rows),
+        ("--concurrency", a.remote.concurrency),
+        ("--threads", a.threads.unwrap_or(1)),
+    ] {
         if value == 0 {
             bail!("{flag} must be at least 1, got 0");
         }
@@ -352,13 +339,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let run = RunOptions {
         batch_size: a.batch_size,
         shard_rows: a.shard_rows,
-        remote: RemoteOptions {
-            concurrency: a.concurrency,
-            retries: a.retries,
-            timeout_seconds: a.timeout,
-            connect_timeout_seconds: a.connect_timeout,
-            api_key_env: a.api_key_env,
-        },
+        remote: a.remote.into(),
         keep_skipped: a.keep_skipped,
         abort_after_shards: a.abort_after_shards,
     };

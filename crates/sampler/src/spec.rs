@@ -33,17 +33,13 @@ impl ModelSpec {
             _ => (None, spec),
         };
         if let Some(url) = rest.strip_prefix("openai:") {
-            let Some((base_url, served_name)) = url.rsplit_once('#') else {
-                bail!("model '{spec}': a remote model is written alias=openai:http://HOST:PORT/v1#served-name (the '#served-name' is missing)");
-            };
-            if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
-                bail!("model '{spec}': '{base_url}' is not an http:// or https:// URL");
-            }
+            let (base_url, served_name) = wrpo_remote::parse_url_model(url, "alias=openai:http://HOST:PORT/v1#served-name")
+                .map_err(|e| anyhow::anyhow!("model '{spec}': {e}"))?;
             let Some(alias) = alias else {
                 bail!("model '{spec}': a remote model needs an alias, as in name=openai:{url}");
             };
             check_alias(&alias).with_context(|| format!("model '{spec}'"))?;
-            let source = Source::Openai { base_url: base_url.trim_end_matches('/').to_string(), served_name: served_name.to_string() };
+            let source = Source::Openai { base_url, served_name };
             return Ok(ModelSpec { alias, source });
         }
         let path = PathBuf::from(rest);

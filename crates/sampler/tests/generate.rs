@@ -420,75 +420,43 @@ type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instan
 /// once; anything else a sample. Requests without `Bearer sekrit` get 401.
 /// Returns the base URL and a log of (message, when) per chat request.
 fn fake_openai_server() -> (String, RequestLog) {
-    use std::{
-        io::{BufRead, BufReader, Read, Write},
-        net::TcpListener,
-        sync::Arc,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let log: RequestLog = Arc::default();
+    use wrpo_remote::stub::{serve, Reply};
+    let log: RequestLog = std::sync::Arc::default();
     let server_log = log.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let (mut stream, log) = (stream.unwrap(), server_log.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let (mut request_line, mut headers) = (String::new(), Vec::new());
-                reader.read_line(&mut request_line).unwrap();
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                    headers.push(line.trim().to_ascii_lowercase());
-                }
-                let length = headers.iter().find_map(|h| h.strip_prefix("content-length: ")).map_or(0, |n| n.parse().unwrap());
-                let mut body = vec![0u8; length];
-                reader.read_exact(&mut body).unwrap();
-                let reply = |stream: &mut std::net::TcpStream, status: &str, extra: &str, body: &str| {
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
-                        body.len()
-                    );
-                    let _ = stream.write_all(format!("{head}{body}").as_bytes());
-                };
-                if !headers.iter().any(|h| h == "authorization: bearer sekrit") {
-                    return reply(&mut stream, "401 Unauthorized", "", r#"{"error":{"message":"invalid api key"}}"#);
-                }
-                if request_line.starts_with("GET") {
-                    return reply(&mut stream, "200 OK", "", r#"{"data":[{"id":"fake"}]}"#);
-                }
-                let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let message = request["messages"][0]["content"].as_str().unwrap().to_string();
-                let attempt = {
-                    let mut log = log.lock().unwrap();
-                    log.push((message.clone(), std::time::Instant::now()));
-                    log.iter().filter(|(m, _)| *m == message).count()
-                };
-                let sample = json!({
-                    "choices": [{"message": {"role": "assistant", "content": format!("answer to {message}")}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 3}
-                })
-                .to_string();
-                match (message.as_str(), attempt) {
-                    ("empty", 1) => reply(&mut stream, "200 OK", "", r#"{"choices":[]}"#),
-                    ("empty", 2) => reply(&mut stream, "200 OK", "", r#"{"error":{"message":"overloaded"}}"#),
-                    ("empty", 3) => reply(&mut stream, "200 OK", "", r#"{"choices":[{"message":{"content":null},"finish_reason":"stop"}]}"#),
-                    ("empty", 4) => reply(&mut stream, "200 OK", "", r#"{"choices":[{"message":{"content":""},"finish_reason":"stop"}]}"#),
-                    ("long", _) => reply(&mut stream, "400 Bad Request", "", r#"{"error":{"message":"maximum context length is 8 tokens"}}"#),
-                    ("busy", 1) => reply(&mut stream, "429 Too Many Requests", "retry-after: 1\r\n", r#"{"error":{"message":"slow down"}}"#),
-                    ("cut", 1) => {
-                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\nconnection: close\r\n\r\n";
-                        let _ = stream.write_all(format!("{head}{}", &sample[..30]).as_bytes());
-                    }
-                    _ => reply(&mut stream, "200 OK", "", &sample),
-                }
-            });
+    let url = serve(move |request| {
+        if !request.has_header("authorization: bearer sekrit") {
+            return Reply::status("401 Unauthorized", r#"{"error":{"message":"invalid api key"}}"#);
+        }
+        if request.method == "GET" {
+            return Reply::ok(r#"{"data":[{"id":"fake"}]}"#);
+        }
+        let message = request.body["messages"][0]["content"].as_str().unwrap().to_string();
+        let attempt = {
+            let mut log = server_log.lock().unwrap();
+            log.push((message.clone(), std::time::Instant::now()));
+            log.iter().filter(|(m, _)| *m == message).count()
+        };
+        let sample = json!({
+            "choices": [{"message": {"role": "assistant", "content": format!("answer to {message}")}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3}
+        })
+        .to_string();
+        match (message.as_str(), attempt) {
+            ("empty", 1) => Reply::ok(r#"{"choices":[]}"#),
+            ("empty", 2) => Reply::ok(r#"{"error":{"message":"overloaded"}}"#),
+            ("empty", 3) => Reply::ok(r#"{"choices":[{"message":{"content":null},"finish_reason":"stop"}]}"#),
+            ("empty", 4) => Reply::ok(r#"{"choices":[{"message":{"content":""},"finish_reason":"stop"}]}"#),
+            ("long", _) => Reply::status("400 Bad Request", r#"{"error":{"message":"maximum context length is 8 tokens"}}"#),
+            ("busy", 1) => Reply::Full {
+                status: "429 Too Many Requests",
+                headers: "retry-after: 1\r\n".into(),
+                body: r#"{"error":{"message":"slow down"}}"#.into(),
+            },
+            ("cut", 1) => Reply::Cut { body: sample, sent: 30 },
+            _ => Reply::ok(sample),
         }
     });
-    (url, log)
+    (format!("{url}/v1"), log)
 }
 
 fn sample_remote(args: &[&str], key: Option<&str>) -> Output {

@@ -1,0 +1,282 @@
+//! The HTTP client both `wrpo-sample` (chat completions) and `wrpo-score`
+//! (classification, embeddings, judges) use to reach the servers users
+//! already run: vLLM, SGLang, llama.cpp's server, TEI.
+//!
+//! What a failed request becomes:
+//! - tried again, after a growing pause with jitter (or the server's
+//!   `Retry-After`): 408, 429, 5xx, timeouts, dropped connections, a body cut
+//!   short, and an HTTP 200 without a usable answer (the caller's parser
+//!   says so with [`Failure::transient`]);
+//! - [`Failure::Refused`]: 400, 413 and 422, which the same input will get
+//!   again; callers write a skipped row for it;
+//! - [`Failure::Fatal`]: any other 4xx (a wrong key or model name fails every
+//!   request alike), and retries used up.
+
+#[cfg(feature = "stub")]
+pub mod stub;
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use ureq::Agent;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteOptions {
+    /// Requests in flight at once, per model.
+    pub concurrency: usize,
+    /// Attempts after the first for a failure that may pass.
+    pub retries: u32,
+    /// Seconds one request may take, answer included.
+    pub timeout_seconds: u64,
+    /// Seconds to wait for a connection to open.
+    pub connect_timeout_seconds: u64,
+    /// The environment variable holding the API key. `None`: OPENAI_API_KEY if
+    /// set, else no key; a variable named by the user must be set.
+    pub api_key_env: Option<String>,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions { concurrency: 8, retries: 5, timeout_seconds: 600, connect_timeout_seconds: 10, api_key_env: None }
+    }
+}
+
+/// The command-line flags of `RemoteOptions`, for binaries to flatten in.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RemoteArgs {
+    /// Requests in flight per served model.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Retries of a request on 408, 429, 5xx, timeouts, dropped connections
+    /// and answers without a result (honouring Retry-After).
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// Seconds a request may take, answer included.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Seconds to wait for a connection to a server to open.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Environment variable holding the server's API key (sent as a Bearer
+    /// token) [default: OPENAI_API_KEY, if set].
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+}
+
+impl From<RemoteArgs> for RemoteOptions {
+    fn from(a: RemoteArgs) -> Self {
+        RemoteOptions {
+            concurrency: a.concurrency,
+            retries: a.retries,
+            timeout_seconds: a.timeout,
+            connect_timeout_seconds: a.connect_timeout,
+            api_key_env: a.api_key_env,
+        }
+    }
+}
+
+/// The variable read for the API key when `--api-key-env` is not given.
+pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
+
+/// The longest pause between attempts, `Retry-After` included.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// Why one request failed, and what to do about it.
+#[derive(Debug)]
+pub enum Failure {
+    /// May pass if tried again; `after` is the server's `Retry-After`.
+    Transient { message: String, after: Option<Duration> },
+    /// This input will be refused again: a skipped row.
+    Refused(String),
+    /// Every request will fail alike: stop.
+    Fatal(String),
+}
+
+impl Failure {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Failure::Transient { message: message.into(), after: None }
+    }
+
+    pub fn message(self) -> String {
+        match self {
+            Failure::Transient { message, .. } | Failure::Refused(message) | Failure::Fatal(message) => message,
+        }
+    }
+}
+
+/// `URL#MODEL` as the command lines write a served model: an http(s) URL
+/// without a trailing slash, and the name the server knows the model by.
+pub fn parse_url_model(text: &str, form: &str) -> Result<(String, String), String> {
+    let Some((url, model)) = text.rsplit_once('#').filter(|(_, m)| !m.is_empty()) else {
+        return Err(format!("'{text}': expected {form} (the '#MODEL' is missing)"));
+    };
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(format!("'{text}': '{url}' is not an http:// or https:// URL"));
+    }
+    Ok((url.trim_end_matches('/').to_string(), model.to_string()))
+}
+
+/// The text of a chat completion's first choice, and whether the token
+/// limit cut it (`finish_reason` "length"). No choice, an error object, a
+/// null or an empty content is a failure of the server to try again, never
+/// an empty answer.
+pub fn chat_content(answer: &Value) -> Result<(String, bool), Failure> {
+    if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
+        return Err(Failure::transient(format!("HTTP 200 with an error: {error}")));
+    }
+    let Some(choice) = answer["choices"].get(0) else {
+        return Err(Failure::transient(format!("HTTP 200 without choices: {:.300}", answer.to_string())));
+    };
+    let text = match &choice["message"]["content"] {
+        Value::String(text) if text.trim().is_empty() => return Err(Failure::transient("HTTP 200 with an empty completion")),
+        Value::String(text) => text.clone(),
+        Value::Null => return Err(Failure::transient("HTTP 200 with choices[0].message.content null")),
+        other => return Err(Failure::Fatal(format!("choices[0].message.content is {other}, expected a string"))),
+    };
+    Ok((text, choice["finish_reason"].as_str() == Some("length")))
+}
+
+/// One agent and API key for every request to one server.
+pub struct Client {
+    agent: Agent,
+    api_key: Option<String>,
+    pub opts: RemoteOptions,
+}
+
+impl Client {
+    pub fn new(opts: &RemoteOptions) -> Result<Self> {
+        let api_key = match &opts.api_key_env {
+            Some(var) => Some(std::env::var(var).with_context(|| format!("--api-key-env {var}: that environment variable is not set"))?),
+            None => std::env::var(DEFAULT_API_KEY_ENV).ok(),
+        };
+        let agent: Agent = Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(opts.timeout_seconds.max(1))))
+            .timeout_connect(Some(Duration::from_secs(opts.connect_timeout_seconds.max(1))))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Client { agent, api_key, opts: opts.clone() })
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.api_key.is_some()
+    }
+
+    /// Check that the server at `models_url` (an OpenAI `/models` listing)
+    /// answers, accepts the key and serves `served_name`.
+    pub fn check_serves(&self, models_url: &str, served_name: &str) -> Result<()> {
+        let listing = match self.with_retries(|| self.call(models_url, None)) {
+            Ok(v) => v,
+            Err(f) => bail!("{models_url}: {}", f.message()),
+        };
+        let served: Vec<&str> = listing["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+        if !served.is_empty() && !served.contains(&served_name) {
+            bail!("{models_url} serves {}, not '{served_name}'", served.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", "));
+        }
+        Ok(())
+    }
+
+    /// One request: GET when `body` is None, else POST it as JSON.
+    pub fn call(&self, url: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let auth = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
+        let sent = match (body, &auth) {
+            (None, None) => self.agent.get(url).call(),
+            (None, Some(a)) => self.agent.get(url).header("Authorization", a).call(),
+            (Some(b), None) => self.agent.post(url).send_json(b),
+            (Some(b), Some(a)) => self.agent.post(url).header("Authorization", a).send_json(b),
+        };
+        let mut response = sent.map_err(|e| {
+            let message = e.to_string();
+            // Refused, reset, timed out or cut connections may pass; a bad URL or TLS setting will not.
+            match e {
+                ureq::Error::Io(_)
+                | ureq::Error::Timeout(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::HostNotFound
+                | ureq::Error::Protocol(_)
+                | ureq::Error::BodyStalled => Failure::transient(message),
+                _ => Failure::Fatal(message),
+            }
+        })?;
+        let status = response.status().as_u16();
+        let after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(retry_after);
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Failure::Transient { message: format!("HTTP {status}, reading the answer failed: {e}"), after })?;
+        let shown: String = text.chars().take(500).collect();
+        match status {
+            200 => serde_json::from_str(&text).map_err(|e| Failure::transient(format!("the answer is not JSON ({e}): {shown}"))),
+            408 | 429 | 500.. => Err(Failure::Transient { message: format!("HTTP {status}: {shown}"), after }),
+            400 | 413 | 422 => Err(Failure::Refused(format!("HTTP {status}: {shown}"))),
+            _ => Err(Failure::Fatal(format!("HTTP {status}: {shown}"))),
+        }
+    }
+
+    /// POST `body` to `url` and read the answer with `parse`, trying again
+    /// on transient failures (the parser's included).
+    pub fn post<T>(&self, url: &str, body: &Value, parse: impl Fn(Value) -> Result<T, Failure>) -> Result<T, Failure> {
+        self.with_retries(|| self.call(url, Some(body)).and_then(&parse))
+    }
+
+    /// `attempt` until it succeeds, fails for good, or the retries are used up.
+    pub fn with_retries<T>(&self, mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
+        let mut tries = 0;
+        loop {
+            match attempt() {
+                Err(Failure::Transient { after, .. }) if tries < self.opts.retries => {
+                    std::thread::sleep(pause(tries, after));
+                    tries += 1;
+                }
+                Err(Failure::Transient { message, .. }) => {
+                    return Err(Failure::Transient { message: format!("{message} (after {} attempts)", tries + 1), after: None })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `work(item)` for every item, `opts.concurrency` at a time, results in
+    /// the items' order.
+    pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+        let next = AtomicUsize::new(0);
+        let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..self.opts.concurrency.clamp(1, items.len().max(1)))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(item) = items.get(i) else { break done };
+                            done.push((i, work(item)));
+                        }
+                    })
+                })
+                .collect();
+            workers.into_iter().flat_map(|w| w.join().expect("a request thread panicked")).collect()
+        });
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from inference servers; it falls back to backoff).
+fn retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+}
+
+/// The pause before attempt `tries + 2`: 0.5 s, 1 s, 2 s, ... up to 30 s,
+/// each drawn from its upper half so that clients that failed together do not
+/// retry together; at least what the server asked for, at most `MAX_PAUSE`.
+fn pause(tries: u32, after: Option<Duration>) -> Duration {
+    let base = (500u64 << tries.min(6)).min(30_000);
+    let unit = (RandomState::new().hash_one(Instant::now()) % 1000) as f64 / 1000.0;
+    let backoff = Duration::from_millis(base / 2 + (unit * (base / 2) as f64) as u64);
+    backoff.max(after.unwrap_or_default()).min(MAX_PAUSE)
+}
