@@ -55,6 +55,9 @@ LENGTHS  := --max-length $(MAX_LENGTH) --max-prompt-length $$(( $(MAX_LENGTH) / 
 FREEZE_EMBEDDINGS ?=
 TRAINING_STEPS := --micro-batch 2 --grad-accum 2 --warmup-ratio 0.1 $(LENGTHS) $(if $(FREEZE_EMBEDDINGS),--freeze-embeddings)
 TRAINING := $(TRAINING_STEPS) --seed $(SEED)
+# An LLM judge for `make eval`, openai:URL#MODEL (an OpenAI-compatible chat
+# server, e.g. vLLM's): empty, no judge.
+JUDGE ?=
 # Training seeds (the data order) of WRPO and DPO. Empty: one run each with
 # SEED (WORK/wrpo, WORK/dpo). "1 2": one run per seed (WORK/wrpo-seed1, ...),
 # evaluated as wrpo@1, wrpo@2, ..., which the report also pools per prompt
@@ -123,7 +126,7 @@ help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH JUDGE; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -135,11 +138,11 @@ build: ## Build the three binaries (release)
 	cargo build --release --workspace --bins --examples
 
 test: models ## Run every test (the command CI runs), including the demo-model checks and a real-model smoke run of the chain
-	cargo test --workspace -- --include-ignored --skip openai_server_backend
+	cargo test --workspace -- --include-ignored --skip openai_server_backend --skip llama_cpp_server_judges_and_embeds
 	bash scripts/check-duckdb.sh
 	bash scripts/smoke.sh
 
-test-remote: models ## The OpenAI-backend test against llama-cpp-python's server on loopback (first run compiles llama.cpp, ~25 min)
+test-remote: models ## Sampling, the judge and /v1/embeddings against llama-cpp-python's server on loopback (first run compiles llama.cpp, ~25 min)
 	bash scripts/test-remote.sh
 
 test-gpu-path: ## wrpo_trl (TRL, for GPUs) against wrpo-train: 3 steps, same losses, metrics and weights to 1e-4 (installs torch, TRL: GBs)
@@ -171,7 +174,7 @@ train: $$(WRPO_DONE) ## Train the target with WRPO on the pairs (runs every step
 
 dpo: $$(DPO_DONE) ## The DPO baseline on the same pairs (chosen = y_wt)
 
-eval: $$(EVAL_DIR)/report.md ## Held-out comparison: original target, Target-SFT, WRPO, DPO (report.md, report.png)
+eval: $$(EVAL_DIR)/report.md $(if $(JUDGE),$$(EVAL_DIR)/judged/report.md) ## Held-out comparison: original target, Target-SFT, WRPO, DPO (report.md, report.png); JUDGE=openai:URL#MODEL adds a judge
 
 ablation: $(WORK)/ablation/report.md ## The alpha ablation: WRPO per alpha_max in ALPHAS and static alpha, against Target-SFT (sweep.png)
 
@@ -322,8 +325,15 @@ $(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(call settings,$$(notdir $$(
 	$(call need,$(SAMPLE))
 	$(call fresh,$(notdir $(@D)),$(@D),$@)
 	$(call answer,$(EVAL_MODELS),$(EVAL_SPLIT))
-	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(@D)/scores --baseline target --order target,target-sft,dpo,wrpo \
-	  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(SEED_COMPARE) --out $(@D)
+	$(SCORE) report $(EVAL_REPORT) --out $(@D)
+
+EVAL_REPORT = --prompts $(WORK)/prompts.parquet --scores $(EVAL_DIR)/scores --baseline target --order target,target-sft,dpo,wrpo \
+  --compare target-sft:target --compare dpo:target-sft --compare wrpo:target-sft --compare wrpo:dpo $(SEED_COMPARE)
+# The same report with the judge's verdicts: every model against the original
+# target, each prompt's answers in both orders (verdicts kept in
+# judgements.parquet, so an interrupted run resumes).
+$(EVAL_DIR)/judged/report.md: $(EVAL_DIR)/report.md $$(call settings,$$(notdir $$(EVAL_DIR))-judged,$$(JUDGE))
+	$(SCORE) report $(EVAL_REPORT) --judge $(JUDGE) --out $(@D)
 
 ABLATION_MODELS = $(foreach a,$(ALPHAS),alpha$(a)=$(call alpha_dir,$(a))/final) $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
 STATIC_AGAINST = $(if $(filter $(STATIC_ALPHA),$(ALPHAS)),alpha$(STATIC_ALPHA),target-sft)

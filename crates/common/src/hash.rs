@@ -11,6 +11,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// SHA-256 of `bytes` in hex, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// SHA-256 of several byte strings, each followed by a NUL.
 pub fn sha256_of(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();

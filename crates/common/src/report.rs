@@ -115,3 +115,83 @@ impl Dataset for PairedComparison {
         fields
     }
 }
+
+/// `eval_judgements`: one verdict of `wrpo-score report --judge`: the judge
+/// shown `model`'s and `baseline`'s answers (sample `sample_index` of each)
+/// to a prompt, in one order. Kept so a rerun asks only what is missing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub prompt_id: String,
+    pub model: String,
+    pub baseline: String,
+    pub sample_index: u32,
+    /// Which answer the judge saw first: 'model' or 'baseline'.
+    pub shown_first: String,
+    /// 'model', 'baseline', 'tie', or 'unreadable' (no verdict after the retries).
+    pub verdict: String,
+    /// What the judge wrote (for 'unreadable', why it could not be read).
+    pub judgement: String,
+    /// Characters of the model's answer minus the baseline's.
+    pub length_diff: i64,
+}
+
+impl Dataset for Judgement {
+    const NAME: &'static str = "eval_judgements";
+    const VERSION: u32 = 1;
+    const KEY: &'static str = "(prompt_id, model, baseline, sample_index, shown_first)";
+    fn key(&self) -> Option<String> {
+        Some(format!("({}, {}, {}, {}, {})", self.prompt_id, self.model, self.baseline, self.sample_index, self.shown_first))
+    }
+    fn fields() -> Vec<FieldRef> {
+        let mut fields: Vec<FieldRef> = ["prompt_id", "model", "baseline"].iter().map(|f| field(f, DataType::Utf8, false)).collect();
+        fields.push(field("sample_index", DataType::UInt32, false));
+        fields.extend(["shown_first", "verdict", "judgement"].iter().map(|f| field(f, DataType::Utf8, false)));
+        fields.push(field("length_diff", DataType::Int64, false));
+        fields
+    }
+    fn check(&self) -> Result<(), String> {
+        match (self.shown_first.as_str(), self.verdict.as_str()) {
+            ("model" | "baseline", "model" | "baseline" | "tie" | "unreadable") => Ok(()),
+            (first, verdict) => Err(format!("shown_first '{first}' / verdict '{verdict}': expected model|baseline / model|baseline|tie|unreadable")),
+        }
+    }
+}
+
+/// `eval_judge`: `model` against `baseline` by an LLM judge, per prompt
+/// the mean of the verdicts in both orders (win 1, tie 1/2, loss 0): the
+/// win rate with a 95% bootstrap interval, and the length-controlled win
+/// rate (a logistic model of the outcome with the standardised length
+/// difference as covariate, read at zero difference, as AlpacaEval 2 does).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JudgeComparison {
+    pub model: String,
+    pub baseline: String,
+    pub judge: String,
+    /// Prompts with at least one readable verdict.
+    pub prompts: u32,
+    pub wins: u32,
+    pub ties: u32,
+    pub losses: u32,
+    /// Verdicts that stayed unreadable.
+    pub unreadable: u32,
+    /// Prompts where each order won for the answer shown first (or each for
+    /// the one shown second): position decided, and the outcome is a tie.
+    pub position_splits: u32,
+    pub win_rate: f64,
+    pub win_low: f64,
+    pub win_high: f64,
+    pub lc_win_rate: f64,
+    pub lc_low: f64,
+    pub lc_high: f64,
+}
+
+impl Dataset for JudgeComparison {
+    const NAME: &'static str = "eval_judge";
+    const VERSION: u32 = 1;
+    fn fields() -> Vec<FieldRef> {
+        let mut fields: Vec<FieldRef> = ["model", "baseline", "judge"].iter().map(|f| field(f, DataType::Utf8, false)).collect();
+        fields.extend(["prompts", "wins", "ties", "losses", "unreadable", "position_splits"].iter().map(|f| field(f, DataType::UInt32, false)));
+        fields.extend(["win_rate", "win_low", "win_high", "lc_win_rate", "lc_low", "lc_high"].iter().map(|f| field(f, DataType::Float64, false)));
+        fields
+    }
+}

@@ -1,4 +1,6 @@
-//! `scored`: samples with the reward a reward model gave them.
+//! `scored`: samples with the reward a reward model gave them. A row with
+//! finish_reason 'skipped' is one the reward's server refused (a prompt too
+//! long for it, a judge's verdict unreadable): its reward is NaN.
 
 use arrow::datatypes::{DataType, FieldRef};
 use serde::{Deserialize, Serialize};
@@ -40,8 +42,12 @@ impl Dataset for ScoredSample {
         ]
     }
     fn check(&self) -> Result<(), String> {
-        if !self.reward.is_finite() {
-            return Err(format!("reward is {}; rewards must be finite numbers", self.reward));
+        // A skipped row is an item the reward's server refused: no reward, NaN.
+        match self.finish_reason {
+            FinishReason::Skipped if !self.reward.is_nan() => return Err(format!("reward is {} on a skipped row; it must be NaN", self.reward)),
+            FinishReason::Skipped => {}
+            _ if !self.reward.is_finite() => return Err(format!("reward is {}; rewards must be finite numbers", self.reward)),
+            _ => {}
         }
         Ok(())
     }

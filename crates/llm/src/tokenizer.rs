@@ -233,9 +233,20 @@ impl Tokenizer {
     /// write BOS themselves get no second one; transformers'
     /// apply_chat_template(tokenize=True) and llama.cpp agree on this.
     pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>> {
-        let bos_written = self.bos_id.and_then(|id| self.id_to_token(id)).is_some_and(|bos| rendered.starts_with(&bos));
         // Not the post-processor's BOS: apply_chat_template tokenizes without special tokens.
-        self.encode_with(rendered, !bos_written && self.add_bos)
+        self.encode_with(rendered, self.chat_bos(rendered).is_some())
+    }
+
+    /// The BOS text `encode_chat` puts before `rendered`, if it adds one.
+    fn chat_bos(&self, rendered: &str) -> Option<String> {
+        let bos = self.bos_id.and_then(|id| self.id_to_token(id))?;
+        (self.add_bos && !rendered.starts_with(&bos)).then_some(bos)
+    }
+
+    /// `rendered` as text that a server, told not to add special tokens,
+    /// tokenizes to `encode_chat(rendered)`: with the BOS it adds written out.
+    pub fn chat_text(&self, rendered: &str) -> String {
+        self.chat_bos(rendered).unwrap_or_default() + rendered
     }
 
     /// Text of `ids`, special tokens left out.

@@ -1,6 +1,9 @@
 //! Library side of `wrpo-score`: reward scoring, and choosing y_ws, y_wt
-//! and y_l from scored samples.
+//! and y_l from scored samples; rewards and judges behind servers.
 
+pub mod judge;
+pub mod pairwise;
+pub mod remote;
 pub mod report;
 pub mod reward;
 pub mod score;

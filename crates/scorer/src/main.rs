@@ -6,15 +6,17 @@ use serde::Serialize;
 use wrpo_common::{
     export::{TrlExample, WrpoExample},
     hash::parse_shard,
-    io::{check_paths, write_rows, write_text},
+    io::{check_paths, read_file, write_rows, write_text},
     pairs::Pair,
     prompts::Prompt,
     read_dataset,
+    report::Judgement,
     scored::ScoredSample,
     write_dataset, Provenance,
 };
 use wrpo_scorer::{
-    report,
+    judge::{self, Judge},
+    pairwise, report,
     reward::RewardSpec,
     score::{score, write_summary, ScoreOptions, ScoreSettings, PRODUCER},
     select::{check_scores, make_pairs, pairs_summary, sft_split, sft_summary, truncated_shares, ByPrompt, PairOptions, Strategy},
@@ -97,10 +99,23 @@ struct ScoreArgs {
     #[arg(long)]
     samples: PathBuf,
     /// `rm:PATH` (an HF reward model: *ForSequenceClassification or ArmoRM),
-    /// `similarity:PATH` (a sentence-transformers folder; cosine to the reference),
-    /// `exact` or `numeric[:TOLERANCE]` (verifiers against the reference).
+    /// `classify:URL#MODEL` (one served by vLLM at http://HOST:PORT/classify
+    /// or SGLang at …/v1/classify), `similarity:PATH` (a sentence-transformers
+    /// folder; cosine to the reference), `similarity:openai:URL#MODEL` (the
+    /// same through a server's /v1/embeddings), `judge:openai:URL#MODEL` (an LLM
+    /// judge's 1-10 grade), `exact` or `numeric[:TOLERANCE]` (verifiers).
     #[arg(long, value_parser = RewardSpec::parse)]
     reward: RewardSpec,
+    /// classify: render conversations here with this reward-model folder's
+    /// tokenizer and chat template and send them as text (SGLang needs it).
+    #[arg(long)]
+    render_with: Option<PathBuf>,
+    /// classify: before scoring, check that the server scores a known
+    /// conversation as this local checkpoint of the reward model does.
+    #[arg(long)]
+    check_against: Option<PathBuf>,
+    #[command(flatten)]
+    remote: wrpo_remote::RemoteArgs,
     /// Output folder: OUT/<model>/part-*.parquet and OUT/summary.json.
     #[arg(long)]
     out: PathBuf,
@@ -117,6 +132,10 @@ struct ScoreArgs {
     /// models, which run each sequence unpadded and each prompt once, the sum of lengths.
     #[arg(long, default_value_t = 4096)]
     batch_tokens: usize,
+    /// Samples per batch for rewards that run no model here (verifiers and
+    /// served rewards, whose requests a batch's items are spread over).
+    #[arg(long, default_value_t = 256)]
+    batch_items: usize,
     /// CPU threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -158,6 +177,15 @@ struct ReportArgs {
     /// Seed of the bootstrap resamples.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// An LLM judge, openai:URL#MODEL (an OpenAI-compatible chat server): every
+    /// model against --baseline, each prompt's answers shown in both orders;
+    /// win rates and length-controlled win rates in report.md and
+    /// judge.parquet, every verdict in judgements.parquet (kept for a rerun).
+    #[arg(long, value_parser = judge::parse_spec)]
+    judge: Option<(String, String)>,
+    #[command(flatten)]
+    #[serde(skip)]
+    remote: wrpo_remote::RemoteArgs,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -233,6 +261,43 @@ fn parse_sweep(text: &str) -> Result<(String, f64), String> {
     }
 }
 
+/// `report --judge`: every model against the baseline by the judge; the
+/// verdicts already in OUT/judgements.parquet are kept when the judge, its
+/// prompts and the scored answers are the same.
+fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], scored: &[ScoredSample], prov: &Provenance) -> Result<String> {
+    let judge = Judge::connect(url, model, &args.remote.clone().into())?;
+    let verdicts_path = args.out.join("judgements.parquet");
+    let config = serde_json::json!({"judge": judge.settings, "prompts": judge::PROMPTS_JSON});
+    let prov = Provenance { config: config.clone(), ..prov.clone() };
+    let cached = match verdicts_path.exists() {
+        true => {
+            let then = read_file::<Judgement>(&verdicts_path)?;
+            if then.provenance.config == config && then.provenance.inputs == prov.inputs {
+                then.rows
+            } else {
+                eprintln!("{}: made by another judge or from other answers; judging again", verdicts_path.display());
+                vec![]
+            }
+        }
+        false => vec![],
+    };
+    let verdicts = pairwise::judge_all(&judge, prompts, scored, &args.baseline, cached, |v| write_dataset(&verdicts_path, v, &prov))?;
+    let rows = pairwise::compare(&verdicts, &args.baseline, model, args.seed);
+    write_dataset(&args.out.join("judge.parquet"), &rows, &prov)?;
+    let s = &judge.settings;
+    Ok(format!(
+        "\nJudged by '{}' at {} (judge/prompts.json version {}, sha256 {}; temperature {}, at most {} tokens), each prompt's answers in both orders (sample {}):\n\n{}",
+        s.model,
+        s.url,
+        s.prompts_version,
+        &s.prompts_sha256[..12],
+        s.temperature,
+        s.max_tokens,
+        "with the lowest index both models have",
+        pairwise::markdown(&rows)
+    ))
+}
+
 /// What `report` writes into its --out folder.
 const REPORT_FILES: [&str; 5] = ["report.parquet", "per-prompt.parquet", "paired.parquet", "report.png", "report.md"];
 
@@ -253,15 +318,27 @@ fn summary_path(out: &Path) -> PathBuf {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Score(a) => {
-            for (flag, value) in [("--batch-tokens", a.batch_tokens), ("--shard-rows", a.shard_rows), ("--threads", a.threads.unwrap_or(1))] {
+            for (flag, value) in [
+                ("--batch-tokens", a.batch_tokens),
+                ("--batch-items", a.batch_items),
+                ("--shard-rows", a.shard_rows),
+                ("--threads", a.threads.unwrap_or(1)),
+                ("--concurrency", a.remote.concurrency),
+            ] {
                 if value == 0 {
                     bail!("{flag} must be at least 1, got 0");
                 }
             }
             check_paths(&[("--out", &a.out)], &[("--prompts", &a.prompts), ("--samples", &a.samples)])?;
             wrpo_llm::set_threads(a.threads);
+            let mut reward = a.reward;
+            match (&mut reward, a.render_with) {
+                (RewardSpec::Classify { render_with, .. }, dir) => *render_with = dir,
+                (_, Some(_)) => bail!("--render-with renders conversations for a served reward model (--reward classify:URL#MODEL)"),
+                (_, None) => {}
+            }
             let settings = ScoreSettings {
-                reward: a.reward,
+                reward,
                 dtype: match a.dtype {
                     DTypeArg::F32 => "f32".into(),
                     DTypeArg::Bf16 => "bf16".into(),
@@ -269,7 +346,14 @@ fn run(cli: Cli) -> Result<()> {
                 skip_unreferenced: a.skip_unreferenced,
                 shard: a.shard,
             };
-            let options = ScoreOptions { batch_tokens: a.batch_tokens, shard_rows: a.shard_rows, abort_after_shards: a.abort_after_shards };
+            let options = ScoreOptions {
+                batch_tokens: a.batch_tokens,
+                batch_items: a.batch_items,
+                shard_rows: a.shard_rows,
+                remote: a.remote.into(),
+                check_against: a.check_against,
+                abort_after_shards: a.abort_after_shards,
+            };
             let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
             let interrupted = wrpo_common::interrupt_flag("committing finished batches")?;
             let summary = score(&a.prompts, &prompts, &a.samples, &settings, &options, &a.out, interrupted)?;
@@ -302,6 +386,9 @@ fn run(cli: Cli) -> Result<()> {
                 table += &format!("\nBy {} (sweep.png):\n\n{}", args.sweep_label, report::sweep_markdown(&args.sweep_label, &sweep));
             }
             let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.scores)?;
+            if let Some((url, model)) = &args.judge {
+                table += &judge_section(url, model, &args, &prompts, &scored, &prov)?;
+            }
             let [models, per_prompt, paired, png, md] = &written;
             write_dataset(models, &r.models, &prov)?;
             write_dataset(per_prompt, &r.prompts, &prov)?;

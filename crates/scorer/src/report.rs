@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Result};
 use wrpo_common::{
     prompts::Prompt,
     report::{ModelReport, PairedComparison, PromptScore},
+    samples::FinishReason,
     scored::ScoredSample,
 };
 use wrpo_llm::Rng;
@@ -111,7 +112,8 @@ const MEASURES: [(&str, Measure); 3] =
 fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<BTreeMap<String, BTreeMap<String, PromptScore>>> {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
     let mut groups: BTreeMap<&str, BTreeMap<&str, Vec<&ScoredSample>>> = BTreeMap::new();
-    for s in scored {
+    // Skipped rows: the reward's server refused them, and they have no reward.
+    for s in scored.iter().filter(|s| s.finish_reason != FinishReason::Skipped) {
         if !by_id.contains_key(s.prompt_id.as_str()) {
             bail!("scored sample (prompt_id {}, model {}) has no prompt in the prompts file", s.prompt_id, s.model);
         }
@@ -503,7 +505,7 @@ mod tests {
 
     #[test]
     fn win_rates_compare_per_prompt_means_with_the_baseline() {
-        use wrpo_common::{prompts::Split, samples::FinishReason, Message, Role};
+        use wrpo_common::{prompts::Split, Message, Role};
         let prompts: Vec<Prompt> = (0..4)
             .map(|i| Prompt {
                 prompt_id: format!("p{i}"),

@@ -2,7 +2,7 @@
 //! (sequence-classification heads and ArmoRM's gated multi-objective head,
 //! over the decoder of `wrpo-llm`), similarity to a reference answer in a
 //! sentence-transformers embedding space, and verifiers against the
-//! reference.
+//! reference; and the same measured by servers (`remote.rs`).
 
 use std::{
     cell::RefCell,
@@ -17,6 +17,12 @@ use serde::Serialize;
 use serde_json::Value;
 use wrpo_common::Message;
 use wrpo_llm::{ChatMessage, ChatTemplate, KvCache, LoadOptions, Model, Tokenizer};
+use wrpo_remote::RemoteOptions;
+
+use crate::{
+    judge::{self, Judge},
+    remote::{self, Classify, JudgeReward, RemoteSimilarity},
+};
 
 /// What `--reward` names.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -24,22 +30,49 @@ use wrpo_llm::{ChatMessage, ChatTemplate, KvCache, LoadOptions, Model, Tokenizer
 pub enum RewardSpec {
     /// An HF reward-model folder (a sequence-classification head, or ArmoRM).
     Rm { path: PathBuf },
+    /// A reward model served for classification (vLLM `/classify`, SGLang
+    /// `/v1/classify`); `render_with`: a local folder whose chat template
+    /// renders the conversation here, sent as text.
+    Classify { url: String, model: String, render_with: Option<PathBuf> },
     /// Cosine similarity to the reference in a sentence-transformers model's space.
     Similarity { path: PathBuf },
+    /// The same through a server's `/v1/embeddings` (`url` is its …/v1 base).
+    #[serde(rename = "similarity-openai")]
+    SimilarityOpenai { url: String, model: String },
+    /// An LLM judge's 1-10 grade through an OpenAI-compatible chat endpoint;
+    /// the hash of its instructions (judge/prompts.json) is part of what a
+    /// resumed run must share.
+    Judge { url: String, model: String, prompts_sha256: String },
     /// 1 if the normalised response equals the normalised reference, else 0.
     Exact,
     /// 1 if the last number in the response equals the reference's within the tolerance.
     Numeric { tolerance: f64 },
 }
 
+const SPEC_FORMS: &str =
+    "rm:PATH, classify:URL#MODEL, similarity:PATH, similarity:openai:URL#MODEL, judge:openai:URL#MODEL, exact or numeric[:TOLERANCE]";
+
 impl RewardSpec {
-    /// `rm:PATH`, `similarity:PATH`, `exact`, `numeric` or `numeric:TOLERANCE`.
+    /// One of `SPEC_FORMS`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let (kind, arg) = text.split_once(':').map_or((text, None), |(k, a)| (k, Some(a)));
         let path = || arg.filter(|a| !a.is_empty()).map(PathBuf::from).ok_or_else(|| format!("--reward {kind}: needs a path, as {kind}:PATH"));
+        let served = |form: &str| wrpo_remote::parse_url_model(arg.unwrap_or_default(), form).map_err(|e| format!("--reward {e}"));
         match kind {
             "rm" => Ok(RewardSpec::Rm { path: path()? }),
+            "classify" => {
+                let (url, model) = served("classify:http://HOST:PORT/classify#MODEL")?;
+                Ok(RewardSpec::Classify { url, model, render_with: None })
+            }
+            "similarity" if arg.is_some_and(|a| a.starts_with("openai:")) => {
+                let (url, model) = judge::parse_spec(arg.unwrap_or_default()).map_err(|e| format!("--reward similarity:{e}"))?;
+                Ok(RewardSpec::SimilarityOpenai { url, model })
+            }
             "similarity" => Ok(RewardSpec::Similarity { path: path()? }),
+            "judge" => {
+                let (url, model) = judge::parse_spec(arg.unwrap_or_default()).map_err(|e| format!("--reward judge:{e}"))?;
+                Ok(RewardSpec::Judge { url, model, prompts_sha256: judge::prompts_sha256() })
+            }
             "exact" if arg.is_none() => Ok(RewardSpec::Exact),
             "numeric" => {
                 let tolerance = arg.map_or(Ok(1e-6), |a| a.parse::<f64>().map_err(|_| format!("--reward numeric:TOL: '{a}' is not a number")))?;
@@ -48,33 +81,59 @@ impl RewardSpec {
                 }
                 Ok(RewardSpec::Numeric { tolerance })
             }
-            _ => Err(format!("--reward takes rm:PATH, similarity:PATH, exact or numeric[:TOLERANCE]; got '{text}'")),
+            _ => Err(format!("--reward takes {SPEC_FORMS}; got '{text}'")),
         }
     }
 
-    /// The model folder to record among a run's inputs.
-    pub fn path(&self) -> Option<&Path> {
+    /// The model folders to record among a run's inputs.
+    pub fn paths(&self) -> Vec<&Path> {
         match self {
-            RewardSpec::Rm { path } | RewardSpec::Similarity { path } => Some(path),
-            _ => None,
+            RewardSpec::Rm { path } | RewardSpec::Similarity { path } => vec![path],
+            RewardSpec::Classify { render_with: Some(path), .. } => vec![path],
+            _ => vec![],
         }
     }
 
-    pub fn load(&self, dtype: DType) -> Result<Box<dyn Reward>> {
+    /// The reward, connected to its server where it has one; `check_against`
+    /// (a served classifier only): a local checkpoint that must score alike.
+    pub fn load(&self, dtype: DType, remote: &RemoteOptions, check_against: Option<&Path>) -> Result<Box<dyn Reward>> {
+        if check_against.is_some() && !matches!(self, RewardSpec::Classify { .. }) {
+            bail!("--check-against compares a served reward model (classify:URL#MODEL) with a local one; --reward is not one");
+        }
         Ok(match self {
             RewardSpec::Rm { path } => Box::new(RewardModel::load(path, dtype)?),
+            RewardSpec::Classify { url, model, render_with } => {
+                let served = Classify::connect(url, model, render_with.as_deref(), remote)?;
+                if let Some(path) = check_against {
+                    let (got, want) = remote::check_against(&served, path, dtype)?;
+                    eprintln!("--check-against {}: served {got:.5}, local {want:.5}", path.display());
+                }
+                Box::new(served)
+            }
             RewardSpec::Similarity { path } => Box::new(Similarity::load(path, dtype)?),
+            RewardSpec::SimilarityOpenai { url, model } => Box::new(RemoteSimilarity::connect(url, model, remote)?),
+            RewardSpec::Judge { url, model, .. } => Box::new(JudgeReward(Judge::connect(url, model, remote)?)),
             RewardSpec::Exact => Box::new(Exact),
             RewardSpec::Numeric { tolerance } => Box::new(Numeric { tolerance: *tolerance }),
         })
     }
 }
 
+/// A reward, or why it could not be had (a server refused the item): a skipped row.
+pub type Scored = Result<f64, String>;
+
 /// One response to score.
 pub struct Item<'a> {
     pub messages: &'a [Message],
     pub response: &'a str,
     pub reference: Option<&'a str>,
+}
+
+impl<'a> Item<'a> {
+    /// The reference answer a similarity needs.
+    pub fn reference(&self) -> Result<&'a str> {
+        self.reference.ok_or_else(|| anyhow!("similarity needs a reference answer"))
+    }
 }
 
 pub trait Reward {
@@ -93,7 +152,15 @@ pub trait Reward {
     fn shares_prompts(&self) -> bool {
         false
     }
-    fn score(&self, items: &[Item]) -> Result<Vec<f64>>;
+    /// Rewards of `items`; an item refused is an error. (Implement this or
+    /// `score_or_refuse`.)
+    fn score(&self, items: &[Item]) -> Result<Vec<f64>> {
+        self.score_or_refuse(items)?.into_iter().map(|s| s.map_err(|why| anyhow!(why))).collect()
+    }
+    /// Rewards of `items`, each one or why it was refused; local rewards refuse nothing.
+    fn score_or_refuse(&self, items: &[Item]) -> Result<Vec<Scored>> {
+        Ok(self.score(items)?.into_iter().map(Ok).collect())
+    }
 }
 
 fn folder_name(path: &Path) -> String {
@@ -426,7 +493,7 @@ impl Similarity {
     }
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
     dot / (norm(a) * norm(b))
@@ -440,12 +507,9 @@ impl Reward for Similarity {
         Ok(self.ids(item.response)?.len())
     }
     fn score(&self, items: &[Item]) -> Result<Vec<f64>> {
-        fn reference<'a>(i: &Item<'a>) -> Result<&'a str> {
-            i.reference.ok_or_else(|| anyhow!("similarity needs a reference answer"))
-        }
         let mut missing: Vec<&str> = Vec::new();
         for item in items {
-            let r = reference(item)?;
+            let r = item.reference()?;
             if !self.references.borrow().contains_key(r) && !missing.contains(&r) {
                 missing.push(r);
             }
@@ -456,7 +520,7 @@ impl Reward for Similarity {
         }
         let responses = self.embed(&items.iter().map(|i| i.response).collect::<Vec<_>>())?;
         let refs = self.references.borrow();
-        items.iter().zip(&responses).map(|(item, e)| Ok(cosine(e, &refs[reference(item)?]))).collect()
+        items.iter().zip(&responses).map(|(item, e)| Ok(cosine(e, &refs[item.reference()?]))).collect()
     }
 }
 
@@ -549,6 +613,23 @@ mod tests {
         }
         assert!(RewardSpec::parse("similarity:").unwrap_err().contains("needs a path"));
         assert!(RewardSpec::parse("bleu").unwrap_err().contains("rm:PATH"));
+        assert_eq!(
+            RewardSpec::parse("classify:http://gpu:8000/classify#Skywork/Skywork-Reward-V2-Llama-3.1-8B").unwrap(),
+            RewardSpec::Classify {
+                url: "http://gpu:8000/classify".into(),
+                model: "Skywork/Skywork-Reward-V2-Llama-3.1-8B".into(),
+                render_with: None
+            }
+        );
+        assert_eq!(
+            RewardSpec::parse("similarity:openai:http://h:8080/v1/#minilm").unwrap(),
+            RewardSpec::SimilarityOpenai { url: "http://h:8080/v1".into(), model: "minilm".into() }
+        );
+        let RewardSpec::Judge { url, model, prompts_sha256 } = RewardSpec::parse("judge:openai:https://h/v1#gpt").unwrap() else { panic!() };
+        assert_eq!((url.as_str(), model.as_str(), prompts_sha256.len()), ("https://h/v1", "gpt", 64));
+        assert!(RewardSpec::parse("classify:http://gpu:8000/classify").unwrap_err().contains("'#MODEL' is missing"));
+        assert!(RewardSpec::parse("judge:http://h/v1#m").unwrap_err().contains("openai:URL#MODEL"));
+        assert!(RewardSpec::parse("classify:gpu:8000#m").unwrap_err().contains("not an http"));
     }
 
     #[test]

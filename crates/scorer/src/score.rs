@@ -26,6 +26,7 @@ use wrpo_common::{
 };
 
 use crate::reward::{Item, RewardSpec};
+use wrpo_remote::RemoteOptions;
 
 pub const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
 
@@ -44,8 +45,14 @@ pub struct ScoreSettings {
 pub struct ScoreOptions {
     /// Padded tokens per batch (batch size x longest item).
     pub batch_tokens: usize,
+    /// Items per batch of a reward that runs no model here (verifiers, servers).
+    pub batch_items: usize,
     /// Rows per committed shard (also committed every minute).
     pub shard_rows: usize,
+    /// Requests to a reward's server.
+    pub remote: RemoteOptions,
+    /// A local checkpoint a served reward model must score alike.
+    pub check_against: Option<PathBuf>,
     /// Tests: abort the process, as a crash would, after this many shards.
     #[serde(skip)]
     pub abort_after_shards: Option<usize>,
@@ -66,6 +73,11 @@ pub struct ModelSummary {
     pub skipped: usize,
     /// Samples left out because their prompt has no reference the reward can check (--skip-unreferenced).
     pub unreferenced: usize,
+    /// Rows the reward's server refused (finish_reason 'skipped', reward NaN), from this run and earlier ones.
+    pub refused: usize,
+    /// Why, for the rows refused in this run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<String>,
     pub reward_mean: Option<f64>,
     pub reward_min: Option<f64>,
     pub reward_max: Option<f64>,
@@ -110,7 +122,8 @@ pub fn score(
     interrupted: Arc<AtomicBool>,
 ) -> Result<Summary> {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
-    let reward = settings.reward.load(if settings.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 })?;
+    let dtype = if settings.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
+    let reward = settings.reward.load(dtype, &options.remote, options.check_against.as_deref())?;
     eprintln!("reward {} on {}", reward.name(), wrpo_llm::cpu_summary());
     let mut summary = Summary { reward_model: reward.name(), ..Default::default() };
     let settings_json = serde_json::to_value(settings)?;
@@ -167,7 +180,7 @@ pub fn score(
             true => work.sort_by(by_key),
             false => work.sort_by(|a, b| a.cost.cmp(&b.cost).then_with(|| by_key(a, b))),
         }
-        let batches: Vec<Vec<Work>> = batches(work, options.batch_tokens, reward.shares_prompts())
+        let batches: Vec<Vec<Work>> = batches(work, options, reward.shares_prompts())
             .into_iter()
             .filter(|b| b.iter().any(|w| !scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index))))
             .collect();
@@ -179,7 +192,7 @@ pub fn score(
     for (model, batches, scored) in plans {
         let dir = out.join(&model);
         let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?.with_input(samples_path)?;
-        if let Some(path) = settings.reward.path() {
+        for path in settings.reward.paths() {
             prov = prov.with_input(path)?;
         }
         progress.set_model(&model);
@@ -195,30 +208,37 @@ pub fn score(
                     Item { messages: &p.messages, response: &w.sample.response, reference: p.reference.as_deref() }
                 })
                 .collect();
-            let rewards = reward.score(&items).with_context(|| format!("scoring samples of {}", batch[0].file.display()))?;
+            let rewards = reward.score_or_refuse(&items).with_context(|| format!("scoring samples of {}", batch[0].file.display()))?;
             let mut rows = Vec::with_capacity(batch.len());
             for (w, r) in batch.iter().zip(rewards) {
                 // A batch cut differently by an earlier run (another --batch-tokens) may hold rows already on disk.
                 if scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index)) {
                     continue;
                 }
-                if !r.is_finite() {
-                    bail!(
+                let s = &w.sample;
+                let (value, finish_reason) = match r {
+                    Ok(r) if r.is_finite() => (r, s.finish_reason),
+                    Ok(r) => bail!(
                         "{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written",
                         w.file.display(),
-                        w.sample.prompt_id,
-                        w.sample.sample_index
-                    );
-                }
-                let s = &w.sample;
+                        s.prompt_id,
+                        s.sample_index
+                    ),
+                    Err(why) => {
+                        let why = format!("prompt_id {} sample_index {}: {why}", s.prompt_id, s.sample_index);
+                        eprintln!("skipped ({model}) {why}");
+                        summary.models.get_mut(&model).expect("counted above").refusals.push(why);
+                        (f64::NAN, FinishReason::Skipped)
+                    }
+                };
                 rows.push(ScoredSample {
                     prompt_id: s.prompt_id.clone(),
                     model: s.model.clone(),
                     sample_index: s.sample_index,
                     response: s.response.clone(),
                     response_tokens: s.response_tokens,
-                    finish_reason: s.finish_reason,
-                    reward: r,
+                    finish_reason,
+                    reward: value,
                     reward_model: reward.name(),
                 });
             }
@@ -235,7 +255,8 @@ pub fn score(
     for (model, s) in summary.models.iter_mut() {
         let rows = existing(&out.join(model), &settings_json)?;
         s.scored = rows.len();
-        let rewards: Vec<f64> = rows.iter().map(|r| r.reward).collect();
+        s.refused = rows.iter().filter(|r| r.finish_reason == FinishReason::Skipped).count();
+        let rewards: Vec<f64> = rows.iter().filter(|r| r.finish_reason != FinishReason::Skipped).map(|r| r.reward).collect();
         if !rewards.is_empty() {
             s.reward_mean = Some(rewards.iter().sum::<f64>() / rewards.len() as f64);
             s.reward_min = rewards.iter().copied().reduce(f64::min);
@@ -248,14 +269,16 @@ pub fn score(
 
 /// Consecutive items while the batch's tokens stay within `budget`: batch
 /// size x largest cost when batches are padded, the sum of costs when not
-/// (`unpadded`); verifiers (cost 0) go in batches of 256.
-fn batches(work: Vec<Work>, budget: usize, unpadded: bool) -> Vec<Vec<Work>> {
+/// (`unpadded`); items of rewards without a model here (cost 0) go in
+/// batches of `batch_items`.
+fn batches(work: Vec<Work>, options: &ScoreOptions, unpadded: bool) -> Vec<Vec<Work>> {
+    let budget = options.batch_tokens;
     let mut out: Vec<Vec<Work>> = vec![];
     let mut current: Vec<Work> = vec![];
     for w in work {
         let widest = current.iter().map(|c| c.cost).max().unwrap_or(0).max(w.cost);
         let tokens = if unpadded { current.iter().map(|c| c.cost).sum::<usize>() + w.cost } else { (current.len() + 1) * widest };
-        let full = if widest == 0 { current.len() >= 256 } else { tokens > budget };
+        let full = if widest == 0 { current.len() >= options.batch_items } else { tokens > budget };
         if full && !current.is_empty() {
             out.push(std::mem::take(&mut current));
         }

@@ -1,0 +1,344 @@
+//! `wrpo-score report --judge`: every model against the baseline by an LLM
+//! judge, as AlpacaEval 2 and Arena-Hard measure: per prompt the judge sees
+//! the two answers in both orders (a split verdict is a tie), giving a win
+//! rate and a length-controlled win rate.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Result;
+use wrpo_common::{
+    prompts::Prompt,
+    report::{JudgeComparison, Judgement},
+    samples::FinishReason,
+    scored::ScoredSample,
+};
+use wrpo_remote::Failure;
+
+use crate::{
+    judge::{failed, Judge, Preference},
+    report::bootstrap,
+};
+
+/// One verdict to ask: the answers of `model` and the baseline to a prompt.
+struct Ask<'a> {
+    prompt: &'a Prompt,
+    model: &'a ScoredSample,
+    baseline: &'a ScoredSample,
+    model_first: bool,
+}
+
+/// The verdicts to ask that `cached` does not hold: for every model but the
+/// baseline and every prompt both answered, the lowest sample index both
+/// have (with common random numbers, the same sampling seed), in both orders.
+fn plan<'a>(prompts: &'a [Prompt], scored: &'a [ScoredSample], baseline: &str, cached: &[Judgement]) -> Vec<Ask<'a>> {
+    let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
+    let mut answers: BTreeMap<&str, BTreeMap<&str, BTreeMap<u32, &ScoredSample>>> = BTreeMap::new();
+    for s in scored.iter().filter(|s| s.finish_reason != FinishReason::Skipped) {
+        answers.entry(&s.model).or_default().entry(&s.prompt_id).or_default().insert(s.sample_index, s);
+    }
+    let done: std::collections::HashSet<_> =
+        cached.iter().filter(|j| j.baseline == baseline).map(|j| (&j.prompt_id, &j.model, j.shown_first == "model")).collect();
+    let Some(base) = answers.get(baseline) else { return vec![] };
+    let mut asks = Vec::new();
+    for (model, per_prompt) in answers.iter().filter(|(m, _)| **m != baseline) {
+        for (id, samples) in per_prompt {
+            let Some(theirs) = base.get(id) else { continue };
+            let Some((index, ours)) = samples.iter().find(|(i, _)| theirs.contains_key(i)) else { continue };
+            for model_first in [true, false] {
+                if !done.contains(&(&id.to_string(), &model.to_string(), model_first)) {
+                    asks.push(Ask { prompt: by_id[id], model: ours, baseline: theirs[index], model_first });
+                }
+            }
+        }
+    }
+    asks
+}
+
+fn ask(judge: &Judge, a: &Ask) -> Result<Judgement> {
+    let (first, second) = if a.model_first { (a.model, a.baseline) } else { (a.baseline, a.model) };
+    let judged = judge.compare(&a.prompt.messages, &first.response, &second.response, a.prompt.reference.as_deref());
+    let (verdict, judgement) = match judged {
+        Ok(j) => {
+            let verdict = match (j.verdict, a.model_first) {
+                (Preference::Tie, _) => "tie",
+                (Preference::A, true) | (Preference::B, false) => "model",
+                _ => "baseline",
+            };
+            (verdict, j.judgement)
+        }
+        Err(Failure::Refused(why)) => ("unreadable", why),
+        Err(f) => return Err(failed(&format!("{}/chat/completions", judge.settings.url), f)),
+    };
+    Ok(Judgement {
+        prompt_id: a.prompt.prompt_id.clone(),
+        model: a.model.model.clone(),
+        baseline: a.baseline.model.clone(),
+        sample_index: a.model.sample_index,
+        shown_first: if a.model_first { "model" } else { "baseline" }.into(),
+        verdict: verdict.into(),
+        judgement,
+        length_diff: a.model.response.chars().count() as i64 - a.baseline.response.chars().count() as i64,
+    })
+}
+
+/// Verdicts per model: those of `cached`, then the missing ones asked,
+/// `save`d after every few so that an interrupted report resumes.
+pub fn judge_all(
+    judge: &Judge,
+    prompts: &[Prompt],
+    scored: &[ScoredSample],
+    baseline: &str,
+    mut cached: Vec<Judgement>,
+    mut save: impl FnMut(&[Judgement]) -> Result<()>,
+) -> Result<Vec<Judgement>> {
+    let asks = plan(prompts, scored, baseline, &cached);
+    if !asks.is_empty() {
+        eprintln!("judge: {} verdicts to ask ({} kept from an earlier run)", asks.len(), cached.len());
+    }
+    for chunk in asks.chunks(32) {
+        for j in judge.in_flight(chunk, |a| ask(judge, a)) {
+            cached.push(j?);
+        }
+        save(&cached)?;
+    }
+    Ok(cached)
+}
+
+/// 1 for the model, 0 for the baseline, 1/2 for a tie.
+fn points(verdict: &str) -> Option<f64> {
+    match verdict {
+        "model" => Some(1.0),
+        "tie" => Some(0.5),
+        "baseline" => Some(0.0),
+        _ => None,
+    }
+}
+
+/// One model's per-prompt (outcome, length difference, whether position decided).
+type Outcomes = BTreeMap<String, (f64, f64, bool)>;
+
+fn outcomes(judgements: &[&Judgement]) -> Outcomes {
+    let mut by_prompt: BTreeMap<&str, Vec<&Judgement>> = BTreeMap::new();
+    for j in judgements {
+        by_prompt.entry(&j.prompt_id).or_default().push(j);
+    }
+    by_prompt
+        .into_iter()
+        .filter_map(|(id, js)| {
+            let p: Vec<f64> = js.iter().filter_map(|j| points(&j.verdict)).collect();
+            // Each order for another answer: the position, not the answers, decided.
+            let split = p.contains(&1.0) && p.contains(&0.0);
+            (!p.is_empty()).then(|| (id.to_string(), (p.iter().sum::<f64>() / p.len() as f64, js[0].length_diff as f64, split)))
+        })
+        .collect()
+}
+
+/// P(model wins) at zero length difference: a logistic regression of the
+/// per-prompt outcome (fractional for ties) on the length difference in
+/// standard deviations, fitted by Newton's method with a weak ridge on the
+/// slope (so that lengths that separate wins from losses do not diverge).
+pub fn lc_win_rate(outcomes: &[f64], length_diffs: &[f64]) -> f64 {
+    let n = outcomes.len() as f64;
+    let mean = length_diffs.iter().sum::<f64>() / n;
+    let sd = (length_diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let x: Vec<f64> = length_diffs.iter().map(|d| if sd > 0.0 { d / sd } else { 0.0 }).collect();
+    let (mut b0, mut b1) = (0.0f64, 0.0f64);
+    const RIDGE: f64 = 1.0;
+    for _ in 0..50 {
+        let (mut g0, mut g1, mut h00, mut h01, mut h11) = (0.0, -RIDGE * b1, 0.0, 0.0, RIDGE);
+        for (&y, &xi) in outcomes.iter().zip(&x) {
+            let p = 1.0 / (1.0 + (-(b0 + b1 * xi)).exp());
+            let w = p * (1.0 - p);
+            g0 += y - p;
+            g1 += (y - p) * xi;
+            h00 += w;
+            h01 += w * xi;
+            h11 += w * xi * xi;
+        }
+        let det = h00 * h11 - h01 * h01;
+        if det.abs() < 1e-12 {
+            break;
+        }
+        let (d0, d1) = ((h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det);
+        b0 += d0.clamp(-5.0, 5.0);
+        b1 += d1.clamp(-5.0, 5.0);
+        if d0.abs() + d1.abs() < 1e-10 {
+            break;
+        }
+    }
+    1.0 / (1.0 + (-b0).exp())
+}
+
+/// Resamples of the length-controlled win rate's interval (each a fit).
+const LC_RESAMPLES: usize = 400;
+
+/// Each model's (and each pool of training seeds', NAME for NAME@SEED)
+/// comparison with the baseline.
+pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64) -> Vec<JudgeComparison> {
+    let mut per_model: BTreeMap<&str, Vec<&Judgement>> = BTreeMap::new();
+    for j in judgements.iter().filter(|j| j.baseline == baseline) {
+        per_model.entry(&j.model).or_default().push(j);
+    }
+    let mut results: BTreeMap<String, (Outcomes, u32)> =
+        per_model.iter().map(|(m, js)| (m.to_string(), (outcomes(js), js.iter().filter(|j| j.verdict == "unreadable").count() as u32))).collect();
+    // Pools: per prompt, the mean over seeds of the outcome and the length difference.
+    let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in results.keys() {
+        if let Some((name, _)) = m.rsplit_once('@') {
+            pools.entry(name.to_string()).or_default().push(m.clone());
+        }
+    }
+    pools.retain(|name, seeds| seeds.len() > 1 && !results.contains_key(name));
+    for (name, seeds) in pools {
+        let first = &results[&seeds[0]].0;
+        let pooled = first
+            .keys()
+            .filter_map(|id| {
+                let rows: Vec<&(f64, f64, bool)> = seeds.iter().filter_map(|s| results[s].0.get(id)).collect();
+                let k = rows.len() as f64;
+                (rows.len() == seeds.len()).then(|| {
+                    (id.clone(), (rows.iter().map(|r| r.0).sum::<f64>() / k, rows.iter().map(|r| r.1).sum::<f64>() / k, rows.iter().any(|r| r.2)))
+                })
+            })
+            .collect();
+        let unreadable = seeds.iter().map(|s| results[s].1).sum();
+        results.insert(name, (pooled, unreadable));
+    }
+    results
+        .into_iter()
+        .filter(|(_, (o, _))| !o.is_empty())
+        .map(|(model, (o, unreadable))| {
+            let y: Vec<f64> = o.values().map(|r| r.0).collect();
+            let x: Vec<f64> = o.values().map(|r| r.1).collect();
+            let (win_rate, win_low, win_high) = bootstrap(&y, 2000, seed);
+            let mut rng = wrpo_llm::Rng::new(seed);
+            let n = y.len();
+            let mut lcs: Vec<f64> = (0..LC_RESAMPLES)
+                .map(|_| {
+                    let picks: Vec<usize> = (0..n).map(|_| (rng.next_u64() % n as u64) as usize).collect();
+                    lc_win_rate(&picks.iter().map(|&i| y[i]).collect::<Vec<_>>(), &picks.iter().map(|&i| x[i]).collect::<Vec<_>>())
+                })
+                .collect();
+            lcs.sort_by(f64::total_cmp);
+            let at = |q: f64| lcs[((q * (LC_RESAMPLES - 1) as f64).round() as usize).min(LC_RESAMPLES - 1)];
+            JudgeComparison {
+                model,
+                baseline: baseline.to_string(),
+                judge: judge.to_string(),
+                prompts: n as u32,
+                wins: y.iter().filter(|&&v| v > 0.5).count() as u32,
+                ties: y.iter().filter(|&&v| v == 0.5).count() as u32,
+                losses: y.iter().filter(|&&v| v < 0.5).count() as u32,
+                unreadable,
+                position_splits: o.values().filter(|r| r.2).count() as u32,
+                win_rate,
+                win_low,
+                win_high,
+                lc_win_rate: lc_win_rate(&y, &x),
+                lc_low: at(0.025),
+                lc_high: at(0.975),
+            }
+        })
+        .collect()
+}
+
+/// The judge's table for report.md.
+pub fn markdown(rows: &[JudgeComparison]) -> String {
+    let mut out = String::from(
+        "| model vs baseline | prompts | win / tie / loss | win rate [95% CI] | length-controlled win rate [95% CI] | split by order | unreadable |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out += &format!(
+            "| {} vs {} | {} | {} / {} / {} | {:.1}% [{:.1}, {:.1}] | {:.1}% [{:.1}, {:.1}] | {} | {} |\n",
+            r.model,
+            r.baseline,
+            r.prompts,
+            r.wins,
+            r.ties,
+            r.losses,
+            100.0 * r.win_rate,
+            100.0 * r.win_low,
+            100.0 * r.win_high,
+            100.0 * r.lc_win_rate,
+            100.0 * r.lc_low,
+            100.0 * r.lc_high,
+            r.position_splits,
+            r.unreadable
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(prompt: usize, model: &str, first: &str, verdict: &str, length_diff: i64) -> Judgement {
+        Judgement {
+            prompt_id: format!("p{prompt}"),
+            model: model.into(),
+            baseline: "base".into(),
+            sample_index: 0,
+            shown_first: first.into(),
+            verdict: verdict.into(),
+            judgement: String::new(),
+            length_diff,
+        }
+    }
+
+    #[test]
+    fn both_orders_make_one_outcome_and_a_split_is_a_tie() {
+        let js = vec![
+            verdict(0, "m", "model", "model", 5),
+            verdict(0, "m", "baseline", "model", 5), // a win both ways: 1
+            verdict(1, "m", "model", "model", 0),
+            verdict(1, "m", "baseline", "baseline", 0), // split by position: 1/2
+            verdict(2, "m", "model", "tie", 0),
+            verdict(2, "m", "baseline", "baseline", 0), // 1/4
+            verdict(3, "m", "model", "unreadable", 0),
+            verdict(3, "m", "baseline", "unreadable", 0), // no outcome
+        ];
+        let [row] = compare(&js, "base", "j", 1).try_into().unwrap();
+        assert_eq!((row.prompts, row.wins, row.ties, row.losses, row.unreadable, row.position_splits), (3, 1, 1, 1, 2, 1));
+        assert!((row.win_rate - (1.0 + 0.5 + 0.25) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_length_controlled_rate_removes_a_win_bought_by_length() {
+        // Longer answers win 90%, shorter ones 10%, equal ones half the time;
+        // the model is longer on 60 of 100 prompts, so it wins 60%. At zero
+        // length difference it is even.
+        let mut y = vec![];
+        let mut x = vec![];
+        for (count, diff, wins) in [(60, 100.0, 54), (20, -100.0, 2), (20, 0.0, 10)] {
+            for i in 0..count {
+                y.push(if i < wins { 1.0 } else { 0.0 });
+                x.push(diff);
+            }
+        }
+        let raw = y.iter().sum::<f64>() / y.len() as f64;
+        let lc = lc_win_rate(&y, &x);
+        assert!((raw - 0.66).abs() < 1e-12);
+        assert!((lc - 0.5).abs() < 0.06, "length-controlled {lc}");
+        // No length difference at all: the raw rate.
+        assert!((lc_win_rate(&[1.0, 1.0, 0.0, 0.5], &[0.0; 4]) - 0.625).abs() < 1e-9);
+    }
+
+    #[test]
+    fn seeds_pool_per_prompt() {
+        let js = vec![
+            verdict(0, "w@1", "model", "model", 10),
+            verdict(0, "w@1", "baseline", "model", 10),
+            verdict(0, "w@2", "model", "baseline", 0),
+            verdict(0, "w@2", "baseline", "baseline", 0),
+            verdict(1, "w@1", "model", "tie", 0),
+            verdict(1, "w@1", "baseline", "tie", 0),
+            verdict(1, "w@2", "model", "model", 0),
+            verdict(1, "w@2", "baseline", "model", 0),
+        ];
+        let rows = compare(&js, "base", "j", 1);
+        let pooled = rows.iter().find(|r| r.model == "w").unwrap();
+        assert_eq!(pooled.prompts, 2);
+        assert!((pooled.win_rate - (0.5 + 0.75) / 2.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,320 @@
+//! Rewards computed by servers: sequence-classification reward models
+//! behind vLLM's `/classify` or SGLang's `/v1/classify`, sentence embeddings
+//! behind any `/v1/embeddings`, and an LLM judge's grade. Requests follow
+//! `wrpo_remote`'s fault rules; an input the server refuses (400, 413, 422)
+//! or a judge's unreadable verdict becomes a skipped row, never a score.
+
+use std::{collections::HashMap, path::Path, sync::Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use wrpo_common::{dataset::Role, Message};
+use wrpo_llm::{ChatMessage, ChatTemplate, Family, Tokenizer};
+use wrpo_remote::{Client, Failure, RemoteOptions};
+
+use crate::{
+    judge::Judge,
+    reward::{cosine, Item, Reward, RewardModel, Scored},
+};
+
+/// Texts per request where a server takes a list (vLLM's `/classify` input, `/v1/embeddings`).
+const TEXTS_PER_REQUEST: usize = 32;
+
+/// How a conversation reaches the classifier.
+enum Form {
+    /// vLLM's `/classify` with `messages`: the server renders them with the
+    /// reward model's template; one conversation per request.
+    Messages,
+    /// `input` text rendered here with the reward model's own template
+    /// (`--render-with`), `add_special_tokens: false` so no second BOS is
+    /// added; a list per request for vLLM, one text for SGLang.
+    Text(Box<Renderer>),
+}
+
+struct Renderer {
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    one_per_request: bool,
+}
+
+/// A reward model served for classification.
+pub struct Classify {
+    client: Client,
+    url: String,
+    model: String,
+    form: Form,
+}
+
+/// SGLang's route: `/v1/classify` takes one text, rendered on our side.
+fn is_sglang(url: &str) -> bool {
+    url.ends_with("/v1/classify")
+}
+
+/// `scheme://host:port` of a URL: where `/v1/models` is listed.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    url[after_scheme..].find('/').map_or(url, |i| &url[..after_scheme + i])
+}
+
+impl Classify {
+    pub fn connect(url: &str, model: &str, render_with: Option<&Path>, opts: &RemoteOptions) -> Result<Self> {
+        let form = match render_with {
+            Some(dir) => {
+                let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("--render-with {}", dir.display()))?)
+                    .with_context(|| format!("{}/config.json is not valid JSON", dir.display()))?;
+                let family = Family::from_model_type(config["model_type"].as_str().unwrap_or(""))?;
+                let tokenizer = Tokenizer::load(dir)?;
+                let template = tokenizer.chat_template_for(family)?;
+                Form::Text(Box::new(Renderer { tokenizer, template, one_per_request: is_sglang(url) }))
+            }
+            None if is_sglang(url) => bail!(
+                "{url}: SGLang's /v1/classify takes text only; pass --render-with with the reward model's folder (its tokenizer and chat template) to render the conversation here"
+            ),
+            None => Form::Messages,
+        };
+        let client = Client::new(opts)?;
+        client.check_serves(&format!("{}/v1/models", origin(url)), model).context("the reward model's server")?;
+        Ok(Classify { client, url: url.to_string(), model: model.to_string(), form })
+    }
+
+    /// The request body for `items`: `messages` for one, `input` for texts.
+    fn body(&self, items: &[&Item]) -> Result<Value> {
+        let conversation =
+            |item: &Item| -> Vec<Message> { item.messages.iter().cloned().chain([Message::new(Role::Assistant, item.response)]).collect() };
+        let mut body = match &self.form {
+            Form::Messages => {
+                let [item] = items else { unreachable!("one conversation per request") };
+                json!({"model": self.model, "messages": conversation(item)})
+            }
+            Form::Text(r) => {
+                let Renderer { tokenizer, template, one_per_request } = r.as_ref();
+                let texts = items
+                    .iter()
+                    .map(|item| {
+                        let turns = conversation(item);
+                        let turns: Vec<ChatMessage> = turns.iter().map(|m| ChatMessage { role: m.role.as_str(), content: &m.content }).collect();
+                        Ok(tokenizer.chat_text(&template.render(&turns, false)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let input = if *one_per_request { json!(texts[0]) } else { json!(texts) };
+                json!({"model": self.model, "input": input, "add_special_tokens": false})
+            }
+        };
+        if !is_sglang(&self.url) {
+            // Raw logits, as a local run of the head gives; vLLM would apply the head's activation.
+            body["use_activation"] = json!(false);
+        }
+        Ok(body)
+    }
+
+    fn per_request(&self) -> usize {
+        match self.form {
+            Form::Text(ref r) if !r.one_per_request => TEXTS_PER_REQUEST,
+            _ => 1,
+        }
+    }
+
+    fn request(&self, items: &[&Item]) -> Result<Vec<Scored>> {
+        let body = self.body(items)?;
+        let answer = self.client.post(&self.url, &body, |answer| one_label_scores(&answer, items.len()));
+        split_refusals(answer, items, |one| self.request(one))
+    }
+}
+
+/// `data[i].probs[0]` in `index` order; a reward head has one label.
+fn one_label_scores(answer: &Value, n: usize) -> Result<Vec<f64>, Failure> {
+    let data = indexed_data(answer, n)?;
+    data.iter()
+        .map(|d| match d["probs"].as_array().map(Vec::as_slice) {
+            Some([p]) => p.as_f64().ok_or_else(|| Failure::transient(format!("probs holds {p}, not a number"))),
+            Some(probs) => Err(Failure::Fatal(format!("the served model has {} labels; a reward model has one", probs.len()))),
+            None => Err(Failure::transient(format!("an answer without probs: {d:.300}"))),
+        })
+        .collect()
+}
+
+/// `data`, sorted by `index`, holding exactly `n` entries.
+fn indexed_data(answer: &Value, n: usize) -> Result<Vec<Value>, Failure> {
+    let mut data = answer["data"].as_array().cloned().unwrap_or_default();
+    if data.len() != n {
+        return Err(Failure::transient(format!("HTTP 200 with {} results for {n} inputs: {:.300}", data.len(), answer.to_string())));
+    }
+    data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
+    Ok(data)
+}
+
+/// A request's outcome per item. A refusal of several inputs at once says
+/// nothing of which one is at fault: each is then asked alone, and only the
+/// ones refused alone are skipped.
+fn split_refusals(answer: Result<Vec<f64>, Failure>, items: &[&Item], alone: impl Fn(&[&Item]) -> Result<Vec<Scored>>) -> Result<Vec<Scored>> {
+    match answer {
+        Ok(scores) => Ok(scores.into_iter().map(Ok).collect()),
+        Err(Failure::Refused(why)) if items.len() == 1 => Ok(vec![Err(format!("the server refused it: {why}"))]),
+        Err(Failure::Refused(_)) => items.iter().map(|i| alone(std::slice::from_ref(i)).map(|mut v| v.remove(0))).collect(),
+        Err(f) => Err(anyhow!(f.message())),
+    }
+}
+
+/// Score `items` in requests of `per_request`, several in flight.
+fn in_requests(client: &Client, items: &[Item], per_request: usize, request: impl Fn(&[&Item]) -> Result<Vec<Scored>> + Sync) -> Result<Vec<Scored>> {
+    let refs: Vec<&Item> = items.iter().collect();
+    let chunks: Vec<&[&Item]> = refs.chunks(per_request).collect();
+    let answers = client.in_flight(&chunks, |chunk| request(chunk));
+    Ok(answers.into_iter().collect::<Result<Vec<_>>>()?.into_iter().flatten().collect())
+}
+
+impl Reward for Classify {
+    fn name(&self) -> String {
+        format!("classify:{}", self.model)
+    }
+    fn checkable(&self, _: Option<&str>) -> bool {
+        true
+    }
+    fn cost(&self, _: &Item) -> Result<usize> {
+        Ok(0)
+    }
+    fn score_or_refuse(&self, items: &[Item]) -> Result<Vec<Scored>> {
+        in_requests(&self.client, items, self.per_request(), |chunk| self.request(chunk))
+    }
+}
+
+/// The conversation `--check-against` scores both ways.
+const CHECK_PROMPT: &str = "What is the capital of France?";
+const CHECK_RESPONSE: &str = "The capital of France is Paris.";
+
+/// Refuse a served reward model that scores a known conversation otherwise
+/// than the local checkpoint `path` does (another checkpoint, another
+/// template, an activation applied).
+pub fn check_against(served: &Classify, path: &Path, dtype: candle_core::DType) -> Result<(f64, f64)> {
+    let local = RewardModel::load(path, dtype)?;
+    let messages = [Message::new(Role::User, CHECK_PROMPT)];
+    let item = Item { messages: &messages, response: CHECK_RESPONSE, reference: None };
+    let want = local.score(std::slice::from_ref(&item))?[0];
+    let got = match served.score_or_refuse(std::slice::from_ref(&item))?.remove(0) {
+        Ok(r) => r,
+        Err(why) => bail!("--check-against: the server refused the check conversation: {why}"),
+    };
+    // Served models often run in bf16: agree to about two digits.
+    if (got - want).abs() > 0.02 * want.abs().max(1.0) {
+        bail!(
+            "--check-against {}: the server scores the check conversation {got}, the local checkpoint {want}; they are not the same reward model, template or activation",
+            path.display()
+        );
+    }
+    Ok((got, want))
+}
+
+/// Cosine similarity to the reference in a served embedding model's space.
+pub struct RemoteSimilarity {
+    client: Client,
+    url: String,
+    model: String,
+    /// Embeddings of references already seen: the N samples of a prompt share one.
+    references: Mutex<HashMap<String, Vec<f32>>>,
+}
+
+impl RemoteSimilarity {
+    /// `url` is the OpenAI-compatible base (…/v1).
+    pub fn connect(url: &str, model: &str, opts: &RemoteOptions) -> Result<Self> {
+        let client = Client::new(opts)?;
+        client.check_serves(&format!("{url}/models"), model).context("the embedding server")?;
+        Ok(RemoteSimilarity { client, url: url.to_string(), model: model.to_string(), references: Mutex::default() })
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Result<Vec<f32>, String>>, Failure> {
+        let body = json!({"model": self.model, "input": texts, "encoding_format": "float"});
+        let answer = self.client.post(&format!("{}/embeddings", self.url), &body, |answer| {
+            indexed_data(&answer, texts.len())?
+                .iter()
+                .map(|d| {
+                    let values = d["embedding"].as_array().ok_or_else(|| Failure::transient(format!("an answer without an embedding: {d:.200}")))?;
+                    values.iter().map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| Failure::transient("an embedding holds a non-number"))).collect()
+                })
+                .collect::<Result<Vec<Vec<f32>>, Failure>>()
+        });
+        match answer {
+            Ok(e) => Ok(e.into_iter().map(Ok).collect()),
+            Err(Failure::Refused(why)) if texts.len() == 1 => Ok(vec![Err(format!("the server refused it: {why}"))]),
+            Err(Failure::Refused(_)) => texts.iter().map(|t| self.embed(&[t]).map(|mut v| v.remove(0))).collect(),
+            Err(f) => Err(f),
+        }
+    }
+
+    fn embed_all(&self, texts: &[&str]) -> Result<Vec<Result<Vec<f32>, String>>> {
+        let chunks: Vec<&[&str]> = texts.chunks(TEXTS_PER_REQUEST).collect();
+        let answers = self.client.in_flight(&chunks, |chunk| self.embed(chunk));
+        Ok(answers
+            .into_iter()
+            .collect::<Result<Vec<_>, Failure>>()
+            .map_err(|f| anyhow!("{}/embeddings: {}", self.url, f.message()))?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+}
+
+impl Reward for RemoteSimilarity {
+    fn name(&self) -> String {
+        format!("similarity:openai:{}", self.model)
+    }
+    fn cost(&self, _: &Item) -> Result<usize> {
+        Ok(0)
+    }
+    fn score_or_refuse(&self, items: &[Item]) -> Result<Vec<Scored>> {
+        let mut missing: Vec<&str> = Vec::new();
+        for item in items {
+            let r = item.reference()?;
+            if !self.references.lock().unwrap().contains_key(r) && !missing.contains(&r) {
+                missing.push(r);
+            }
+        }
+        let mut refused: HashMap<&str, String> = HashMap::new();
+        for (r, e) in missing.iter().zip(self.embed_all(&missing)?) {
+            match e {
+                Ok(e) => _ = self.references.lock().unwrap().insert(r.to_string(), e),
+                Err(why) => _ = refused.insert(r, format!("its reference answer: {why}")),
+            }
+        }
+        let responses = self.embed_all(&items.iter().map(|i| i.response).collect::<Vec<_>>())?;
+        let refs = self.references.lock().unwrap();
+        items
+            .iter()
+            .zip(responses)
+            .map(|(item, e)| {
+                let r = item.reference()?;
+                Ok(match (e, refused.get(r)) {
+                    (_, Some(why)) => Err(why.clone()),
+                    (Err(why), _) => Err(why),
+                    (Ok(e), None) => Ok(cosine(&e, &refs[r])),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The judge's 1-10 grade as the reward (MT-Bench's single-answer grading),
+/// the reference shown to the judge where the prompt has one.
+pub struct JudgeReward(pub Judge);
+
+impl Reward for JudgeReward {
+    fn name(&self) -> String {
+        format!("judge:{}", self.0.settings.model)
+    }
+    fn checkable(&self, _: Option<&str>) -> bool {
+        true
+    }
+    fn cost(&self, _: &Item) -> Result<usize> {
+        Ok(0)
+    }
+    fn score_or_refuse(&self, items: &[Item]) -> Result<Vec<Scored>> {
+        let graded = self.0.in_flight(items, |item| self.0.grade(item.messages, item.response, item.reference));
+        graded
+            .into_iter()
+            .map(|g| match g {
+                Ok(judged) => Ok(Ok(judged.verdict)),
+                Err(Failure::Refused(why)) => Ok(Err(why)),
+                Err(f) => Err(anyhow!("{}/chat/completions: {}", self.0.settings.url, f.message())),
+            })
+            .collect()
+    }
+}
