@@ -15,7 +15,7 @@
 # Needs: make models, and a Python with scripts/bench/requirements.txt
 # (PYTHON picks it: default .venv/bin/python if present, else python3).
 # Ratios are what to read: absolute speeds vary a lot with machine load.
-# WRPO_ISA=avx2 (or scalar, avxvnni, avx512vnni) runs our int8 kernels at a
+# WRPO_ISA=avx2 (or scalar, avx512bw, avxvnni, avx512vnni) runs our int8 kernels at a
 # lower tier than the CPU has, to measure a CPU without VNNI on one with it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -12,7 +12,8 @@
 //! each of 8 output columns: one dpbusd (AVX-VNNI or AVX512-VNNI; AVX2
 //! emulates it) against 4 activation bytes broadcast gives 8 columns' partial
 //! dots at once, with no horizontal sums, and each weight vector serves up to
-//! 4 activation rows from a register.
+//! 4 activation rows from a register. The AVX-512 tiers put two such tiles in
+//! one 512-bit vector (16 columns per instruction).
 
 use candle_core::{quantized::GgmlDType, quantized::QTensor, Tensor};
 
@@ -213,6 +214,8 @@ enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx2,
     #[cfg(target_arch = "x86_64")]
+    Avx512Bw,
+    #[cfg(target_arch = "x86_64")]
     AvxVnni,
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
@@ -227,6 +230,8 @@ impl Isa {
             Isa::Scalar => "scalar",
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bw => "avx512bw",
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => "avxvnni",
             #[cfg(target_arch = "x86_64")]
@@ -243,13 +248,15 @@ impl Isa {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") {
                 tiers.push(Isa::Avx2);
-                if has!("avx512vnni") && has!("avx512vl") {
-                    tiers.push(Isa::Avx512Vnni);
+                let avx512bw = has!("avx512f") && has!("avx512bw");
+                if avx512bw {
+                    tiers.push(Isa::Avx512Bw);
                 }
-                // Preferred where both exist: the same dot on 256-bit
-                // vectors, without AVX-512's frequency cost.
                 if has!("avxvnni") {
                     tiers.push(Isa::AvxVnni);
+                }
+                if avx512bw && has!("avx512vnni") && has!("avx512vl") {
+                    tiers.push(Isa::Avx512Vnni);
                 }
             }
         }
@@ -289,6 +296,8 @@ impl Isa {
             Isa::Scalar => scalar::tiles(w, acts, tiles, out),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::tiles_avx2(w, acts, tiles, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bw => x86::tiles_avx512bw(w, acts, tiles, out),
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => x86::tiles_avxvnni(w, acts, tiles, out),
             #[cfg(target_arch = "x86_64")]
@@ -373,6 +382,32 @@ mod x86 {
         }
     }
 
+    /// The same dot on 512-bit vectors, which hold two column tiles (16
+    /// columns); `Half` is its 256-bit form, for a last tile left alone.
+    trait Dot512 {
+        const WIDE: bool;
+        type Half: Dot;
+        unsafe fn dot(acc: __m512i, u: __m512i, s: __m512i) -> __m512i;
+    }
+
+    impl Dot512 for Avx2 {
+        const WIDE: bool = false;
+        type Half = Avx2;
+        #[inline(always)]
+        unsafe fn dot(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
+            _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)))
+        }
+    }
+
+    impl Dot512 for Avx512Vnni {
+        const WIDE: bool = true;
+        type Half = Avx512Vnni;
+        #[inline(always)]
+        unsafe fn dot(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
+            _mm512_dpbusd_epi32(acc, u, s)
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tiles_avx2(w: &QMatrix, acts: &Activations, tiles: std::ops::Range<usize>, out: &SharedMut<f32>) {
         run::<Avx2>(w, acts, tiles, out)
@@ -383,29 +418,141 @@ mod x86 {
         run::<AvxVnni>(w, acts, tiles, out)
     }
 
-    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    pub(super) unsafe fn tiles_avx512vnni(w: &QMatrix, acts: &Activations, tiles: std::ops::Range<usize>, out: &SharedMut<f32>) {
-        run::<Avx512Vnni>(w, acts, tiles, out)
+    /// AVX-512 without VNNI (Skylake-SP): `vpmaddubsw` + `vpmaddwd` on 64 bytes.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
+    pub(super) unsafe fn tiles_avx512bw(w: &QMatrix, acts: &Activations, tiles: std::ops::Range<usize>, out: &SharedMut<f32>) {
+        run512::<Avx2>(w, acts, tiles, out)
     }
 
-    /// Rows in groups of 4 sharing each weight vector. Inlined into each
-    /// `#[target_feature]` entry point above, so that the intrinsics compile
-    /// for that instruction set.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vnni,avx512vl")]
+    pub(super) unsafe fn tiles_avx512vnni(w: &QMatrix, acts: &Activations, tiles: std::ops::Range<usize>, out: &SharedMut<f32>) {
+        run512::<Avx512Vnni>(w, acts, tiles, out)
+    }
+
+    /// Rows in groups of up to 4 sharing each weight vector. Inlined into
+    /// each `#[target_feature]` entry point above, so that the intrinsics
+    /// compile for that instruction set (no closure may hold a kernel: a
+    /// closure would not have the entry point's features, and every
+    /// intrinsic in it would become a call).
     #[inline(always)]
     unsafe fn run<D: Dot>(w: &QMatrix, acts: &Activations, tiles: std::ops::Range<usize>, out: &SharedMut<f32>) {
         for c in tiles {
             let mut r = 0;
             while r < acts.m {
-                // Fewer rows get more independent sums per row, so that the
-                // dot products never wait on one another.
-                r += match acts.m - r {
-                    1 => tile::<D, 1, 4>(w, acts, c, r, out),
-                    2 => tile::<D, 2, 2>(w, acts, c, r, out),
-                    3 => tile::<D, 3, 1>(w, acts, c, r, out),
-                    _ => tile::<D, 4, 1>(w, acts, c, r, out),
-                };
+                r += one_tile::<D>(w, acts, c, r, out);
             }
         }
+    }
+
+    /// Tile c for the rows from r0 on, as many as one pass takes; returns
+    /// how many. Fewer rows get more independent sums per row, so that the
+    /// dot products never wait on one another.
+    #[inline(always)]
+    unsafe fn one_tile<D: Dot>(w: &QMatrix, acts: &Activations, c: usize, r0: usize, out: &SharedMut<f32>) -> usize {
+        match acts.m - r0 {
+            1 => tile::<D, 1, 4>(w, acts, c, r0, out),
+            2 => tile::<D, 2, 2>(w, acts, c, r0, out),
+            3 => tile::<D, 3, 1>(w, acts, c, r0, out),
+            _ => tile::<D, 4, 1>(w, acts, c, r0, out),
+        }
+    }
+
+    /// Tiles in pairs, one 512-bit vector each; an odd last one on 256 bits.
+    #[inline(always)]
+    unsafe fn run512<D: Dot512>(w: &QMatrix, acts: &Activations, tiles: std::ops::Range<usize>, out: &SharedMut<f32>) {
+        let mut c = tiles.start;
+        while c + 1 < tiles.end {
+            let mut r = 0;
+            while r < acts.m {
+                r += match acts.m - r {
+                    1 => pair::<D, 1, 4>(w, acts, c, r, out),
+                    2 => pair::<D, 2, 2>(w, acts, c, r, out),
+                    3 => pair::<D, 3, 1>(w, acts, c, r, out),
+                    _ => pair::<D, 4, 1>(w, acts, c, r, out),
+                };
+            }
+            c += 2;
+        }
+        if c < tiles.end {
+            let mut r = 0;
+            while r < acts.m {
+                r += one_tile::<D::Half>(w, acts, c, r, out);
+            }
+        }
+    }
+
+    /// 32 bytes at `low` and 32 at `high` as one vector.
+    #[inline(always)]
+    unsafe fn join(low: *const u8, high: *const u8) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_loadu_si256(low as *const __m256i)), _mm256_loadu_si256(high as *const __m256i))
+    }
+
+    /// [`tile`] for tiles c and c + 1 at once: tile c's 8 columns in the low
+    /// half of every vector, tile c + 1's in the high half, which are also
+    /// the 16 adjacent output columns. Returns R.
+    #[inline(always)]
+    unsafe fn pair<D: Dot512, const R: usize, const CH: usize>(w: &QMatrix, acts: &Activations, c: usize, r0: usize, out: &SharedMut<f32>) -> usize {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..w.kb {
+            let (t0, t1) = (c * w.kb + b, (c + 1) * w.kb + b);
+            let mut sums = [[_mm512_setzero_si512(); CH]; R];
+            let x4 = |bytes: *const u8, r: usize, i: usize| {
+                _mm512_set1_epi32((bytes.add((r0 + r) * acts.k + b * BLOCK + i) as *const i32).read_unaligned())
+            };
+            let x_q = acts.q.as_ptr() as *const u8;
+            let scales = |r: usize| acts.s[(r0 + r) * acts.kb + b];
+            let per_column = |v: &[f32]| _mm512_castsi512_ps(join(v.as_ptr().add(t0 * COLS) as *const u8, v.as_ptr().add(t1 * COLS) as *const u8));
+            match &w.blocks {
+                Blocks::Q8_0 { q, d, q_sum } => {
+                    let (w0, w1) = (q.as_ptr().add(t0 * TILE_Q8) as *const u8, q.as_ptr().add(t1 * TILE_Q8) as *const u8);
+                    for step in 0..BLOCK / 4 {
+                        let wv = join(w0.add(step * 32), w1.add(step * 32));
+                        let (w_abs, negative) = (_mm512_abs_epi8(wv), _mm512_movepi8_mask(wv));
+                        for (r, sum) in sums.iter_mut().enumerate() {
+                            let s = &mut sum[step % CH];
+                            *s = if D::WIDE {
+                                D::dot(*s, x4(acts.u.as_ptr(), r, step * 4), wv)
+                            } else {
+                                // |w| * (x with w's sign), as the 256-bit kernel (AVX-512 has no sign_epi8).
+                                let x = x4(x_q, r, step * 4);
+                                D::dot(*s, w_abs, _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x))
+                            };
+                        }
+                    }
+                    let dv = per_column(d);
+                    let offset = join(q_sum.as_ptr().add(t0 * COLS) as *const u8, q_sum.as_ptr().add(t1 * COLS) as *const u8);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let mut dots = sums[r].iter().fold(_mm512_setzero_si512(), |t, &s| _mm512_add_epi32(t, s));
+                        if D::WIDE {
+                            dots = _mm512_sub_epi32(dots, offset);
+                        }
+                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), _mm512_mul_ps(dv, _mm512_set1_ps(scales(r))), *a);
+                    }
+                }
+                Blocks::Q4_1 { q, d, m } => {
+                    let (w0, w1) = (q.as_ptr().add(t0 * TILE_Q4), q.as_ptr().add(t1 * TILE_Q4));
+                    let low = _mm512_set1_epi8(15);
+                    for step in 0..BLOCK / 8 {
+                        let packed = join(w0.add(step * 32), w1.add(step * 32));
+                        let (lo, hi) = (_mm512_and_si512(packed, low), _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low));
+                        for (r, sum) in sums.iter_mut().enumerate() {
+                            sum[(2 * step) % CH] = D::dot(sum[(2 * step) % CH], lo, x4(x_q, r, step * 4));
+                            sum[(2 * step + 1) % CH] = D::dot(sum[(2 * step + 1) % CH], hi, x4(x_q, r, 16 + step * 4));
+                        }
+                    }
+                    let (dv, mv) = (per_column(d), per_column(m));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let dots = sums[r].iter().fold(_mm512_setzero_si512(), |t, &s| _mm512_add_epi32(t, s));
+                        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), _mm512_mul_ps(dv, _mm512_set1_ps(scales(r))), *a);
+                        *a = _mm512_fmadd_ps(mv, _mm512_set1_ps(acts.s_sum[(r0 + r) * acts.kb + b]), *a);
+                    }
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add((r0 + r) * w.tiles * COLS + c * COLS), *a);
+        }
+        R
     }
 
     /// Tile c's 8 columns for rows r0..r0 + R, each row's integer sums split
