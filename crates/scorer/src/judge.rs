@@ -176,7 +176,8 @@ impl Judge {
 
     /// Ask until the verdict reads: first at the settings' temperature, then
     /// (a deterministic judge would repeat itself) at 0.7 with a new seed
-    /// each time; after the client's retries, the item is refused.
+    /// each time; after the client's retries, the item is refused
+    /// ([`Failure::Refused`] means exactly that: no readable verdict).
     fn ask<T>(&self, turn: &Turn, slots: &[(&str, &str)], parse: fn(&str) -> Result<T, String>) -> Result<Judged<T>, Failure> {
         let url = format!("{}/chat/completions", self.settings.url);
         let mut last = String::new();
@@ -191,7 +192,12 @@ impl Judge {
                 "temperature": if attempt == 0 { self.settings.temperature } else { 0.7 },
                 "seed": attempt,
             });
-            let judgement = self.client.post(&url, &body, |answer: Value| chat_content(&answer).map(|(text, _)| text))?;
+            // A judge that refuses the request (400, 413, 422) refuses every one like it: the
+            // settings or the model name are at fault, not this answer, so the run stops.
+            let judgement = self.client.post(&url, &body, |answer: Value| chat_content(&answer).map(|(text, _)| text)).map_err(|f| match f {
+                Failure::Refused(why) => Failure::Fatal(format!("the judge refused the request: {why}")),
+                other => other,
+            })?;
             match parse(&judgement) {
                 Ok(verdict) => return Ok(Judged { verdict, judgement }),
                 Err(why) => last = format!("{why}; the judgement ended: {:?}", tail(&judgement, 200)),

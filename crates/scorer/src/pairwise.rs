@@ -91,15 +91,28 @@ pub fn judge_all(
     mut cached: Vec<Judgement>,
     mut save: impl FnMut(&[Judgement]) -> Result<()>,
 ) -> Result<Vec<Judgement>> {
+    if !scored.iter().any(|s| s.model == baseline) {
+        let mut models: Vec<&str> = scored.iter().map(|s| s.model.as_str()).collect();
+        models.dedup();
+        anyhow::bail!("--judge: the baseline '{baseline}' has no scored answer to compare with (models: {models:?}; pooled NAME@SEED models are judged per seed)");
+    }
     let asks = plan(prompts, scored, baseline, &cached);
     if !asks.is_empty() {
         eprintln!("judge: {} verdicts to ask ({} kept from an earlier run)", asks.len(), cached.len());
     }
     for chunk in asks.chunks(32) {
+        let mut failure = None;
         for j in judge.in_flight(chunk, |a| ask(judge, a)) {
-            cached.push(j?);
+            match j {
+                Ok(j) => cached.push(j),
+                Err(e) => _ = failure.get_or_insert(e),
+            }
         }
+        // The verdicts paid for are kept, whatever stopped the run.
         save(&cached)?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
     }
     Ok(cached)
 }
@@ -306,7 +319,7 @@ mod tests {
     #[test]
     fn the_length_controlled_rate_removes_a_win_bought_by_length() {
         // Longer answers win 90%, shorter ones 10%, equal ones half the time;
-        // the model is longer on 60 of 100 prompts, so it wins 60%. At zero
+        // the model is longer on 60 of 100 prompts, so it wins 66%. At zero
         // length difference it is even.
         let mut y = vec![];
         let mut x = vec![];

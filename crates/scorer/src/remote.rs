@@ -116,19 +116,25 @@ impl Classify {
 
     fn request(&self, items: &[&Item]) -> Result<Vec<Scored>> {
         let body = self.body(items)?;
-        let answer = self.client.post(&self.url, &body, |answer| one_label_scores(&answer, items.len()));
-        split_refusals(answer, items, |one| self.request(one))
+        let answer = self.client.post(&self.url, &body, |answer| one_label_scores(&answer, items.len(), is_sglang(&self.url)));
+        split_refusals(answer, items, |one| self.request(one)).with_context(|| format!("{} ({})", self.url, self.model))
     }
 }
 
 /// `data[i].probs[0]` in `index` order; a reward head has one label.
-fn one_label_scores(answer: &Value, n: usize) -> Result<Vec<f64>, Failure> {
+fn one_label_scores(answer: &Value, n: usize, sglang: bool) -> Result<Vec<f64>, Failure> {
     let data = indexed_data(answer, n)?;
     data.iter()
         .map(|d| match d["probs"].as_array().map(Vec::as_slice) {
+            // SGLang's route takes a softmax over the labels: one label always gives 1.
+            Some([_]) if sglang => Err(Failure::Fatal(
+                "SGLang's /v1/classify applies a softmax over the head's labels, so a one-label reward head scores 1 for every input; \
+                 serve the reward model with vLLM (vllm serve MODEL --runner pooling, route /classify) or score it here with rm:PATH"
+                    .into(),
+            )),
             Some([p]) => p.as_f64().ok_or_else(|| Failure::transient(format!("probs holds {p}, not a number"))),
             Some(probs) => Err(Failure::Fatal(format!("the served model has {} labels; a reward model has one", probs.len()))),
-            None => Err(Failure::transient(format!("an answer without probs: {d:.300}"))),
+            None => Err(Failure::transient(format!("an answer without probs: {:.300}", d.to_string()))),
         })
         .collect()
 }
@@ -227,7 +233,9 @@ impl RemoteSimilarity {
             indexed_data(&answer, texts.len())?
                 .iter()
                 .map(|d| {
-                    let values = d["embedding"].as_array().ok_or_else(|| Failure::transient(format!("an answer without an embedding: {d:.200}")))?;
+                    let values = d["embedding"]
+                        .as_array()
+                        .ok_or_else(|| Failure::transient(format!("an answer without an embedding: {:.200}", d.to_string())))?;
                     values.iter().map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| Failure::transient("an embedding holds a non-number"))).collect()
                 })
                 .collect::<Result<Vec<Vec<f32>>, Failure>>()

@@ -184,12 +184,14 @@ pub fn score(
             .into_iter()
             .filter(|b| b.iter().any(|w| !scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index))))
             .collect();
-        plans.push((model, batches, scored));
+        // Rewards on disk already: the server has shown it can score this model's samples.
+        let has_rewards = done[&model].iter().any(|r| r.finish_reason != FinishReason::Skipped);
+        plans.push((model, batches, scored, has_rewards));
     }
-    let total: usize = plans.iter().map(|(_, b, _)| b.iter().map(Vec::len).sum::<usize>()).sum();
+    let total: usize = plans.iter().map(|(_, b, _, _)| b.iter().map(Vec::len).sum::<usize>()).sum();
     let mut progress = Progress::new(total as u64, "samples");
     let config = RunConfig { settings, options };
-    for (model, batches, scored) in plans {
+    for (model, batches, scored, mut has_rewards) in plans {
         let dir = out.join(&model);
         let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?.with_input(samples_path)?;
         for path in settings.reward.paths() {
@@ -242,6 +244,16 @@ pub fn score(
                     reward_model: reward.name(),
                 });
             }
+            // A whole first batch refused: the settings or the server are at
+            // fault, not the samples, and no skipped row is committed.
+            if !has_rewards && !rows.is_empty() && rows.iter().all(|r| r.finish_reason == FinishReason::Skipped) {
+                let why = summary.models[&model].refusals.last().cloned().unwrap_or_default();
+                bail!(
+                    "{model}: the reward's server refused all {} samples of the first batch (the last: {why}); nothing was written: check --reward and what the server accepts",
+                    rows.len()
+                );
+            }
+            has_rewards |= rows.iter().any(|r| r.finish_reason != FinishReason::Skipped);
             writer.push_unit(rows)?;
             progress.add(batch.len() as u64, batch.iter().map(|w| w.cost as u64).sum());
         }

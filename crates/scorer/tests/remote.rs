@@ -1,6 +1,7 @@
 //! Served rewards and judges against loopback stub servers that answer as
-//! each engine's documentation shows: vLLM `/classify` (with `messages` and
-//! with `input`), SGLang `/v1/classify`, `/v1/embeddings`, and a chat judge;
+//! each engine's documentation (and, for SGLang's softmax, its code) shows:
+//! vLLM `/classify` (with `messages` and with `input`), SGLang
+//! `/v1/classify`, `/v1/embeddings`, and a chat judge;
 //! the stubs' scores come from our own local reward model, so a remote run
 //! must give a local run's rows.
 
@@ -170,9 +171,16 @@ fn classify_server(offset: f64) -> (String, Arc<Mutex<Vec<Value>>>) {
             ("/v1/classify", Value::String(text)) => vec![served.score_text(text)],
             (path, input) => return Reply::status("422 Unprocessable Entity", format!("{{\"error\":\"{path} got input {input}\"}}")),
         };
-        // vLLM applies the head's activation (a sigmoid for one label) unless told not to.
-        let raw = r.path == "/v1/classify" || r.body["use_activation"] == json!(false);
-        let scores: Vec<f64> = scores.iter().map(|s| if raw { s + offset } else { 1.0 / (1.0 + (-s).exp()) }).collect();
+        // vLLM applies the head's activation (a sigmoid for one label) unless told
+        // not to; SGLang always takes a softmax over the labels (1 for one label).
+        let scores: Vec<f64> = scores
+            .iter()
+            .map(|s| match (r.path.as_str(), r.body["use_activation"] == json!(false)) {
+                ("/v1/classify", _) => 1.0,
+                (_, true) => s + offset,
+                (_, false) => 1.0 / (1.0 + (-s).exp()),
+            })
+            .collect();
         let body = classification(&scores);
         match (fault, attempt) {
             (Some("CUT"), 1) => Reply::Cut { sent: body.len() / 2, body },
@@ -196,7 +204,6 @@ fn served_classifiers_score_as_the_local_reward_model() {
     for (name, reward, extra) in [
         ("vllm-messages", format!("classify:{url}/classify#rm"), vec![]),
         ("vllm-input", format!("classify:{url}/classify#rm"), vec!["--render-with", &render]),
-        ("sglang", format!("classify:{url}/v1/classify#rm"), vec!["--render-with", &render]),
     ] {
         let out = dir.path().join(name);
         ok(score(&prompts, &samples, &reward, &out, &[&extra[..], &["--check-against", &render]].concat()));
@@ -207,6 +214,12 @@ fn served_classifiers_score_as_the_local_reward_model() {
             assert_eq!(r.reward_model, "classify:rm");
         }
     }
+    // SGLang: the text rendered here, one per request; its softmax makes every
+    // one-label reward 1, which is refused rather than written.
+    let out = dir.path().join("sglang");
+    let err = failed(score(&prompts, &samples, &format!("classify:{url}/v1/classify#rm"), &out, &["--render-with", &render]));
+    assert!(err.contains("applies a softmax") && err.contains("--runner pooling"), "{err}");
+    assert!(read_dataset::<ScoredSample>(&out).map_or(true, |rows| rows.is_empty()), "nothing written");
     let requests = log.lock().unwrap();
     // vLLM with text: lists of texts, no second BOS; SGLang: one string, no use_activation.
     assert!(requests.iter().any(|b| b["input"].as_array().is_some_and(|a| a.len() > 1) && b["add_special_tokens"] == json!(false)));
@@ -258,6 +271,14 @@ fn served_faults_are_retried_refusals_skipped_and_a_crashed_run_resumes() {
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
         assert!(a.iter().all(|(k, r)| r.finish_reason == b[k].finish_reason && (r.reward.is_nan() || (r.reward - b[k].reward).abs() < 1e-9)));
     }
+    // Every sample of the first batch refused: the settings, not the samples, are
+    // at fault; no skipped row is committed, so a fixed rerun scores them all.
+    let dir_all = tempfile::tempdir().unwrap();
+    let (all_prompts, all_samples) = setup(dir_all.path(), &["REFUSED"; 12]);
+    let out = dir_all.path().join("all");
+    let err = failed(score(&all_prompts, &all_samples, &format!("classify:{url}/classify#rm"), &out, &[]));
+    assert!(err.contains("refused all 4 samples of the first batch") && err.contains("maximum context length"), "{err}");
+    assert!(read_dataset::<ScoredSample>(&out).map_or(true, |rows| rows.is_empty()), "nothing written");
     // A key the server refuses stops the run, naming the variable.
     let keyed = serve(|r: &Request| match r.has_header("authorization: bearer sekrit") {
         true => Reply::ok(r#"{"data":[{"id":"rm"}]}"#),
