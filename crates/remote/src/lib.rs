@@ -110,6 +110,16 @@ impl Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Transient { message, .. } | Failure::Refused(message) | Failure::Fatal(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
 /// `URL#MODEL` as the command lines write a served model: an http(s) URL
 /// without a trailing slash, and the name the server knows the model by.
 pub fn parse_url_model(text: &str, form: &str) -> Result<(String, String), String> {

@@ -149,24 +149,35 @@ fn indexed_data(answer: &Value, n: usize) -> Result<Vec<Value>, Failure> {
     Ok(data)
 }
 
-/// A request's outcome per item. A refusal of several inputs at once says
-/// nothing of which one is at fault: each is then asked alone, and only the
-/// ones refused alone are skipped.
-fn split_refusals(answer: Result<Vec<f64>, Failure>, items: &[&Item], alone: impl Fn(&[&Item]) -> Result<Vec<Scored>>) -> Result<Vec<Scored>> {
+/// One outcome per input: a value, or why the server refused the input.
+type PerInput<T> = Vec<Result<T, String>>;
+
+/// A request's outcome per input. A refusal of several inputs at once says
+/// nothing of which one is at fault: each is then asked `alone`, and only
+/// the ones refused alone are skipped.
+fn split_refusals<I, T, E: From<Failure>>(
+    answer: Result<Vec<T>, Failure>,
+    inputs: &[I],
+    alone: impl Fn(&[I]) -> Result<PerInput<T>, E>,
+) -> Result<PerInput<T>, E> {
     match answer {
-        Ok(scores) => Ok(scores.into_iter().map(Ok).collect()),
-        Err(Failure::Refused(why)) if items.len() == 1 => Ok(vec![Err(format!("the server refused it: {why}"))]),
-        Err(Failure::Refused(_)) => items.iter().map(|i| alone(std::slice::from_ref(i)).map(|mut v| v.remove(0))).collect(),
-        Err(f) => Err(anyhow!(f.message())),
+        Ok(values) => Ok(values.into_iter().map(Ok).collect()),
+        Err(Failure::Refused(why)) if inputs.len() == 1 => Ok(vec![Err(format!("the server refused it: {why}"))]),
+        Err(Failure::Refused(_)) => inputs.iter().map(|i| alone(std::slice::from_ref(i)).map(|mut v| v.remove(0))).collect(),
+        Err(f) => Err(E::from(f)),
     }
 }
 
-/// Score `items` in requests of `per_request`, several in flight.
-fn in_requests(client: &Client, items: &[Item], per_request: usize, request: impl Fn(&[&Item]) -> Result<Vec<Scored>> + Sync) -> Result<Vec<Scored>> {
-    let refs: Vec<&Item> = items.iter().collect();
-    let chunks: Vec<&[&Item]> = refs.chunks(per_request).collect();
+/// `inputs` in requests of `per_request`, several in flight, the outcomes in order.
+fn in_requests<I: Sync, T: Send, E: Send>(
+    client: &Client,
+    inputs: &[I],
+    per_request: usize,
+    request: impl Fn(&[I]) -> Result<Vec<T>, E> + Sync,
+) -> Result<Vec<T>, E> {
+    let chunks: Vec<&[I]> = inputs.chunks(per_request).collect();
     let answers = client.in_flight(&chunks, |chunk| request(chunk));
-    Ok(answers.into_iter().collect::<Result<Vec<_>>>()?.into_iter().flatten().collect())
+    Ok(answers.into_iter().collect::<Result<Vec<_>, E>>()?.into_iter().flatten().collect())
 }
 
 impl Reward for Classify {
@@ -180,7 +191,8 @@ impl Reward for Classify {
         Ok(0)
     }
     fn score_or_refuse(&self, items: &[Item]) -> Result<Vec<Scored>> {
-        in_requests(&self.client, items, self.per_request(), |chunk| self.request(chunk))
+        let items: Vec<&Item> = items.iter().collect();
+        in_requests(&self.client, &items, self.per_request(), |chunk| self.request(chunk))
     }
 }
 
@@ -227,7 +239,7 @@ impl RemoteSimilarity {
         Ok(RemoteSimilarity { client, url: url.to_string(), model: model.to_string(), references: Mutex::default() })
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Result<Vec<f32>, String>>, Failure> {
+    fn embed(&self, texts: &[&str]) -> Result<PerInput<Vec<f32>>, Failure> {
         let body = json!({"model": self.model, "input": texts, "encoding_format": "float"});
         let answer = self.client.post(&format!("{}/embeddings", self.url), &body, |answer| {
             indexed_data(&answer, texts.len())?
@@ -240,24 +252,11 @@ impl RemoteSimilarity {
                 })
                 .collect::<Result<Vec<Vec<f32>>, Failure>>()
         });
-        match answer {
-            Ok(e) => Ok(e.into_iter().map(Ok).collect()),
-            Err(Failure::Refused(why)) if texts.len() == 1 => Ok(vec![Err(format!("the server refused it: {why}"))]),
-            Err(Failure::Refused(_)) => texts.iter().map(|t| self.embed(&[t]).map(|mut v| v.remove(0))).collect(),
-            Err(f) => Err(f),
-        }
+        split_refusals(answer, texts, |one| self.embed(one))
     }
 
-    fn embed_all(&self, texts: &[&str]) -> Result<Vec<Result<Vec<f32>, String>>> {
-        let chunks: Vec<&[&str]> = texts.chunks(TEXTS_PER_REQUEST).collect();
-        let answers = self.client.in_flight(&chunks, |chunk| self.embed(chunk));
-        Ok(answers
-            .into_iter()
-            .collect::<Result<Vec<_>, Failure>>()
-            .map_err(|f| anyhow!("{}/embeddings: {}", self.url, f.message()))?
-            .into_iter()
-            .flatten()
-            .collect())
+    fn embed_all(&self, texts: &[&str]) -> Result<PerInput<Vec<f32>>> {
+        in_requests(&self.client, texts, TEXTS_PER_REQUEST, |chunk| self.embed(chunk)).map_err(|f| anyhow!("{}/embeddings: {f}", self.url))
     }
 }
 
