@@ -8,7 +8,8 @@ translation, lists, classification, summaries and advice) were written for
 this project, 100 prompts each, in DIR/freeform/*.jsonl. Every prompt has a
 reference answer. Each family is split on its own, with a fixed seed:
 20% test (the eval split), 10% validation (for choosing settings), the rest
-train, so that every split has every family in proportion. Deterministic:
+train, so that every split has every family in proportion; one family added
+later (past tenses) is train only, so that the other splits stayed as they were. Deterministic:
 the same tables and files give the same file. Standard library only.
 """
 import json
@@ -89,6 +90,29 @@ CONVERSIONS = [
 NAMES = ["Anna", "Ben", "Carla", "David", "Ella", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kemi", "Liam", "Maya", "Noah", "Olga", "Priya"]
 THINGS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "stamps", "shells"]
 
+PAST_TENSE = {
+    "arise": "arose", "awake": "awoke", "be": "was", "bear": "bore", "beat": "beat", "become": "became",
+    "begin": "began", "bend": "bent", "bet": "bet", "bind": "bound", "bite": "bit", "bleed": "bled", "blow": "blew",
+    "break": "broke", "breed": "bred", "bring": "brought", "build": "built", "burst": "burst", "buy": "bought",
+    "catch": "caught", "choose": "chose", "cling": "clung", "come": "came", "cost": "cost", "creep": "crept",
+    "cut": "cut", "deal": "dealt", "dig": "dug", "do": "did", "draw": "drew", "drink": "drank", "drive": "drove",
+    "eat": "ate", "fall": "fell", "feed": "fed", "feel": "felt", "fight": "fought", "find": "found", "flee": "fled",
+    "fling": "flung", "fly": "flew", "forbid": "forbade", "forget": "forgot", "forgive": "forgave", "freeze": "froze",
+    "get": "got", "give": "gave", "go": "went", "grind": "ground", "grow": "grew", "hang": "hung", "have": "had",
+    "hear": "heard", "hide": "hid", "hit": "hit", "hold": "held", "hurt": "hurt", "keep": "kept", "kneel": "knelt",
+    "know": "knew", "lay": "laid", "lead": "led", "leave": "left", "lend": "lent", "let": "let", "lie": "lay",
+    "light": "lit", "lose": "lost", "make": "made", "mean": "meant", "meet": "met", "pay": "paid", "put": "put",
+    "quit": "quit", "read": "read", "ride": "rode", "ring": "rang", "rise": "rose", "run": "ran", "say": "said",
+    "see": "saw", "seek": "sought", "sell": "sold", "send": "sent", "set": "set", "shake": "shook", "shine": "shone",
+    "shoot": "shot", "shrink": "shrank", "shut": "shut", "sing": "sang", "sink": "sank", "sit": "sat",
+    "sleep": "slept", "slide": "slid", "speak": "spoke", "spend": "spent", "spin": "spun", "split": "split",
+    "spread": "spread", "spring": "sprang", "stand": "stood", "steal": "stole", "stick": "stuck", "sting": "stung",
+    "stink": "stank", "strike": "struck", "swear": "swore", "sweep": "swept", "swim": "swam", "swing": "swung",
+    "take": "took", "teach": "taught", "tear": "tore", "tell": "told", "think": "thought", "throw": "threw",
+    "tread": "trod", "understand": "understood", "wake": "woke", "wear": "wore", "weave": "wove", "weep": "wept",
+    "win": "won", "wind": "wound", "wring": "wrung", "write": "wrote",
+}
+
 
 def facts(rng):
     rows = [("capital", f"What is the capital of {c}?", f"The capital of {c} is {v}.") for c, v in CAPITALS.items()]
@@ -167,6 +191,11 @@ def main():
         for i, (prompt, reference) in enumerate(items):
             split = "test" if i < n_test else "validation" if i < n_test + n_val else "train"
             rows.append({"prompt_id": f"{family}-{i:03d}", "prompt": prompt, "reference": reference, "split": split, "family": family})
+    # Train only, added after the first study: more preference pairs (at least 600)
+    # with the validation and test splits left as they were.
+    for i, (verb, past) in enumerate(PAST_TENSE.items()):
+        rows.append({"prompt_id": f"past-tense-{i:03d}", "prompt": f"What is the past tense of \"{verb}\"?",
+                     "reference": f"The past tense of \"{verb}\" is \"{past}\".", "split": "train", "family": "past-tense"})
     with open(out / "prompts.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
