@@ -37,7 +37,8 @@ pub struct RemoteOptions {
     /// Seconds to wait for a connection to open.
     pub connect_timeout_seconds: u64,
     /// The environment variable holding the API key. `None`: OPENAI_API_KEY if
-    /// set, else no key; a variable named by the user must be set.
+    /// set (sent only over https or to this machine, see [`Client::call`]),
+    /// else no key; a variable named by the user must be set.
     pub api_key_env: Option<String>,
 }
 
@@ -64,7 +65,8 @@ pub struct RemoteArgs {
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
     /// Environment variable holding the server's API key (sent as a Bearer
-    /// token) [default: OPENAI_API_KEY, if set].
+    /// token) [default: OPENAI_API_KEY, if set, and then only over https or
+    /// to this machine].
     #[arg(long)]
     pub api_key_env: Option<String>,
 }
@@ -156,7 +158,20 @@ pub fn chat_content(answer: &Value) -> Result<(String, bool), Failure> {
 pub struct Client {
     agent: Agent,
     api_key: Option<String>,
+    /// The key was named with `--api-key-env`, so it goes wherever the user
+    /// pointed; the default variable's key (often a paid account's) does not
+    /// travel in clear text to another machine.
+    key_named: bool,
     pub opts: RemoteOptions,
+}
+
+/// Whether `url` is https, or http to this machine (loopback).
+fn private_route(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return url.starts_with("https://") };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') { host.split(']').next().map_or(host, |h| &h[1..]) } else { host.split(':').next().unwrap_or(host) };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Client {
@@ -171,11 +186,21 @@ impl Client {
             .http_status_as_error(false)
             .build()
             .into();
-        Ok(Client { agent, api_key, opts: opts.clone() })
+        Ok(Client { agent, api_key, key_named: opts.api_key_env.is_some(), opts: opts.clone() })
     }
 
-    pub fn has_key(&self) -> bool {
-        self.api_key.is_some()
+    /// The key sent to `url`, if any.
+    fn key_for(&self, url: &str) -> Option<&String> {
+        self.api_key.as_ref().filter(|_| self.key_named || private_route(url))
+    }
+
+    /// What requests to `url` do with the API key, for a run's description.
+    pub fn key_note(&self, url: &str) -> &'static str {
+        match (&self.api_key, self.key_for(url)) {
+            (_, Some(_)) => ", with an API key",
+            (Some(_), None) => ", without OPENAI_API_KEY (plain http to another machine; --api-key-env OPENAI_API_KEY sends it)",
+            (None, None) => "",
+        }
     }
 
     /// Check that the server at `models_url` (an OpenAI `/models` listing)
@@ -192,9 +217,11 @@ impl Client {
         Ok(())
     }
 
-    /// One request: GET when `body` is None, else POST it as JSON.
+    /// One request: GET when `body` is None, else POST it as JSON. The API
+    /// key goes along as a Bearer token if it was named with `--api-key-env`,
+    /// or, for the default variable's key, if the URL is https or loopback.
     pub fn call(&self, url: &str, body: Option<&Value>) -> Result<Value, Failure> {
-        let auth = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
+        let auth = self.key_for(url).map(|k| format!("Bearer {k}"));
         let sent = match (body, &auth) {
             (None, None) => self.agent.get(url).call(),
             (None, Some(a)) => self.agent.get(url).header("Authorization", a).call(),
@@ -289,4 +316,32 @@ fn pause(tries: u32, after: Option<Duration>) -> Duration {
     let unit = (RandomState::new().hash_one(Instant::now()) % 1000) as f64 / 1000.0;
     let backoff = Duration::from_millis(base / 2 + (unit * (base / 2) as f64) as u64);
     backoff.max(after.unwrap_or_default()).min(MAX_PAUSE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_key_travels_only_over_https_or_to_this_machine() {
+        for url in
+            ["https://api.openai.com/v1", "http://localhost:8000/v1", "http://127.0.0.1:8000/v1", "http://[::1]:8000/v1", "http://user@localhost/v1"]
+        {
+            assert!(private_route(url), "{url}");
+        }
+        for url in ["http://10.0.0.5:8000/v1", "http://gpu-box:8000/v1", "http://localhost.example.com/v1", "http://127.0.0.1.example.com/v1"] {
+            assert!(!private_route(url), "{url}");
+        }
+        let opts = RemoteOptions::default();
+        let mut client = Client::new(&opts).unwrap();
+        client.api_key = Some("secret".into());
+        client.key_named = false;
+        assert!(client.key_for("http://gpu-box:8000/v1").is_none());
+        assert!(client.key_for("https://gpu-box/v1").is_some());
+        assert!(client.key_note("http://gpu-box:8000/v1").contains("without OPENAI_API_KEY"));
+        // Named with --api-key-env: sent wherever the user pointed.
+        client.key_named = true;
+        assert!(client.key_for("http://gpu-box:8000/v1").is_some());
+        assert_eq!(client.key_note("http://gpu-box:8000/v1"), ", with an API key");
+    }
 }

@@ -106,7 +106,7 @@ impl Backend for RemoteModel {
             self.served_name,
             self.base_url,
             self.client.opts.concurrency,
-            if self.client.has_key() { ", with an API key" } else { "" }
+            self.client.key_note(&self.base_url)
         )
     }
 
