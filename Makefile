@@ -88,8 +88,9 @@ EVAL_DIR = $(WORK)/$(if $(filter validation,$(EVAL_SPLIT)),validation,eval)
 run_dirs = $(if $(SEEDS),$(foreach s,$(SEEDS),$(WORK)/$(1)-seed$(s)),$(WORK)/$(1))
 WRPO_DONE = $(addsuffix /.done,$(call run_dirs,wrpo))
 DPO_DONE = $(addsuffix /.done,$(call run_dirs,dpo))
-# $(call preference,STAGE,LOSS ARGS,SEED): preference training from Target-SFT on the pairs, into $(@D).
-preference = $(TIMED) $(1) $(TRAIN) wrpo $(2) --model $(WORK)/target-sft/final --pairs $(WORK)/pairs-ref.parquet --lr $(WRPO_LR) \
+# $(call preference,STAGE,LOSS ARGS,SEED[,LR]): preference training from Target-SFT on the pairs, into $(@D),
+# at learning rate LR (default WRPO_LR).
+preference = $(TIMED) $(1) $(TRAIN) wrpo $(2) --model $(WORK)/target-sft/final --pairs $(WORK)/pairs-ref.parquet --lr $(or $(4),$(WRPO_LR)) \
   --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING_STEPS) --seed $(3)
 WRPO_ARGS = --alpha-max $(ALPHA_MAX)
 DPO_ARGS = --loss dpo --dpo-chosen target
@@ -106,7 +107,7 @@ TIMED = scripts/timed.sh $(WORK)
 # then sets DIR aside before the step writes it again (scripts/fresh.sh).
 # make expands every rule's prerequisites, so only runs that make pipeline
 # files write settings files.
-NOT_PIPELINE := help print-% build test test-remote test-gpu-path experiment models bench-decode bench-sample bench-train clean-run
+NOT_PIPELINE := help print-% build test test-remote test-gpu-path experiment study-sweep models bench-decode bench-sample bench-train clean-run
 DRY := $(if $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))),dry)
 settings = $(if $(filter-out $(NOT_PIPELINE),$(or $(MAKECMDGOALS),help)),$(shell scripts/settings.sh $(WORK) $(1) '$(2)' $(DRY)),$(WORK)/.settings/$(1))
 # What a dry run (make -n, make -q) shows for changed settings: out of date, and nothing written.
@@ -119,14 +120,14 @@ $(WORK)/.settings/%: ;
 .PRECIOUS: $(WORK)/.settings/%
 fresh = scripts/fresh.sh $(WORK)/.settings/$(1) $(2) $(3)
 
-.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-contention bench-score prompts pairs train dpo eval ablation experiment clean-run
+.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-contention bench-score prompts pairs train dpo eval sweep ablation study-sweep experiment clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH JUDGE; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS SWEEP_LRS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH JUDGE; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -176,6 +177,8 @@ dpo: $$(DPO_DONE) ## The DPO baseline on the same pairs (chosen = y_wt)
 
 eval: $$(EVAL_DIR)/report.md $(if $(JUDGE),$$(EVAL_DIR)/judged/report.md) ## Held-out comparison: original target, Target-SFT, WRPO, DPO (report.md, report.png); JUDGE=openai:URL#MODEL adds a judge
 
+sweep: $(WORK)/sweep/report.md ## Choose the learning rate on the validation split: DPO and WRPO per rate in SWEEP_LRS, against Target-SFT
+
 ablation: $(WORK)/ablation/report.md ## The alpha ablation: WRPO per alpha_max in ALPHAS and static alpha, against Target-SFT (sweep.png)
 
 # The evidence study (docs/results.md): the chain on the study's prompt set, WRPO and
@@ -195,6 +198,9 @@ STUDY_ABLATION_PAIRS ?= 100
 STUDY_ABLATION_EVAL_N ?= 2
 STUDY = WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" SOURCE_N=$(STUDY_SOURCE_N) \
   TARGET_N=$(STUDY_TARGET_N) FREEZE_EMBEDDINGS=$(STUDY_FREEZE_EMBEDDINGS)
+study-sweep: ## The study's learning-rate sweep on the validation split (run before `make experiment`; STUDY_WORK)
+	$(MAKE) --no-print-directory sweep $(STUDY) EVAL_N=$(STUDY_ABLATION_EVAL_N)
+
 experiment: ## The evidence study: data/study prompts, WRPO and DPO per seed, alpha ablation, paired report (STUDY_WORK; hours)
 	$(MAKE) --no-print-directory eval $(STUDY)
 	$(MAKE) --no-print-directory ablation $(STUDY) ABLATION_PAIRS=$(STUDY_ABLATION_PAIRS) ABLATION_SPLIT=validation \
@@ -339,6 +345,33 @@ EVAL_REPORT = --prompts $(WORK)/prompts.parquet --scores $(EVAL_DIR)/scores --ba
 # judgements.parquet, so an interrupted run resumes).
 $(EVAL_DIR)/judged/report.md: $(EVAL_DIR)/report.md $$(call settings,$$(notdir $$(EVAL_DIR))-judged,$$(JUDGE))
 	$(SCORE) report $(EVAL_REPORT) --judge $(JUDGE) --out $(@D)
+
+# The learning rate chosen on the validation split (`make sweep`): DPO and WRPO once
+# per rate in SWEEP_LRS, the first training seed, every pair, answered on the
+# validation prompts; each against Target-SFT, and WRPO against DPO per rate. At
+# WRPO_LR the runs are the first seed's main ones (WORK/wrpo-seed1, ...), trained once.
+SWEEP_LRS ?= 2e-6 5e-6
+sweep_run = $(if $(filter $(2),$(WRPO_LR)),$(firstword $(call run_dirs,$(1))),$(WORK)/$(1)-lr$(2))
+SWEEP_MODELS = target-sft=$(WORK)/target-sft/final $(foreach r,$(SWEEP_LRS),dpo-lr$(r)=$(call sweep_run,dpo,$(r))/final wrpo-lr$(r)=$(call sweep_run,wrpo,$(r))/final)
+$(WORK)/sweep/report.md: $$(foreach r,$$(SWEEP_LRS),$$(call sweep_run,dpo,$$(r))/.done $$(call sweep_run,wrpo,$$(r))/.done) \
+  $$(call settings,sweep,$$(ANSWERING) $$(SEEDS) $$(SWEEP_LRS)) | $(BUILD)
+	$(call need,$(SAMPLE))
+	$(call fresh,sweep,$(@D),$@)
+	$(call answer,$(SWEEP_MODELS),validation)
+	$(SCORE) report --prompts $(WORK)/prompts.parquet --scores $(@D)/scores --baseline target-sft \
+	  $(foreach r,$(SWEEP_LRS),--compare dpo-lr$(r):target-sft --compare wrpo-lr$(r):target-sft --compare wrpo-lr$(r):dpo-lr$(r)) --out $(@D)
+
+$(WORK)/wrpo-lr%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-lr$$*,$$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(call fresh,wrpo-lr$*,$(@D),$@)
+	$(call preference,wrpo-lr$*,$(WRPO_ARGS),$(FIRST_SEED),$*)
+	touch $@
+
+$(WORK)/dpo-lr%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-lr$$*,$$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(call fresh,dpo-lr$*,$(@D),$@)
+	$(call preference,dpo-lr$*,$(DPO_ARGS),$(FIRST_SEED),$*)
+	touch $@
 
 ABLATION_MODELS = $(foreach a,$(ALPHAS),alpha$(a)=$(call alpha_dir,$(a))/final) $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
 STATIC_AGAINST = $(if $(filter $(STATIC_ALPHA),$(ALPHAS)),alpha$(STATIC_ALPHA),target-sft)
