@@ -193,18 +193,18 @@ STUDY_SOURCE_N ?= 8
 STUDY_TARGET_N ?= 2
 STUDY_FREEZE_EMBEDDINGS ?= 1
 # The ablation gets what is left of a 150-minute run on 2 cores: 100 pairs (25 steps)
-# per alpha, each model answering the validation prompts twice.
+# per alpha. The sweep and the ablation answer each validation prompt twice.
 STUDY_ABLATION_PAIRS ?= 100
-STUDY_ABLATION_EVAL_N ?= 2
+STUDY_VALIDATION_N ?= 2
 STUDY = WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" SOURCE_N=$(STUDY_SOURCE_N) \
   TARGET_N=$(STUDY_TARGET_N) FREEZE_EMBEDDINGS=$(STUDY_FREEZE_EMBEDDINGS)
 study-sweep: ## The study's learning-rate sweep on the validation split (run before `make experiment`; STUDY_WORK)
-	$(MAKE) --no-print-directory sweep $(STUDY) EVAL_N=$(STUDY_ABLATION_EVAL_N)
+	$(MAKE) --no-print-directory sweep $(STUDY) EVAL_N=$(STUDY_VALIDATION_N)
 
 experiment: ## The evidence study: data/study prompts, WRPO and DPO per seed, alpha ablation, paired report (STUDY_WORK; hours)
 	$(MAKE) --no-print-directory eval $(STUDY)
 	$(MAKE) --no-print-directory ablation $(STUDY) ABLATION_PAIRS=$(STUDY_ABLATION_PAIRS) ABLATION_SPLIT=validation \
-	  EVAL_N=$(STUDY_ABLATION_EVAL_N)
+	  EVAL_N=$(STUDY_VALIDATION_N)
 
 clean-run: ## Delete WORK
 	rm -rf $(WORK)
