@@ -167,11 +167,15 @@ pub struct Client {
 
 /// Whether `url` is https, or http to this machine (loopback).
 fn private_route(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else { return url.starts_with("https://") };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if host.starts_with('[') { host.split(']').next().map_or(host, |h| &h[1..]) } else { host.split(':').next().unwrap_or(host) };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else { return false };
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https"), _) => true,
+        (Some("http"), Some(host)) => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
 }
 
 impl Client {
@@ -195,11 +199,13 @@ impl Client {
     }
 
     /// What requests to `url` do with the API key, for a run's description.
-    pub fn key_note(&self, url: &str) -> &'static str {
+    pub fn key_note(&self, url: &str) -> String {
         match (&self.api_key, self.key_for(url)) {
-            (_, Some(_)) => ", with an API key",
-            (Some(_), None) => ", without OPENAI_API_KEY (plain http to another machine; --api-key-env OPENAI_API_KEY sends it)",
-            (None, None) => "",
+            (_, Some(_)) => ", with an API key".into(),
+            (Some(_), None) => {
+                format!(", without {DEFAULT_API_KEY_ENV} (plain http to another machine; --api-key-env {DEFAULT_API_KEY_ENV} sends it)")
+            }
+            (None, None) => String::new(),
         }
     }
 
