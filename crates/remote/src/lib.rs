@@ -137,7 +137,9 @@ pub fn parse_url_model(text: &str, form: &str) -> Result<(String, String), Strin
 /// The text of a chat completion's first choice, and whether the token
 /// limit cut it (`finish_reason` "length"). No choice, an error object, a
 /// null or an empty content is a failure of the server to try again, never
-/// an empty answer.
+/// an empty answer, except when the limit cut it: a reasoning model that
+/// spends every token thinking (vLLM and SGLang put that in
+/// `reasoning_content`) answered nothing, and asking again would only repeat it.
 pub fn chat_content(answer: &Value) -> Result<(String, bool), Failure> {
     if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
         return Err(Failure::transient(format!("HTTP 200 with an error: {error}")));
@@ -145,13 +147,16 @@ pub fn chat_content(answer: &Value) -> Result<(String, bool), Failure> {
     let Some(choice) = answer["choices"].get(0) else {
         return Err(Failure::transient(format!("HTTP 200 without choices: {:.300}", answer.to_string())));
     };
+    let cut = choice["finish_reason"].as_str() == Some("length");
     let text = match &choice["message"]["content"] {
+        Value::Null if cut => String::new(),
+        Value::String(text) if cut && text.trim().is_empty() => String::new(),
         Value::String(text) if text.trim().is_empty() => return Err(Failure::transient("HTTP 200 with an empty completion")),
         Value::String(text) => text.clone(),
         Value::Null => return Err(Failure::transient("HTTP 200 with choices[0].message.content null")),
         other => return Err(Failure::Fatal(format!("choices[0].message.content is {other}, expected a string"))),
     };
-    Ok((text, choice["finish_reason"].as_str() == Some("length")))
+    Ok((text, cut))
 }
 
 /// One agent and API key for every request to one server.
@@ -327,6 +332,7 @@ fn pause(tries: u32, after: Option<Duration>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_default_key_travels_only_over_https_or_to_this_machine() {
@@ -349,5 +355,18 @@ mod tests {
         client.key_named = true;
         assert!(client.key_for("http://gpu-box:8000/v1").is_some());
         assert_eq!(client.key_note("http://gpu-box:8000/v1"), ", with an API key");
+    }
+
+    #[test]
+    fn only_a_cut_off_completion_may_be_empty() {
+        let answer = |content: Value, finish: &str| json!({"choices": [{"message": {"content": content}, "finish_reason": finish}]});
+        for spent in [answer(Value::Null, "length"), answer(json!(""), "length"), answer(json!(" \n"), "length")] {
+            assert_eq!(chat_content(&spent).unwrap(), (String::new(), true), "{spent}");
+        }
+        for fault in [answer(Value::Null, "stop"), answer(json!(""), "stop"), json!({"choices": []}), json!({"error": {"message": "busy"}})] {
+            assert!(matches!(chat_content(&fault), Err(Failure::Transient { .. })), "{fault}");
+        }
+        assert_eq!(chat_content(&answer(json!("4"), "stop")).unwrap(), ("4".to_string(), false));
+        assert_eq!(chat_content(&answer(json!("The answer"), "length")).unwrap(), ("The answer".to_string(), true));
     }
 }

@@ -417,7 +417,8 @@ type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Instan
 /// it answers: `empty` gets an empty choice list, then an error object, then
 /// null content, then a sample; `long` always gets 400 (context too long);
 /// `busy` gets 429 with Retry-After: 1 once; `cut` gets a body cut short
-/// once; anything else a sample. Requests without `Bearer sekrit` get 401.
+/// once; `think` null content cut off by the token limit (a reasoning model
+/// that spent every token thinking); anything else a sample. Requests without `Bearer sekrit` get 401.
 /// Returns the base URL and a log of (message, when) per chat request.
 fn fake_openai_server() -> (String, RequestLog) {
     use wrpo_remote::stub::{serve, Reply};
@@ -446,6 +447,9 @@ fn fake_openai_server() -> (String, RequestLog) {
             ("empty", 2) => Reply::ok(r#"{"error":{"message":"overloaded"}}"#),
             ("empty", 3) => Reply::ok(r#"{"choices":[{"message":{"content":null},"finish_reason":"stop"}]}"#),
             ("empty", 4) => Reply::ok(r#"{"choices":[{"message":{"content":""},"finish_reason":"stop"}]}"#),
+            ("think", _) => Reply::ok(
+                r#"{"choices":[{"message":{"content":null,"reasoning_content":"Let me"},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":8}}"#,
+            ),
             ("long", _) => Reply::status("400 Bad Request", r#"{"error":{"message":"maximum context length is 8 tokens"}}"#),
             ("busy", 1) => Reply::Full {
                 status: "429 Too Many Requests",
@@ -472,7 +476,7 @@ fn sample_remote(args: &[&str], key: Option<&str>) -> Output {
 fn remote_faults_are_retried_refusals_skipped_and_bad_keys_stop() {
     let (url, log) = fake_openai_server();
     let dir = tempfile::tempdir().unwrap();
-    let prompts = prompts_file(dir.path(), &["empty", "long", "busy", "cut", "plain"]).display().to_string();
+    let prompts = prompts_file(dir.path(), &["empty", "long", "busy", "cut", "plain", "think"]).display().to_string();
     let model = format!("remote=openai:{url}#fake");
     let out = dir.path().join("out").display().to_string();
     let args = ["--prompts", &prompts, "--model", &model, "--out", &out, "--n", "1", "--max-new-tokens", "8", "--retries", "4"];
@@ -486,7 +490,7 @@ fn remote_faults_are_retried_refusals_skipped_and_bad_keys_stop() {
 
     ok(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY"]].concat(), Some("sekrit")));
     let rows: BTreeMap<String, Sample> = rows(Path::new(&out)).into_values().map(|r| (r.prompt_id.clone(), r)).collect();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
     for (id, text) in [("p00", "empty"), ("p02", "busy"), ("p03", "cut"), ("p04", "plain")] {
         let r = &rows[id];
         assert_eq!((r.response.as_str(), r.finish_reason, r.response_tokens), (format!("answer to {text}").as_str(), FinishReason::Stop, 3), "{r:?}");
@@ -498,10 +502,15 @@ fn remote_faults_are_retried_refusals_skipped_and_bad_keys_stop() {
         "{long:?}"
     );
 
+    // Out of tokens while thinking: an empty answer cut off, asked once.
+    let think = &rows["p05"];
+    assert_eq!((think.response.as_str(), think.finish_reason, think.response_tokens), ("", FinishReason::Length, 8), "{think:?}");
+
     let seen = log.lock().unwrap();
     let attempts = |m: &str| seen.iter().filter(|(t, _)| t == m).map(|(_, at)| *at).collect::<Vec<_>>();
     assert_eq!(attempts("empty").len(), 5, "empty choices, an error object, null content and an empty completion are each tried again");
     assert_eq!(attempts("long").len(), 1, "a 400 is not tried again");
+    assert_eq!(attempts("think").len(), 1, "a completion cut off before any text is not tried again");
     assert_eq!(attempts("cut").len(), 2, "a body cut short is tried again");
     let busy = attempts("busy");
     assert_eq!(busy.len(), 2);
@@ -511,8 +520,8 @@ fn remote_faults_are_retried_refusals_skipped_and_bad_keys_stop() {
     // A rerun tries the refused prompt again (the server may take it now),
     // replacing its skipped row; with --keep-skipped it has nothing to do.
     let again = ok(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY"]].concat(), Some("sekrit")));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("1 samples to make, 4 already"), "{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(read_dataset::<Sample>(Path::new(&out)).unwrap().len(), 5, "the new skipped row replaced the old one");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("1 samples to make, 5 already"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(read_dataset::<Sample>(Path::new(&out)).unwrap().len(), 6, "the new skipped row replaced the old one");
     assert_eq!(log.lock().unwrap().iter().filter(|(t, _)| t == "long").count(), 2);
     let kept = ok(sample_remote(&[&args[..], &["--api-key-env", "WRPO_TEST_KEY", "--keep-skipped"]].concat(), Some("sekrit")));
     assert!(String::from_utf8_lossy(&kept.stderr).contains("0 samples to make"));

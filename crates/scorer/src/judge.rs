@@ -194,7 +194,7 @@ impl Judge {
             });
             // A judge that refuses the request (400, 413, 422) refuses every one like it: the
             // settings or the model name are at fault, not this answer, so the run stops.
-            let judgement = self.client.post(&url, &body, |answer: Value| judgement_text(&answer)).map_err(|f| match f {
+            let judgement = self.client.post(&url, &body, |answer: Value| chat_content(&answer).map(|(text, _)| text)).map_err(|f| match f {
                 Failure::Refused(why) => Failure::Fatal(format!("the judge refused the request: {why}")),
                 other => other,
             })?;
@@ -210,17 +210,6 @@ impl Judge {
     pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
         self.client.in_flight(items, work)
     }
-}
-
-/// The judge's text. A reasoning judge that spends all of `max_tokens`
-/// thinking answers `content: null` with finish_reason "length": that is an
-/// unreadable verdict (asked again, then a skipped row), not a server fault.
-fn judgement_text(answer: &Value) -> Result<String, Failure> {
-    let choice = &answer["choices"][0];
-    if choice["message"]["content"].is_null() && choice["finish_reason"] == "length" {
-        return Ok(String::new());
-    }
-    chat_content(answer).map(|(text, _)| text)
 }
 
 fn tail(text: &str, chars: usize) -> String {
@@ -242,17 +231,6 @@ pub fn failed(what: &str, f: Failure) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_judge_out_of_tokens_is_an_unreadable_verdict_not_a_server_fault() {
-        let spent = json!({"choices": [{"message": {"content": null, "reasoning_content": "hmm"}, "finish_reason": "length"}]});
-        assert_eq!(judgement_text(&spent).unwrap(), "");
-        assert!(parse_rating("").is_err());
-        let null = json!({"choices": [{"message": {"content": null}, "finish_reason": "stop"}]});
-        assert!(matches!(judgement_text(&null), Err(Failure::Transient { .. })));
-        let said = json!({"choices": [{"message": {"content": "Rating: [[7]]"}, "finish_reason": "stop"}]});
-        assert_eq!(judgement_text(&said).unwrap(), "Rating: [[7]]");
-    }
 
     #[test]
     fn the_prompt_file_parses_and_names_every_slot() {

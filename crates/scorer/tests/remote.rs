@@ -336,7 +336,8 @@ fn served_embeddings_give_the_cosine_to_the_reference() {
 }
 
 /// A chat judge: grades by the answer's text, scripted to write malformed,
-/// out-of-range and unreadable verdicts; prefers the answer saying "good"
+/// out-of-range and unreadable verdicts (and a null content cut off by the
+/// token limit, as a reasoning judge writes); prefers the answer saying "good"
 /// in pairwise verdicts, whichever order it is shown in.
 fn judge_server() -> (String, Arc<AtomicUsize>) {
     let asked = Arc::new(AtomicUsize::new(0));
@@ -367,12 +368,18 @@ fn judge_server() -> (String, Arc<AtomicUsize>) {
             let answer = &user[user.find("[The Start of the Assistant's Answer]").unwrap()..];
             assert!(user.contains("[The Start of the Reference Answer]"), "the reference is shown");
             match (answer, attempt) {
-                (a, 1) if a.contains("It is 4.") => "Rating: 9".into(),             // malformed, then fine
-                (a, 1) if a.contains("Paris, I think.") => "Rating: [[12]]".into(), // out of range, then fine
-                (a, _) if a.contains("Hello there!") => "I cannot decide.".into(),  // never readable
+                (a, 1) if a.contains("It is 4.") => "Rating: 9".into(),              // malformed, then fine
+                (a, 1) if a.contains("Paris, I think.") => "Rating: [[12]]".into(),  // out of range, then fine
+                (a, n) if a.contains("Hello there!") && n % 2 == 0 => String::new(), // out of tokens while thinking
+                (a, _) if a.contains("Hello there!") => "I cannot decide.".into(),   // never readable
                 (a, _) => format!("Fair. Rating: [[{}]]", 2 + a.len() % 7),
             }
         };
+        if verdict.is_empty() {
+            return Reply::ok(
+                json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null, "reasoning_content": "Hmm"}, "finish_reason": "length"}]}),
+            );
+        }
         Reply::ok(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": format!("{verdict}")}, "finish_reason": "stop"}]}))
     });
     (format!("{url}/v1"), asked)
@@ -394,6 +401,7 @@ fn a_judge_grades_answers_and_unreadable_verdicts_are_skipped() {
     }
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
     assert!(summary.contains("no readable verdict in 4 attempts"), "{summary}");
+    assert!(summary.contains("the judge spent its"), "a reasoning judge's null content is an unreadable verdict: {summary}");
 }
 
 #[test]
