@@ -201,7 +201,8 @@ pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64)
             pools.entry(name.to_string()).or_default().push(m.clone());
         }
     }
-    pools.retain(|name, seeds| seeds.len() > 1 && !results.contains_key(name));
+    // One seed pools too, as in the reward table, so NAME means the same model in both.
+    pools.retain(|name, _| !results.contains_key(name));
     for (name, seeds) in pools {
         let first = &results[&seeds[0]].0;
         let pooled = first
@@ -348,10 +349,16 @@ mod tests {
             verdict(1, "w@1", "baseline", "tie", 0),
             verdict(1, "w@2", "model", "model", 0),
             verdict(1, "w@2", "baseline", "model", 0),
+            verdict(0, "d@1", "model", "model", 0),
+            verdict(0, "d@1", "baseline", "tie", 0),
         ];
         let rows = compare(&js, "base", "j", 1);
         let pooled = rows.iter().find(|r| r.model == "w").unwrap();
         assert_eq!(pooled.prompts, 2);
         assert!((pooled.win_rate - (0.5 + 0.75) / 2.0).abs() < 1e-12);
+        // A single seed is its own pool, as in the reward table.
+        let (one, pool) = (rows.iter().find(|r| r.model == "d@1").unwrap(), rows.iter().find(|r| r.model == "d").unwrap());
+        assert_eq!((pool.prompts, pool.win_rate), (one.prompts, one.win_rate));
+        assert!((pool.win_rate - 0.75).abs() < 1e-12);
     }
 }
