@@ -105,10 +105,12 @@ pub fn setup_process() {
         // (Gemma's 671 MB embedding gradient, the LM head's kept logits)
         // came back as fresh pages, zeroed on first touch, a fifth of its
         // WRPO step. Threads' arenas fall back to the main heap for buffers
-        // beyond their 64 MB. The heap is not trimmed below 2 GB of free
-        // space, and grows 1 GB at a time (address space only: pages are
-        // touched as they are used).
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        // beyond their 64 MB. The heap is never trimmed (-1: mallopt's int
+        // cannot say more than 2 GB, and Gemma's step frees 2.5 GB at once,
+        // so a 2 GB threshold still gave 1.5 GB back and faulted it in again
+        // every step), and grows 1 GB at a time (address space only: pages
+        // are touched as they are used).
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_TOP_PAD, 1 << 30);
         libc::mallopt(libc::M_MMAP_MAX, 0);
     }
