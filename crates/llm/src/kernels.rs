@@ -83,8 +83,8 @@ pub(crate) struct Operand<T> {
 
 /// dst (m, n), row-major with row stride `dst_rs`, = lhs (m, k) · rhs (k, n),
 /// plus dst's old values when `accumulate`; blocks of dst run on the pool
-/// (two per thread, for balance), each a single-threaded call of the `gemm`
-/// crate's kernels (candle's).
+/// (one per thread), each a single-threaded call of the `gemm` crate's
+/// kernels (candle's).
 ///
 /// A block packs all of the operand it does not split, so dst is split along
 /// its longer side: a weight gradient (vocabulary, hidden) split into column
@@ -112,10 +112,17 @@ pub(crate) unsafe fn gemm<T: WithDType>(
     let pool = Pool::global();
     let by_rows = m > n;
     let long = if by_rows { m } else { n };
-    // Multiples of 64, a whole number of the kernels' rows and columns.
-    let block = long.div_ceil(2 * pool.threads()).next_multiple_of(64);
-    pool.run(long.div_ceil(block), &|c| {
-        let (start, len) = (c * block, block.min(long - c * block));
+    // One block per thread, of equal size in whole units of the kernel:
+    // `gemm` transposes a row-major dst, so dst's columns run down its
+    // 64-wide microkernel and its rows along the 6-wide side. Blocks of 64
+    // rows either way left a thread idle for a third of some matmuls
+    // (640 rows as 192 + 192 + 192 + 64 on 2 threads).
+    let unit = if by_rows { 8 } else { 64 };
+    let units = long.div_ceil(unit);
+    let blocks = pool.threads().min(units);
+    pool.run(blocks, &|c| {
+        let start = (c * units / blocks * unit).min(long);
+        let len = ((c + 1) * units / blocks * unit).min(long) - start;
         let Ptrs(dst, lhs, rhs) = &ptrs;
         let (rows, cols) = if by_rows { (len, n) } else { (m, len) };
         // SAFETY: as the caller promised; this task touches its own block of dst.
@@ -430,20 +437,24 @@ impl Kernel2 for GatedOp {
     fn bwd_as<T: WithDType + Exp>(&self, gate: &Tensor, up: &Tensor, dh: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (gt, ut, dt) = (gate.to_dtype(T::DTYPE)?, up.to_dtype(T::DTYPE)?, dh.to_dtype(T::DTYPE)?);
         let n = gate.elem_count();
-        let mut both = vec![T::zero(); 2 * n];
+        let (mut d_gate, mut d_up) = (vec![T::zero(); n], vec![T::zero(); n]);
+        let d_up_ptr = SharedMut(d_up.as_mut_ptr());
         with_values(&gt, |gv: &[T]| {
             with_values(&ut, |uv: &[T]| {
-                with_values(&dt, |d: &[T]| {
-                    // Pairs (d gate, d up) side by side, so rows of the buffer split into tasks.
-                    over_rows(&mut both, 2, &|first, out| {
+                with_values(&dt, |dv: &[T]| {
+                    // Elements split into tasks by d gate's; each task writes the same elements of d up.
+                    over_rows(&mut d_gate, 1, &|first, dg| {
+                        let range = first..first + dg.len();
+                        // SAFETY: this task alone writes these elements of d_up, which outlives the job.
+                        let du = unsafe { std::slice::from_raw_parts_mut(d_up_ptr.add(first), dg.len()) };
+                        let (gv, uv, dv) = (&gv[range.clone()], &uv[range.clone()], &dv[range]);
                         vectorized(
                             #[inline(always)]
                             || {
-                                for (i, pair) in out.chunks_exact_mut(2).enumerate() {
-                                    let e = first + i;
-                                    let (a, da) = self.act(gv[e]);
-                                    pair[0] = d[e] * uv[e] * da;
-                                    pair[1] = d[e] * a;
+                                for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(gv).zip(uv).zip(dv) {
+                                    let (a, da) = self.act(g);
+                                    *dg = d * u * da;
+                                    *du = d * a;
                                 }
                             },
                         )
@@ -451,7 +462,6 @@ impl Kernel2 for GatedOp {
                 })
             })
         })???;
-        let (d_gate, d_up): (Vec<T>, Vec<T>) = both.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
         Ok((tensor(d_gate, gate.shape(), gate)?, Some(tensor(d_up, up.shape(), up)?)))
     }
 }
