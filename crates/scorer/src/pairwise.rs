@@ -16,7 +16,7 @@ use wrpo_remote::Failure;
 
 use crate::{
     judge::{failed, Judge, Preference},
-    report::bootstrap,
+    report::{bootstrap, seed_pools},
 };
 
 /// One verdict to ask: the answers of `model` and the baseline to a prompt.
@@ -195,12 +195,7 @@ pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64)
     let mut results: BTreeMap<String, (Outcomes, u32)> =
         per_model.iter().map(|(m, js)| (m.to_string(), (outcomes(js), js.iter().filter(|j| j.verdict == "unreadable").count() as u32))).collect();
     // Pools: per prompt, the mean over seeds of the outcome and the length difference.
-    let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in results.keys() {
-        if let Some((name, _)) = m.rsplit_once('@') {
-            pools.entry(name.to_string()).or_default().push(m.clone());
-        }
-    }
+    let mut pools = seed_pools(results.keys());
     // One seed pools too, as in the reward table, so NAME means the same model in both.
     pools.retain(|name, _| !results.contains_key(name));
     for (name, seeds) in pools {

@@ -139,13 +139,7 @@ fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<BTreeMap
             out.entry(model.to_string()).or_default().insert(id.to_string(), row);
         }
     }
-    let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for model in out.keys() {
-        if let Some((name, _seed)) = model.rsplit_once('@') {
-            pools.entry(name.to_string()).or_default().push(model.clone());
-        }
-    }
-    for (name, seeds) in pools {
+    for (name, seeds) in seed_pools(out.keys()) {
         if out.contains_key(&name) {
             bail!("model '{name}' is scored, and so are its seeds {seeds:?}: the pool of NAME@SEED aliases is named NAME, so rename one");
         }
@@ -175,6 +169,17 @@ fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<BTreeMap
 
 /// Refuse to compare models that answered different prompt sets: a paired
 /// difference is only one on the same prompts.
+/// NAME -> the models NAME@SEED that the reward and judge tables pool as NAME.
+pub(crate) fn seed_pools<'a>(models: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, Vec<String>> {
+    let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for model in models {
+        if let Some((name, _seed)) = model.rsplit_once('@') {
+            pools.entry(name.to_string()).or_default().push(model.clone());
+        }
+    }
+    pools
+}
+
 fn same_prompts(first: &str, a: &BTreeMap<String, PromptScore>, others: &[(&str, &BTreeMap<String, PromptScore>)]) -> Result<()> {
     for (other, b) in others {
         let missing = |x: &BTreeMap<String, PromptScore>, y: &BTreeMap<String, PromptScore>| x.keys().find(|k| !y.contains_key(*k)).cloned();
