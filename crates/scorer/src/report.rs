@@ -167,8 +167,6 @@ fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<BTreeMap
     Ok(out)
 }
 
-/// Refuse to compare models that answered different prompt sets: a paired
-/// difference is only one on the same prompts.
 /// NAME -> the models NAME@SEED that the reward and judge tables pool as NAME.
 pub(crate) fn seed_pools<'a>(models: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, Vec<String>> {
     let mut pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -180,6 +178,8 @@ pub(crate) fn seed_pools<'a>(models: impl IntoIterator<Item = &'a String>) -> BT
     pools
 }
 
+/// Refuse to compare models that answered different prompt sets: a paired
+/// difference is only one on the same prompts.
 fn same_prompts(first: &str, a: &BTreeMap<String, PromptScore>, others: &[(&str, &BTreeMap<String, PromptScore>)]) -> Result<()> {
     for (other, b) in others {
         let missing = |x: &BTreeMap<String, PromptScore>, y: &BTreeMap<String, PromptScore>| x.keys().find(|k| !y.contains_key(*k)).cloned();
