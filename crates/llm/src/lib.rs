@@ -31,6 +31,7 @@ pub use pool::for_each_mut;
 pub use sampling::{Rng, SamplingParams};
 pub use save::save_hf_checkpoint;
 pub use tokenizer::Tokenizer;
+pub use vmath::{sum_squares, vectorized};
 pub use weights::Weights;
 
 /// Size the compute threads (`--threads`; default every core): our pool and

@@ -84,7 +84,7 @@ impl Exp for f64 {
 /// whose iterators inline (a `collect` or `for_each` left out of line ran
 /// on SSE2, partly scalar). The helpers below are written so.
 #[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
@@ -92,7 +92,7 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 /// independent lanes, which vectorise (a single running fold of floats does
 /// not), then the lanes combined in order.
 #[inline(always)]
-fn reduce<T: Float>(xs: &[T], init: T, map: impl Fn(T) -> T, combine: impl Fn(T, T) -> T) -> T {
+fn reduce<X: Copy, T: Float>(xs: &[X], init: T, map: impl Fn(X) -> T, combine: impl Fn(T, T) -> T) -> T {
     vectorized(
         #[inline(always)]
         || {
@@ -124,6 +124,13 @@ pub(crate) fn max<T: Float>(xs: &[T]) -> T {
 /// Σ xs.
 pub(crate) fn sum<T: Float>(xs: &[T]) -> T {
     reduce(xs, T::zero(), |x| x, |a, b| a + b)
+}
+
+/// Σ x² over `xs`, summed in f64: a gradient's squared norm. (The plain
+/// fold of f64s it replaced ran one dependent add per value: 3.5% of a
+/// Gemma-3 training step for 268M gradients.)
+pub fn sum_squares(xs: &[f32]) -> f64 {
+    reduce(xs, 0.0, |x| x as f64 * x as f64, |a, b| a + b)
 }
 
 /// Σ e^(x - shift) over `xs`.
@@ -187,6 +194,8 @@ mod tests {
             assert_eq!(super::max(xs), want_max);
             let want_total: f64 = xs.iter().map(|&x| x as f64).sum();
             assert!((super::sum(xs) as f64 - want_total).abs() <= 1e-4, "n = {n}");
+            let want_squares: f64 = xs.iter().map(|&x| (x as f64).powi(2)).sum();
+            assert!((super::sum_squares(xs) - want_squares).abs() <= 1e-9 * want_squares.max(1.0), "n = {n}");
             let want_sum: f64 = xs.iter().map(|&x| ((x - 1.0) as f64).exp()).sum();
             assert!((super::sum_exp(xs, 1.0) as f64 - want_sum).abs() <= 1e-6 * want_sum.max(1.0), "n = {n}");
         }

@@ -115,7 +115,7 @@ impl AdamW {
     pub fn grad_norm(&self) -> f64 {
         let sums: Vec<_> = self.params.iter().map(|p| p.grad.lock()).collect();
         let mut parts: Vec<(&[f32], f64)> = sums.iter().flat_map(|g| g.chunks(CHUNK)).map(|c| (c, 0.0)).collect();
-        wrpo_llm::for_each_mut(&mut parts, &|(g, sum)| *sum = g.iter().map(|&g| (g as f64).powi(2)).sum());
+        wrpo_llm::for_each_mut(&mut parts, &|(g, sum)| *sum = wrpo_llm::sum_squares(g));
         parts.iter().map(|(_, s)| s).sum::<f64>().sqrt()
     }
 
@@ -138,13 +138,20 @@ impl AdamW {
             let mut update = |w: &mut [f32]| {
                 let mut parts: Vec<_> = w.chunks_mut(CHUNK).zip(grad.chunks_mut(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK)).collect();
                 wrpo_llm::for_each_mut(&mut parts, &|(((w, grad), m), v)| {
-                    for (((w, g), m), v) in w.iter_mut().zip(grad.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
-                        let clipped = *g * clip;
-                        *m = b1 * *m + (1.0 - b1) * clipped;
-                        *v = b2 * *v + (1.0 - b2) * clipped * clipped;
-                        *w = *w * decay - step_size * *m / (v.sqrt() / bias2_sqrt + eps);
-                        *g = 0.0;
-                    }
+                    // Compiled for the CPU's widest vectors: on SSE2 (the default target)
+                    // the divides and square roots made it a quarter slower.
+                    wrpo_llm::vectorized(
+                        #[inline(always)]
+                        || {
+                            for (((w, g), m), v) in w.iter_mut().zip(grad.iter_mut()).zip(m.iter_mut()).zip(v.iter_mut()) {
+                                let clipped = *g * clip;
+                                *m = b1 * *m + (1.0 - b1) * clipped;
+                                *v = b2 * *v + (1.0 - b2) * clipped * clipped;
+                                *w = *w * decay - step_size * *m / (v.sqrt() / bias2_sqrt + eps);
+                                *g = 0.0;
+                            }
+                        },
+                    );
                 });
             };
             p.var.as_tensor().inplace_op1(&InPlace(RefCell::new(&mut update)))?;
