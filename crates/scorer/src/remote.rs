@@ -14,7 +14,7 @@ use wrpo_remote::{Client, Failure, RemoteOptions};
 
 use crate::{
     judge::Judge,
-    reward::{cosine, Item, Reward, RewardModel, Scored},
+    reward::{all_or_error, cosine, Item, Partial, Reward, RewardModel, Scored},
 };
 
 /// Texts per request where a server takes a list (vLLM's `/classify` input, `/v1/embeddings`).
@@ -168,16 +168,27 @@ fn split_refusals<I, T, E: From<Failure>>(
     }
 }
 
-/// `inputs` in requests of `per_request`, several in flight, the outcomes in order.
+/// `inputs` in requests of `per_request`, several in flight, the outcomes in
+/// order: None for the inputs of a request that failed, and the first failure.
 fn in_requests<I: Sync, T: Send, E: Send>(
     client: &Client,
     inputs: &[I],
     per_request: usize,
     request: impl Fn(&[I]) -> Result<Vec<T>, E> + Sync,
-) -> Result<Vec<T>, E> {
+) -> (Vec<Option<T>>, Option<E>) {
     let chunks: Vec<&[I]> = inputs.chunks(per_request).collect();
     let answers = client.in_flight(&chunks, |chunk| request(chunk));
-    Ok(answers.into_iter().collect::<Result<Vec<_>, E>>()?.into_iter().flatten().collect())
+    let (mut outcomes, mut failure) = (Vec::with_capacity(inputs.len()), None);
+    for (chunk, answer) in chunks.iter().zip(answers) {
+        match answer {
+            Ok(values) => outcomes.extend(values.into_iter().map(Some)),
+            Err(e) => {
+                outcomes.extend(chunk.iter().map(|_| None));
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    (outcomes, failure)
 }
 
 impl Reward for Classify {
@@ -191,6 +202,9 @@ impl Reward for Classify {
         Ok(0)
     }
     fn score_or_refuse(&self, items: &[Item]) -> Result<Vec<Scored>> {
+        all_or_error(self.score_partial(items))
+    }
+    fn score_partial(&self, items: &[Item]) -> Partial {
         let items: Vec<&Item> = items.iter().collect();
         in_requests(&self.client, &items, self.per_request(), |chunk| self.request(chunk))
     }
@@ -256,7 +270,10 @@ impl RemoteSimilarity {
     }
 
     fn embed_all(&self, texts: &[&str]) -> Result<PerInput<Vec<f32>>> {
-        in_requests(&self.client, texts, TEXTS_PER_REQUEST, |chunk| self.embed(chunk)).map_err(|f| anyhow!("{}/embeddings: {f}", self.url))
+        match in_requests(&self.client, texts, TEXTS_PER_REQUEST, |chunk| self.embed(chunk)) {
+            (_, Some(f)) => Err(anyhow!("{}/embeddings: {f}", self.url)),
+            (embedded, None) => Ok(embedded.into_iter().flatten().collect()),
+        }
     }
 }
 
@@ -314,14 +331,22 @@ impl Reward for JudgeReward {
         Ok(0)
     }
     fn score_or_refuse(&self, items: &[Item]) -> Result<Vec<Scored>> {
+        all_or_error(self.score_partial(items))
+    }
+    fn score_partial(&self, items: &[Item]) -> Partial {
         let graded = self.0.in_flight(items, |item| self.0.grade(item.messages, item.response, item.reference));
-        graded
+        let mut fatal = None;
+        let scored = graded
             .into_iter()
             .map(|g| match g {
-                Ok(judged) => Ok(Ok(judged.verdict)),
-                Err(Failure::Refused(why)) => Ok(Err(why)),
-                Err(f) => Err(anyhow!("{}/chat/completions: {}", self.0.settings.url, f.message())),
+                Ok(judged) => Some(Ok(judged.verdict)),
+                Err(Failure::Refused(why)) => Some(Err(why)),
+                Err(f) => {
+                    fatal.get_or_insert_with(|| anyhow!("{}/chat/completions: {}", self.0.settings.url, f.message()));
+                    None
+                }
             })
-            .collect()
+            .collect();
+        (scored, fatal)
     }
 }

@@ -122,6 +122,18 @@ impl RewardSpec {
 /// A reward, or why it could not be had (a server refused the item): a skipped row.
 pub type Scored = Result<f64, String>;
 
+/// A batch's outcomes as far as they got: one per item, None for an item a
+/// fatal error left unscored, and that error.
+pub type Partial = (Vec<Option<Scored>>, Option<anyhow::Error>);
+
+/// Every outcome of a [`Partial`], or its fatal error.
+pub fn all_or_error((scored, fatal): Partial) -> Result<Vec<Scored>> {
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(scored.into_iter().map(|s| s.expect("an item without outcome and no fatal error")).collect()),
+    }
+}
+
 /// One response to score.
 pub struct Item<'a> {
     pub messages: &'a [Message],
@@ -160,6 +172,16 @@ pub trait Reward {
     /// Rewards of `items`, each one or why it was refused; local rewards refuse nothing.
     fn score_or_refuse(&self, items: &[Item]) -> Result<Vec<Scored>> {
         Ok(self.score(items)?.into_iter().map(Ok).collect())
+    }
+    /// As `score_or_refuse`, but a fatal error keeps the outcomes of the
+    /// items finished before it, which the caller commits: what a judge or
+    /// a server already graded is never asked (and paid for) again. A local
+    /// reward finishes a batch whole or not at all.
+    fn score_partial(&self, items: &[Item]) -> Partial {
+        match self.score_or_refuse(items) {
+            Ok(scored) => (scored.into_iter().map(Some).collect(), None),
+            Err(e) => (items.iter().map(|_| None).collect(), Some(e)),
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! `wrpo-score score`: every sample's reward, written as `scored` shards under
 //! `OUT/<model>/`. Work is sorted by length and cut into batches once, from
-//! the whole run; batches are committed whole, so a rerun after a crash
-//! scores exactly the batches that are missing and ends with the rows of an
-//! uninterrupted run.
+//! the whole run. A batch is committed whole, or, when a fatal error stops a
+//! served reward's batch, with the outcomes it finished; a rerun sends only
+//! the samples not on disk and ends with the rows of an uninterrupted run.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -180,18 +180,22 @@ pub fn score(
             true => work.sort_by(by_key),
             false => work.sort_by(|a, b| a.cost.cmp(&b.cost).then_with(|| by_key(a, b))),
         }
+        // Only the items not on disk are sent: a batch an earlier run left
+        // partly committed (a fatal error, or another --batch-tokens) is not
+        // asked again whole.
         let batches: Vec<Vec<Work>> = batches(work, options, reward.shares_prompts())
             .into_iter()
-            .filter(|b| b.iter().any(|w| !scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index))))
+            .map(|b| b.into_iter().filter(|w| !scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index))).collect::<Vec<_>>())
+            .filter(|b| !b.is_empty())
             .collect();
         // Rewards on disk already: the server has shown it can score this model's samples.
         let has_rewards = done[&model].iter().any(|r| r.finish_reason != FinishReason::Skipped);
-        plans.push((model, batches, scored, has_rewards));
+        plans.push((model, batches, has_rewards));
     }
-    let total: usize = plans.iter().map(|(_, b, _, _)| b.iter().map(Vec::len).sum::<usize>()).sum();
+    let total: usize = plans.iter().map(|(_, b, _)| b.iter().map(Vec::len).sum::<usize>()).sum();
     let mut progress = Progress::new(total as u64, "samples");
     let config = RunConfig { settings, options };
-    for (model, batches, scored, mut has_rewards) in plans {
+    for (model, batches, mut has_rewards) in plans {
         let dir = out.join(&model);
         let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?.with_input(samples_path)?;
         for path in settings.reward.paths() {
@@ -199,65 +203,77 @@ pub fn score(
         }
         progress.set_model(&model);
         let mut writer = ShardWriter::new(&dir, prov, options.shard_rows)?.abort_after_shards(options.abort_after_shards);
-        for batch in batches {
-            if interrupted.load(Ordering::SeqCst) {
-                break;
-            }
-            let items: Vec<Item> = batch
-                .iter()
-                .map(|w| {
-                    let p = by_id[w.sample.prompt_id.as_str()];
-                    Item { messages: &p.messages, response: &w.sample.response, reference: p.reference.as_deref() }
-                })
-                .collect();
-            let rewards = reward.score_or_refuse(&items).with_context(|| format!("scoring samples of {}", batch[0].file.display()))?;
-            let mut rows = Vec::with_capacity(batch.len());
-            for (w, r) in batch.iter().zip(rewards) {
-                // A batch cut differently by an earlier run (another --batch-tokens) may hold rows already on disk.
-                if scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index)) {
-                    continue;
+        // Whatever stops the batches, what they finished is committed.
+        let result = (|| -> Result<()> {
+            for batch in batches {
+                if interrupted.load(Ordering::SeqCst) {
+                    break;
                 }
-                let s = &w.sample;
-                let (value, finish_reason) = match r {
-                    Ok(r) if r.is_finite() => (r, s.finish_reason),
-                    Ok(r) => bail!(
-                        "{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written",
-                        w.file.display(),
-                        s.prompt_id,
-                        s.sample_index
-                    ),
-                    Err(why) => {
-                        let why = format!("prompt_id {} sample_index {}: {why}", s.prompt_id, s.sample_index);
-                        eprintln!("skipped ({model}) {why}");
-                        summary.models.get_mut(&model).expect("counted above").refusals.push(why);
-                        (f64::NAN, FinishReason::Skipped)
-                    }
-                };
-                rows.push(ScoredSample {
-                    prompt_id: s.prompt_id.clone(),
-                    model: s.model.clone(),
-                    sample_index: s.sample_index,
-                    response: s.response.clone(),
-                    response_tokens: s.response_tokens,
-                    finish_reason,
-                    reward: value,
-                    reward_model: reward.name(),
-                });
+                let items: Vec<Item> = batch
+                    .iter()
+                    .map(|w| {
+                        let p = by_id[w.sample.prompt_id.as_str()];
+                        Item { messages: &p.messages, response: &w.sample.response, reference: p.reference.as_deref() }
+                    })
+                    .collect();
+                let (outcomes, fatal) = reward.score_partial(&items);
+                let mut rows = Vec::with_capacity(batch.len());
+                for (w, r) in batch.iter().zip(outcomes) {
+                    // None: the fatal error below left it unscored.
+                    let Some(r) = r else { continue };
+                    let s = &w.sample;
+                    let (value, finish_reason) = match r {
+                        Ok(r) if r.is_finite() => (r, s.finish_reason),
+                        Ok(r) => bail!(
+                            "{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written",
+                            w.file.display(),
+                            s.prompt_id,
+                            s.sample_index
+                        ),
+                        Err(why) => {
+                            let why = format!("prompt_id {} sample_index {}: {why}", s.prompt_id, s.sample_index);
+                            eprintln!("skipped ({model}) {why}");
+                            summary.models.get_mut(&model).expect("counted above").refusals.push(why);
+                            (f64::NAN, FinishReason::Skipped)
+                        }
+                    };
+                    rows.push(ScoredSample {
+                        prompt_id: s.prompt_id.clone(),
+                        model: s.model.clone(),
+                        sample_index: s.sample_index,
+                        response: s.response.clone(),
+                        response_tokens: s.response_tokens,
+                        finish_reason,
+                        reward: value,
+                        reward_model: reward.name(),
+                    });
+                }
+                // A whole first batch refused: the settings or the server are at
+                // fault, not the samples, and no skipped row is committed.
+                if !has_rewards && !rows.is_empty() && rows.iter().all(|r| r.finish_reason == FinishReason::Skipped) {
+                    let why = summary.models[&model].refusals.last().cloned().unwrap_or_default();
+                    bail!(
+                        "{model}: the reward's server refused all {} samples of the first batch (the last: {why}); nothing was written: check --reward and what the server accepts",
+                        rows.len()
+                    );
+                }
+                has_rewards |= rows.iter().any(|r| r.finish_reason != FinishReason::Skipped);
+                let finished = rows.len();
+                writer.push_unit(rows)?;
+                progress.add(batch.len() as u64, batch.iter().map(|w| w.cost as u64).sum());
+                if let Some(e) = fatal {
+                    return Err(e.context(format!(
+                        "scoring samples of {}; the {finished} of this batch's {} samples finished before it are committed: run the same command again to score the rest",
+                        batch[0].file.display(),
+                        batch.len()
+                    )));
+                }
             }
-            // A whole first batch refused: the settings or the server are at
-            // fault, not the samples, and no skipped row is committed.
-            if !has_rewards && !rows.is_empty() && rows.iter().all(|r| r.finish_reason == FinishReason::Skipped) {
-                let why = summary.models[&model].refusals.last().cloned().unwrap_or_default();
-                bail!(
-                    "{model}: the reward's server refused all {} samples of the first batch (the last: {why}); nothing was written: check --reward and what the server accepts",
-                    rows.len()
-                );
-            }
-            has_rewards |= rows.iter().any(|r| r.finish_reason != FinishReason::Skipped);
-            writer.push_unit(rows)?;
-            progress.add(batch.len() as u64, batch.iter().map(|w| w.cost as u64).sum());
-        }
-        writer.finish()?;
+            Ok(())
+        })();
+        let committed = writer.finish();
+        result?;
+        committed?;
         if interrupted.load(Ordering::SeqCst) {
             bail!("interrupted; the finished batches are committed: run the same command again to continue");
         }

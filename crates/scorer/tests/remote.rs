@@ -405,6 +405,53 @@ fn a_judge_grades_answers_and_unreadable_verdicts_are_skipped() {
 }
 
 #[test]
+fn a_fatal_judge_error_keeps_the_finished_grades_and_the_rerun_asks_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prompts, samples) = setup(dir.path(), &[]);
+    // Forbidden for one answer until `fixed`: a fatal error in the middle of the first batch.
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asked: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let (fixed2, asked2) = (fixed.clone(), asked.clone());
+    let url = serve(move |r: &Request| {
+        if r.method == "GET" {
+            return Reply::ok(r#"{"data":[{"id":"judge"}]}"#);
+        }
+        let user = r.body["messages"][1]["content"].as_str().unwrap().to_string();
+        *asked2.lock().unwrap().entry(user.clone()).or_default() += 1;
+        if user.contains("No idea, sorry.") && !fixed2.load(Ordering::SeqCst) {
+            return Reply::status("403 Forbidden", r#"{"error":{"message":"quota exceeded"}}"#);
+        }
+        Reply::ok(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Fine. Rating: [[5]]"}, "finish_reason": "stop"}]}))
+    });
+    let reward = format!("judge:openai:{url}/v1#judge");
+    let out = dir.path().join("judged");
+    // Batches of 4 hold one prompt's 4 samples each; the first stops the run.
+    let err = failed(score(&prompts, &samples, &reward, &out, &[]));
+    assert!(
+        err.contains("HTTP 403")
+            && err.contains("quota exceeded")
+            && err.contains("the 3 of this batch's 4 samples finished before it are committed"),
+        "{err}"
+    );
+    let kept = rows(&out);
+    assert_eq!(kept.keys().cloned().collect::<Vec<_>>(), [("p0".to_string(), 0), ("p0".into(), 1), ("p0".into(), 2)]);
+    assert!(kept.values().all(|r| r.reward == 5.0));
+    let first: BTreeMap<String, usize> = asked.lock().unwrap().clone();
+    fixed.store(true, Ordering::SeqCst);
+    ok(score(&prompts, &samples, &reward, &out, &[]));
+    let all = rows(&out);
+    assert_eq!(all.len(), 12);
+    assert!(all.values().all(|r| r.reward == 5.0 && r.finish_reason == FinishReason::Stop));
+    // Every answer graded once in all, the forbidden one once more: none of the kept three again.
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 12);
+    for (user, n) in asked.iter() {
+        let forbidden_first = user.contains("No idea, sorry.") && first.contains_key(user);
+        assert_eq!(*n, if forbidden_first { 2 } else { 1 }, "asked {n} times: {user}");
+    }
+}
+
+#[test]
 fn the_report_judges_each_model_against_the_baseline_in_both_orders() {
     let dir = tempfile::tempdir().unwrap();
     let (prompts, _) = setup(dir.path(), &[]);
