@@ -381,6 +381,10 @@ fn run(cli: Cli) -> Result<()> {
                 report::markdown(&r.models, &args.baseline, &reward),
                 report::paired_markdown(&r.paired)
             );
+            for note in &r.refused {
+                eprintln!("{note}");
+                table += &format!("\n{note}.\n");
+            }
             let sweep = report::sweep_points(&args.sweep, &r.paired)?;
             if !sweep.is_empty() {
                 table += &format!("\nBy {} (sweep.png):\n\n{}", args.sweep_label, report::sweep_markdown(&args.sweep_label, &sweep));

@@ -7,7 +7,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::Path,
 };
 
@@ -98,6 +98,10 @@ pub struct Report {
     /// One row per (model, prompt).
     pub prompts: Vec<PromptScore>,
     pub paired: Vec<PairedComparison>,
+    /// Prompts a model has no reward on because the reward refused every one
+    /// of its samples there (a skipped row each): left out of that model's
+    /// comparisons, and said so.
+    pub refused: Vec<String>,
 }
 
 /// A measure's per-prompt value, where the prompt has one.
@@ -107,19 +111,33 @@ type Measure = fn(&PromptScore) -> Option<f64>;
 const MEASURES: [(&str, Measure); 3] =
     [("reward", |p| Some(p.reward_mean)), ("numeric_accuracy", |p| p.numeric_accuracy), ("rouge_l", |p| p.rouge_l)];
 
+/// Per model, the prompts whose every sample the reward refused.
+type Refused = BTreeMap<String, BTreeSet<String>>;
+/// Per model, its scores per prompt.
+type Scores = BTreeMap<String, BTreeMap<String, PromptScore>>;
+
 /// Per-prompt scores of every scored model, then of every pool of training
-/// seeds (aliases NAME@SEED pool into NAME: per prompt, the mean over seeds).
-fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<BTreeMap<String, BTreeMap<String, PromptScore>>> {
+/// seeds (aliases NAME@SEED pool into NAME: per prompt, the mean over the
+/// seeds with a reward there); and the prompts each model (or pool) has
+/// only refused samples of.
+fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<(Scores, Refused)> {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
     let mut groups: BTreeMap<&str, BTreeMap<&str, Vec<&ScoredSample>>> = BTreeMap::new();
-    // Skipped rows: the reward's server refused them, and they have no reward.
-    for s in scored.iter().filter(|s| s.finish_reason != FinishReason::Skipped) {
+    let mut refused = Refused::new();
+    for s in scored {
         if !by_id.contains_key(s.prompt_id.as_str()) {
             bail!("scored sample (prompt_id {}, model {}) has no prompt in the prompts file", s.prompt_id, s.model);
         }
-        groups.entry(&s.model).or_default().entry(&s.prompt_id).or_default().push(s);
+        // Skipped rows: the reward's server refused them, and they have no reward.
+        match s.finish_reason {
+            FinishReason::Skipped => _ = refused.entry(s.model.clone()).or_default().insert(s.prompt_id.clone()),
+            _ => groups.entry(&s.model).or_default().entry(&s.prompt_id).or_default().push(s),
+        }
     }
-    let mut out: BTreeMap<String, BTreeMap<String, PromptScore>> = BTreeMap::new();
+    for (model, ids) in refused.iter_mut() {
+        ids.retain(|id| !groups.get(model.as_str()).is_some_and(|g| g.contains_key(id.as_str())));
+    }
+    let mut out = Scores::new();
     for (model, per_prompt) in &groups {
         for (id, v) in per_prompt {
             let n = v.len() as f64;
@@ -143,10 +161,13 @@ fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<BTreeMap
         if out.contains_key(&name) {
             bail!("model '{name}' is scored, and so are its seeds {seeds:?}: the pool of NAME@SEED aliases is named NAME, so rename one");
         }
-        same_prompts(&seeds[0], &out[&seeds[0]], &seeds[1..].iter().map(|s| (s.as_str(), &out[s])).collect::<Vec<_>>())?;
+        let others: Vec<(&str, &BTreeMap<String, PromptScore>)> = seeds[1..].iter().map(|m| (m.as_str(), &out[m])).collect();
+        same_prompts((&seeds[0], &out[&seeds[0]]), &others, &refused)?;
+        let ids: BTreeSet<&String> = seeds.iter().flat_map(|s| out[s].keys()).collect();
+        let all_refused: BTreeSet<String> = seeds.iter().filter_map(|s| refused.get(s)).flatten().filter(|id| !ids.contains(id)).cloned().collect();
         let mut pooled = BTreeMap::new();
-        for id in out[&seeds[0]].keys() {
-            let rows: Vec<&PromptScore> = seeds.iter().map(|s| &out[s][id]).collect();
+        for id in ids {
+            let rows: Vec<&PromptScore> = seeds.iter().filter_map(|s| out[s].get(id)).collect();
             let k = rows.len() as f64;
             let mean = |f: Measure| rows.iter().map(|r| f(r)).sum::<Option<f64>>().map(|s| s / k);
             pooled.insert(
@@ -162,9 +183,12 @@ fn prompt_scores(prompts: &[Prompt], scored: &[ScoredSample]) -> Result<BTreeMap
                 },
             );
         }
+        if !all_refused.is_empty() {
+            refused.insert(name.clone(), all_refused);
+        }
         out.insert(name, pooled);
     }
-    Ok(out)
+    Ok((out, refused))
 }
 
 /// NAME -> the models NAME@SEED that the reward and judge tables pool as NAME.
@@ -179,11 +203,18 @@ pub(crate) fn seed_pools<'a>(models: impl IntoIterator<Item = &'a String>) -> BT
 }
 
 /// Refuse to compare models that answered different prompt sets: a paired
-/// difference is only one on the same prompts.
-fn same_prompts(first: &str, a: &BTreeMap<String, PromptScore>, others: &[(&str, &BTreeMap<String, PromptScore>)]) -> Result<()> {
-    for (other, b) in others {
-        let missing = |x: &BTreeMap<String, PromptScore>, y: &BTreeMap<String, PromptScore>| x.keys().find(|k| !y.contains_key(*k)).cloned();
-        if let Some((id, lacks)) = missing(a, b).map(|id| (id, *other)).or_else(|| missing(b, a).map(|id| (id, first))) {
+/// difference is only one on the same prompts. A prompt a model lacks
+/// because the reward refused all its samples there is no such difference.
+fn same_prompts(
+    (first, a): (&str, &BTreeMap<String, PromptScore>),
+    others: &[(&str, &BTreeMap<String, PromptScore>)],
+    refused: &Refused,
+) -> Result<()> {
+    for &(other, b) in others {
+        let missing = |x: &BTreeMap<String, PromptScore>, y: &BTreeMap<String, PromptScore>, lacks: &str| {
+            x.keys().find(|k| !y.contains_key(*k) && !refused.get(lacks).is_some_and(|r| r.contains(*k))).cloned()
+        };
+        if let Some((id, lacks)) = missing(a, b, other).map(|id| (id, other)).or_else(|| missing(b, a, first).map(|id| (id, first))) {
             bail!(
                 "'{first}' answered {} prompts and '{other}' {}: '{lacks}' has no sample of prompt {id}; compare models on the same prompts",
                 a.len(),
@@ -198,7 +229,7 @@ fn same_prompts(first: &str, a: &BTreeMap<String, PromptScore>, others: &[(&str,
 /// rows, and the paired comparisons `compare` names as (model, against),
 /// by default every model against `baseline`.
 pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, compare: &[(String, String)], seed: u64) -> Result<Report> {
-    let scores = prompt_scores(prompts, scored)?;
+    let (scores, refused) = prompt_scores(prompts, scored)?;
     let base = scores
         .get(baseline)
         .ok_or_else(|| anyhow!("the baseline model '{baseline}' has no scored sample; models: {:?}", scores.keys().collect::<Vec<_>>()))?;
@@ -233,9 +264,9 @@ pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, compa
             scores.get(m).ok_or_else(|| anyhow!("--compare names '{m}', which has no scored sample; models: {:?}", scores.keys().collect::<Vec<_>>()))
         };
         let (a, b) = (get(model)?, get(against)?);
-        same_prompts(model, a, &[(against, b)])?;
+        same_prompts((model, a), &[(against, b)], &refused)?;
         for (measure, value) in MEASURES {
-            let pairs: Vec<(f64, f64)> = a.iter().filter_map(|(id, r)| value(r).zip(value(&b[id]))).collect();
+            let pairs: Vec<(f64, f64)> = a.iter().filter_map(|(id, r)| value(r).zip(b.get(id).and_then(value))).collect();
             if pairs.is_empty() {
                 continue;
             }
@@ -257,7 +288,15 @@ pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, compa
             });
         }
     }
-    Ok(Report { models, prompts: scores.into_values().flat_map(|m| m.into_values()).collect(), paired })
+    let refused = refused
+        .iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(model, ids)| {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            format!("{model}: the reward refused every sample of {} prompt(s) ({}); its comparisons leave them out", ids.len(), ids.join(", "))
+        })
+        .collect();
+    Ok(Report { models, prompts: scores.into_values().flat_map(|m| m.into_values()).collect(), paired, refused })
 }
 
 /// The paired comparisons as a markdown table.
@@ -641,6 +680,40 @@ mod tests {
         uneven.retain(|s| !(s.model == "wrpo@2" && s.prompt_id == "p0"));
         let err = report(&prompts(3), &uneven, "base", &[], 1).err().unwrap().to_string();
         assert!(err.contains("'wrpo@1' answered 3 prompts and 'wrpo@2' 2"), "{err}");
+    }
+
+    /// A prompt whose every sample of a model the reward refused is left out
+    /// of that model's comparisons (and of its seed's share of a pool), and
+    /// said so; a prompt a model never answered still stops the report.
+    #[test]
+    fn prompts_refused_whole_are_left_out_of_comparisons_not_fatal() {
+        let refused = |p: usize, model: &str| ScoredSample {
+            finish_reason: wrpo_common::samples::FinishReason::Skipped,
+            reward: f64::NAN,
+            ..sample(p, model, 1, 0.0)
+        };
+        let mut scored = vec![];
+        for p in 0..3 {
+            scored.extend([sample(p, "base", 0, 0.5), sample(p, "wrpo@1", 0, 0.6), sample(p, "wrpo@2", 0, 0.7)]);
+        }
+        // base: p1 refused whole; wrpo@2: p2 refused whole; wrpo@1: one of two samples of p0 refused.
+        let refused_whole = |s: &ScoredSample| (s.model == "base" && s.prompt_id == "p1") || (s.model == "wrpo@2" && s.prompt_id == "p2");
+        scored.retain(|s| !refused_whole(s));
+        scored.extend([refused(1, "base"), refused(2, "wrpo@2"), refused(0, "wrpo@1")]);
+        let r = report(&prompts(3), &scored, "base", &[("wrpo".into(), "base".into())], 1).unwrap();
+        let c = &r.paired[0];
+        // p0 and p2 only; the pool has wrpo@1 alone on p2.
+        assert_eq!(c.prompts, 2);
+        assert!((c.mean_diff - ((0.65 - 0.5) + (0.6 - 0.5)) / 2.0).abs() < 1e-12, "{}", c.mean_diff);
+        let p2 = r.prompts.iter().find(|p| p.model == "wrpo" && p.prompt_id == "p2").unwrap();
+        assert_eq!((p2.seeds, p2.samples), (1, 1));
+        assert_eq!(r.refused.len(), 2, "{:?}", r.refused);
+        assert!(r.refused[0].starts_with("base: the reward refused every sample of 1 prompt(s) (p1)"), "{:?}", r.refused);
+        assert!(r.refused[1].starts_with("wrpo@2:") && r.refused[1].contains("(p2)"), "{:?}", r.refused);
+        // A prompt never answered is another prompt set.
+        scored.retain(|s| !(s.model == "wrpo@1" && s.prompt_id == "p1"));
+        let err = report(&prompts(3), &scored, "base", &[], 1).err().unwrap().to_string();
+        assert!(err.contains("'wrpo@1' answered 2 prompts") && err.contains("prompt p1"), "{err}");
     }
 
     /// A sweep takes each model's first reward comparison, in the order of
