@@ -72,16 +72,19 @@ pub struct Attention<'a> {
 }
 
 /// softmax(q kᵀ · scale (soft-capped), causal within the packing) v for q
-/// (1, heads, N, hd), k and v (1, kv_heads, N, hd), contiguous: (1, N, heads · hd).
+/// (N, heads · hd), k and v (N, kv_heads · hd), each token's heads side by
+/// side as the projections write them: (N, heads · hd).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &Attention) -> Result<Tensor> {
-    let (_, heads, n, hd) = q.dims4()?;
-    if heads != a.heads || k.dims4()? != (1, a.kv_heads, n, hd) || v.dims4()? != (1, a.kv_heads, n, hd) || n != a.packing.len() {
+    let (n, width) = q.dims2()?;
+    let hd = width / a.heads.max(1);
+    let kv = (n, a.kv_heads * hd);
+    if a.heads == 0 || width != a.heads * hd || k.dims2()? != kv || v.dims2()? != kv || n != a.packing.len() {
         candle_core::bail!("attention: q {:?}, k {:?}, v {:?} for {} tokens", q.dims(), k.dims(), v.dims(), a.packing.len());
     }
     let op = AttentionOp {
         segments: a.packing.segments.clone(),
         positions: a.packing.positions.clone(),
-        heads,
+        heads: a.heads,
         kv_heads: a.kv_heads,
         hd,
         scale: a.scale,
@@ -148,6 +151,8 @@ impl AttentionOp {
     fn forward<T: WithDType + Exp>(&self, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<Probs<T>>) {
         let (n, hd, heads) = (self.positions.len(), self.hd, self.heads);
         let groups = heads / self.kv_heads;
+        // Row widths: token t's head h at t * width + h * hd.
+        let (qw, kw) = (heads * hd, self.kv_heads * hd);
         let mut out = vec![T::zero(); n * heads * hd];
         let mut saved: Vec<(usize, Vec<T>, Vec<T>)> = (0..self.tasks()).map(|t| (t, Vec::new(), Vec::new())).collect();
         let out_ptr = SharedMut(out.as_mut_ptr());
@@ -157,10 +162,10 @@ impl AttentionOp {
             let (nq, keys) = (s.tokens.len(), visible(s));
             let nvis: usize = keys.iter().map(|r| r.len()).sum();
             let mut p = vec![T::zero(); nq * nvis];
-            let qs = op(q, (h * n + s.tokens.start) * hd, hd, 1);
+            let qs = op(q, s.tokens.start * qw + h * hd, qw, 1);
             let mut col = 0;
             for r in &keys {
-                mm(nq, r.len(), hd, p[col..].as_mut_ptr(), nvis, qs, op(k, (g * n + r.start) * hd, 1, hd), false);
+                mm(nq, r.len(), hd, p[col..].as_mut_ptr(), nvis, qs, op(k, r.start * kw + g * hd, 1, kw), false);
                 col += r.len();
             }
             *lse = vec![T::zero(); nq];
@@ -172,7 +177,7 @@ impl AttentionOp {
             for (i, r) in keys.iter().enumerate() {
                 // SAFETY: task (h, s) alone writes these rows and columns of `out`.
                 let dst = unsafe { out_ptr.add((s.tokens.start * heads + h) * hd) };
-                mm(nq, hd, r.len(), dst, heads * hd, op(&p, col, nvis, 1), op(v, (g * n + r.start) * hd, hd, 1), i > 0);
+                mm(nq, hd, r.len(), dst, qw, op(&p, col, nvis, 1), op(v, r.start * kw + g * hd, kw, 1), i > 0);
                 col += r.len();
             }
             *probs = p;
@@ -213,6 +218,7 @@ impl AttentionOp {
     fn backward<T: WithDType + Float>(&self, q: &[T], k: &[T], v: &[T], d_out: &[T], saved: &[Probs<T>]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (n, hd, heads, kv_heads) = (self.positions.len(), self.hd, self.heads, self.kv_heads);
         let groups = heads / kv_heads;
+        let (qw, kw) = (heads * hd, kv_heads * hd);
         let scale = T::from(self.scale).unwrap();
         let cap = self.softcap.map(|c| T::from(c).unwrap());
         let mut dq = vec![T::zero(); heads * n * hd];
@@ -224,11 +230,11 @@ impl AttentionOp {
             let (nq, keys) = (s.tokens.len(), visible(s));
             let nvis: usize = keys.iter().map(|r| r.len()).sum();
             let (p, lse) = &saved[*t];
-            let d_o = op(d_out, (s.tokens.start * heads + h) * hd, heads * hd, 1);
+            let d_o = op(d_out, s.tokens.start * qw + h * hd, qw, 1);
             let mut ds = vec![T::zero(); nq * nvis];
             let mut col = 0;
             for r in &keys {
-                mm(nq, r.len(), hd, ds[col..].as_mut_ptr(), nvis, d_o, op(v, (g * n + r.start) * hd, 1, hd), false);
+                mm(nq, r.len(), hd, ds[col..].as_mut_ptr(), nvis, d_o, op(v, r.start * kw + g * hd, 1, kw), false);
                 col += r.len();
             }
             for (a, (d_row, p_row)) in ds.chunks_exact_mut(nvis).zip(p.chunks_exact(nvis)).enumerate() {
@@ -246,14 +252,14 @@ impl AttentionOp {
             let mut col = 0;
             for (i, r) in keys.iter().enumerate() {
                 // SAFETY: task (h, s) alone writes these rows of head h's dq.
-                let dst = unsafe { dq_ptr.add((h * n + s.tokens.start) * hd) };
-                mm(nq, hd, r.len(), dst, hd, op(&ds, col, nvis, 1), op(k, (g * n + r.start) * hd, hd, 1), i > 0);
+                let dst = unsafe { dq_ptr.add(s.tokens.start * qw + h * hd) };
+                mm(nq, hd, r.len(), dst, qw, op(&ds, col, nvis, 1), op(k, r.start * kw + g * hd, kw, 1), i > 0);
                 col += r.len();
             }
             // The visible keys' dk = dSᵀ q and dv = Pᵀ dO, in this task's own buffers.
             *dk = vec![T::zero(); nvis * hd];
             *dv = vec![T::zero(); nvis * hd];
-            let qs = op(q, (h * n + s.tokens.start) * hd, hd, 1);
+            let qs = op(q, s.tokens.start * qw + h * hd, qw, 1);
             mm(nvis, hd, nq, dk.as_mut_ptr(), hd, op(&ds, 0, 1, nvis), qs, false);
             mm(nvis, hd, nq, dv.as_mut_ptr(), hd, op(p, 0, 1, nvis), d_o, false);
         });
@@ -261,21 +267,20 @@ impl AttentionOp {
         for (t, dk_t, dv_t) in &local {
             let (h, s) = self.task(*t);
             let g = h / groups;
-            let mut row = 0;
-            for r in visible(s) {
-                let at = (g * n + r.start) * hd;
-                for (i, (a, b)) in dk_t[row * hd..(row + r.len()) * hd].iter().zip(&dv_t[row * hd..(row + r.len()) * hd]).enumerate() {
+            let keys = visible(s).into_iter().flatten();
+            for (row, key) in keys.enumerate() {
+                let at = key * kw + g * hd;
+                for (i, (a, b)) in dk_t[row * hd..(row + 1) * hd].iter().zip(&dv_t[row * hd..(row + 1) * hd]).enumerate() {
                     dk[at + i] += *a;
                     dv[at + i] += *b;
                 }
-                row += r.len();
             }
         }
         (dq, dk, dv)
     }
 
     fn shape(&self) -> Shape {
-        Shape::from((1, self.positions.len(), self.heads * self.hd))
+        Shape::from((self.positions.len(), self.heads * self.hd))
     }
 }
 

@@ -39,18 +39,13 @@ impl Linear {
         })
     }
 
+    /// x (tokens, in) -> (tokens, out).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // One 2-D matmul over all rows instead of a batched one.
-        let (rows, in_dim) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
-        let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
-            LinearWeight::Dense(w) => kernels::linear(&x2, w)?,
-            LinearWeight::Int8Dot(q) => q.forward(&x2)?,
-            LinearWeight::CandleQuantized(q) => q.forward(&x2)?,
+            LinearWeight::Dense(w) => kernels::linear(x, w)?,
+            LinearWeight::Int8Dot(q) => q.forward(x)?,
+            LinearWeight::CandleQuantized(q) => q.forward(x)?,
         };
-        let mut shape = x.dims().to_vec();
-        *shape.last_mut().unwrap() = y.dim(1)?;
-        let y = y.reshape(shape)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -130,19 +125,22 @@ impl Attention {
         })
     }
 
-    /// x (B, T, hidden): the cache attends (inference), or the packed
+    /// x (tokens, hidden): the cache attends (inference), or the packed
     /// row's differentiable attention (training, reference log-probs).
+    /// q, k and v stay (tokens, heads · head_dim), as the projections write
+    /// them, through the norms, the rotation and the attention: no reshape
+    /// or transpose, each of which autograd would pay for with a zeroed
+    /// gradient and an add.
     fn forward(&self, x: &Tensor, ctx: Positions) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let (q, k, v) = match &self.qkv {
+        let (mut q, mut k, v) = match &self.qkv {
             QkvProj::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
             QkvProj::Fused(qkv) => {
                 let y = qkv.forward(x)?;
-                (y.narrow(2, 0, nh * hd)?, y.narrow(2, nh * hd, nkv * hd)?, y.narrow(2, (nh + nkv) * hd, nkv * hd)?)
+                (y.narrow(1, 0, nh * hd)?, y.narrow(1, nh * hd, nkv * hd)?, y.narrow(1, (nh + nkv) * hd, nkv * hd)?)
             }
         };
-        let (mut q, mut k, v) = (q.reshape((b, t, nh, hd))?, k.reshape((b, t, nkv, hd))?, v.reshape((b, t, nkv, hd))?);
+        // Weights of head_dim: each head's values normalised on their own.
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -162,13 +160,12 @@ impl Attention {
                 };
                 let values = |x: &Tensor| x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
                 let out = cache.attend(&attend, &values(&q)?, &values(&k)?, &values(&v)?);
-                Tensor::from_vec(out, (b, t, nh * hd), x.device())?.to_dtype(x.dtype())?
+                Tensor::from_vec(out, (x.dim(0)?, nh * hd), x.device())?.to_dtype(x.dtype())?
             }
             Positions::Packed { rope, packing, window } => {
-                let q = kernels::rope(&q.transpose(1, 2)?, rope)?;
-                let k = kernels::rope(&k.transpose(1, 2)?, rope)?;
+                let (q, k) = (kernels::rope(&q, rope, hd)?, kernels::rope(&k, rope, hd)?);
                 let a = attention::Attention { packing, heads: nh, kv_heads: nkv, scale: self.scale, softcap: self.softcap, window };
-                attention::attention(&q, &k, &v.transpose(1, 2)?, &a)?
+                attention::attention(&q, &k, &v, &a)?
             }
         };
         self.o.forward(&out)
@@ -384,9 +381,9 @@ impl Model {
         &self.device
     }
 
-    /// Token embeddings (1, N, hidden) of `ids`, scaled as the family does.
+    /// Token embeddings (N, hidden) of `ids`, scaled as the family does.
     fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let x = kernels::embedding(&self.embed, ids)?.unsqueeze(0)?;
+        let x = kernels::embedding(&self.embed, ids)?;
         if !self.config.family.is_gemma() {
             return Ok(x);
         }
@@ -407,7 +404,7 @@ impl Model {
             let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
             x = layer.forward(&x, Positions::Packed { rope, packing, window })?;
         }
-        Ok(self.norm.forward(&x)?.squeeze(0)?)
+        Ok(self.norm.forward(&x)?)
     }
 
     /// The inference forward: the tokens of `rows` packed one after another,
@@ -422,7 +419,7 @@ impl Model {
             let (rope, window) = if layer.sliding { (&local, self.config.sliding_window) } else { (&global, None) };
             x = layer.forward(&x, Positions::Cached { cache: &mut *cache, layer: i, rows, window, rope })?;
         }
-        Ok(self.norm.forward(&x)?.squeeze(0)?)
+        Ok(self.norm.forward(&x)?)
     }
 
     /// Append `tokens` to cache slot `slot` (a prompt's prefill, or more of a
