@@ -6,13 +6,18 @@
 # log-probs given, AdamW, gradient clipping, 2 threads. For SmolLM2-135M and
 # Gemma-3-270M (262k vocabulary). Prints step times, peak RSS, ratios, and
 # each side's matmul speed measured in the same run, and our step's useful
-# FLOPs per second as a fraction of that matmul speed.
+# FLOPs per second as a fraction of that matmul speed. ROUNDS (default 2)
+# alternates the two sides (ours, PyTorch, ours, ...) and averages each
+# side's step time over its rounds: these machines' speed drifts by a
+# third within minutes, which one run of each side in turn reads as a
+# speed ratio.
 # Needs: make models, and a Python with torch and transformers
 # (scripts/bench/requirements.txt; PYTHON picks it, default .venv/bin/python if present).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 STEPS=${STEPS:-4}
+ROUNDS=${ROUNDS:-2}
 export RAYON_NUM_THREADS=2 CANDLE_NUM_THREADS=2
 cargo build --release -q --workspace --bins --examples
 echo "cpu: $(target/release/examples/cpu)"
@@ -28,11 +33,26 @@ v = int(sys.argv[1]); r = random.Random(0)
 ids = lambda n: [r.randrange(300, min(v, 40000)) for _ in range(n)]
 print(json.dumps({"prompt": ids(64), "y_ws": ids(192), "y_wt": ids(192), "y_l": ids(192), "ref": [-1500.0, -1500.0, -1600.0]}))
 PY
-  ours=$(target/release/examples/bench_step "$work/$model" "$work/ids.json" "$STEPS")
-  peer=$("$PYTHON" scripts/bench/train_peer.py "$work/$model" "$work/ids.json" "$STEPS" 2>/dev/null)
-  "$PYTHON" - "$model" "$ours" "$peer" <<'PY'
+  ours=() peer=()
+  for _ in $(seq "$ROUNDS"); do
+    ours+=("$(target/release/examples/bench_step "$work/$model" "$work/ids.json" "$STEPS")")
+    peer+=("$("$PYTHON" scripts/bench/train_peer.py "$work/$model" "$work/ids.json" "$STEPS" 2>/dev/null)")
+  done
+  "$PYTHON" - "$model" "$(printf '%s\n' "${ours[@]}")" "$(printf '%s\n' "${peer[@]}")" <<'PY'
 import json, sys
-name, ours, peer = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+name = sys.argv[1]
+def side(lines):
+    """The first round's figures, its step time the mean over the rounds (each printed)."""
+    runs = [json.loads(l) for l in lines.splitlines() if l.strip()]
+    r = dict(runs[0])
+    r['rounds'] = [x['step_seconds'] for x in runs]
+    r['step_seconds'] = sum(r['rounds']) / len(runs)
+    r['peak_rss_mb'] = max(x['peak_rss_mb'] for x in runs)
+    r['matmul_gflops'] = sum(x['matmul_gflops'] for x in runs) / len(runs)
+    return r
+ours, peer = side(sys.argv[2]), side(sys.argv[3])
+for r in (ours, peer):
+    print(f"{name:28s} {r['engine']:10s} rounds {' '.join(f'{s:.2f}' for s in r['rounds'])} s")
 for r in (ours, peer):
     print(f"{name:28s} {r['engine']:10s} step {r['step_seconds']:6.2f} s  peak RSS {r['peak_rss_mb'] / 1024:5.2f} GB  "
           f"matmul {r['matmul_gflops']:6.1f} GFLOP/s  losses {[round(l, 5) for l in r['losses']]}")
