@@ -251,7 +251,7 @@ impl AttentionOp {
             // dq rows of this segment for head h: dS · k.
             let mut col = 0;
             for (i, r) in keys.iter().enumerate() {
-                // SAFETY: task (h, s) alone writes these rows of head h's dq.
+                // SAFETY: task (h, s) alone writes these rows (segment s) and columns (head h) of dq.
                 let dst = unsafe { dq_ptr.add(s.tokens.start * qw + h * hd) };
                 mm(nq, hd, r.len(), dst, qw, op(&ds, col, nvis, 1), op(k, r.start * kw + g * hd, kw, 1), i > 0);
                 col += r.len();

@@ -53,7 +53,8 @@ impl Linear {
     }
 }
 
-/// RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * (offset + w),
+/// RMSNorm over each run of the weight's length (the last dimension; for
+/// the q and k norms, each head): x / sqrt(mean(x^2) + eps) * (offset + w),
 /// offset 1 for Gemma (its weights are stored as w - 1), 0 elsewhere.
 struct RmsNorm {
     weight: Tensor,
