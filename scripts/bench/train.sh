@@ -42,7 +42,8 @@ PY
 import json, sys
 name = sys.argv[1]
 def side(lines):
-    """The first round's figures, its step time the mean over the rounds (each printed)."""
+    """Step time and matmul speed averaged over the rounds (each round's step printed), peak RSS
+    the largest, the rest (losses, FLOPs) from the first round."""
     runs = [json.loads(l) for l in lines.splitlines() if l.strip()]
     r = dict(runs[0])
     r['rounds'] = [x['step_seconds'] for x in runs]
