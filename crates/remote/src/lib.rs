@@ -17,7 +17,7 @@ pub mod stub;
 
 use std::{
     hash::{BuildHasher, RandomState},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -291,26 +291,37 @@ impl Client {
     }
 
     /// `work(item)` for every item, `opts.concurrency` at a time, results in
-    /// the items' order.
-    pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-        let next = AtomicUsize::new(0);
-        let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
+    /// the items' order. Once a result `stops` the run (a dead server, an
+    /// exhausted quota), no item not yet started is started: those are None,
+    /// and always the last ones, so a dead server is not asked once more per
+    /// item left.
+    pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync, stops: impl Fn(&R) -> bool + Sync) -> Vec<Option<R>> {
+        let (next, stopped) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let done: Vec<(usize, R)> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..self.opts.concurrency.clamp(1, items.len().max(1)))
                 .map(|_| {
                     scope.spawn(|| {
                         let mut done = Vec::new();
-                        loop {
+                        while !stopped.load(Ordering::SeqCst) {
                             let i = next.fetch_add(1, Ordering::SeqCst);
-                            let Some(item) = items.get(i) else { break done };
-                            done.push((i, work(item)));
+                            let Some(item) = items.get(i) else { break };
+                            let r = work(item);
+                            if stops(&r) {
+                                stopped.store(true, Ordering::SeqCst);
+                            }
+                            done.push((i, r));
                         }
+                        done
                     })
                 })
                 .collect();
             workers.into_iter().flat_map(|w| w.join().expect("a request thread panicked")).collect()
         });
-        results.sort_by_key(|(i, _)| *i);
-        results.into_iter().map(|(_, r)| r).collect()
+        let mut results: Vec<Option<R>> = items.iter().map(|_| None).collect();
+        for (i, r) in done {
+            results[i] = Some(r);
+        }
+        results
     }
 }
 
@@ -368,5 +379,28 @@ mod tests {
         }
         assert_eq!(chat_content(&answer(json!("4"), "stop")).unwrap(), ("4".to_string(), false));
         assert_eq!(chat_content(&answer(json!("The answer"), "length")).unwrap(), ("The answer".to_string(), true));
+    }
+
+    #[test]
+    fn a_result_that_stops_the_run_starts_no_further_item() {
+        let opts = RemoteOptions { concurrency: 3, ..RemoteOptions::default() };
+        let client = Client::new(&opts).unwrap();
+        let items: Vec<usize> = (0..40).collect();
+        let started = AtomicUsize::new(0);
+        let work = |&i: &usize| {
+            started.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            i
+        };
+        let results = client.in_flight(&items, work, |&i| i == 4);
+        // Item 4 and those started beside it finish; at most one more per other request thread starts after it.
+        assert_eq!(results[4], Some(4));
+        let finished = results.iter().take_while(|r| r.is_some()).count();
+        assert!((5..=4 + 1 + 2 * 2).contains(&finished), "{results:?}");
+        assert!(results[finished..].iter().all(Option::is_none), "{results:?}");
+        assert_eq!(started.load(Ordering::SeqCst), finished);
+        // Without a stop, every item, in order.
+        let all = client.in_flight(&items, work, |_| false);
+        assert_eq!(all, items.iter().map(|&i| Some(i)).collect::<Vec<_>>());
     }
 }

@@ -207,8 +207,9 @@ impl Judge {
         Err(Failure::Refused(format!("no readable verdict in {} attempts ({last})", self.client.opts.retries + 1)))
     }
 
-    pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-        self.client.in_flight(items, work)
+    /// [`Client::in_flight`] on the judge's client.
+    pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync, stops: impl Fn(&R) -> bool + Sync) -> Vec<Option<R>> {
+        self.client.in_flight(items, work, stops)
     }
 }
 

@@ -169,7 +169,8 @@ fn split_refusals<I, T, E: From<Failure>>(
 }
 
 /// `inputs` in requests of `per_request`, several in flight, the outcomes in
-/// order: None for the inputs of a request that failed, and the first failure.
+/// order: None for the inputs of a request that failed or, after a failure,
+/// was never sent; and the first failure.
 fn in_requests<I: Sync, T: Send, E: Send>(
     client: &Client,
     inputs: &[I],
@@ -177,15 +178,16 @@ fn in_requests<I: Sync, T: Send, E: Send>(
     request: impl Fn(&[I]) -> Result<Vec<T>, E> + Sync,
 ) -> (Vec<Option<T>>, Option<E>) {
     let chunks: Vec<&[I]> = inputs.chunks(per_request).collect();
-    let answers = client.in_flight(&chunks, |chunk| request(chunk));
+    let answers = client.in_flight(&chunks, |chunk| request(chunk), Result::is_err);
     let (mut outcomes, mut failure) = (Vec::with_capacity(inputs.len()), None);
     for (chunk, answer) in chunks.iter().zip(answers) {
         match answer {
-            Ok(values) => outcomes.extend(values.into_iter().map(Some)),
-            Err(e) => {
+            Some(Ok(values)) => outcomes.extend(values.into_iter().map(Some)),
+            Some(Err(e)) => {
                 outcomes.extend(chunk.iter().map(|_| None));
                 failure.get_or_insert(e);
             }
+            None => outcomes.extend(chunk.iter().map(|_| None)),
         }
     }
     (outcomes, failure)
@@ -334,11 +336,15 @@ impl Reward for JudgeReward {
         all_or_error(self.score_partial(items))
     }
     fn score_partial(&self, items: &[Item]) -> Partial {
-        let graded = self.0.in_flight(items, |item| self.0.grade(item.messages, item.response, item.reference));
+        let graded = self.0.in_flight(
+            items,
+            |item| self.0.grade(item.messages, item.response, item.reference),
+            |g| matches!(g, Err(f) if !matches!(f, Failure::Refused(_))),
+        );
         let mut fatal = None;
         let scored = graded
             .into_iter()
-            .map(|g| match g {
+            .map(|g| match g? {
                 Ok(judged) => Some(Ok(judged.verdict)),
                 Err(Failure::Refused(why)) => Some(Err(why)),
                 Err(f) => {
