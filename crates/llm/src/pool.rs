@@ -13,8 +13,8 @@
 //! the other process's time slice at the end of nearly every job. Sampling
 //! kept 21% of its speed beside a busy loop on one of 2 cores. So a caller
 //! that waits for a late worker longer than it worked itself runs the jobs
-//! of the next [`SOLO`] alone, then tries the workers again: it keeps the
-//! core that is free.
+//! of the next few milliseconds alone ([`Solo`]), then tries the workers
+//! again: it keeps the core that is free.
 
 use std::{
     cell::UnsafeCell,
@@ -32,8 +32,41 @@ const SPIN: Duration = Duration::from_millis(5);
 /// it worked on the job itself: a chunk takes microseconds to a few
 /// milliseconds, and a descheduled thread waits out a time slice.
 const LATE: Duration = Duration::from_millis(1);
-/// How long the caller then runs jobs alone.
-const SOLO: Duration = Duration::from_millis(50);
+/// How long the caller then runs jobs alone: SOLO_MIN after a late worker,
+/// doubled up to SOLO_MAX while workers keep being late soon after.
+const SOLO_MIN: Duration = Duration::from_millis(5);
+const SOLO_MAX: Duration = Duration::from_millis(50);
+
+/// When the caller runs jobs alone. A process that holds a worker's core
+/// for good (a busy loop at the same priority) makes the worker late again
+/// soon after every retry, so the solo stretches grow to SOLO_MAX and the
+/// retries cost little. A worker late once (woken after a serial stretch of
+/// the caller's, or preempted for one slice by a nice-19 job) costs only
+/// SOLO_MIN of one core: a fixed SOLO_MAX made a WRPO step 4-7% slower alone
+/// and kept 86-93% of it beside a nice-19 loop (now 101-106%), on Zen 4.
+#[derive(Clone, Copy)]
+struct Solo {
+    until: Option<Instant>,
+    length: Duration,
+    last_late: Option<Instant>,
+}
+
+impl Solo {
+    const NONE: Solo = Solo { until: None, length: SOLO_MIN, last_late: None };
+
+    fn alone_at(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// A worker was late at `now`: run alone for a while, longer if the
+    /// last time was within this stretch and four more.
+    fn late(&mut self, now: Instant) {
+        let again = self.last_late.is_some_and(|t| now.duration_since(t) < 5 * self.length);
+        self.length = if again { (2 * self.length).min(SOLO_MAX) } else { SOLO_MIN };
+        self.until = Some(now + self.length);
+        self.last_late = Some(now);
+    }
+}
 
 type Task = dyn Fn(usize) + Sync;
 
@@ -92,8 +125,8 @@ pub struct Pool {
     shared: &'static Shared,
     workers: usize,
     /// One job at a time; a second caller runs its chunks itself. Holds
-    /// the time until which jobs run on the caller alone (a worker was late).
-    submit: Mutex<Option<Instant>>,
+    /// when jobs run on the caller alone (a worker was late).
+    submit: Mutex<Solo>,
 }
 
 impl Pool {
@@ -120,7 +153,7 @@ impl Pool {
         for i in 0..workers {
             std::thread::Builder::new().name(format!("wrpo-pool-{i}")).spawn(move || worker(shared)).expect("cannot start a pool thread");
         }
-        Pool { shared, workers, submit: Mutex::new(None) }
+        Pool { shared, workers, submit: Mutex::new(Solo::NONE) }
     }
 
     /// Threads that run a job, the caller included.
@@ -144,7 +177,7 @@ impl Pool {
             Err(TryLockError::WouldBlock) => return (0..chunks).for_each(task),
         };
         let started = Instant::now();
-        if self.workers == 0 || chunks < 2 || guard.is_some_and(|until| started < until) {
+        if self.workers == 0 || chunks < 2 || guard.alone_at(started) {
             return (0..chunks).for_each(task);
         }
         let s = self.shared;
@@ -181,7 +214,9 @@ impl Pool {
             }
         }
         let waited = done.elapsed();
-        *guard = (waited > LATE && waited > done - started).then(|| Instant::now() + SOLO);
+        if waited > LATE && waited > done - started {
+            guard.late(Instant::now());
+        }
         // Cleared whichever panic is raised, so that it does not poison the next job.
         let theirs = s.panicked.swap(false, Ordering::Relaxed);
         if let Err(panic) = mine {
@@ -301,7 +336,7 @@ mod tests {
         pool.run(64, &job);
         assert_eq!(on_workers.load(Ordering::Relaxed), 0, "the job after a late worker ran on the workers");
         // Then the workers get jobs again.
-        std::thread::sleep(SOLO.saturating_sub(solo_since.elapsed()));
+        std::thread::sleep(SOLO_MAX.saturating_sub(solo_since.elapsed()));
         let shared = (0..100).any(|_| {
             pool.run(8, &|c| {
                 if c == 0 {
@@ -314,6 +349,28 @@ mod tests {
             on_workers.load(Ordering::Relaxed) > 0
         });
         assert!(shared, "the workers never got a job back");
+    }
+
+    #[test]
+    fn solo_stretches_grow_while_workers_stay_late_and_restart_short() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut solo = Solo::NONE;
+        assert!(!solo.alone_at(t0));
+        solo.late(t0);
+        assert!(solo.alone_at(ms(4)) && !solo.alone_at(ms(5)));
+        // Late again at each retry: 10, 20, 40, then at most 50 ms.
+        let mut at = 5;
+        for length in [10, 20, 40, 50, 50] {
+            at += 1;
+            solo.late(ms(at));
+            assert_eq!(solo.length, Duration::from_millis(length));
+            assert!(solo.alone_at(ms(at + length - 1)) && !solo.alone_at(ms(at + length)));
+            at += length;
+        }
+        // Late once after a long calm: short again.
+        solo.late(ms(at + 1000));
+        assert_eq!(solo.length, SOLO_MIN);
     }
 
     #[test]
