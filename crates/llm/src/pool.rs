@@ -42,7 +42,7 @@ const SOLO_MAX: Duration = Duration::from_millis(50);
 /// soon after every retry, so the solo stretches grow to SOLO_MAX and the
 /// retries cost little. A worker late once (woken after a serial stretch of
 /// the caller's, or preempted for one slice by a nice-19 job) costs only
-/// SOLO_MIN of one core: a fixed SOLO_MAX made a WRPO step 4-7% slower alone
+/// SOLO_MIN of one core: a fixed SOLO_MAX made a WRPO step 4-8% slower alone
 /// and kept 86-93% of it beside a nice-19 loop (now 101-106%), on Zen 4.
 #[derive(Clone, Copy)]
 struct Solo {
