@@ -44,18 +44,17 @@ const SOLO_MAX: Duration = Duration::from_millis(50);
 /// the caller's, or preempted for one slice by a nice-19 job) costs only
 /// SOLO_MIN of one core: a fixed SOLO_MAX made a WRPO step 4-8% slower alone
 /// and kept 86-93% of it beside a nice-19 loop (now 101-106%), on Zen 4.
-#[derive(Clone, Copy)]
 struct Solo {
-    until: Option<Instant>,
-    length: Duration,
+    /// When a worker was last late; the stretch alone runs `length` from then.
     last_late: Option<Instant>,
+    length: Duration,
 }
 
 impl Solo {
-    const NONE: Solo = Solo { until: None, length: SOLO_MIN, last_late: None };
+    const NONE: Solo = Solo { last_late: None, length: SOLO_MIN };
 
     fn alone_at(&self, now: Instant) -> bool {
-        self.until.is_some_and(|until| now < until)
+        self.last_late.is_some_and(|t| now < t + self.length)
     }
 
     /// A worker was late at `now`: run alone for a while, longer if the
@@ -63,7 +62,6 @@ impl Solo {
     fn late(&mut self, now: Instant) {
         let again = self.last_late.is_some_and(|t| now.duration_since(t) < 5 * self.length);
         self.length = if again { (2 * self.length).min(SOLO_MAX) } else { SOLO_MIN };
-        self.until = Some(now + self.length);
         self.last_late = Some(now);
     }
 }
