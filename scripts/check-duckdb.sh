@@ -21,6 +21,15 @@ run=$tmp/runs/demo
 "$bin/examples/synthetic_run" metrics "$run"
 # The eval report from the real binary, on the synthetic scores as if they were the eval set's.
 "$bin/wrpo-score" report --prompts "$run/prompts.parquet" --scores "$run/source-scores" --baseline gemma3 --out "$run/eval" > /dev/null
+# The dose-response's datasets the same way: a weaker y_ws (best of 1) beside the chain's, the source
+# model at both levels against the other, and the reference set a stronger source trains on.
+"$bin/wrpo-score" pairs --prompts "$run/preference-prompts.parquet" --source-scores "$run/source-scores" \
+  --target-scores "$run/target-scores" --source-best-of 1 --out "$run/dose/Lminus/pairs.parquet" 2> /dev/null
+"$bin/wrpo-score" reference-set --prompts "$run/prompts.parquet" --sft "$run/sft.parquet" \
+  --preference "$run/preference-prompts.parquet" --out "$run/dose/source-plus-set.parquet" 2> /dev/null
+"$bin/wrpo-score" dose --prompts "$run/prompts.parquet" --scores "$run/source-scores" --baseline gemma3 \
+  --level L0="$run/pairs.parquet" --level Lminus="$run/dose/Lminus/pairs.parquet" \
+  --arm L0:wrpo=smollm2 --arm Lminus:wrpo=smollm2 --out "$run/dose/eval" > /dev/null
 printf 'stage,seconds,finished_at\nsource-samples,61.2,2026-11-28T16:37:00Z\nwrpo,540.0,2026-11-28T17:00:00Z\n' > "$run/timings.csv"
 python3 scripts/check_duckdb.py "$tmp" README.md docs/datasets.md
 # Files rewritten by DuckDB (nullable columns, list items named 'element', no

@@ -195,3 +195,69 @@ impl Dataset for JudgeComparison {
         fields
     }
 }
+
+/// `dose_points`: one point of `wrpo-score dose`, the held-out gain against
+/// what the source brought. A level is one choice of y_ws with the same y_wt
+/// and y_l; its x is the training pairs' mean gap y_ws - y_wt (and the win
+/// rate, a tie counting half); an arm is one training recipe at that level
+/// (WRPO, DPO on y_ws, ...), compared per prompt with `against` (DPO on y_wt).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DosePoint {
+    pub level: String,
+    pub arm: String,
+    pub model: String,
+    pub against: String,
+    /// Prompt family (the prompt_id without its trailing -NUMBER), or 'all'.
+    pub family: String,
+    /// reward, or numeric_accuracy (on the numeric families only).
+    pub measure: String,
+    pub pairs: u32,
+    pub mean_gap: f64,
+    pub pair_win_rate: f64,
+    pub prompts: u32,
+    pub mean_diff: f64,
+    pub diff_low: f64,
+    pub diff_high: f64,
+    pub p_value: f64,
+}
+
+impl Dataset for DosePoint {
+    const NAME: &'static str = "dose_points";
+    const VERSION: u32 = 1;
+    fn fields() -> Vec<FieldRef> {
+        let mut fields: Vec<FieldRef> =
+            ["level", "arm", "model", "against", "family", "measure"].iter().map(|f| field(f, DataType::Utf8, false)).collect();
+        fields.push(field("pairs", DataType::UInt32, false));
+        fields.extend(["mean_gap", "pair_win_rate"].iter().map(|f| field(f, DataType::Float64, false)));
+        fields.push(field("prompts", DataType::UInt32, false));
+        fields.extend(["mean_diff", "diff_low", "diff_high", "p_value"].iter().map(|f| field(f, DataType::Float64, false)));
+        fields
+    }
+}
+
+/// `dose_slopes`: per arm and measure, the least-squares slope of the
+/// held-out difference against the levels' mean training gap, with a 95%
+/// percentile interval from resampling the prompts jointly across levels
+/// (one draw of prompts serves every level, as the levels answer the same
+/// prompts).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DoseSlope {
+    pub arm: String,
+    pub measure: String,
+    pub levels: u32,
+    pub prompts: u32,
+    pub slope: f64,
+    pub slope_low: f64,
+    pub slope_high: f64,
+}
+
+impl Dataset for DoseSlope {
+    const NAME: &'static str = "dose_slopes";
+    const VERSION: u32 = 1;
+    fn fields() -> Vec<FieldRef> {
+        let mut fields: Vec<FieldRef> = ["arm", "measure"].iter().map(|f| field(f, DataType::Utf8, false)).collect();
+        fields.extend(["levels", "prompts"].iter().map(|f| field(f, DataType::UInt32, false)));
+        fields.extend(["slope", "slope_low", "slope_high"].iter().map(|f| field(f, DataType::Float64, false)));
+        fields
+    }
+}

@@ -1,4 +1,5 @@
-//! `sft`: the SFT set, (x, y_ws) for the SFT part of the prompts.
+//! `sft`: the SFT set, (x, y_ws) for the SFT part of the prompts; or
+//! (x, reference answer) for training a stronger source (`reference-set`).
 
 use arrow::datatypes::{DataType, FieldRef};
 use serde::{Deserialize, Serialize};
@@ -9,11 +10,13 @@ use crate::dataset::{check_conversation, field, messages_field, utf8, Dataset, M
 pub struct SftExample {
     pub prompt_id: String,
     pub messages: Vec<Message>,
-    /// y_ws: the highest-reward response over all source models and samples.
+    /// y_ws: the highest-reward response over all source models and samples
+    /// (or the prompt's reference answer, source_model 'reference').
     pub response: String,
     pub source_model: String,
     pub source_sample_index: u32,
-    pub reward: f64,
+    /// The response's reward; null for a reference answer, which no reward model judged.
+    pub reward: Option<f64>,
 }
 
 impl Dataset for SftExample {
@@ -22,7 +25,8 @@ impl Dataset for SftExample {
         Some(self.prompt_id.clone())
     }
     const NAME: &'static str = "sft";
-    const VERSION: u32 = 1;
+    /// 2: `reward` may be null (a reference answer).
+    const VERSION: u32 = 2;
     fn fields() -> Vec<FieldRef> {
         vec![
             utf8("prompt_id"),
@@ -30,13 +34,13 @@ impl Dataset for SftExample {
             utf8("response"),
             utf8("source_model"),
             field("source_sample_index", DataType::UInt32, false),
-            field("reward", DataType::Float64, false),
+            field("reward", DataType::Float64, true),
         ]
     }
     fn check(&self) -> Result<(), String> {
         check_conversation(&self.messages)?;
-        if !self.reward.is_finite() {
-            return Err(format!("reward is {}", self.reward));
+        if let Some(r) = self.reward.filter(|r| !r.is_finite()) {
+            return Err(format!("reward is {r}"));
         }
         Ok(())
     }

@@ -90,7 +90,7 @@ fn sft(i: usize) -> SftExample {
         response: "y_ws".into(),
         source_model: "big".into(),
         source_sample_index: 4,
-        reward: 0.5,
+        reward: Some(0.5),
     }
 }
 
@@ -297,7 +297,7 @@ fn an_invalid_row_is_never_written() {
     s.reward = f64::NAN;
     assert!(write_dataset(&path, &[s], &prov()).unwrap_err().to_string().contains("reward is NaN"));
     let mut e = sft(0);
-    e.reward = f64::NAN;
+    e.reward = Some(f64::NAN);
     assert!(write_dataset(&path, &[e], &prov()).unwrap_err().to_string().contains("reward is NaN"));
     let mut q = pair(0);
     q.y_ws_reward = f64::INFINITY;

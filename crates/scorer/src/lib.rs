@@ -1,6 +1,7 @@
 //! Library side of `wrpo-score`: reward scoring, and choosing y_ws, y_wt
 //! and y_l from scored samples; rewards and judges behind servers.
 
+pub mod dose;
 pub mod judge;
 pub mod pairwise;
 pub mod remote;

@@ -12,14 +12,16 @@ use wrpo_common::{
     read_dataset,
     report::Judgement,
     scored::ScoredSample,
+    sft::SftExample,
     write_dataset, Provenance,
 };
 use wrpo_scorer::{
+    dose,
     judge::{self, Judge},
     pairwise, report,
     reward::RewardSpec,
     score::{score, write_summary, ScoreOptions, ScoreSettings, PRODUCER},
-    select::{check_scores, make_pairs, pairs_summary, sft_split, sft_summary, truncated_shares, ByPrompt, PairOptions, Strategy},
+    select::{check_scores, make_pairs, pairs_summary, reference_sft, sft_split, sft_summary, truncated_shares, ByPrompt, PairOptions, Strategy},
 };
 
 /// Score samples with a reward model and build the SFT set and WRPO pairs.
@@ -42,11 +44,21 @@ enum Command {
     /// reward and win rate against a baseline (95% bootstrap intervals),
     /// numeric accuracy and ROUGE-L; OUT/report.md, report.png, report.parquet.
     Report(ReportArgs),
+    /// The dose-response: per level of source strength (a pairs file with its
+    /// own y_ws) and arm (a recipe trained at that level), the held-out paired
+    /// difference against a baseline (DPO on y_wt), by the level's mean training
+    /// gap y_ws - y_wt, with slopes; OUT/dose.md, dose.png, dose-points.parquet,
+    /// dose-slopes.parquet.
+    Dose(DoseArgs),
     /// Split the train prompts into an SFT part and a preference part, and
     /// write the SFT set (x, y_ws) and the preference prompts.
     SftSet(SftSetArgs),
     /// Build preference pairs (x, y_ws, y_wt, y_l) for the preference prompts.
     Pairs(PairsArgs),
+    /// The training set of a stronger source: the SFT part's prompts with
+    /// their reference answers, refused where a prompt is also a preference,
+    /// validation or test prompt.
+    ReferenceSet(ReferenceSetArgs),
     /// Write pairs in the shape a GPU trainer reads: the official WRPO
     /// recipe's (chosen = [y_ws, y_wt], rejected = [y_l]) or TRL's
     /// conversational preference data; Parquet or JSON lines by OUT's extension.
@@ -192,6 +204,35 @@ struct ReportArgs {
 }
 
 #[derive(clap::Args, Serialize)]
+struct DoseArgs {
+    /// `prompts` dataset (references for numeric accuracy).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// `scored` datasets of the models compared (repeatable: e.g. the main eval's and the levels' own answers).
+    #[arg(long = "scores", required = true)]
+    scores: Vec<PathBuf>,
+    /// The model every arm is compared with (DPO on y_wt; a pool NAME of NAME@SEED aliases is one model).
+    #[arg(long)]
+    baseline: String,
+    /// A level, NAME=PAIRS: its `pairs` dataset (the one its arms trained on) gives its x (repeatable).
+    #[arg(long = "level", value_parser = parse_level, required = true)]
+    levels: Vec<(String, PathBuf)>,
+    /// An arm, LEVEL:ARM=MODEL: MODEL trained at LEVEL by recipe ARM (repeatable); arms of one
+    /// name at several levels give a slope.
+    #[arg(long = "arm", value_parser = parse_arm, required = true)]
+    arms: Vec<(String, String, String)>,
+    /// Prompt families (prompt_id without its -NUMBER) whose numeric accuracy is measured.
+    #[arg(long, value_delimiter = ',', default_value = "arithmetic,conversion")]
+    numeric_families: Vec<String>,
+    /// Seed of the bootstrap resamples.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Serialize)]
 struct SftSetArgs {
     /// `prompts` dataset (only its train split is used).
     #[arg(long)]
@@ -214,6 +255,22 @@ struct SftSetArgs {
     /// Output `prompts` dataset of the preference part.
     #[arg(long)]
     out_preference: PathBuf,
+}
+
+#[derive(clap::Args, Serialize)]
+struct ReferenceSetArgs {
+    /// `prompts` dataset of every split (the references, and the held-out prompts to keep out).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// `sft` dataset whose prompts the source is trained on (from `sft-set`).
+    #[arg(long)]
+    sft: PathBuf,
+    /// `prompts` dataset of the preference part (from `sft-set --out-preference`), kept out.
+    #[arg(long)]
+    preference: PathBuf,
+    /// Output `sft` dataset (x, reference answer).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Serialize)]
@@ -241,6 +298,11 @@ struct PairsArgs {
     /// answers do not all end up rejected and teach "shorter wins".
     #[arg(long)]
     allow_truncated: bool,
+    /// wrpo: y_ws is the best of only the first K eligible source samples of
+    /// each prompt (by sample_index), e.g. 1 for a single draw: a weaker
+    /// source from the same samples.
+    #[arg(long)]
+    source_best_of: Option<usize>,
     /// Output `pairs` dataset.
     #[arg(long)]
     out: PathBuf,
@@ -251,6 +313,22 @@ fn parse_comparison(text: &str) -> Result<(String, String), String> {
     match text.split_once(':') {
         Some((a, b)) if !a.is_empty() && !b.is_empty() && a != b => Ok((a.to_string(), b.to_string())),
         _ => Err(format!("'{text}' is not MODEL:AGAINST with two different model aliases")),
+    }
+}
+
+/// NAME=PAIRS of `dose --level`.
+fn parse_level(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), PathBuf::from(p))),
+        _ => Err(format!("'{text}' is not NAME=PAIRS (a level name and its pairs file)")),
+    }
+}
+
+/// LEVEL:ARM=MODEL of `dose --arm`.
+fn parse_arm(text: &str) -> Result<(String, String, String), String> {
+    match text.split_once('=').and_then(|(la, m)| la.split_once(':').map(|(l, a)| (l, a, m))) {
+        Some((l, a, m)) if !l.is_empty() && !a.is_empty() && !m.is_empty() => Ok((l.to_string(), a.to_string(), m.to_string())),
+        _ => Err(format!("'{text}' is not LEVEL:ARM=MODEL (e.g. L+:wrpo=wrpo-lplus)")),
     }
 }
 
@@ -300,6 +378,9 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
 
 /// What `report` writes into its --out folder.
 const REPORT_FILES: [&str; 5] = ["report.parquet", "per-prompt.parquet", "paired.parquet", "report.png", "report.md"];
+
+/// What `dose` writes into its --out folder.
+const DOSE_FILES: [&str; 4] = ["dose-points.parquet", "dose-slopes.parquet", "dose.png", "dose.md"];
 
 /// A model with more than this share of its samples cut off is warned about.
 const TRUNCATED_WARNING: f64 = 0.2;
@@ -404,6 +485,45 @@ fn run(cli: Cli) -> Result<()> {
             write_text(md, &table)?;
             println!("{table}");
         }
+        Command::Dose(args) => {
+            let written = DOSE_FILES.map(|f| args.out.join(f));
+            let mut inputs: Vec<(&str, &Path)> = vec![("--prompts", &args.prompts)];
+            inputs.extend(args.scores.iter().map(|p| ("--scores", p.as_path())));
+            inputs.extend(args.levels.iter().map(|(_, p)| ("--level", p.as_path())));
+            check_paths(&written.iter().map(|p| ("--out", p.as_path())).collect::<Vec<_>>(), &inputs)?;
+            let prompts: Vec<Prompt> = read_dataset(&args.prompts)?;
+            let mut sets = Vec::new();
+            for path in &args.scores {
+                sets.push((path.as_path(), read_dataset::<ScoredSample>(path)?));
+            }
+            check_scores(&sets.iter().map(|(p, rows)| (*p, rows.as_slice())).collect::<Vec<_>>())?;
+            let scored: Vec<ScoredSample> = sets.into_iter().flat_map(|(_, rows)| rows).collect();
+            let mut levels = Vec::new();
+            for (name, path) in &args.levels {
+                if levels.iter().any(|l: &dose::Level| &l.name == name) {
+                    bail!("--level {name} is given twice");
+                }
+                levels.push(dose::Level::from_pairs(name, &read_dataset::<Pair>(path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
+            }
+            let arms: Vec<dose::Arm> =
+                args.arms.iter().map(|(level, arm, model)| dose::Arm { level: level.clone(), arm: arm.clone(), model: model.clone() }).collect();
+            // `report` pools the seeds and refuses models that answered different prompts.
+            let compare: Vec<(String, String)> = arms.iter().map(|a| (a.model.clone(), args.baseline.clone())).collect();
+            let r = report::report(&prompts, &scored, &args.baseline, &compare, args.seed)?;
+            let numeric = args.numeric_families.iter().cloned().collect();
+            let d = dose::dose(&r.prompts, &levels, &arms, &args.baseline, &numeric, args.seed)?;
+            let mut prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?;
+            for path in args.scores.iter().chain(args.levels.iter().map(|(_, p)| p)) {
+                prov = prov.with_input(path)?;
+            }
+            let [points, slopes, png, md] = &written;
+            write_dataset(points, &d.points, &prov)?;
+            write_dataset(slopes, &d.slopes, &prov)?;
+            dose::chart(&d, png)?;
+            let table = dose::markdown(&d);
+            write_text(md, &table)?;
+            println!("{table}");
+        }
         Command::SftSet(args) => {
             if !(0.0..=1.0).contains(&args.sft_fraction) {
                 bail!("--sft-fraction must lie in [0, 1], got {}", args.sft_fraction);
@@ -430,6 +550,16 @@ fn run(cli: Cli) -> Result<()> {
                 split.unscored,
                 split.only_truncated
             );
+        }
+        Command::ReferenceSet(args) => {
+            check_paths(&[("--out", &args.out)], &[("--prompts", &args.prompts), ("--sft", &args.sft), ("--preference", &args.preference)])?;
+            let prompts = read_dataset::<Prompt>(&args.prompts)?;
+            let sft = read_dataset::<SftExample>(&args.sft)?;
+            let preference = read_dataset::<Prompt>(&args.preference)?;
+            let examples = reference_sft(&prompts, &sft, &preference).map_err(|e| anyhow::anyhow!("{}: {e}", args.sft.display()))?;
+            let prov = Provenance::new(PRODUCER, &args)?.with_input(&args.prompts)?.with_input(&args.sft)?.with_input(&args.preference)?;
+            write_dataset(&args.out, &examples, &prov)?;
+            eprintln!("{} (prompt, reference) examples -> {}; none is a preference, validation or test prompt", examples.len(), args.out.display());
         }
         Command::Export(args) => {
             check_paths(&[("--out", &args.out)], &[("--pairs", &args.pairs)])?;
@@ -461,7 +591,18 @@ fn run(cli: Cli) -> Result<()> {
             };
             let target_path = args.target_scores.clone().unwrap_or_default();
             check_scores(&[(&args.source_scores, &source), (&target_path, &target)])?;
-            let opts = PairOptions { strategy: args.strategy, allow_truncated: args.allow_truncated, min_gap: args.min_gap, max_gap: args.max_gap };
+            match (args.source_best_of, args.strategy) {
+                (Some(0), _) => bail!("--source-best-of must be at least 1, got 0"),
+                (Some(_), Strategy::Fusechat) => bail!("--source-best-of picks y_ws of --strategy wrpo; fusechat takes each source's best and worst"),
+                _ => {}
+            }
+            let opts = PairOptions {
+                strategy: args.strategy,
+                allow_truncated: args.allow_truncated,
+                min_gap: args.min_gap,
+                max_gap: args.max_gap,
+                source_best_of: args.source_best_of,
+            };
             let truncated = truncated_shares(&[&source, &target], TRUNCATED_WARNING, args.allow_truncated);
             let (pairs, dropped) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &opts);
             if pairs.is_empty() {
@@ -470,15 +611,18 @@ fn run(cli: Cli) -> Result<()> {
             write_dataset(&args.out, &pairs, &prov)?;
             let summary = pairs_summary(prompts.len(), &pairs, &dropped, &truncated);
             write_summary(&summary_path(&args.out), &summary)?;
-            let gain = &summary["source_gain"];
+            let gain = &summary["source_gain"]["all"];
+            let share = |k: &str| 100.0 * gain[k].as_f64().unwrap_or(0.0);
             eprintln!(
-                "{} pairs from {} prompts -> {}; dropped: {}; y_ws beats y_wt on {:.0}% (mean gap {:+.4})",
+                "{} pairs from {} prompts -> {}; dropped: {}; y_ws beats y_wt on {:.1}%, ties on {:.1}% (win rate {:.1}%, mean gap {:+.4})",
                 pairs.len(),
                 prompts.len(),
                 args.out.display(),
                 serde_json::to_string(&dropped)?,
-                100.0 * gain["all"]["y_ws_beats_y_wt"].as_f64().unwrap_or(0.0),
-                gain["all"]["mean_gap"].as_f64().unwrap_or(0.0),
+                share("y_ws_beats_y_wt"),
+                share("ties"),
+                share("win_rate"),
+                gain["mean_gap"].as_f64().unwrap_or(0.0),
             );
         }
     }

@@ -324,7 +324,7 @@ pub fn paired_markdown(paired: &[PairedComparison]) -> String {
 }
 
 /// A p-value as a reader wants it: four decimals, or its order of magnitude when smaller.
-fn p_text(p: f64) -> String {
+pub(crate) fn p_text(p: f64) -> String {
     if p < 1e-3 {
         format!("{p:.1e}")
     } else {
@@ -449,7 +449,7 @@ pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> 
 /// Draw a white PNG of `size` with `draw` and move it to `path` whole: the
 /// image is written to a hidden file beside it first (the backend picks the
 /// format by extension, hence `.NAME.tmp.png`).
-fn write_png(
+pub(crate) fn write_png(
     path: &Path,
     size: (u32, u32),
     draw: impl FnOnce(&plotters::drawing::DrawingArea<plotters::prelude::BitMapBackend, plotters::coord::Shift>) -> Result<()>,

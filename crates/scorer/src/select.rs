@@ -15,6 +15,7 @@ use wrpo_common::{
     samples::FinishReason,
     scored::ScoredSample,
     sft::SftExample,
+    Message,
 };
 
 /// Scored samples grouped by prompt, skipped samples and rewards that are
@@ -120,21 +121,40 @@ pub fn truncated_shares(sets: &[&[ScoredSample]], warn_above: f64, allow_truncat
 }
 
 /// How much the source brings: per source model of y_ws, the pairs, the
-/// share where y_ws outscores y_wt and the mean reward gap y_ws - y_wt.
-/// WRPO's source term can only teach where this gap is positive.
+/// shares where y_ws outscores y_wt, ties with it and falls below it, the
+/// win rate with a tie as half a win (as `report` counts one), and the mean
+/// reward gap y_ws - y_wt. WRPO's source term can only teach where this gap
+/// is positive.
 pub fn source_gain(pairs: &[Pair]) -> serde_json::Value {
-    let mut by: BTreeMap<&str, (usize, usize, f64)> = BTreeMap::new();
+    #[derive(Default)]
+    struct Tally {
+        pairs: usize,
+        wins: usize,
+        ties: usize,
+        gap: f64,
+    }
+    let mut by: BTreeMap<&str, Tally> = BTreeMap::new();
     for p in pairs {
         for key in [p.y_ws_model.as_str(), "all"] {
-            let e = by.entry(key).or_default();
-            e.0 += 1;
-            e.1 += usize::from(p.y_ws_reward > p.y_wt_reward);
-            e.2 += p.y_ws_reward - p.y_wt_reward;
+            let t = by.entry(key).or_default();
+            t.pairs += 1;
+            t.wins += usize::from(p.y_ws_reward > p.y_wt_reward);
+            t.ties += usize::from(p.y_ws_reward == p.y_wt_reward);
+            t.gap += p.y_ws_reward - p.y_wt_reward;
         }
     }
     by.into_iter()
-        .map(|(m, (n, wins, gap))| {
-            (m.to_string(), serde_json::json!({"pairs": n, "y_ws_beats_y_wt": wins as f64 / n as f64, "mean_gap": gap / n as f64}))
+        .map(|(m, t)| {
+            let n = t.pairs as f64;
+            let json = serde_json::json!({
+                "pairs": t.pairs,
+                "y_ws_beats_y_wt": t.wins as f64 / n,
+                "ties": t.ties as f64 / n,
+                "y_wt_beats_y_ws": (t.pairs - t.wins - t.ties) as f64 / n,
+                "win_rate": (t.wins as f64 + 0.5 * t.ties as f64) / n,
+                "mean_gap": t.gap / n,
+            });
+            (m.to_string(), json)
         })
         .collect::<serde_json::Map<_, _>>()
         .into()
@@ -203,13 +223,59 @@ pub fn sft_split(prompts: &[Prompt], source: &ByPrompt, sft_fraction: f64, seed:
                 response: y_ws.response.clone(),
                 source_model: y_ws.model.clone(),
                 source_sample_index: y_ws.sample_index,
-                reward: y_ws.reward,
+                reward: Some(y_ws.reward),
             });
         } else {
             out.preference.push(p.clone());
         }
     }
     out
+}
+
+/// The training set of a stronger source: the SFT part's prompts (from
+/// `sft-set`) with their reference answers as responses. The source learns
+/// only from prompts that neither preference training nor any held-out
+/// split sees: a prompt that is not a train prompt, that is also a
+/// preference prompt, or whose conversation equals one of those (under
+/// another id) is refused, and so is one without a reference.
+pub fn reference_sft(prompts: &[Prompt], sft: &[SftExample], preference: &[Prompt]) -> anyhow::Result<Vec<SftExample>> {
+    let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
+    // Every conversation the source must not learn from, with where it is.
+    let mut seen: HashMap<&[Message], String> = HashMap::new();
+    for p in preference {
+        seen.insert(&p.messages, format!("preference prompt {}", p.prompt_id));
+    }
+    for p in prompts.iter().filter(|p| p.split != Split::Train) {
+        seen.insert(&p.messages, format!("{:?} prompt {}", p.split, p.prompt_id).to_lowercase());
+    }
+    let mut out = Vec::with_capacity(sft.len());
+    for ex in sft {
+        let Some(p) = by_id.get(ex.prompt_id.as_str()) else {
+            anyhow::bail!("SFT example {} has no prompt in the prompts file", ex.prompt_id);
+        };
+        if p.split != Split::Train {
+            anyhow::bail!("SFT example {} is a {:?} prompt: a source may learn only from train prompts", ex.prompt_id, p.split);
+        }
+        if let Some(other) = seen.get(p.messages.as_slice()) {
+            anyhow::bail!(
+                "SFT example {} is the same conversation as {other}: the source's training prompts must be disjoint from them",
+                ex.prompt_id
+            );
+        }
+        let Some(reference) = &p.reference else {
+            anyhow::bail!("prompt {} has no reference answer to train the source on", ex.prompt_id);
+        };
+        out.push(SftExample {
+            prompt_id: ex.prompt_id.clone(),
+            messages: p.messages.clone(),
+            response: reference.clone(),
+            source_model: "reference".into(),
+            source_sample_index: 0,
+            // No reward model judged the reference.
+            reward: None,
+        });
+    }
+    Ok(out)
 }
 
 /// How the preferred and rejected responses are chosen.
@@ -234,6 +300,10 @@ pub struct PairOptions {
     pub allow_truncated: bool,
     pub min_gap: f64,
     pub max_gap: f64,
+    /// wrpo: y_ws is the best of only the first K eligible source samples of
+    /// a prompt (by sample_index, then model): a weaker source from the same
+    /// samples, K = 1 being a single draw. None: the best of all.
+    pub source_best_of: Option<usize>,
 }
 
 /// Why prompts produced no pair.
@@ -255,7 +325,7 @@ pub fn make_pairs(prompts: &[Prompt], source: &ByPrompt, target: &ByPrompt, opts
     let mut dropped = Dropped::default();
     for p in prompts {
         let chosen = match opts.strategy {
-            Strategy::Wrpo => wrpo_triple(source.get(&p.prompt_id), target.get(&p.prompt_id), opts.allow_truncated, &mut dropped),
+            Strategy::Wrpo => wrpo_triple(source.get(&p.prompt_id), target.get(&p.prompt_id), opts, &mut dropped),
             Strategy::Fusechat => fusechat_pair(source.get(&p.prompt_id), opts, &mut dropped),
         };
         if let Some((y_ws, y_wt, y_l)) = chosen {
@@ -288,7 +358,8 @@ pub fn make_pairs(prompts: &[Prompt], source: &ByPrompt, target: &ByPrompt, opts
 
 type Triple<'a> = (&'a ScoredSample, &'a ScoredSample, &'a ScoredSample);
 
-fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], allow_truncated: bool, dropped: &mut Dropped) -> Option<Triple<'a>> {
+fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], opts: &PairOptions, dropped: &mut Dropped) -> Option<Triple<'a>> {
+    let allow_truncated = opts.allow_truncated;
     if source.is_empty() {
         dropped.no_source_sample += 1;
         return None;
@@ -301,7 +372,11 @@ fn wrpo_triple<'a>(source: &[&'a ScoredSample], target: &[&'a ScoredSample], all
         dropped.all_identical += 1;
         return None;
     }
-    let (source, target) = (eligible(source, allow_truncated), eligible(target, allow_truncated));
+    let (mut source, target) = (eligible(source, allow_truncated), eligible(target, allow_truncated));
+    if let Some(k) = opts.source_best_of {
+        source.sort_by(|a, b| a.sample_index.cmp(&b.sample_index).then_with(|| a.model.cmp(&b.model)));
+        source.truncate(k);
+    }
     if source.is_empty() || target.len() < 2 {
         dropped.only_truncated += 1;
         return None;

@@ -2,9 +2,12 @@ use wrpo_common::{
     prompts::{Prompt, Split},
     samples::FinishReason,
     scored::ScoredSample,
+    sft::SftExample,
     Message, Role,
 };
-use wrpo_scorer::select::{check_scores, make_pairs, sft_split, source_gain, truncated_shares, ByPrompt, Dropped, PairOptions, Strategy};
+use wrpo_scorer::select::{
+    check_scores, make_pairs, reference_sft, sft_split, source_gain, truncated_shares, ByPrompt, Dropped, PairOptions, Strategy,
+};
 
 fn prompt(id: &str, split: Split) -> Prompt {
     Prompt { prompt_id: id.into(), messages: vec![Message::new(Role::User, format!("question {id}"))], reference: None, split, origin: "t".into() }
@@ -51,7 +54,7 @@ fn sft_split_takes_a_third_of_train_prompts_with_their_best_source_response() {
 }
 
 fn wrpo() -> PairOptions {
-    PairOptions { strategy: Strategy::Wrpo, allow_truncated: false, min_gap: 0.0, max_gap: f64::INFINITY }
+    PairOptions { strategy: Strategy::Wrpo, allow_truncated: false, min_gap: 0.0, max_gap: f64::INFINITY, source_best_of: None }
 }
 
 #[test]
@@ -97,7 +100,7 @@ fn fusechat_pairs_stay_within_one_source_and_the_gap_band() {
         scored("wide", "a", 0, "a0", 0.9),
         scored("wide", "a", 1, "a1", 0.1),
     ];
-    let opts = PairOptions { strategy: Strategy::Fusechat, allow_truncated: false, min_gap: 0.01, max_gap: 0.1 };
+    let opts = PairOptions { strategy: Strategy::Fusechat, allow_truncated: false, min_gap: 0.01, max_gap: 0.1, source_best_of: None };
     let (pairs, dropped) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&[]), &opts);
     assert_eq!(pairs.len(), 1);
     let p = &pairs[0];
@@ -158,17 +161,42 @@ fn a_truncated_response_is_neither_chosen_nor_rejected_unless_allowed() {
 }
 
 #[test]
-fn source_gain_counts_where_y_ws_outscores_y_wt() {
-    let prompts: Vec<Prompt> = ["p", "q", "r"].iter().map(|id| prompt(id, Split::Train)).collect();
-    let source = [scored("p", "a", 0, "a", 0.9), scored("q", "b", 0, "b", 0.1), scored("r", "a", 0, "a", 0.2)];
-    let target: Vec<ScoredSample> = ["p", "q", "r"].iter().flat_map(|id| [scored(id, "t", 0, "hi", 0.5), scored(id, "t", 1, "lo", 0.0)]).collect();
+fn source_gain_counts_where_y_ws_outscores_y_wt_and_a_tie_as_a_tie() {
+    let prompts: Vec<Prompt> = ["p", "q", "r", "s"].iter().map(|id| prompt(id, Split::Train)).collect();
+    let source = [scored("p", "a", 0, "a", 0.9), scored("q", "b", 0, "b", 0.1), scored("r", "a", 0, "a", 0.2), scored("s", "a", 0, "a", 0.5)];
+    let target: Vec<ScoredSample> =
+        ["p", "q", "r", "s"].iter().flat_map(|id| [scored(id, "t", 0, "hi", 0.5), scored(id, "t", 1, "lo", 0.0)]).collect();
     let (pairs, _) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &wrpo());
     let gain = source_gain(&pairs);
-    assert_eq!(gain["a"]["pairs"], 2);
-    assert_eq!(gain["a"]["y_ws_beats_y_wt"], 0.5);
-    assert!((gain["a"]["mean_gap"].as_f64().unwrap() - 0.05).abs() < 1e-12);
-    assert!((gain["all"]["y_ws_beats_y_wt"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12);
-    assert!((gain["all"]["mean_gap"].as_f64().unwrap() - (0.4 - 0.4 - 0.3) / 3.0).abs() < 1e-12);
+    let close = |v: &serde_json::Value, x: f64| (v.as_f64().unwrap() - x).abs() < 1e-12;
+    // Source a: a win (p), a loss (r) and a tie (s, 0.5 against 0.5).
+    assert_eq!(gain["a"]["pairs"], 3);
+    assert!(close(&gain["a"]["y_ws_beats_y_wt"], 1.0 / 3.0));
+    assert!(close(&gain["a"]["ties"], 1.0 / 3.0));
+    assert!(close(&gain["a"]["y_wt_beats_y_ws"], 1.0 / 3.0));
+    // The tie is half a win, not a source loss.
+    assert!(close(&gain["a"]["win_rate"], 0.5));
+    assert!(close(&gain["a"]["mean_gap"], (0.4 - 0.3 + 0.0) / 3.0));
+    assert!(close(&gain["all"]["win_rate"], 1.5 / 4.0));
+    assert!(close(&gain["all"]["mean_gap"], (0.4 - 0.4 - 0.3 + 0.0) / 4.0));
+}
+
+#[test]
+fn source_best_of_k_takes_the_first_eligible_samples_only() {
+    let prompts = vec![prompt("p", Split::Train)];
+    // Sample 0 is cut off (not eligible), so the first eligible one is sample 1.
+    let mut cut = scored("p", "a", 0, "cut", 0.95);
+    cut.finish_reason = FinishReason::Length;
+    let source = [cut, scored("p", "a", 2, "third", 0.9), scored("p", "a", 1, "second", 0.3), scored("p", "a", 3, "fourth", 0.6)];
+    let target = [scored("p", "t", 0, "hi", 0.5), scored("p", "t", 1, "lo", 0.0)];
+    let y_ws = |k: Option<usize>| {
+        let (pairs, _) = make_pairs(&prompts, &ByPrompt::new(&source), &ByPrompt::new(&target), &PairOptions { source_best_of: k, ..wrpo() });
+        pairs[0].y_ws.clone()
+    };
+    assert_eq!(y_ws(None), "third");
+    assert_eq!(y_ws(Some(1)), "second");
+    assert_eq!(y_ws(Some(2)), "third");
+    assert_eq!(y_ws(Some(10)), "third");
 }
 
 #[test]
@@ -184,4 +212,45 @@ fn scores_of_two_reward_models_or_a_key_twice_are_refused() {
     assert!(err.contains("(prompt_id p, model a, sample_index 0) is scored twice"), "{err}");
     let target = [scored("p", "t", 0, "z", 0.0)];
     assert!(check_scores(&[(path, &rows[..1]), (path, &target)]).is_ok());
+}
+
+#[test]
+fn a_stronger_source_learns_references_of_train_prompts_disjoint_from_every_other_split() {
+    let with_reference = |id: &str, split: Split| Prompt { reference: Some(format!("answer {id}")), ..prompt(id, split) };
+    let prompts = vec![
+        with_reference("s1", Split::Train),
+        with_reference("s2", Split::Train),
+        with_reference("p1", Split::Train),
+        with_reference("v1", Split::Validation),
+        with_reference("e1", Split::Eval),
+    ];
+    let example = |id: &str| SftExample {
+        prompt_id: id.into(),
+        messages: prompts.iter().find(|p| p.prompt_id == id).map_or(vec![], |p| p.messages.clone()),
+        response: "y_ws".into(),
+        source_model: "a".into(),
+        source_sample_index: 3,
+        reward: Some(0.5),
+    };
+    let preference = vec![prompts[2].clone()];
+    let set = reference_sft(&prompts, &[example("s1"), example("s2")], &preference).unwrap();
+    assert_eq!(set.iter().map(|e| (e.prompt_id.as_str(), e.response.as_str())).collect::<Vec<_>>(), [("s1", "answer s1"), ("s2", "answer s2")]);
+    assert!(set.iter().all(|e| e.source_model == "reference" && e.reward.is_none()));
+
+    let refused = |sft: &[SftExample], prompts: &[Prompt]| reference_sft(prompts, sft, &preference).unwrap_err().to_string();
+    let err = refused(&[example("s1"), example("p1")], &prompts);
+    assert!(err.contains("p1") && err.contains("preference prompt p1"), "{err}");
+    let err = refused(&[example("v1")], &prompts);
+    assert!(err.contains("v1") && err.contains("Validation"), "{err}");
+    // The same conversation as a test prompt, under another id.
+    let mut copy = with_reference("s3", Split::Train);
+    copy.messages = prompts[4].messages.clone();
+    let mut with_copy = prompts.clone();
+    with_copy.push(copy);
+    let err = refused(&[example("s1"), SftExample { prompt_id: "s3".into(), ..example("s1") }], &with_copy);
+    assert!(err.contains("s3") && err.contains("eval prompt e1"), "{err}");
+    let mut unreferenced = prompts.clone();
+    unreferenced[0].reference = None;
+    assert!(refused(&[example("s1")], &unreferenced).contains("no reference"));
+    assert!(refused(&[example("nosuch")], &prompts).contains("no prompt"));
 }

@@ -194,7 +194,7 @@ fn wrpo_dpo_and_sft_gradients_equal_pytorch_on_every_configuration() {
                     response: e["y_ws"].as_str().unwrap().into(),
                     source_model: "source".into(),
                     source_sample_index: 0,
-                    reward: 1.0,
+                    reward: Some(1.0),
                 })
                 .collect();
             let mut packed = Vec::new();

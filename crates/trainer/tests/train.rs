@@ -88,7 +88,7 @@ impl Setup {
                     response: GOOD[i % 3].into(),
                     source_model: "source".into(),
                     source_sample_index: 0,
-                    reward: 1.0,
+                    reward: Some(1.0),
                 })
                 .collect();
             write_dataset(Path::new(&s.path(name)), &rows, &prov).unwrap();
