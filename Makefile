@@ -64,7 +64,7 @@ JUDGE ?=
 # into wrpo and dpo for the paired comparisons.
 SEEDS ?=
 # The alpha ablation (`make ablation`): one WRPO run per alpha_max in ALPHAS
-# (0 is DPO on y_wt, 1 is DPO on y_ws) into WORK/wrpo-alphaA and one with
+# (0 is DPO on y_wt; 1 still ramps alpha up from 0, DPO on y_ws is static alpha 1) into WORK/wrpo-alphaA and one with
 # alpha fixed at STATIC_ALPHA (WORK/wrpo-staticA), all with the first training
 # seed, answered on ABLATION_SPLIT into WORK/ablation as alphaA and staticA:
 # each compared with Target-SFT (static with dynamic at its value), plotted
@@ -88,9 +88,9 @@ EVAL_DIR = $(WORK)/$(if $(filter validation,$(EVAL_SPLIT)),validation,eval)
 run_dirs = $(if $(SEEDS),$(foreach s,$(SEEDS),$(WORK)/$(1)-seed$(s)),$(WORK)/$(1))
 WRPO_DONE = $(addsuffix /.done,$(call run_dirs,wrpo))
 DPO_DONE = $(addsuffix /.done,$(call run_dirs,dpo))
-# $(call preference,STAGE,LOSS ARGS,SEED[,LR]): preference training from Target-SFT on the pairs, into $(@D),
-# at learning rate LR (default WRPO_LR).
-preference = $(TIMED) $(1) $(TRAIN) wrpo $(2) --model $(WORK)/target-sft/final --pairs $(WORK)/pairs-ref.parquet --lr $(or $(4),$(WRPO_LR)) \
+# $(call preference,STAGE,LOSS ARGS,SEED[,LR[,PAIRS]]): preference training from Target-SFT on the pairs
+# (default WORK/pairs-ref.parquet), into $(@D), at learning rate LR (default WRPO_LR).
+preference = $(TIMED) $(1) $(TRAIN) wrpo $(2) --model $(WORK)/target-sft/final --pairs $(or $(5),$(WORK)/pairs-ref.parquet) --lr $(or $(4),$(WRPO_LR)) \
   --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING_STEPS) --seed $(3)
 WRPO_ARGS = --alpha-max $(ALPHA_MAX)
 DPO_ARGS = --loss dpo --dpo-chosen target
@@ -107,7 +107,7 @@ TIMED = scripts/timed.sh $(WORK)
 # then sets DIR aside before the step writes it again (scripts/fresh.sh).
 # make expands every rule's prerequisites, so only runs that make pipeline
 # files write settings files.
-NOT_PIPELINE := help print-% build test test-remote test-gpu-path experiment study-sweep models bench-decode bench-sample bench-train clean-run
+NOT_PIPELINE := help print-% build test test-remote test-gpu-path experiment study-sweep study-dose study-dose-gate models bench-decode bench-sample bench-train clean-run
 DRY := $(if $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))),dry)
 settings = $(if $(filter-out $(NOT_PIPELINE),$(or $(MAKECMDGOALS),help)),$(shell scripts/settings.sh $(WORK) $(1) '$(2)' $(DRY)),$(WORK)/.settings/$(1))
 # What a dry run (make -n, make -q) shows for changed settings: out of date, and nothing written.
@@ -120,14 +120,14 @@ $(WORK)/.settings/%: ;
 .PRECIOUS: $(WORK)/.settings/%
 fresh = scripts/fresh.sh $(WORK)/.settings/$(1) $(2) $(3)
 
-.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-contention bench-score prompts pairs train dpo eval sweep ablation study-sweep experiment clean-run
+.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-contention bench-score prompts pairs train dpo eval sweep ablation study-sweep experiment dose dose-gate study-dose study-dose-gate clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS SWEEP_LRS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH JUDGE; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS SWEEP_LRS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT DOSE_RUNS DOSE_SPLIT SOURCE_PLUS_BASE SOURCE_PLUS_LR SOURCE_PLUS_EPOCHS DOSE_PLUS_N FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH JUDGE; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -204,10 +204,121 @@ STUDY = WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" SOURC
 study-sweep: ## The study's learning-rate sweep on the validation split (run before `make experiment`; STUDY_WORK)
 	$(MAKE) --no-print-directory sweep $(STUDY) EVAL_N=$(STUDY_VALIDATION_N)
 
+study-dose-gate: ## The gate of the study's dose-response: the stronger source's y_ws against y_wt on training pairs
+	$(MAKE) --no-print-directory dose-gate $(STUDY)
+
+study-dose: ## The study's dose-response (Evidence II): DOSE_SPLIT=validation first (the dress rehearsal), then DOSE_SPLIT=eval
+	$(MAKE) --no-print-directory dose $(STUDY) EVAL_N=$(if $(filter validation,$(DOSE_SPLIT)),$(STUDY_VALIDATION_N),$(EVAL_N))
+
 experiment: ## The evidence study: data/study prompts, WRPO and DPO per seed, alpha ablation, paired report (STUDY_WORK; hours)
 	$(MAKE) --no-print-directory eval $(STUDY)
 	$(MAKE) --no-print-directory ablation $(STUDY) ABLATION_PAIRS=$(STUDY_ABLATION_PAIRS) ABLATION_SPLIT=validation \
 	  EVAL_N=$(STUDY_VALIDATION_N)
+
+# Evidence II, the dose-response (docs/results.md): WRPO's gain against what its source
+# brings. Levels of source strength share Target-SFT, y_wt and y_l; only y_ws changes:
+#   Lminus  the first eligible source sample of each prompt (best of 1): a weaker source, no sampling;
+#   L0      the chain's own y_ws (best of SOURCE_N);
+#   Lplus   a stronger source: SOURCE_PLUS_BASE fine-tuned on the reference answers of the SFT
+#           third's prompts (wrpo-score reference-set refuses any preference, validation or
+#           test prompt), sampled DOSE_PLUS_N times per preference prompt.
+# Each run of DOSE_RUNS is LEVEL/ARM-seedS, ARM being wrpo (alpha_max ALPHA_MAX), dpo-ws (DPO with
+# chosen = y_ws, the static alpha = 1 endpoint) or wrpo-alphaA (alpha_max A); L0's WRPO runs are
+# the chain's own (WORK/wrpo-seedS), and DPO on y_wt (the chain's dpo) is every arm's baseline.
+# The runs answer DOSE_SPLIT (validation: the dress rehearsal, every model answered here; eval:
+# the test split, the chain's own models taken from WORK/eval) into WORK/dose/SPLIT, and
+# `wrpo-score dose` writes dose.md, dose.png and the slopes there.
+DOSE_RUNS ?= Lminus/wrpo-seed1 Lminus/dpo-ws-seed1 L0/dpo-ws-seed1 Lplus/wrpo-seed1 Lplus/wrpo-seed2 Lplus/dpo-ws-seed1 \
+  Lplus/wrpo-alpha1-seed1
+DOSE_SPLIT ?= validation
+SOURCE_PLUS_BASE ?= $(firstword $(SOURCE_FILES))
+SOURCE_PLUS_LR ?= 5e-5
+SOURCE_PLUS_EPOCHS ?= 3
+DOSE_PLUS_N ?= $(SOURCE_N)
+DOSE = $(WORK)/dose
+# A run LEVEL/ARM-seedS: its level, arm and seed; the loss arguments of an arm.
+dose_level = $(firstword $(subst /, ,$(1)))
+dose_arm = $(firstword $(subst -seed, ,$(lastword $(subst /, ,$(1)))))
+dose_seed = $(lastword $(subst -seed, ,$(1)))
+dose_loss = $(if $(filter dpo-ws,$(1)),--loss dpo --dpo-chosen source,$(if $(filter wrpo-alpha%,$(1)),--alpha-max $(patsubst wrpo-alpha%,%,$(1)),$(WRPO_ARGS)))
+# A level's pairs, with the reference's log-probs: L0's are the chain's.
+dose_pairs = $(if $(filter L0,$(1)),$(WORK)/pairs,$(DOSE)/$(1)/pairs)
+# A run's eval alias ARM-LEVEL@SEED; the report pools the seeds of ARM-LEVEL.
+dose_alias = $(call dose_arm,$(1))-$(call dose_level,$(1))@$(call dose_seed,$(1))
+DOSE_LEVEL_NAMES = $(sort L0 $(foreach r,$(DOSE_RUNS),$(call dose_level,$(r))))
+DOSE_MAIN_MODELS = $(call run_models,wrpo) $(call run_models,dpo)
+DOSE_EVAL_DIR = $(DOSE)/$(if $(filter validation,$(DOSE_SPLIT)),validation,eval)
+DOSE_MODELS = $(foreach r,$(DOSE_RUNS),$(call dose_alias,$(r))=$(DOSE)/$(r)/final) $(if $(filter validation,$(DOSE_SPLIT)),$(DOSE_MAIN_MODELS))
+
+dose: $$(DOSE_EVAL_DIR)/dose.md ## The dose-response: WRPO and DPO on y_ws per level of source strength (Lminus, L0, Lplus) against DPO on y_wt (dose.png)
+
+dose-gate: $(DOSE)/Lplus/pairs.parquet ## The stronger source's training pairs: how often and by how much its y_ws beats y_wt
+	@echo "Lplus y_ws against y_wt on the training pairs ($(DOSE)/Lplus/pairs.summary.json):"
+	@grep -A 7 '"all"' $(DOSE)/Lplus/pairs.summary.json
+
+# The stronger source's training set and the source fine-tuned on it.
+$(DOSE)/source-plus-set.parquet: $(WORK)/sft.parquet $(WORK)/preference-prompts.parquet | $(BUILD)
+	$(call need,$(SCORE))
+	@mkdir -p $(@D)
+	$(SCORE) reference-set --prompts $(WORK)/prompts.parquet --sft $< --preference $(WORK)/preference-prompts.parquet --out $@
+
+$(DOSE)/source-plus/.done: $(DOSE)/source-plus-set.parquet $(call model_files,$(SOURCE_PLUS_BASE)) \
+  $$(call settings,source-plus,$$(SOURCE_PLUS_BASE) $$(SOURCE_PLUS_LR) $$(SOURCE_PLUS_EPOCHS) $$(LENGTHS) $$(SEED)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(call fresh,source-plus,$(@D),$@)
+	$(TIMED) source-plus $(TRAIN) sft --model $(SOURCE_PLUS_BASE) --data $< --out $(@D) --lr $(SOURCE_PLUS_LR) --epochs $(SOURCE_PLUS_EPOCHS) \
+	  --micro-batch 4 --grad-accum 1 --warmup-ratio 0.1 $(LENGTHS) --seed $(SEED)
+	touch $@
+
+$(DOSE)/Lplus/source-samples/.done: $(DOSE)/source-plus/.done $(WORK)/preference-prompts.parquet $$(call settings,Lplus-samples,--n $$(DOSE_PLUS_N) $$(SAMPLING)) | $(BUILD)
+	$(call need,$(SAMPLE))
+	$(call fresh,Lplus-samples,$(@D),$@)
+	$(TIMED) Lplus-samples $(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model source-plus=$(DOSE)/source-plus/final \
+	  --n $(DOSE_PLUS_N) $(SAMPLING) --out $(@D)
+	touch $@
+
+$(DOSE)/Lplus/source-scores/.done: $(DOSE)/Lplus/source-samples/.done $$(call settings,Lplus-scores,$$(REWARD)) | $(BUILD)
+	$(call need,$(SCORE))
+	$(call fresh,Lplus-scores,$(@D),$@)
+	$(TIMED) Lplus-scores $(SCORE) score --prompts $(WORK)/preference-prompts.parquet --samples $(<D) --reward $(REWARD) --out $(@D)
+	touch $@
+
+# Each level's pairs: the chain's preference prompts, y_wt and y_l, and the level's y_ws.
+DOSE_PAIRING = --prompts $(WORK)/preference-prompts.parquet --target-scores $(WORK)/target-scores $(if $(ALLOW_TRUNCATED),--allow-truncated)
+$(DOSE)/Lminus/pairs.parquet: $(WORK)/source-scores/.done $(WORK)/target-scores/.done $(WORK)/preference-prompts.parquet \
+  $$(call settings,Lminus-pairs,$$(ALLOW_TRUNCATED)) | $(BUILD)
+	$(call need,$(SCORE))
+	@mkdir -p $(@D)
+	$(TIMED) Lminus-pairs $(SCORE) pairs $(DOSE_PAIRING) --source-scores $(WORK)/source-scores --source-best-of 1 --out $@
+
+$(DOSE)/Lplus/pairs.parquet: $(DOSE)/Lplus/source-scores/.done $(WORK)/target-scores/.done $(WORK)/preference-prompts.parquet \
+  $$(call settings,Lplus-pairs,$$(ALLOW_TRUNCATED)) | $(BUILD)
+	$(call need,$(SCORE))
+	$(TIMED) Lplus-pairs $(SCORE) pairs $(DOSE_PAIRING) --source-scores $(DOSE)/Lplus/source-scores --out $@
+
+$(DOSE)/%/pairs-ref.parquet: $(DOSE)/%/pairs.parquet $(WORK)/target-sft/.done $$(call settings,$$*-ref-logps,$$(LENGTHS)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(TIMED) $*-ref-logps $(TRAIN) ref-logps --model $(WORK)/target-sft/final --pairs $< --out $@ $(LENGTHS)
+
+# A pattern rule's target that only another rule needs is intermediate, and make would delete it.
+.PRECIOUS: $(DOSE)/%/pairs-ref.parquet
+
+# One run of DOSE_RUNS, LEVEL/ARM-seedS, from Target-SFT on the level's pairs.
+$(DOSE)/%/.done: $$(call dose_pairs,$$(call dose_level,$$*))-ref.parquet \
+  $$(call settings,dose-$$(subst /,-,$$*),$$(WRPO_LR) $$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS)) | $(BUILD)
+	$(call need,$(TRAIN))
+	$(call fresh,dose-$(subst /,-,$*),$(@D),$@)
+	$(call preference,dose-$(subst /,-,$*),$(call dose_loss,$(call dose_arm,$*)),$(call dose_seed,$*),,$<)
+	touch $@
+
+DOSE_ARMS = $(addprefix --arm ,L0:wrpo=wrpo $(sort $(foreach r,$(DOSE_RUNS),$(call dose_level,$(r)):$(call dose_arm,$(r))=$(call dose_arm,$(r))-$(call dose_level,$(r)))))
+$(DOSE_EVAL_DIR)/dose.md: $$(foreach r,$$(DOSE_RUNS),$$(DOSE)/$$(r)/.done) $$(WRPO_DONE) $$(DPO_DONE) $(if $(filter validation,$(DOSE_SPLIT)),,$$(EVAL_DIR)/report.md) \
+  $$(call settings,dose-$$(DOSE_SPLIT),$$(ANSWERING) $$(SEEDS) $$(DOSE_RUNS)) | $(BUILD)
+	$(call need,$(SAMPLE))
+	$(call fresh,dose-$(DOSE_SPLIT),$(@D),$@)
+	$(call answer,$(DOSE_MODELS),$(DOSE_SPLIT))
+	$(SCORE) dose --prompts $(WORK)/prompts.parquet --scores $(@D)/scores $(if $(filter validation,$(DOSE_SPLIT)),,--scores $(EVAL_DIR)/scores) \
+	  --baseline dpo $(foreach l,$(DOSE_LEVEL_NAMES),--level $(l)=$(call dose_pairs,$(l)).parquet) $(DOSE_ARMS) --out $(@D)
 
 clean-run: ## Delete WORK
 	rm -rf $(WORK)

@@ -41,4 +41,16 @@ done
 make -n ablation "${run[@]}" "${ablation[@]}" ABLATION_PAIRS=3 > "$work/dry.txt"
 grep -q "wrpo-alpha0 .*--alpha-max 0 --subsample 3 " "$work/dry.txt" || fail "ABLATION_PAIRS=3: alpha_max 0 is not trained on 3 pairs"
 test -s "$work/ablation/sweep.png" || fail "sweep.png (the ablation against alpha_max) is missing"
+# The dose-response on the same chain: a weaker y_ws (best of 1), a stronger source (the source
+# fine-tuned on the SFT third's references, sampled on the preference prompts) and the chain's
+# own, against DPO on y_wt on the test split.
+dose=(DOSE_SPLIT=eval DOSE_RUNS="Lminus/wrpo-seed1 L0/dpo-ws-seed1 Lplus/wrpo-seed1" SOURCE_PLUS_EPOCHS=1)
+make dose "${run[@]}" "${dose[@]}"
+for f in dose/source-plus-set.parquet dose/source-plus/final/model.safetensors dose/Lplus/pairs-ref.parquet dose/eval/dose.png; do
+  test -s "$work/$f" || fail "$f is missing"
+done
+for row in "| L0 | wrpo | wrpo - dpo | reward |" "| Lminus | wrpo | wrpo-Lminus - dpo | reward |" "| L0 | dpo-ws | dpo-ws-L0 - dpo | reward |" "| wrpo | reward | 3 |"; do
+  grep -qF "$row" "$work/dose/eval/dose.md" || fail "dose/eval/dose.md lacks the row '$row'"
+done
+make -q dose "${run[@]}" "${dose[@]}" || fail "make dose again: not up to date"
 echo "smoke: 1 passed, 0 failed"
