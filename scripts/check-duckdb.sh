@@ -10,7 +10,7 @@ bin=target/debug
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 run=$tmp/runs/demo
-"$bin/wrpo-sample" import --input data/demo/prompts.jsonl --out "$run/prompts.parquet" --eval-fraction 0.1
+"$bin/wrpo-sample" import --input data/demo/prompts.jsonl --out "$run/prompts.parquet" --reference-column reference --eval-fraction 0.1
 "$bin/examples/synthetic_run" sources "$run"
 "$bin/wrpo-score" sft-set --prompts "$run/prompts.parquet" --source-scores "$run/source-scores" \
   --out "$run/sft.parquet" --out-preference "$run/preference-prompts.parquet"
@@ -24,9 +24,9 @@ run=$tmp/runs/demo
 # The dose-response's datasets the same way: a weaker y_ws (best of 1) beside the chain's, the source
 # model at both levels against the other, and the reference set a stronger source trains on.
 "$bin/wrpo-score" pairs --prompts "$run/preference-prompts.parquet" --source-scores "$run/source-scores" \
-  --target-scores "$run/target-scores" --source-best-of 1 --out "$run/dose/Lminus/pairs.parquet" 2> /dev/null
+  --target-scores "$run/target-scores" --source-best-of 1 --out "$run/dose/Lminus/pairs.parquet" > /dev/null
 "$bin/wrpo-score" reference-set --prompts "$run/prompts.parquet" --sft "$run/sft.parquet" \
-  --preference "$run/preference-prompts.parquet" --out "$run/dose/source-plus-set.parquet" 2> /dev/null
+  --preference "$run/preference-prompts.parquet" --out "$run/dose/source-plus-set.parquet" > /dev/null
 "$bin/wrpo-score" dose --prompts "$run/prompts.parquet" --scores "$run/source-scores" --baseline gemma3 \
   --level L0="$run/pairs.parquet" --level Lminus="$run/dose/Lminus/pairs.parquet" \
   --arm L0:wrpo=smollm2 --arm Lminus:wrpo=smollm2 --out "$run/dose/eval" > /dev/null
