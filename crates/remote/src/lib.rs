@@ -278,8 +278,13 @@ impl Client {
         let mut tries = 0;
         loop {
             match attempt() {
-                Err(Failure::Transient { after, .. }) if tries < self.opts.retries => {
-                    std::thread::sleep(pause(tries, after));
+                Err(Failure::Transient { after, message }) if tries < self.opts.retries => {
+                    let wait = pause(tries, after);
+                    // A wait the server asked for can be minutes: say why nothing moves.
+                    if after.is_some_and(|a| a >= Duration::from_secs(5)) {
+                        eprintln!("{message}: the server asked to wait (Retry-After); trying again in {:.0} s", wait.as_secs_f64());
+                    }
+                    std::thread::sleep(wait);
                     tries += 1;
                 }
                 Err(Failure::Transient { message, .. }) => {
@@ -325,9 +330,11 @@ impl Client {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from inference servers; it falls back to backoff).
+/// `Retry-After` in seconds (the HTTP-date form is rare from inference servers; it falls back to backoff),
+/// at most `MAX_PAUSE`: a larger value (1e20) would overflow a Duration and panic the request thread.
 fn retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    let seconds = value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0)?;
+    Some(Duration::from_secs_f64(seconds.min(MAX_PAUSE.as_secs_f64())))
 }
 
 /// The pause before attempt `tries + 2`: 0.5 s, 1 s, 2 s, ... up to 30 s,
@@ -379,6 +386,17 @@ mod tests {
         }
         assert_eq!(chat_content(&answer(json!("4"), "stop")).unwrap(), ("4".to_string(), false));
         assert_eq!(chat_content(&answer(json!("The answer"), "length")).unwrap(), ("The answer".to_string(), true));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_capped_at_the_longest_pause() {
+        assert_eq!(retry_after(" 2.5 "), Some(Duration::from_millis(2500)));
+        assert_eq!(retry_after("1e20"), Some(MAX_PAUSE));
+        assert_eq!(retry_after(&f64::MAX.to_string()), Some(MAX_PAUSE));
+        assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after("inf"), None);
+        assert_eq!(retry_after("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(pause(0, retry_after("1e20")), MAX_PAUSE);
     }
 
     #[test]
