@@ -497,6 +497,15 @@ fn run(cli: Cli) -> Result<()> {
                 sets.push((path.as_path(), read_dataset::<ScoredSample>(path)?));
             }
             check_scores(&sets.iter().map(|(p, rows)| (*p, rows.as_slice())).collect::<Vec<_>>())?;
+            // One model's answers in two folders (or one folder given twice) would count twice in its means.
+            let mut holder: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+            for (i, (path, rows)) in sets.iter().enumerate() {
+                for r in rows.iter() {
+                    if let Some(j) = holder.insert(&r.model, i).filter(|j| *j != i) {
+                        bail!("model '{}' is scored in both {} and {}: give each model's answers once", r.model, sets[j].0.display(), path.display());
+                    }
+                }
+            }
             let scored: Vec<ScoredSample> = sets.into_iter().flat_map(|(_, rows)| rows).collect();
             let mut levels = Vec::new();
             for (name, path) in &args.levels {
