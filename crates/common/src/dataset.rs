@@ -34,6 +34,12 @@ pub(crate) fn field(name: &str, data_type: DataType, nullable: bool) -> FieldRef
     Arc::new(Field::new(name, data_type, nullable))
 }
 
+/// Non-nullable fields of one type, in order: a schema as runs of types is
+/// `[required(&[..], A), required(&[..], B)].concat()`.
+pub(crate) fn required(names: &[&str], data_type: DataType) -> Vec<FieldRef> {
+    names.iter().map(|name| field(name, data_type.clone(), false)).collect()
+}
+
 pub(crate) fn utf8(name: &str) -> FieldRef {
     field(name, DataType::Utf8, false)
 }

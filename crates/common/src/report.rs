@@ -4,7 +4,7 @@
 use arrow::datatypes::{DataType, FieldRef};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{field, Dataset};
+use crate::dataset::{field, required, Dataset};
 
 /// One model's row of the report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,13 +106,12 @@ impl Dataset for PairedComparison {
     const NAME: &'static str = "eval_paired";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {
-        let mut fields =
-            vec![field("model", DataType::Utf8, false), field("against", DataType::Utf8, false), field("measure", DataType::Utf8, false)];
-        fields.push(field("prompts", DataType::UInt32, false));
-        for f in ["mean_diff", "diff_low", "diff_high", "win_rate", "win_low", "win_high", "p_value"] {
-            fields.push(field(f, DataType::Float64, false));
-        }
-        fields
+        [
+            required(&["model", "against", "measure"], DataType::Utf8),
+            required(&["prompts"], DataType::UInt32),
+            required(&["mean_diff", "diff_low", "diff_high", "win_rate", "win_low", "win_high", "p_value"], DataType::Float64),
+        ]
+        .concat()
     }
 }
 
@@ -143,11 +142,13 @@ impl Dataset for Judgement {
         Some(format!("({}, {}, {}, {}, {})", self.prompt_id, self.model, self.baseline, self.sample_index, self.shown_first))
     }
     fn fields() -> Vec<FieldRef> {
-        let mut fields: Vec<FieldRef> = ["prompt_id", "model", "baseline"].iter().map(|f| field(f, DataType::Utf8, false)).collect();
-        fields.push(field("sample_index", DataType::UInt32, false));
-        fields.extend(["shown_first", "verdict", "judgement"].iter().map(|f| field(f, DataType::Utf8, false)));
-        fields.push(field("length_diff", DataType::Int64, false));
-        fields
+        [
+            required(&["prompt_id", "model", "baseline"], DataType::Utf8),
+            required(&["sample_index"], DataType::UInt32),
+            required(&["shown_first", "verdict", "judgement"], DataType::Utf8),
+            required(&["length_diff"], DataType::Int64),
+        ]
+        .concat()
     }
     fn check(&self) -> Result<(), String> {
         match (self.shown_first.as_str(), self.verdict.as_str()) {
@@ -189,10 +190,12 @@ impl Dataset for JudgeComparison {
     const NAME: &'static str = "eval_judge";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {
-        let mut fields: Vec<FieldRef> = ["model", "baseline", "judge"].iter().map(|f| field(f, DataType::Utf8, false)).collect();
-        fields.extend(["prompts", "wins", "ties", "losses", "unreadable", "position_splits"].iter().map(|f| field(f, DataType::UInt32, false)));
-        fields.extend(["win_rate", "win_low", "win_high", "lc_win_rate", "lc_low", "lc_high"].iter().map(|f| field(f, DataType::Float64, false)));
-        fields
+        [
+            required(&["model", "baseline", "judge"], DataType::Utf8),
+            required(&["prompts", "wins", "ties", "losses", "unreadable", "position_splits"], DataType::UInt32),
+            required(&["win_rate", "win_low", "win_high", "lc_win_rate", "lc_low", "lc_high"], DataType::Float64),
+        ]
+        .concat()
     }
 }
 
@@ -225,13 +228,14 @@ impl Dataset for DosePoint {
     const NAME: &'static str = "dose_points";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {
-        let mut fields: Vec<FieldRef> =
-            ["level", "arm", "model", "against", "family", "measure"].iter().map(|f| field(f, DataType::Utf8, false)).collect();
-        fields.push(field("pairs", DataType::UInt32, false));
-        fields.extend(["mean_gap", "pair_win_rate"].iter().map(|f| field(f, DataType::Float64, false)));
-        fields.push(field("prompts", DataType::UInt32, false));
-        fields.extend(["mean_diff", "diff_low", "diff_high", "p_value"].iter().map(|f| field(f, DataType::Float64, false)));
-        fields
+        [
+            required(&["level", "arm", "model", "against", "family", "measure"], DataType::Utf8),
+            required(&["pairs"], DataType::UInt32),
+            required(&["mean_gap", "pair_win_rate"], DataType::Float64),
+            required(&["prompts"], DataType::UInt32),
+            required(&["mean_diff", "diff_low", "diff_high", "p_value"], DataType::Float64),
+        ]
+        .concat()
     }
 }
 
@@ -255,9 +259,11 @@ impl Dataset for DoseSlope {
     const NAME: &'static str = "dose_slopes";
     const VERSION: u32 = 1;
     fn fields() -> Vec<FieldRef> {
-        let mut fields: Vec<FieldRef> = ["arm", "measure"].iter().map(|f| field(f, DataType::Utf8, false)).collect();
-        fields.extend(["levels", "prompts"].iter().map(|f| field(f, DataType::UInt32, false)));
-        fields.extend(["slope", "slope_low", "slope_high"].iter().map(|f| field(f, DataType::Float64, false)));
-        fields
+        [
+            required(&["arm", "measure"], DataType::Utf8),
+            required(&["levels", "prompts"], DataType::UInt32),
+            required(&["slope", "slope_low", "slope_high"], DataType::Float64),
+        ]
+        .concat()
     }
 }
