@@ -19,8 +19,8 @@ use wrpo_common::{
 use wrpo_llm::Rng;
 
 use crate::{
-    report::{bootstrap, p_text, sign_flip_p_value, write_png},
-    select::source_gain,
+    report::{bootstrap, interval_95, p_text, sign_flip_p_value, write_png},
+    select::SourceGain,
 };
 
 /// One y_ws: its name and what its training pairs say of the source.
@@ -41,9 +41,8 @@ impl Level {
         if pairs.is_empty() {
             bail!("level {name} has no pairs");
         }
-        let all = &source_gain(pairs)["all"];
-        let get = |k: &str| all[k].as_f64().ok_or_else(|| anyhow!("source_gain lacks {k}"));
-        Ok(Level { name: name.into(), pairs: pairs.len(), mean_gap: get("mean_gap")?, win_rate: get("win_rate")?, ties: get("ties")? })
+        let g = SourceGain::of(pairs);
+        Ok(Level { name: name.into(), pairs: g.pairs, mean_gap: g.mean_gap, win_rate: g.win_rate, ties: g.ties })
     }
 }
 
@@ -107,10 +106,9 @@ pub fn slope_bootstrap(x: &[f64], diffs: &[Vec<f64>], resamples: usize, seed: u6
     };
     let point = slope(x, &means(&mut (0..n)));
     let mut rng = Rng::new(seed);
-    let mut draws: Vec<f64> = (0..resamples).map(|_| slope(x, &means(&mut (0..n).map(|_| (rng.next_u64() % n as u64) as usize)))).collect();
-    draws.sort_by(f64::total_cmp);
-    let at = |q: f64| draws[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
-    (point, at(0.025), at(0.975))
+    let draws: Vec<f64> = (0..resamples).map(|_| slope(x, &means(&mut (0..n).map(|_| (rng.next_u64() % n as u64) as usize)))).collect();
+    let (low, high) = interval_95(draws);
+    (point, low, high)
 }
 
 /// Per-prompt differences of `model` against `against` on one measure (and

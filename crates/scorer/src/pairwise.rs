@@ -16,7 +16,7 @@ use wrpo_remote::Failure;
 
 use crate::{
     judge::{failed, Judge, Preference},
-    report::{bootstrap, seed_pools},
+    report::{bootstrap, interval_95, seed_pools},
 };
 
 /// One verdict to ask: the answers of `model` and the baseline to a prompt.
@@ -222,14 +222,13 @@ pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64)
             let (win_rate, win_low, win_high) = bootstrap(&y, 2000, seed);
             let mut rng = wrpo_llm::Rng::new(seed);
             let n = y.len();
-            let mut lcs: Vec<f64> = (0..LC_RESAMPLES)
+            let lcs: Vec<f64> = (0..LC_RESAMPLES)
                 .map(|_| {
                     let picks: Vec<usize> = (0..n).map(|_| (rng.next_u64() % n as u64) as usize).collect();
                     lc_win_rate(&picks.iter().map(|&i| y[i]).collect::<Vec<_>>(), &picks.iter().map(|&i| x[i]).collect::<Vec<_>>())
                 })
                 .collect();
-            lcs.sort_by(f64::total_cmp);
-            let at = |q: f64| lcs[((q * (LC_RESAMPLES - 1) as f64).round() as usize).min(LC_RESAMPLES - 1)];
+            let (lc_low, lc_high) = interval_95(lcs);
             JudgeComparison {
                 model,
                 baseline: baseline.to_string(),
@@ -244,8 +243,8 @@ pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64)
                 win_low,
                 win_high,
                 lc_win_rate: lc_win_rate(&y, &x),
-                lc_low: at(0.025),
-                lc_high: at(0.975),
+                lc_low,
+                lc_high,
             }
         })
         .collect()

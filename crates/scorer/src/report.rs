@@ -56,10 +56,17 @@ pub fn bootstrap(values: &[f64], resamples: usize, seed: u64) -> (f64, f64, f64)
         return (mean, mean, mean);
     }
     let mut rng = Rng::new(seed);
-    let mut means: Vec<f64> = (0..resamples).map(|_| (0..n).map(|_| values[(rng.next_u64() % n as u64) as usize]).sum::<f64>() / n as f64).collect();
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
-    (mean, at(0.025), at(0.975))
+    let means: Vec<f64> = (0..resamples).map(|_| (0..n).map(|_| values[(rng.next_u64() % n as u64) as usize]).sum::<f64>() / n as f64).collect();
+    let (low, high) = interval_95(means);
+    (mean, low, high)
+}
+
+/// The 2.5% and 97.5% points of bootstrap `draws` (at least one): a 95% percentile interval.
+pub(crate) fn interval_95(mut draws: Vec<f64>) -> (f64, f64) {
+    draws.sort_by(f64::total_cmp);
+    let last = draws.len() - 1;
+    let at = |q: f64| draws[((q * last as f64).round() as usize).min(last)];
+    (at(0.025), at(0.975))
 }
 
 /// Two-sided p-value of the paired sign-flip permutation test of "the mean

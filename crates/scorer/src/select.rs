@@ -120,44 +120,52 @@ pub fn truncated_shares(sets: &[&[ScoredSample]], warn_above: f64, allow_truncat
     shares
 }
 
-/// How much the source brings: per source model of y_ws, the pairs, the
-/// shares where y_ws outscores y_wt, ties with it and falls below it, the
-/// win rate with a tie as half a win (as `report` counts one), and the mean
-/// reward gap y_ws - y_wt. WRPO's source term can only teach where this gap
-/// is positive.
-pub fn source_gain(pairs: &[Pair]) -> serde_json::Value {
-    #[derive(Default)]
-    struct Tally {
-        pairs: usize,
-        wins: usize,
-        ties: usize,
-        gap: f64,
-    }
-    let mut by: BTreeMap<&str, Tally> = BTreeMap::new();
-    for p in pairs {
-        for key in [p.y_ws_model.as_str(), "all"] {
-            let t = by.entry(key).or_default();
-            t.pairs += 1;
-            t.wins += usize::from(p.y_ws_reward > p.y_wt_reward);
-            t.ties += usize::from(p.y_ws_reward == p.y_wt_reward);
-            t.gap += p.y_ws_reward - p.y_wt_reward;
+/// How much the source brings over some pairs: the shares where y_ws
+/// outscores y_wt, ties with it and falls below it, the win rate with a tie
+/// as half a win (as `report` counts one), and the mean reward gap
+/// y_ws - y_wt. WRPO's source term can only teach where this gap is positive.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SourceGain {
+    pub pairs: usize,
+    pub y_ws_beats_y_wt: f64,
+    pub ties: f64,
+    pub y_wt_beats_y_ws: f64,
+    pub win_rate: f64,
+    pub mean_gap: f64,
+}
+
+impl SourceGain {
+    pub fn of<'a>(pairs: impl IntoIterator<Item = &'a Pair>) -> SourceGain {
+        let (mut n, mut wins, mut ties, mut gap) = (0usize, 0usize, 0usize, 0.0);
+        for p in pairs {
+            n += 1;
+            wins += usize::from(p.y_ws_reward > p.y_wt_reward);
+            ties += usize::from(p.y_ws_reward == p.y_wt_reward);
+            gap += p.y_ws_reward - p.y_wt_reward;
+        }
+        let share = |k: usize| k as f64 / n as f64;
+        SourceGain {
+            pairs: n,
+            y_ws_beats_y_wt: share(wins),
+            ties: share(ties),
+            y_wt_beats_y_ws: share(n - wins - ties),
+            win_rate: (wins as f64 + 0.5 * ties as f64) / n as f64,
+            mean_gap: gap / n as f64,
         }
     }
-    by.into_iter()
-        .map(|(m, t)| {
-            let n = t.pairs as f64;
-            let json = serde_json::json!({
-                "pairs": t.pairs,
-                "y_ws_beats_y_wt": t.wins as f64 / n,
-                "ties": t.ties as f64 / n,
-                "y_wt_beats_y_ws": (t.pairs - t.wins - t.ties) as f64 / n,
-                "win_rate": (t.wins as f64 + 0.5 * t.ties as f64) / n,
-                "mean_gap": t.gap / n,
-            });
-            (m.to_string(), json)
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+}
+
+/// [`SourceGain`] per source model of y_ws, and over all pairs as `all`.
+pub fn source_gain(pairs: &[Pair]) -> serde_json::Value {
+    let mut by: BTreeMap<&str, Vec<&Pair>> = BTreeMap::new();
+    for p in pairs {
+        by.entry(&p.y_ws_model).or_default().push(p);
+    }
+    let mut gains: BTreeMap<&str, SourceGain> = by.into_iter().map(|(m, ps)| (m, SourceGain::of(ps))).collect();
+    if !pairs.is_empty() {
+        gains.insert("all", SourceGain::of(pairs));
+    }
+    serde_json::to_value(gains).expect("numbers and names serialise")
 }
 
 /// How many of `models` name each model: which sources gave y_ws.
