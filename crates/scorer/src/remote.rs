@@ -139,14 +139,74 @@ fn one_label_scores(answer: &Value, n: usize, sglang: bool) -> Result<Vec<f64>, 
         .collect()
 }
 
-/// `data`, sorted by `index`, holding exactly `n` entries.
+/// `data` in input order: exactly `n` results whose `index` values are
+/// 0..n-1, each once. A result without an index, or with one that is
+/// repeated, out of range or not a whole number, would put a reward on
+/// another sample: a server that answers so is not trusted again (fatal).
 fn indexed_data(answer: &Value, n: usize) -> Result<Vec<Value>, Failure> {
-    let mut data = answer["data"].as_array().cloned().unwrap_or_default();
+    let data = answer["data"].as_array().cloned().unwrap_or_default();
     if data.len() != n {
         return Err(Failure::transient(format!("HTTP 200 with {} results for {n} inputs: {:.300}", data.len(), answer.to_string())));
     }
-    data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
-    Ok(data)
+    let mut placed: Vec<Option<Value>> = vec![None; n];
+    for d in data {
+        let index = d["index"].clone();
+        match index.as_u64().and_then(|i| placed.get_mut(i as usize)).filter(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(d),
+            None => {
+                return Err(Failure::Fatal(format!(
+                    "HTTP 200 with a result whose index ({index}) is missing, repeated or not one of 0..{n}: its reward would land on another sample; {:.300}",
+                    answer.to_string()
+                )))
+            }
+        }
+    }
+    Ok(placed.into_iter().flatten().collect())
+}
+
+/// The embeddings of an `/embeddings` answer for `n` inputs, in input order:
+/// each non-empty, finite, and all of one length.
+fn embeddings(answer: &Value, n: usize) -> Result<Vec<Vec<f32>>, Failure> {
+    let vectors = indexed_data(answer, n)?
+        .iter()
+        .map(|d| {
+            let values =
+                d["embedding"].as_array().ok_or_else(|| Failure::transient(format!("an answer without an embedding: {:.200}", d.to_string())))?;
+            values
+                .iter()
+                .map(|v| {
+                    v.as_f64()
+                        .map(|x| x as f32)
+                        .filter(|x| x.is_finite())
+                        .ok_or_else(|| Failure::Fatal(format!("an embedding holds {v}, not a finite number")))
+                })
+                .collect::<Result<Vec<f32>, Failure>>()
+        })
+        .collect::<Result<Vec<Vec<f32>>, Failure>>()?;
+    match vectors.iter().map(Vec::len).fold((usize::MAX, 0), |(lo, hi), l| (lo.min(l), hi.max(l))) {
+        (0, _) => Err(Failure::Fatal("an empty embedding: no similarity can be computed from it".into())),
+        (lo, hi) if lo != hi => Err(Failure::Fatal(format!("embeddings of {lo} and {hi} values in one answer: a cosine needs equal lengths"))),
+        _ => Ok(vectors),
+    }
+}
+
+/// The cosine of a response's and its reference's served embeddings; an
+/// all-zero embedding, whose cosine is undefined, refuses the sample (a
+/// skipped row), and embeddings of different lengths stop the run.
+fn served_cosine(response: &[f32], reference: &[f32]) -> Result<Result<f64, String>> {
+    if response.len() != reference.len() {
+        bail!(
+            "a response's embedding has {} values and its reference's {}: the server changed its embedding size mid-run",
+            response.len(),
+            reference.len()
+        );
+    }
+    let zero = |v: &[f32]| v.iter().all(|x| *x == 0.0);
+    Ok(match (zero(response), zero(reference)) {
+        (false, false) => Ok(cosine(response, reference)),
+        (true, _) => Err("the server embedded the response as all zeros, whose cosine is undefined".into()),
+        (false, true) => Err("the server embedded the reference answer as all zeros, whose cosine is undefined".into()),
+    })
 }
 
 /// One outcome per input: a value, or why the server refused the input.
@@ -257,17 +317,7 @@ impl RemoteSimilarity {
 
     fn embed(&self, texts: &[&str]) -> Result<PerInput<Vec<f32>>, Failure> {
         let body = json!({"model": self.model, "input": texts, "encoding_format": "float"});
-        let answer = self.client.post(&format!("{}/embeddings", self.url), &body, |answer| {
-            indexed_data(&answer, texts.len())?
-                .iter()
-                .map(|d| {
-                    let values = d["embedding"]
-                        .as_array()
-                        .ok_or_else(|| Failure::transient(format!("an answer without an embedding: {:.200}", d.to_string())))?;
-                    values.iter().map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| Failure::transient("an embedding holds a non-number"))).collect()
-                })
-                .collect::<Result<Vec<Vec<f32>>, Failure>>()
-        });
+        let answer = self.client.post(&format!("{}/embeddings", self.url), &body, |answer| embeddings(&answer, texts.len()));
         split_refusals(answer, texts, |one| self.embed(one))
     }
 
@@ -311,7 +361,7 @@ impl Reward for RemoteSimilarity {
                 Ok(match (e, refused.get(r)) {
                     (_, Some(why)) => Err(why.clone()),
                     (Err(why), _) => Err(why),
-                    (Ok(e), None) => Ok(cosine(&e, &refs[r])),
+                    (Ok(e), None) => served_cosine(&e, &refs[r]).with_context(|| format!("{}/embeddings", self.url))?,
                 })
             })
             .collect()
@@ -354,5 +404,53 @@ impl Reward for JudgeReward {
             })
             .collect();
         (scored, fatal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fatal(r: Result<impl std::fmt::Debug, Failure>) -> String {
+        match r {
+            Err(Failure::Fatal(why)) => why,
+            other => panic!("expected a fatal failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn served_results_must_name_each_input_once() {
+        let answer = |indices: Value| {
+            let data: Vec<Value> = indices.as_array().unwrap().iter().enumerate().map(|(k, i)| json!({"index": i, "probs": [k as f64]})).collect();
+            json!({ "data": data })
+        };
+        // A permutation is put back in input order.
+        let placed = indexed_data(&answer(json!([2, 0, 1])), 3).unwrap();
+        assert_eq!(placed.iter().map(|d| d["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(one_label_scores(&answer(json!([2, 0, 1])), 3, false).unwrap(), [1.0, 2.0, 0.0]);
+        // Missing, repeated, out of range, a string, a fraction: each would misplace a reward.
+        for bad in [json!([0, null, 1]), json!([0, 0, 1]), json!([0, 1, 3]), json!([0, "1", 2]), json!([0, 1.5, 2]), json!([0, -1, 2])] {
+            let why = fatal(indexed_data(&answer(bad.clone()), 3));
+            assert!(why.contains("missing, repeated or not one of 0..3"), "{bad}: {why}");
+        }
+        assert!(matches!(indexed_data(&answer(json!([0, 1])), 3), Err(Failure::Transient { .. })));
+    }
+
+    #[test]
+    fn served_embeddings_are_checked_before_a_cosine() {
+        let answer = |vectors: Value| {
+            let data: Vec<Value> = vectors.as_array().unwrap().iter().enumerate().map(|(i, e)| json!({"index": i, "embedding": e})).collect();
+            json!({ "data": data })
+        };
+        assert_eq!(embeddings(&answer(json!([[1.0, 0.0], [0.0, 2.0]])), 2).unwrap(), [vec![1.0, 0.0], vec![0.0, 2.0]]);
+        assert!(fatal(embeddings(&answer(json!([[1.0, 0.0], [1.0]])), 2)).contains("of 1 and 2 values"));
+        assert!(fatal(embeddings(&answer(json!([[], []])), 2)).contains("empty embedding"));
+        assert!(fatal(embeddings(&answer(json!([[1e300, 0.0]])), 1)).contains("not a finite number"));
+        assert!(fatal(embeddings(&answer(json!([["x", 0.0]])), 1)).contains("not a finite number"));
+        // A zero vector refuses its sample; different lengths stop the run.
+        assert_eq!(served_cosine(&[1.0, 0.0], &[2.0, 0.0]).unwrap(), Ok(1.0));
+        assert!(served_cosine(&[0.0, 0.0], &[1.0, 0.0]).unwrap().unwrap_err().contains("response as all zeros"));
+        assert!(served_cosine(&[1.0, 0.0], &[0.0, 0.0]).unwrap().unwrap_err().contains("reference answer as all zeros"));
+        assert!(served_cosine(&[1.0, 0.0], &[1.0, 0.0, 0.0]).unwrap_err().to_string().contains("2 values and its reference's 3"));
     }
 }
