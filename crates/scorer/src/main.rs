@@ -453,6 +453,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let prompts: Vec<Prompt> = read_dataset(&args.prompts)?;
             let scored: Vec<ScoredSample> = read_dataset(&args.scores)?;
+            // Rewards of two reward models are on two scales, as for sft-set and pairs.
+            check_scores(&[(&args.scores, &scored)])?;
             let mut r = report::report(&prompts, &scored, &args.baseline, &args.compare, args.seed)?;
             let rank = |m: &str| args.order.iter().position(|o| o == m).unwrap_or(usize::MAX);
             r.models.sort_by(|a, b| rank(&a.model).cmp(&rank(&b.model)).then_with(|| a.model.cmp(&b.model)));

@@ -379,3 +379,29 @@ fn outputs_at_one_path_or_over_an_input_are_refused_before_work() {
         assert!(err.contains(&format!("{flag} must be at least 1, got 0")), "{err}");
     }
 }
+
+#[test]
+fn a_report_over_rewards_of_two_reward_models_is_refused() {
+    let run = setup();
+    let exact = run.path("exact");
+    ok(score_bin(&run, &exact, "exact", &[]));
+    // Model b's rows again, as another reward model scored them: one folder, two scales.
+    let prov = Provenance::new("test", &json!({})).unwrap();
+    let mut other = read_dataset::<ScoredSample>(Path::new(&run.path("exact/b"))).unwrap();
+    for r in &mut other {
+        r.model = "c".into();
+        r.reward_model = "rm:other".into();
+    }
+    write_dataset(Path::new(&run.path("exact/c/part-00000.parquet")), &other, &prov).unwrap();
+    let report = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
+            .args(["report", "--prompts", &run.path("prompts.parquet"), "--scores", &exact, "--baseline", "a", "--out", out])
+            .output()
+            .unwrap()
+    };
+    let err = failed(report(&run.path("r1")));
+    assert!(err.contains("'rm:other'") && err.contains("'exact'") && err.contains("cannot be compared"), "{err}");
+    assert!(!Path::new(&run.path("r1/report.md")).exists());
+    std::fs::remove_dir_all(run.path("exact/c")).unwrap();
+    ok(report(&run.path("r2")));
+}
