@@ -387,7 +387,9 @@ fn run_cli(cli: Cli) -> Result<()> {
             static_alpha,
         })),
         Command::ImportMetrics(a) => {
-            check_paths(&[("--out", &a.out)], &[("STATE", &a.state)])?;
+            let plot = a.out.with_extension("png");
+            // --out m.png would be written, then overwritten by its own plot.
+            check_paths(&[("--out", &a.out), ("its plot (--out with .png)", &plot)], &[("STATE", &a.state)])?;
             let text = std::fs::read_to_string(&a.state).with_context(|| format!("cannot read {}", a.state.display()))?;
             let state: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", a.state.display()))?;
             let log = import::log_history(&state, &a.state)?;
@@ -395,7 +397,6 @@ fn run_cli(cli: Cli) -> Result<()> {
             let metrics = import::metrics_from_log(&log, &stage, &a.state)?;
             let prov = Provenance::new(PRODUCER, &serde_json::json!({"stage": stage}))?.with_input(&a.state)?;
             write_dataset(&a.out, &metrics, &prov)?;
-            let plot = a.out.with_extension("png");
             wrpo_trainer::plot::plot(&metrics, &plot)?;
             eprintln!("{} rows ({stage}) -> {} and {}", metrics.len(), a.out.display(), plot.display());
         }

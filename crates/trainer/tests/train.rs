@@ -479,6 +479,11 @@ fn a_trl_runs_log_becomes_a_metrics_dataset_and_its_plot() {
     let err = failed(train_bin(&["import-metrics", dir.path().join("other.json").to_str().unwrap(), "--out", bad.to_str().unwrap()]));
     assert!(err.contains("other.json") && err.contains("log_history"), "{err}");
     assert!(!bad.exists());
+    // --out ending in .png: the dataset and its plot would be one file.
+    let png_out = dir.path().join("m.png");
+    let err = failed(train_bin(&["import-metrics", state.to_str().unwrap(), "--out", png_out.to_str().unwrap()]));
+    assert!(err.contains("--out and its plot") && err.contains("m.png"), "{err}");
+    assert!(!png_out.exists());
 }
 
 /// An ablation's subsample: the same pairs whatever the file's order, kept in
