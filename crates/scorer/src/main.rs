@@ -362,6 +362,12 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
     let verdicts = pairwise::judge_all(&judge, prompts, scored, &args.baseline, cached, |v| write_dataset(&verdicts_path, v, &prov))?;
     let rows = pairwise::compare(&verdicts, &args.baseline, model, args.seed);
     write_dataset(&args.out.join("judge.parquet"), &rows, &prov)?;
+    let mut notes = String::new();
+    for (m, n) in pairwise::all_unreadable(&verdicts, &args.baseline) {
+        let note = format!("{m}: none of its {n} verdicts could be read, so it has no judged win rate (the judge's words are in judgements.parquet)");
+        eprintln!("{note}");
+        notes += &format!("\n{note}.\n");
+    }
     let s = &judge.settings;
     Ok(format!(
         "\nJudged by '{}' at {} (judge/prompts.json version {}, sha256 {}; temperature {}, at most {} tokens), each prompt's answers in both orders (sample {}):\n\n{}",
@@ -372,7 +378,7 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
         s.temperature,
         s.max_tokens,
         "with the lowest index both models have",
-        pairwise::markdown(&rows)
+        pairwise::markdown(&rows) + &notes
     ))
 }
 

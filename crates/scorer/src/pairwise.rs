@@ -182,6 +182,19 @@ pub fn lc_win_rate(outcomes: &[f64], length_diffs: &[f64]) -> f64 {
     1.0 / (1.0 + (-b0).exp())
 }
 
+/// The models (against `baseline`) none of whose verdicts could be read,
+/// with how many there were: `compare` has no row for them, and a report
+/// must still say why.
+pub fn all_unreadable(judgements: &[Judgement], baseline: &str) -> BTreeMap<String, u32> {
+    let mut per_model: BTreeMap<String, (u32, bool)> = BTreeMap::new();
+    for j in judgements.iter().filter(|j| j.baseline == baseline) {
+        let e = per_model.entry(j.model.clone()).or_insert((0, true));
+        e.0 += 1;
+        e.1 &= j.verdict == "unreadable";
+    }
+    per_model.into_iter().filter(|(_, (_, all))| *all).map(|(m, (n, _))| (m, n)).collect()
+}
+
 /// Resamples of the length-controlled win rate's interval (each a fit).
 const LC_RESAMPLES: usize = 400;
 
@@ -309,6 +322,11 @@ mod tests {
         let [row] = compare(&js, "base", "j", 1).try_into().unwrap();
         assert_eq!((row.prompts, row.wins, row.ties, row.losses, row.unreadable, row.position_splits), (3, 1, 1, 1, 2, 1));
         assert!((row.win_rate - (1.0 + 0.5 + 0.25) / 3.0).abs() < 1e-12);
+        assert!(all_unreadable(&js, "base").is_empty());
+        // A model none of whose verdicts could be read has no row, and is named with its count.
+        let dark = [verdict(0, "d", "model", "unreadable", 0), verdict(0, "d", "baseline", "unreadable", 0)];
+        assert!(compare(&dark, "base", "j", 1).is_empty());
+        assert_eq!(all_unreadable(&[js, dark.to_vec()].concat(), "base").into_iter().collect::<Vec<_>>(), [("d".to_string(), 2)]);
     }
 
     #[test]
