@@ -127,10 +127,16 @@ pub fn score(
     eprintln!("reward {} on {}", reward.name(), wrpo_llm::cpu_summary());
     let mut summary = Summary { reward_model: reward.name(), ..Default::default() };
     let settings_json = serde_json::to_value(settings)?;
+    let config = RunConfig { settings, options };
+    let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?.with_input(samples_path)?;
+    for path in settings.reward.paths() {
+        prov = prov.with_input(path)?;
+    }
 
     // What is there to score, and what is already scored.
     let mut todo: BTreeMap<String, Vec<Work>> = BTreeMap::new();
     let mut done: HashMap<String, Vec<ScoredSample>> = HashMap::new();
+    let mut writers: HashMap<String, ShardWriter<ScoredSample>> = HashMap::new();
     for (sample, file) in read_samples(samples_path)? {
         if settings.shard.is_some_and(|(i, n)| shard_of(&sample.prompt_id, n) != i) {
             continue;
@@ -164,7 +170,13 @@ pub fn score(
             continue;
         }
         if !done.contains_key(&sample.model) {
-            done.insert(sample.model.clone(), existing(&out.join(&sample.model), &settings_json)?);
+            // The folder's lock before its resume plan: a second scorer on it is
+            // refused here, not after both have read what is on disk and each
+            // scores the rest (duplicate keys).
+            let dir = out.join(&sample.model);
+            let writer = ShardWriter::new(&dir, prov.clone(), options.shard_rows)?.abort_after_shards(options.abort_after_shards);
+            writers.insert(sample.model.clone(), writer);
+            done.insert(sample.model.clone(), existing(&dir, &settings_json)?);
         }
         let item = Item { messages: &prompt.messages, response: &sample.response, reference: prompt.reference.as_deref() };
         let cost = reward.cost(&item).with_context(|| format!("{}: sample ({}, {})", file.display(), sample.prompt_id, sample.sample_index))?;
@@ -194,15 +206,9 @@ pub fn score(
     }
     let total: usize = plans.iter().map(|(_, b, _)| b.iter().map(Vec::len).sum::<usize>()).sum();
     let mut progress = Progress::new(total as u64, "samples");
-    let config = RunConfig { settings, options };
     for (model, batches, mut has_rewards) in plans {
-        let dir = out.join(&model);
-        let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?.with_input(samples_path)?;
-        for path in settings.reward.paths() {
-            prov = prov.with_input(path)?;
-        }
         progress.set_model(&model);
-        let mut writer = ShardWriter::new(&dir, prov, options.shard_rows)?.abort_after_shards(options.abort_after_shards);
+        let mut writer = writers.remove(&model).expect("every model with work has its writer");
         // Whatever stops the batches, what they finished is committed.
         let result = (|| -> Result<()> {
             for batch in batches {

@@ -405,3 +405,20 @@ fn a_report_over_rewards_of_two_reward_models_is_refused() {
     std::fs::remove_dir_all(run.path("exact/c")).unwrap();
     ok(report(&run.path("r2")));
 }
+
+#[test]
+fn a_folder_another_scorer_holds_is_refused_before_any_model_is_scored() {
+    let run = setup();
+    let out = run.path("held");
+    // Another live process writes model b's folder (this test's own PID stands for it).
+    std::fs::create_dir_all(Path::new(&out).join("b")).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(Path::new(&out).join("b/.lock"), format!("{} {}", host.trim(), std::process::id())).unwrap();
+    let err = failed(score_bin(&run, &out, "exact", &[]));
+    assert!(err.contains("is being written by process") && err.contains("held/b"), "{err}");
+    // Model a was not scored either: no scorer plans from a folder another one holds.
+    assert!(dataset_files(&Path::new(&out).join("a")).is_err(), "model a was scored beside a held folder");
+    std::fs::remove_file(Path::new(&out).join("b/.lock")).unwrap();
+    ok(score_bin(&run, &out, "exact", &[]));
+    assert_eq!(rows(&out).len(), 39);
+}
