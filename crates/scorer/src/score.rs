@@ -5,7 +5,7 @@
 //! the samples not on disk and ends with the rows of an uninterrupted run.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -186,7 +186,19 @@ pub fn score(
     // Batches per model, fixed by the whole run; those with every row on disk are done.
     let mut plans = Vec::new();
     for (model, mut work) in todo {
-        let scored: HashSet<(String, u32)> = done[&model].iter().map(|r| (r.prompt_id.clone(), r.sample_index)).collect();
+        // What is on disk, and for which response: a resume is keyed by what was scored.
+        let scored: HashMap<(&str, u32), &str> = done[&model].iter().map(|r| ((r.prompt_id.as_str(), r.sample_index), r.response.as_str())).collect();
+        if let Some(w) =
+            work.iter().find(|w| scored.get(&(w.sample.prompt_id.as_str(), w.sample.sample_index)).is_some_and(|r| *r != w.sample.response))
+        {
+            bail!(
+                "{}: sample (prompt_id {}, sample_index {}) is not the response {} holds a reward for: the samples were made again; give another --out, or delete that folder to score them anew",
+                w.file.display(),
+                w.sample.prompt_id,
+                w.sample.sample_index,
+                out.join(&model).display()
+            );
+        }
         let by_key = |a: &Work, b: &Work| a.sample.prompt_id.cmp(&b.sample.prompt_id).then(a.sample.sample_index.cmp(&b.sample.sample_index));
         match reward.shares_prompts() {
             true => work.sort_by(by_key),
@@ -197,7 +209,7 @@ pub fn score(
         // asked again whole.
         let batches: Vec<Vec<Work>> = batches(work, options, reward.shares_prompts())
             .into_iter()
-            .map(|b| b.into_iter().filter(|w| !scored.contains(&(w.sample.prompt_id.clone(), w.sample.sample_index))).collect::<Vec<_>>())
+            .map(|b| b.into_iter().filter(|w| !scored.contains_key(&(w.sample.prompt_id.as_str(), w.sample.sample_index))).collect::<Vec<_>>())
             .filter(|b| !b.is_empty())
             .collect();
         // Rewards on disk already: the server has shown it can score this model's samples.

@@ -422,3 +422,20 @@ fn a_folder_another_scorer_holds_is_refused_before_any_model_is_scored() {
     ok(score_bin(&run, &out, "exact", &[]));
     assert_eq!(rows(&out).len(), 39);
 }
+
+#[test]
+fn samples_made_again_under_the_same_keys_are_not_resumed_with_old_rewards() {
+    let run = setup();
+    let out = run.path("resumed");
+    ok(score_bin(&run, &out, "exact", &[]));
+    let before = rows(&out);
+    // Model a's samples made again: one response differs under the same (prompt_id, sample_index).
+    let prov = Provenance::new("test", &json!({})).unwrap();
+    let mut samples = read_dataset::<Sample>(Path::new(&run.path("samples/a"))).unwrap();
+    samples[5].response = "another answer".into();
+    write_dataset(Path::new(&run.path("samples/a/part-00000.parquet")), &samples, &prov).unwrap();
+    let err = failed(score_bin(&run, &out, "exact", &[]));
+    let (id, k) = (&samples[5].prompt_id, samples[5].sample_index);
+    assert!(err.contains(&format!("(prompt_id {id}, sample_index {k})")) && err.contains("resumed/a") && err.contains("made again"), "{err}");
+    assert_eq!(rows(&out), before, "nothing was written");
+}
