@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 use ureq::Agent;
@@ -183,11 +183,26 @@ fn private_route(url: &str) -> bool {
     }
 }
 
+/// The API key in `var`: none if unset or empty (an empty key would be sent
+/// as a bare "Bearer "); refused, without showing it, if it holds whitespace
+/// or control characters (a pasted newline), which no header may carry.
+fn api_key(var: &str) -> Result<Option<String>> {
+    let Some(key) = std::env::var_os(var) else { return Ok(None) };
+    let Some(key) = key.to_str() else { bail!("{var}: the API key is not valid UTF-8 (not shown)") };
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("{var}: the API key holds whitespace or a control character, such as a pasted newline (the key is not shown); set it without them");
+    }
+    Ok(Some(key.to_string()))
+}
+
 impl Client {
     pub fn new(opts: &RemoteOptions) -> Result<Self> {
         let api_key = match &opts.api_key_env {
-            Some(var) => Some(std::env::var(var).with_context(|| format!("--api-key-env {var}: that environment variable is not set"))?),
-            None => std::env::var(DEFAULT_API_KEY_ENV).ok(),
+            Some(var) => Some(api_key(var)?.ok_or_else(|| anyhow::anyhow!("--api-key-env {var}: that environment variable is not set, or empty"))?),
+            None => api_key(DEFAULT_API_KEY_ENV)?,
         };
         let agent: Agent = Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(opts.timeout_seconds.max(1))))
@@ -386,6 +401,22 @@ mod tests {
         }
         assert_eq!(chat_content(&answer(json!("4"), "stop")).unwrap(), ("4".to_string(), false));
         assert_eq!(chat_content(&answer(json!("The answer"), "length")).unwrap(), ("The answer".to_string(), true));
+    }
+
+    #[test]
+    fn api_keys_are_read_without_blanks_and_never_shown() {
+        // Variables of this test only: tests run in parallel threads.
+        std::env::set_var("WRPO_TEST_KEY_OK", "sk-abc123");
+        std::env::set_var("WRPO_TEST_KEY_EMPTY", "");
+        std::env::set_var("WRPO_TEST_KEY_NEWLINE", "sk-secret\n");
+        assert_eq!(api_key("WRPO_TEST_KEY_OK").unwrap().as_deref(), Some("sk-abc123"));
+        assert_eq!(api_key("WRPO_TEST_KEY_EMPTY").unwrap(), None);
+        assert_eq!(api_key("WRPO_TEST_KEY_UNSET").unwrap(), None);
+        let err = api_key("WRPO_TEST_KEY_NEWLINE").unwrap_err().to_string();
+        assert!(err.contains("WRPO_TEST_KEY_NEWLINE") && err.contains("control character") && !err.contains("secret"), "{err}");
+        let named = RemoteOptions { api_key_env: Some("WRPO_TEST_KEY_EMPTY".into()), ..RemoteOptions::default() };
+        let err = Client::new(&named).err().unwrap().to_string();
+        assert!(err.contains("--api-key-env WRPO_TEST_KEY_EMPTY") && err.contains("empty"), "{err}");
     }
 
     #[test]
