@@ -33,6 +33,7 @@ use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DTy
 use num_traits::Float;
 
 use crate::{
+    bf16,
     config::Activation,
     grad_sink::{self, GradBuffer},
     pool::{Pool, SharedMut},
@@ -82,7 +83,8 @@ pub(crate) struct Operand<T> {
 }
 
 /// dst (m, n), row-major with row stride `dst_rs`, = lhs (m, k) · rhs (k, n),
-/// plus dst's old values when `accumulate`; blocks of dst run on the pool
+/// plus dst's old values when `accumulate`; in bf16 with f32 sums where the
+/// process runs its f32 matmuls so ([`bf16`]). Blocks of dst run on the pool
 /// (one per thread), each a single-threaded call of the `gemm` crate's
 /// kernels (candle's).
 ///
@@ -96,6 +98,30 @@ pub(crate) struct Operand<T> {
 /// holds m rows of n columns that nothing else reads or writes meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    lhs: Operand<T>,
+    rhs: Operand<T>,
+    accumulate: bool,
+) {
+    if T::DTYPE == DType::F32 && bf16::matmuls_bf16() {
+        let f32_op = |o: Operand<T>| Operand { ptr: o.ptr.cast::<f32>(), rs: o.rs, cs: o.cs };
+        // SAFETY: T is f32; as the caller promised.
+        return unsafe { bf16::gemm(m, n, k, dst.cast(), dst_rs, f32_op(lhs), f32_op(rhs), accumulate) };
+    }
+    // SAFETY: as the caller promised.
+    unsafe { gemm_f32(m, n, k, dst, dst_rs, lhs, rhs, accumulate) }
+}
+
+/// [`gemm`] in T's own precision, whatever the process's matmul precision.
+///
+/// # Safety
+/// As [`gemm`]'s.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_f32<T: WithDType>(
     m: usize,
     n: usize,
     k: usize,

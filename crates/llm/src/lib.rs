@@ -3,6 +3,7 @@
 //! forward pass (and match HF transformers).
 
 mod attention;
+pub mod bf16;
 mod chat;
 mod config;
 pub mod gguf;
@@ -24,7 +25,7 @@ mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Config, Family};
-pub use kernels::with_values;
+pub use kernels::{linear, with_values};
 pub use kv::KvCache;
 pub use model::{LoadOptions, Model};
 pub use pool::for_each_mut;
