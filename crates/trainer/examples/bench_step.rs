@@ -4,19 +4,21 @@
 //! gradient clipping, the trainer's own code path. Prints JSON: seconds per
 //! step (the median of the steps after the first), peak RSS, and this
 //! machine's f32 matmul speed measured with the same library.
-//!     bench_step MODEL_DIR IDS.json STEPS
+//! The matmuls run in PRECISION (f32, bf16 or auto; default f32).
+//!     bench_step MODEL_DIR IDS.json STEPS [PRECISION]
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
+use wrpo_llm::bf16::Precision;
 use wrpo_trainer::{
     data::{Sequence, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
     optim::{AdamW, AdamWConfig},
     schedule::LrSchedule,
-    train::{load_model, Batch, PairExample, Stage, TrainConfig, Trainer},
+    train::{load_model, round_matrices_to_bf16, Batch, PairExample, Stage, TrainConfig, Trainer},
 };
 
 fn peak_rss_mb() -> f64 {
@@ -25,15 +27,16 @@ fn peak_rss_mb() -> f64 {
         / 1024.0
 }
 
-/// GFLOP/s of an LLM-shaped f32 matmul (768 x 640 by 640 x 2048).
+/// GFLOP/s of an LLM-shaped linear layer's forward (768 x 640 by a weight
+/// of 2048 x 640) on the trainer's kernels, in the process's precision.
 fn matmul_gflops() -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (768, 640), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (640, 2048), &Device::Cpu)?;
-    a.matmul(&b)?;
+    let w = Tensor::randn(0f32, 1.0, (2048, 640), &Device::Cpu)?;
+    wrpo_llm::linear(&a, &w)?;
     let reps = 20;
     let t = Instant::now();
     for _ in 0..reps {
-        a.matmul(&b)?;
+        wrpo_llm::linear(&a, &w)?;
     }
     Ok(2.0 * 768.0 * 640.0 * 2048.0 * reps as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
@@ -60,7 +63,12 @@ fn step_flops(c: &wrpo_llm::Config, prompt: usize, responses: &[usize]) -> f64 {
 fn main() -> Result<()> {
     wrpo_llm::setup_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [model_path, ids_path, steps] = args.as_slice() else { anyhow::bail!("usage: bench_step MODEL_DIR IDS.json STEPS") };
+    let (model_path, ids_path, steps, precision) = match args.as_slice() {
+        [m, i, s] => (m, i, s, Precision::F32),
+        [m, i, s, p] => (m, i, s, Precision::parse(p).map_err(anyhow::Error::msg)?),
+        _ => anyhow::bail!("usage: bench_step MODEL_DIR IDS.json STEPS [PRECISION]"),
+    };
+    precision.apply().map_err(anyhow::Error::msg)?;
     let ids: Value = serde_json::from_str(&std::fs::read_to_string(ids_path).context("ids file")?)?;
     let get = |k: &str| -> Vec<u32> { serde_json::from_value(ids[k].clone()).expect("ids") };
     let prompt = get("prompt");
@@ -87,9 +95,13 @@ fn main() -> Result<()> {
         truncation: Truncation { max_length: 4096, max_prompt_length: 2048 },
         seed: 0,
         freeze_embeddings: false,
+        precision,
     };
     let trainer = Trainer { model: &model, stage: &stage, config: &config };
-    let params = model.weights.vars().into_iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+    let params: Vec<_> = model.weights.vars().into_iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+    if precision == Precision::Bf16 && std::env::var_os("BENCH_KEEP_TIES").is_none() {
+        round_matrices_to_bf16(&model)?;
+    }
     let mut optimizer = AdamW::new(params, config.adamw.clone())?;
     let mut times = vec![];
     let mut losses = vec![];
@@ -109,7 +121,7 @@ fn main() -> Result<()> {
     let step_gflop = step_flops(&model.config, prompt.len(), &responses) / 1e9;
     println!(
         "{}",
-        serde_json::json!({"engine": "wrpo-train", "step_seconds": step_seconds, "first_step_seconds": times[0],
+        serde_json::json!({"engine": format!("wrpo-train {}", precision.describe()), "step_seconds": step_seconds, "first_step_seconds": times[0],
                            "peak_rss_mb": peak_rss_mb(), "matmul_gflops": matmul_gflops()?, "params": params,
                            "step_gflop": step_gflop, "achieved_gflops": step_gflop / step_seconds, "losses": losses})
     );

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use wrpo_common::{
@@ -10,7 +10,7 @@ use wrpo_common::{
     sft::SftExample,
     write_dataset, Provenance,
 };
-use wrpo_llm::{LoadOptions, Model};
+use wrpo_llm::{bf16::Precision, LoadOptions, Model};
 use wrpo_trainer::{
     data::{Encoder, Sequence, Truncation},
     import,
@@ -18,8 +18,8 @@ use wrpo_trainer::{
     optim::AdamWConfig,
     schedule::{LrSchedule, Schedule, Settings},
     train::{
-        encode_pairs, encode_sft, load_model, reference_logps, run, subsample, Examples, ReferenceRecord, RunInputs, SftForm, Stage, TrainConfig,
-        PRODUCER,
+        encode_pairs, encode_sft, load_model, reference_logps, round_matrices_to_bf16, run, subsample, Examples, ReferenceRecord, RunInputs, SftForm,
+        Stage, TrainConfig, PRODUCER,
     },
 };
 
@@ -109,6 +109,8 @@ struct Common {
     out: PathBuf,
     #[command(flatten)]
     steps: Steps,
+    #[command(flatten)]
+    precision: PrecisionArg,
     /// Gradient clipping by global norm (0 = none).
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f64,
@@ -150,6 +152,17 @@ struct Common {
     /// Tests only: abort after this many steps (after saving), as a crash would.
     #[arg(long, hide = true)]
     abort_after_steps: Option<u64>,
+}
+
+/// `--precision`, shared by the commands that run the model.
+#[derive(Args)]
+struct PrecisionArg {
+    /// The matmuls' precision: f32; bf16 (operands rounded to bf16, sums in
+    /// f32, on the CPU's bf16 units: AMX or AVX512-BF16; weights, optimizer,
+    /// norms, softmax and the loss stay f32); auto: bf16 where the CPU has
+    /// bf16 units. WRPO_BF16_ISA=amx|avx512bf16|emulated forces a kernel.
+    #[arg(long = "precision", default_value = "f32", value_parser = Precision::parse)]
+    precision: Precision,
 }
 
 #[derive(Args)]
@@ -198,6 +211,10 @@ struct RefArgs {
     max_length: usize,
     #[arg(long, default_value_t = 1800)]
     max_prompt_length: usize,
+    /// The precision of the training runs these pairs feed (their first
+    /// step checks the policy against these log-probs).
+    #[command(flatten)]
+    precision: PrecisionArg,
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -315,6 +332,7 @@ fn train_config(c: &Common, lr: f64) -> TrainConfig {
         truncation: Truncation { max_length: c.max_length, max_prompt_length: c.max_prompt_length },
         seed: c.seed,
         freeze_embeddings: c.freeze_embeddings,
+        precision: c.precision.precision,
     }
 }
 
@@ -337,7 +355,7 @@ fn train(
 ) -> Result<()> {
     let config = train_config(c, lr);
     let template = enc.template().source.clone();
-    eprintln!("training on {}", wrpo_llm::cpu_summary());
+    eprintln!("training on {}; matmuls in {}", wrpo_llm::cpu_summary(), config.precision.describe());
     let metrics = run(RunInputs {
         model,
         tokenizer: enc.tokenizer(),
@@ -440,7 +458,12 @@ fn run_cli(cli: Cli) -> Result<()> {
             let enc = encoder(&model, tokenizer, a.max_length, a.max_prompt_length, &a.model)?;
             let (examples, truncated) = encode_pairs(&enc, &pairs, None, &a.pairs)?;
             report_truncated(truncated, examples.len(), "pairs");
-            let record = ReferenceRecord::of(&a.model, &enc)?;
+            let precision = a.precision.precision;
+            precision.apply().map_err(|e| anyhow!("--precision {}: {e}", precision.name()))?;
+            if precision == Precision::Bf16 {
+                round_matrices_to_bf16(&model)?;
+            }
+            let record = ReferenceRecord::of(&a.model, &enc, precision)?;
             let logps = reference_logps(&model, &examples, a.micro_batch)?;
             for ((p, l), e) in pairs.iter_mut().zip(&logps).zip(&examples) {
                 (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) = (Some(l[0]), Some(l[1]), Some(l[2]));
@@ -468,7 +491,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             let (model, tokenizer) = load_model(&c.model)?;
             let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
             // The pairs' reference log-probs must be this run's model's, tokenized as this run does.
-            let reference = objective.needs_reference().then(|| ReferenceRecord::of(&c.model, &enc)).transpose()?;
+            let reference = objective.needs_reference().then(|| ReferenceRecord::of(&c.model, &enc, c.precision.precision)).transpose()?;
             let read = |path: &Path| -> Result<Vec<Pair>> {
                 let files = dataset_files(path)?.iter().map(|f| read_file::<Pair>(f)).collect::<Result<Vec<_>>>()?;
                 check_keys(&files)?;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use wrpo_common::{
     hash::uniform_draw, io::InputHash, metrics::StepMetrics, pairs::Pair, progress::Progress, sft::SftExample, write_dataset, Provenance,
 };
-use wrpo_llm::{LoadOptions, Model, Rng, Tokenizer};
+use wrpo_llm::{bf16::Precision, LoadOptions, Model, Rng, Tokenizer};
 
 use crate::{
     checkpoint,
@@ -45,6 +45,10 @@ pub struct TrainConfig {
     pub truncation: Truncation,
     pub seed: u64,
     pub freeze_embeddings: bool,
+    /// The matmuls' precision: the run's process is switched to it. Left out
+    /// of run.json when f32, so that runs from before it resume.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// What is trained.
@@ -306,15 +310,21 @@ pub struct ReferenceRecord {
     pub tokens_sha256: String,
     pub max_length: usize,
     pub max_prompt_length: usize,
+    /// The matmuls' precision: a bf16 forward's log-probs differ from an
+    /// f32 one's by more than the first step's check allows (files from
+    /// before it was recorded were f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl ReferenceRecord {
-    pub fn of(model: &Path, enc: &Encoder) -> Result<Self> {
+    pub fn of(model: &Path, enc: &Encoder, precision: Precision) -> Result<Self> {
         Ok(ReferenceRecord {
             model_sha256: wrpo_common::hash::content_sha256(model)?,
             tokens_sha256: enc.fingerprint(),
             max_length: enc.truncation.max_length,
             max_prompt_length: enc.truncation.max_prompt_length,
+            precision,
         })
     }
 
@@ -339,6 +349,9 @@ impl ReferenceRecord {
                 r.max_length, r.max_prompt_length, self.max_length, self.max_prompt_length
             )));
         }
+        if r.precision != self.precision {
+            return Err(differs(format!("{} matmuls, this run uses {}", r.precision.name(), self.precision.name())));
+        }
         if r.model_sha256 != self.model_sha256 {
             return Err(differs(format!(
                 "a reference model (sha256 {}) other than the model this run starts from (sha256 {}); the reference is that model (Target-SFT)",
@@ -348,6 +361,29 @@ impl ReferenceRecord {
         }
         Ok(())
     }
+}
+
+/// A bf16 run's model: every matrix rounded to bf16, in training (the f32
+/// master weights' start) as in `ref-logps`, so that the reference is the
+/// policy at step 0. It changes nothing the bf16 matmuls read, only what an
+/// embedding lookup reads, and it takes the weights off the rounding ties. A dequantized GGUF model puts many weights exactly
+/// halfway between two bf16 numbers (8.1% of SmolLM2-135M Q4_1's, its
+/// 4-bit grid being coarser than bf16's); from a tie, every update, however
+/// small, moves what the forward reads by half a bf16 step in the update's
+/// direction, 100 times a 1e-6 step. PyTorch's autocast does that silently:
+/// on `make bench-train`'s step its loss fell from 8.7 to 0.6 in one step at
+/// lr 1e-6, f32's to 8.2. A resumed run's weights are the checkpoint's.
+pub fn round_matrices_to_bf16(model: &Model) -> Result<()> {
+    let (mut ties, mut weights) = (0, 0);
+    for (_, var) in model.weights.vars().into_iter().filter(|(_, v)| v.rank() == 2) {
+        ties += wrpo_llm::bf16::round_var(var)?;
+        weights += var.elem_count();
+    }
+    eprintln!(
+        "bf16: the model's matrices are rounded to bf16, as the matmuls read them ({:.2}% of their weights sat on a rounding tie)",
+        100.0 * ties as f64 / weights.max(1) as f64
+    );
+    Ok(())
 }
 
 /// The example order of an epoch: a permutation fixed by (seed, epoch).
@@ -660,6 +696,7 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
     if !matches!((stage, examples), (Stage::Sft { .. }, Examples::Sft(_)) | (Stage::Preference { .. }, Examples::Pairs(_))) {
         return Err(stage.wrong_examples());
     }
+    config.precision.apply().map_err(|e| anyhow!("--precision {}: {e}", config.precision.name()))?;
     let schedule = schedule_of(stage, config, examples.len());
     if schedule.total_steps == 0 {
         bail!("no training example");
@@ -672,6 +709,9 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         .filter(|(name, _)| !(config.freeze_embeddings && *name == "model.embed_tokens.weight"))
         .map(|(n, v)| (n.to_string(), v.clone()))
         .collect();
+    if config.precision == Precision::Bf16 {
+        round_matrices_to_bf16(model)?;
+    }
     let mut optimizer = AdamW::new(params, config.adamw.clone())?;
     // The inputs' content is part of the run: a rerun on changed data is refused, not resumed.
     let hashes = r.inputs.iter().map(|p| wrpo_common::hash::content_sha256(p)).collect::<Result<Vec<_>>>()?;

@@ -72,6 +72,7 @@ fn config(lr: f64, weight_decay: f64) -> TrainConfig {
         truncation: Truncation { max_length: 64, max_prompt_length: 32 },
         seed: 0,
         freeze_embeddings: false,
+        precision: wrpo_llm::bf16::Precision::F32,
     }
 }
 

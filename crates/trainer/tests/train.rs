@@ -354,6 +354,15 @@ fn reference_log_probs_that_disagree_with_the_run_are_refused() {
     refs(other.to_str().unwrap(), "pairs.parquet", "other.parquet", &[]);
     let err = wrpo("other.parquet", &[]);
     assert!(err.contains("a reference model (sha256") && err.contains("other than the model this run starts from"), "{err}");
+    // Another matmul precision: a bf16 forward's log-probs are not an f32 one's. With
+    // its own bf16 reference, a bf16 run passes the first step's check and trains
+    // (on the emulated kernel where the CPU has no bf16 units).
+    let err = wrpo("pairs-ref.parquet", &["--precision", "bf16"]);
+    assert!(err.contains("computed with f32 matmuls, this run uses bf16"), "{err}");
+    refs(&s.model, "pairs.parquet", "bf16.parquet", &["--precision", "bf16"]);
+    ok(s.wrpo_on("bf16.parquet", "bf16-run", &["--precision", "bf16"]));
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&s.path("bf16-run")).join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["train"]["precision"], "bf16", "{run}");
     // A response whose recorded token count is not this run's.
     let file = read_file::<Pair>(Path::new(&s.path("pairs-ref.parquet"))).unwrap();
     let mut rows = file.rows.clone();
