@@ -158,7 +158,7 @@ bench-decode: models ## Decode tokens/s of our quantized path against llama.cpp 
 bench-sample: models ## wrpo-sample generate tokens/s against llama.cpp (sequential, batched) and transformers
 	bash scripts/bench/sample.sh
 
-bench-train: models ## One WRPO step (3 x 256 tokens) of our trainer against PyTorch eager: time and peak memory
+bench-train: models ## One WRPO step (3 x 256 tokens) of our trainer against PyTorch eager, f32 and bf16 (autocast): time and peak memory
 	bash scripts/bench/train.sh
 
 bench-contention: models ## Speed kept beside a busy process on one core: wrpo-sample and wrpo-train against llama.cpp
