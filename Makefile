@@ -29,6 +29,8 @@ TOP_P          ?= 0.95
 SEED           ?= 42
 EVAL_FRACTION  ?= 0.2
 EVAL_N         ?= 4
+# Samples per prompt where the validation split is answered (sweep, ablation, the dose's rehearsal).
+VALIDATION_N   ?= $(EVAL_N)
 SFT_FRACTION   ?= 0.3333333333
 STRATEGY       ?= wrpo
 ALPHA_MAX      ?= 0.1
@@ -127,7 +129,7 @@ help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS SWEEP_LRS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT DOSE_RUNS DOSE_SPLIT SOURCE_PLUS_BASE SOURCE_PLUS_LR SOURCE_PLUS_EPOCHS DOSE_PLUS_N FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N MAX_LENGTH JUDGE; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS SWEEP_LRS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT DOSE_RUNS DOSE_SPLIT SOURCE_PLUS_BASE SOURCE_PLUS_LR SOURCE_PLUS_EPOCHS DOSE_PLUS_N FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N VALIDATION_N MAX_LENGTH JUDGE; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -199,21 +201,25 @@ STUDY_LR ?= 5e-6
 # per alpha. The sweep and the ablation answer each validation prompt twice.
 STUDY_ABLATION_PAIRS ?= 100
 STUDY_VALIDATION_N ?= 2
+# Every study target passes all of these to every call: each make call rewrites the settings
+# stamp of every step for the values it was given, so a variable set in one call only (EVAL_N
+# for the validation runs, as before) made another call's finished steps look stale, and the
+# next `make experiment` answered the test split again.
 STUDY = WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" SOURCE_N=$(STUDY_SOURCE_N) \
-  TARGET_N=$(STUDY_TARGET_N) FREEZE_EMBEDDINGS=$(STUDY_FREEZE_EMBEDDINGS) WRPO_LR=$(STUDY_LR)
+  TARGET_N=$(STUDY_TARGET_N) FREEZE_EMBEDDINGS=$(STUDY_FREEZE_EMBEDDINGS) WRPO_LR=$(STUDY_LR) \
+  VALIDATION_N=$(STUDY_VALIDATION_N) ABLATION_PAIRS=$(STUDY_ABLATION_PAIRS) ABLATION_SPLIT=validation
 study-sweep: ## The study's learning-rate sweep on the validation split (run before `make experiment`; STUDY_WORK)
-	$(MAKE) --no-print-directory sweep $(STUDY) EVAL_N=$(STUDY_VALIDATION_N)
+	$(MAKE) --no-print-directory sweep $(STUDY)
 
 study-dose-gate: ## The gate of the study's dose-response: the stronger source's y_ws against y_wt on training pairs
 	$(MAKE) --no-print-directory dose-gate $(STUDY)
 
 study-dose: ## The study's dose-response (Evidence II): DOSE_SPLIT=validation first (the dress rehearsal), then DOSE_SPLIT=eval
-	$(MAKE) --no-print-directory dose $(STUDY) EVAL_N=$(if $(filter validation,$(DOSE_SPLIT)),$(STUDY_VALIDATION_N),$(EVAL_N))
+	$(MAKE) --no-print-directory dose $(STUDY)
 
 experiment: ## The evidence study: data/study prompts, WRPO and DPO per seed, alpha ablation, paired report (STUDY_WORK; hours)
 	$(MAKE) --no-print-directory eval $(STUDY)
-	$(MAKE) --no-print-directory ablation $(STUDY) ABLATION_PAIRS=$(STUDY_ABLATION_PAIRS) ABLATION_SPLIT=validation \
-	  EVAL_N=$(STUDY_VALIDATION_N)
+	$(MAKE) --no-print-directory ablation $(STUDY)
 
 # Evidence II, the dose-response (docs/results.md): WRPO's gain against what its source
 # brings. Levels of source strength share Target-SFT, y_wt and y_l; only y_ws changes:
@@ -313,7 +319,7 @@ $(DOSE)/%/.done: $$(call dose_pairs,$$(call dose_level,$$*))-ref.parquet \
 
 DOSE_ARMS = $(addprefix --arm ,L0:wrpo=wrpo $(sort $(foreach r,$(DOSE_RUNS),$(call dose_level,$(r)):$(call dose_arm,$(r))=$(call dose_arm,$(r))-$(call dose_level,$(r)))))
 $(DOSE_EVAL_DIR)/dose.md: $$(foreach r,$$(DOSE_RUNS),$$(DOSE)/$$(r)/.done) $$(WRPO_DONE) $$(DPO_DONE) $(if $(filter validation,$(DOSE_SPLIT)),,$$(EVAL_DIR)/report.md) \
-  $$(call settings,dose-$$(DOSE_SPLIT),$$(ANSWERING) $$(SEEDS) $$(DOSE_RUNS)) | $(BUILD)
+  $$(call settings,dose-$$(DOSE_SPLIT),$$(call answering,$$(DOSE_SPLIT)) $$(SEEDS) $$(DOSE_RUNS)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,dose-$(DOSE_SPLIT),$(@D),$@)
 	$(call answer,$(DOSE_MODELS),$(DOSE_SPLIT))
@@ -439,14 +445,17 @@ EVAL_MODELS = target=$(TARGET) target-sft=$(WORK)/target-sft/final $(call run_mo
 # Each training seed's own WRPO - DPO, beside the pooled one.
 SEED_COMPARE = $(foreach s,$(SEEDS),--compare wrpo@$(s):dpo@$(s))
 # $(call answer,MODELS,SPLIT): MODELS answer SPLIT's prompts EVAL_N times each
-# (the same seeds sample by sample), scored with the training reward, into $(@D).
+# (VALIDATION_N on the validation split; the same seeds sample by sample), scored
+# with the training reward, into $(@D).
 define answer
 $(TIMED) $(notdir $(@D))-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split $(2) $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(1)) \
-  --n $(EVAL_N) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(@D)/samples
+  --n $(call answers_n,$(2)) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(@D)/samples
 $(TIMED) $(notdir $(@D))-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(@D)/samples --reward $(REWARD) --out $(@D)/scores
 endef
-ANSWERING = $(EVAL_LIMIT) $(EVAL_N) $(MAX_NEW_TOKENS) $(TEMPERATURE) $(TOP_P) $(SEED) $(REWARD) crn
-$(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(call settings,$$(notdir $$(EVAL_DIR)),$$(ANSWERING) $$(SEEDS)) | $(BUILD)
+answers_n = $(if $(filter validation,$(1)),$(VALIDATION_N),$(EVAL_N))
+# $(call answering,SPLIT): the settings of answering SPLIT.
+answering = $(EVAL_LIMIT) $(call answers_n,$(1)) $(MAX_NEW_TOKENS) $(TEMPERATURE) $(TOP_P) $(SEED) $(REWARD) crn
+$(EVAL_DIR)/report.md: $$(WRPO_DONE) $$(DPO_DONE) $$(call settings,$$(notdir $$(EVAL_DIR)),$$(call answering,$$(EVAL_SPLIT)) $$(SEEDS)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,$(notdir $(@D)),$(@D),$@)
 	$(call answer,$(EVAL_MODELS),$(EVAL_SPLIT))
@@ -468,7 +477,7 @@ SWEEP_LRS ?= 2e-6 5e-6
 sweep_run = $(if $(filter $(2),$(WRPO_LR)),$(firstword $(call run_dirs,$(1))),$(WORK)/$(1)-lr$(2))
 SWEEP_MODELS = target-sft=$(WORK)/target-sft/final $(foreach r,$(SWEEP_LRS),dpo-lr$(r)=$(call sweep_run,dpo,$(r))/final wrpo-lr$(r)=$(call sweep_run,wrpo,$(r))/final)
 $(WORK)/sweep/report.md: $$(foreach r,$$(SWEEP_LRS),$$(call sweep_run,dpo,$$(r))/.done $$(call sweep_run,wrpo,$$(r))/.done) \
-  $$(call settings,sweep,$$(ANSWERING) $$(SEEDS) $$(SWEEP_LRS)) | $(BUILD)
+  $$(call settings,sweep,$$(call answering,validation) $$(SEEDS) $$(SWEEP_LRS)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,sweep,$(@D),$@)
 	$(call answer,$(SWEEP_MODELS),validation)
@@ -489,7 +498,7 @@ $(WORK)/dpo-lr%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-lr$$*,$$(B
 
 ABLATION_MODELS = $(foreach a,$(ALPHAS),alpha$(a)=$(call alpha_dir,$(a))/final) $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
 STATIC_AGAINST = $(if $(filter $(STATIC_ALPHA),$(ALPHAS)),alpha$(STATIC_ALPHA),target-sft)
-$(WORK)/ablation/report.md: $$(ABLATION_DONE) $$(call settings,ablation,$$(ANSWERING) $$(ABLATION_SPLIT) $$(SEEDS) $$(ALPHAS) $$(STATIC_ALPHA) $$(ABLATION_PAIRS)) | $(BUILD)
+$(WORK)/ablation/report.md: $$(ABLATION_DONE) $$(call settings,ablation,$$(call answering,$$(ABLATION_SPLIT)) $$(ABLATION_SPLIT) $$(SEEDS) $$(ALPHAS) $$(STATIC_ALPHA) $$(ABLATION_PAIRS)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,ablation,$(@D),$@)
 	$(call answer,target-sft=$(WORK)/target-sft/final $(ABLATION_MODELS),$(ABLATION_SPLIT))
