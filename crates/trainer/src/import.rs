@@ -15,6 +15,39 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
 use wrpo_common::metrics::StepMetrics;
 
+/// A `trainer_state.json`'s text as JSON. Python's `json` writes a diverged
+/// run's NaN and infinite values as the bare words `NaN`, `Infinity` and
+/// `-Infinity`, which JSON has not: outside strings they become the strings
+/// "NaN", "Infinity" and "-Infinity", which [`metrics_from_log`] reads as
+/// those numbers.
+pub fn parse_state(text: &str, file: &Path) -> Result<Value> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            (in_string, escaped) = (escaped || c != '"', !escaped && c == '\\');
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(word) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|w| rest.starts_with(w)) {
+            out.push_str(&format!("\"{word}\""));
+            rest = &rest[word.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    serde_json::from_str(&out).map_err(|e| anyhow!("{} is not valid JSON: {e}", file.display()))
+}
+
+/// Refuse a stage name that would make training rows read as evaluation rows.
+pub fn check_stage(stage: &str) -> Result<()> {
+    if stage.is_empty() || stage.starts_with("eval") {
+        bail!("--stage '{stage}': a training stage's name (sft, wrpo, dpo, ...); evaluation rows are named eval_<stage> from it");
+    }
+    Ok(())
+}
+
 /// The stage of a run whose log has preference rewards, else `sft`.
 pub fn default_stage(log: &[Value]) -> &'static str {
     if log.iter().any(|e| e.get("rewards/chosen").or_else(|| e.get("eval_rewards/chosen")).is_some()) {
@@ -38,6 +71,8 @@ pub fn log_history(state: &Value, file: &Path) -> Result<Vec<Value>> {
 /// and `eval_<stage>`. The final summary entry (`train_runtime`) is left out.
 pub fn metrics_from_log(log: &[Value], stage: &str, file: &Path) -> Result<Vec<StepMetrics>> {
     let mut rows = Vec::new();
+    // The last training and eval step seen, and where.
+    let (mut last_train, mut last_eval) = (None::<(u64, usize)>, None::<(u64, usize)>);
     for (i, entry) in log.iter().enumerate() {
         let Some(e) = entry.as_object() else { bail!("{}: log_history[{i}] is not an object", file.display()) };
         let (prefix, eval) = if e.contains_key("eval_loss") {
@@ -51,8 +86,27 @@ pub fn metrics_from_log(log: &[Value], stage: &str, file: &Path) -> Result<Vec<S
         let number = |key: &str| number_in(e, &format!("{prefix}{key}"), i, file);
         let plain = |key: &str| number_in(e, key, i, file);
         let required = |value: Option<f64>, key: &str| value.ok_or_else(|| anyhow!("{}: log_history[{i}] has no '{key}'", file.display()));
-        let step = required(plain("step")?, "step")? as u64;
+        let step = required(plain("step")?, "step")?;
+        // A step is a count: a negative, fractional or huge one would be cast to another number.
+        if !(step >= 0.0 && step.fract() == 0.0 && step < 1e15) {
+            bail!("{}: log_history[{i}] has step {step}; expected a whole number of optimizer steps", file.display());
+        }
+        let step = step as u64;
         let step = if eval { step } else { step.checked_sub(1).ok_or_else(|| anyhow!("{}: log_history[{i}] has step 0", file.display()))? };
+        // Each kind of row in the order the run logged them, each step once.
+        let last = if eval { &mut last_eval } else { &mut last_train };
+        if let Some((before, j)) = *last {
+            if step <= before {
+                bail!(
+                    "{}: log_history[{i}] is a{} entry for step {} after log_history[{j}]'s for step {}; expected one entry per step, in order",
+                    file.display(),
+                    if eval { "n eval" } else { " training" },
+                    step + u64::from(!eval),
+                    before + u64::from(!eval)
+                );
+            }
+        }
+        *last = Some((step, i));
         rows.push(StepMetrics {
             stage: if eval { format!("eval_{stage}") } else { stage.to_string() },
             step,
@@ -82,10 +136,67 @@ pub fn metrics_from_log(log: &[Value], stage: &str, file: &Path) -> Result<Vec<S
     Ok(rows)
 }
 
-/// Entry `i`'s number under `key`, None when absent or null.
+/// Entry `i`'s number under `key`, None when absent or null; the strings
+/// [`parse_state`] made of NaN and the infinities are those numbers.
 fn number_in(e: &Map<String, Value>, key: &str, i: usize, file: &Path) -> Result<Option<f64>> {
     match e.get(key) {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s == "NaN" => Ok(Some(f64::NAN)),
+        Some(Value::String(s)) if s == "Infinity" => Ok(Some(f64::INFINITY)),
+        Some(Value::String(s)) if s == "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
         Some(v) => v.as_f64().map(Some).ok_or_else(|| anyhow!("{}: log_history[{i}]: '{key}' is {v}, not a number", file.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(text: &str) -> Result<Vec<StepMetrics>> {
+        let file = Path::new("trainer_state.json");
+        let state = parse_state(text, file)?;
+        metrics_from_log(&log_history(&state, file)?, "wrpo", file)
+    }
+
+    #[test]
+    fn python_json_nan_and_infinities_are_read_outside_strings_only() {
+        let text = r#"{"note": "NaN \" Infinity", "log_history": [
+            {"step": 1, "loss": NaN, "learning_rate": 1e-6, "grad_norm": Infinity, "rewards/margins": -Infinity},
+            {"step": 2, "loss": 0.5, "learning_rate": 1e-6}]}"#;
+        let state = parse_state(text, Path::new("s.json")).unwrap();
+        assert_eq!(state["note"], "NaN \" Infinity", "a string keeps its words");
+        let r = rows(text).unwrap();
+        assert!(r[0].loss.is_nan() && r[0].grad_norm == Some(f64::INFINITY) && r[0].rewards_margins == Some(f64::NEG_INFINITY));
+        assert_eq!(r[1].loss, 0.5);
+        let err = parse_state("{\"a\": nan}", Path::new("s.json")).unwrap_err().to_string();
+        assert!(err.contains("s.json is not valid JSON: ") && err.contains("line 1 column 8"), "{err}");
+    }
+
+    #[test]
+    fn steps_must_be_whole_in_order_and_once() {
+        let entry = |step: &str| format!(r#"{{"step": {step}, "loss": 0.5, "learning_rate": 1e-6}}"#);
+        let log = |steps: &[&str]| format!(r#"{{"log_history": [{}]}}"#, steps.iter().map(|s| entry(s)).collect::<Vec<_>>().join(","));
+        for bad in ["-1", "1.5", "1e20"] {
+            let err = rows(&log(&["1", bad])).unwrap_err().to_string();
+            assert!(err.contains("log_history[1] has step") && err.contains("whole number"), "{bad}: {err}");
+        }
+        let err = rows(&log(&["1", "3", "2"])).unwrap_err().to_string();
+        assert!(err.contains("log_history[2] is a training entry for step 2 after log_history[1]'s for step 3"), "{err}");
+        let err = rows(&log(&["1", "1"])).unwrap_err().to_string();
+        assert!(err.contains("for step 1 after log_history[0]'s for step 1"), "{err}");
+        // An evaluation at a step beside that step's training entry is fine; two at one step are not.
+        let eval = |step: u64| format!(r#"{{"step": {step}, "eval_loss": 0.4}}"#);
+        let text = format!(r#"{{"log_history": [{}, {}, {}, {}]}}"#, entry("1"), eval(1), entry("2"), eval(2));
+        assert_eq!(rows(&text).unwrap().len(), 4);
+        let text = format!(r#"{{"log_history": [{}, {}, {}]}}"#, entry("1"), eval(1), eval(1));
+        assert!(rows(&text).unwrap_err().to_string().contains("an eval entry for step 1"));
+    }
+
+    #[test]
+    fn an_eval_stage_name_is_refused() {
+        for bad in ["eval", "eval_wrpo", ""] {
+            assert!(check_stage(bad).unwrap_err().to_string().contains("eval_<stage>"), "{bad}");
+        }
+        check_stage("dpo").unwrap();
     }
 }

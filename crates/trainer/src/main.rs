@@ -409,10 +409,18 @@ fn run_cli(cli: Cli) -> Result<()> {
             // --out m.png would be written, then overwritten by its own plot.
             check_paths(&[("--out", &a.out), ("its plot (--out with .png)", &plot)], &[("STATE", &a.state)])?;
             let text = std::fs::read_to_string(&a.state).with_context(|| format!("cannot read {}", a.state.display()))?;
-            let state: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", a.state.display()))?;
+            let state = import::parse_state(&text, &a.state)?;
             let log = import::log_history(&state, &a.state)?;
             let stage = a.stage.clone().unwrap_or_else(|| import::default_stage(&log).to_string());
+            import::check_stage(&stage)?;
             let metrics = import::metrics_from_log(&log, &stage, &a.state)?;
+            if let Some(first) = metrics.iter().find(|m| !m.loss.is_finite()) {
+                let n = metrics.iter().filter(|m| !m.loss.is_finite()).count();
+                eprintln!(
+                    "warning: {n} rows have a loss that is not a finite number, the first at {} step {}: the run diverged",
+                    first.stage, first.step
+                );
+            }
             let prov = Provenance::new(PRODUCER, &serde_json::json!({"stage": stage}))?.with_input(&a.state)?;
             write_dataset(&a.out, &metrics, &prov)?;
             wrpo_trainer::plot::plot(&metrics, &plot)?;
