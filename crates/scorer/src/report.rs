@@ -237,6 +237,17 @@ fn same_prompts(
 /// by default every model against `baseline`.
 pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, compare: &[(String, String)], seed: u64) -> Result<Report> {
     let (scores, refused) = prompt_scores(prompts, scored)?;
+    // A seed of a pool as the baseline: the reward table's pool NAME would hold
+    // the baseline and the judge's could not (no verdict of a model against
+    // itself), one name for two models.
+    if let Some((name, _)) = baseline.rsplit_once('@') {
+        if let Some(seeds) = seed_pools(scores.keys()).get(name).filter(|seeds| seeds.len() > 1) {
+            bail!(
+                "--baseline {baseline}: it is one of the seeds {seeds:?} that pool as '{name}', which would then hold its own baseline; \
+                 compare against a model outside that pool, or the pool itself (--baseline {name}, rewards only)"
+            );
+        }
+    }
     let base = scores
         .get(baseline)
         .ok_or_else(|| anyhow!("the baseline model '{baseline}' has no scored sample; models: {:?}", scores.keys().collect::<Vec<_>>()))?;
@@ -687,6 +698,10 @@ mod tests {
         uneven.retain(|s| !(s.model == "wrpo@2" && s.prompt_id == "p0"));
         let err = report(&prompts(3), &uneven, "base", &[], 1).err().unwrap().to_string();
         assert!(err.contains("'wrpo@1' answered 3 prompts and 'wrpo@2' 2"), "{err}");
+        // A seed of a pool is no baseline: the pool would hold it.
+        let err = report(&prompts(3), &scored, "wrpo@1", &[], 1).err().unwrap().to_string();
+        assert!(err.contains("--baseline wrpo@1") && err.contains("pool as 'wrpo'"), "{err}");
+        report(&prompts(3), &scored, "wrpo", &[], 1).unwrap();
     }
 
     /// A prompt whose every sample of a model the reward refused is left out
