@@ -329,7 +329,10 @@ $(DOSE_EVAL_DIR)/dose.md: $$(foreach r,$$(DOSE_RUNS),$$(DOSE)/$$(r)/.done) $$(WR
 clean-run: ## Delete WORK
 	rm -rf $(WORK)
 
-$(WORK)/prompts.parquet: $(PROMPTS) $$(call settings,prompts,$$(EVAL_FRACTION) $$(SEED)) | $(BUILD)
+# The prompts file by name and content: another file, or the same one put back at an older
+# version (an older mtime), is not "up to date".
+$(WORK)/prompts.parquet: $(PROMPTS) $$(call settings,prompts,$$(EVAL_FRACTION) $$(SEED)) \
+  $$(call settings,prompts-file,$$(PROMPTS) $$(shell sha256sum < $$(PROMPTS) 2>/dev/null | cut -c1-16)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(TIMED) import $(SAMPLE) import --input $< --out $@ --reference-column reference --eval-fraction $(EVAL_FRACTION) --seed $(SEED)
 
