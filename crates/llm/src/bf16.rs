@@ -151,12 +151,7 @@ impl Tier {
 
     /// `requested`, or the best tier of this CPU.
     fn choose(requested: Option<&str>) -> Result<Tier, String> {
-        let tiers = Tier::available();
-        let Some(name) = requested else { return Ok(*tiers.last().expect("emulated is always there")) };
-        tiers.iter().copied().find(|t| t.name() == name).ok_or_else(|| {
-            let names: Vec<_> = tiers.iter().map(|t| t.name()).collect();
-            format!("{VARIABLE}={name}: this CPU runs bf16 matmuls as {}", names.join(", "))
-        })
+        crate::tiers::choose(&Tier::available(), Tier::name, requested, VARIABLE, "bf16 matmuls as")
     }
 }
 

@@ -17,6 +17,7 @@ mod qmatmul;
 mod rope;
 pub mod sampling;
 pub mod save;
+mod tiers;
 #[cfg(feature = "tiny")]
 pub mod tiny;
 mod tokenizer;

@@ -266,12 +266,7 @@ impl Isa {
     /// The best tier of this CPU, or the one `WRPO_ISA` names, so that a
     /// lower tier can be measured or tested on a CPU that has a better one.
     fn choose(requested: Option<&str>) -> Result<Isa, String> {
-        let tiers = Isa::available();
-        let Some(name) = requested else { return Ok(*tiers.last().expect("scalar is always there")) };
-        tiers.iter().copied().find(|t| t.name() == name).ok_or_else(|| {
-            let names: Vec<_> = tiers.iter().map(|t| t.name()).collect();
-            format!("{ISA_VARIABLE}={name}: this CPU runs the int8 kernels at {}", names.join(", "))
-        })
+        crate::tiers::choose(&Isa::available(), Isa::name, requested, ISA_VARIABLE, "the int8 kernels at")
     }
 
     /// The tier `WRPO_ISA` asks for, or this CPU's best.
