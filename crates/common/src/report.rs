@@ -4,7 +4,7 @@
 use arrow::datatypes::{DataType, FieldRef};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{field, required, Dataset};
+use crate::dataset::{field, opt_utf8, required, Dataset};
 
 /// One model's row of the report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,11 +132,16 @@ pub struct Judgement {
     pub judgement: String,
     /// Characters of the model's answer minus the baseline's.
     pub length_diff: i64,
+    /// What the verdict is about: SHA-256 of the prompt id, its reference and
+    /// the two answers, so that a rerun reuses exactly the verdicts whose
+    /// answers are unchanged, whatever the paths or the other models (null in
+    /// files from before version 2: those verdicts are asked again).
+    pub answers_sha256: Option<String>,
 }
 
 impl Dataset for Judgement {
     const NAME: &'static str = "eval_judgements";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const KEY: &'static str = "(prompt_id, model, baseline, sample_index, shown_first)";
     fn key(&self) -> Option<String> {
         Some(format!("({}, {}, {}, {}, {})", self.prompt_id, self.model, self.baseline, self.sample_index, self.shown_first))
@@ -147,6 +152,7 @@ impl Dataset for Judgement {
             required(&["sample_index"], DataType::UInt32),
             required(&["shown_first", "verdict", "judgement"], DataType::Utf8),
             required(&["length_diff"], DataType::Int64),
+            vec![opt_utf8("answers_sha256")],
         ]
         .concat()
     }

@@ -340,8 +340,8 @@ fn parse_sweep(text: &str) -> Result<(String, f64), String> {
 }
 
 /// `report --judge`: every model against the baseline by the judge; the
-/// verdicts already in OUT/judgements.parquet are kept when the judge, its
-/// prompts and the scored answers are the same.
+/// verdicts already in OUT/judgements.parquet are kept when the judge and its
+/// prompts are the same, each for as long as the answers it judged are.
 fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], scored: &[ScoredSample], prov: &Provenance) -> Result<String> {
     let judge = Judge::connect(url, model, &args.remote.clone().into())?;
     let verdicts_path = args.out.join("judgements.parquet");
@@ -350,10 +350,10 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
     let cached = match verdicts_path.exists() {
         true => {
             let then = read_file::<Judgement>(&verdicts_path)?;
-            if then.provenance.config == config && then.provenance.inputs == prov.inputs {
+            if then.provenance.config == config {
                 then.rows
             } else {
-                eprintln!("{}: made by another judge or from other answers; judging again", verdicts_path.display());
+                eprintln!("{}: made by another judge or with other instructions; judging again", verdicts_path.display());
                 vec![]
             }
         }

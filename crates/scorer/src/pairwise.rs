@@ -27,31 +27,49 @@ struct Ask<'a> {
     model_first: bool,
 }
 
-/// The verdicts to ask that `cached` does not hold: for every model but the
-/// baseline and every prompt both answered, the lowest sample index both
+/// What a verdict is about (its `answers_sha256`): the prompt, its reference
+/// and the two answers.
+fn answers_key(a: &Ask) -> String {
+    let reference = a.prompt.reference.as_deref().unwrap_or("");
+    wrpo_common::hash::sha256_of(&[a.prompt.prompt_id.as_bytes(), reference.as_bytes(), a.model.response.as_bytes(), a.baseline.response.as_bytes()])
+}
+
+/// The verdicts to ask, and those of `cached` to keep: for every model but
+/// the baseline and every prompt both answered, the lowest sample index both
 /// have (with common random numbers, the same sampling seed), in both orders.
-fn plan<'a>(prompts: &'a [Prompt], scored: &'a [ScoredSample], baseline: &str, cached: &[Judgement]) -> Vec<Ask<'a>> {
+/// A cached verdict is kept when it is about the same answers (by content,
+/// not by the paths they were read from) and was readable; the others are
+/// asked again. Verdicts against other baselines are kept as they are.
+fn plan<'a>(prompts: &'a [Prompt], scored: &'a [ScoredSample], baseline: &str, cached: Vec<Judgement>) -> (Vec<Ask<'a>>, Vec<Judgement>) {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
     let mut answers: BTreeMap<&str, BTreeMap<&str, BTreeMap<u32, &ScoredSample>>> = BTreeMap::new();
     for s in scored.iter().filter(|s| s.finish_reason != FinishReason::Skipped) {
         answers.entry(&s.model).or_default().entry(&s.prompt_id).or_default().insert(s.sample_index, s);
     }
-    let done: std::collections::HashSet<_> =
-        cached.iter().filter(|j| j.baseline == baseline).map(|j| (&j.prompt_id, &j.model, j.shown_first == "model")).collect();
-    let Some(base) = answers.get(baseline) else { return vec![] };
-    let mut asks = Vec::new();
-    for (model, per_prompt) in answers.iter().filter(|(m, _)| **m != baseline) {
-        for (id, samples) in per_prompt {
-            let Some(theirs) = base.get(id) else { continue };
-            let Some((index, ours)) = samples.iter().find(|(i, _)| theirs.contains_key(i)) else { continue };
-            for model_first in [true, false] {
-                if !done.contains(&(&id.to_string(), &model.to_string(), model_first)) {
-                    asks.push(Ask { prompt: by_id[id], model: ours, baseline: theirs[index], model_first });
+    let mut candidates = Vec::new();
+    if let Some(base) = answers.get(baseline) {
+        for (_, per_prompt) in answers.iter().filter(|(m, _)| **m != baseline) {
+            for (id, samples) in per_prompt {
+                let Some(theirs) = base.get(id) else { continue };
+                let Some((index, ours)) = samples.iter().find(|(i, _)| theirs.contains_key(i)) else { continue };
+                for model_first in [true, false] {
+                    candidates.push(Ask { prompt: by_id[id], model: ours, baseline: theirs[index], model_first });
                 }
             }
         }
     }
-    asks
+    let key = |prompt_id: &str, model: &str, model_first: bool, answers: &str| format!("{prompt_id}\0{model}\0{model_first}\0{answers}");
+    let current: std::collections::HashSet<String> =
+        candidates.iter().map(|a| key(&a.prompt.prompt_id, &a.model.model, a.model_first, &answers_key(a))).collect();
+    let (kept, _stale): (Vec<Judgement>, Vec<Judgement>) = cached.into_iter().partition(|j| {
+        j.baseline != baseline
+            || (j.verdict != "unreadable"
+                && j.answers_sha256.as_deref().is_some_and(|h| current.contains(&key(&j.prompt_id, &j.model, j.shown_first == "model", h))))
+    });
+    let done: std::collections::HashSet<(&str, &str, bool)> =
+        kept.iter().filter(|j| j.baseline == baseline).map(|j| (j.prompt_id.as_str(), j.model.as_str(), j.shown_first == "model")).collect();
+    let asks = candidates.into_iter().filter(|a| !done.contains(&(a.prompt.prompt_id.as_str(), a.model.model.as_str(), a.model_first))).collect();
+    (asks, kept)
 }
 
 fn ask(judge: &Judge, a: &Ask) -> Result<Judgement> {
@@ -78,6 +96,7 @@ fn ask(judge: &Judge, a: &Ask) -> Result<Judgement> {
         verdict: verdict.into(),
         judgement,
         length_diff: a.model.response.chars().count() as i64 - a.baseline.response.chars().count() as i64,
+        answers_sha256: Some(answers_key(a)),
     })
 }
 
@@ -88,7 +107,7 @@ pub fn judge_all(
     prompts: &[Prompt],
     scored: &[ScoredSample],
     baseline: &str,
-    mut cached: Vec<Judgement>,
+    cached: Vec<Judgement>,
     mut save: impl FnMut(&[Judgement]) -> Result<()>,
 ) -> Result<Vec<Judgement>> {
     if !scored.iter().any(|s| s.model == baseline) {
@@ -96,9 +115,12 @@ pub fn judge_all(
         models.dedup();
         anyhow::bail!("--judge: the baseline '{baseline}' has no scored answer to compare with (models: {models:?}; pooled NAME@SEED models are judged per seed)");
     }
-    let asks = plan(prompts, scored, baseline, &cached);
+    let before = cached.len();
+    let (asks, mut cached) = plan(prompts, scored, baseline, cached);
     if !asks.is_empty() {
-        eprintln!("judge: {} verdicts to ask ({} kept from an earlier run)", asks.len(), cached.len());
+        let dropped = before - cached.len();
+        let again = if dropped > 0 { format!("; {dropped} asked again: their answers changed, or they could not be read") } else { String::new() };
+        eprintln!("judge: {} verdicts to ask ({} kept from an earlier run{again})", asks.len(), cached.len());
     }
     for chunk in asks.chunks(32) {
         let mut failure = None;
@@ -304,7 +326,51 @@ mod tests {
             verdict: verdict.into(),
             judgement: String::new(),
             length_diff,
+            answers_sha256: None,
         }
+    }
+
+    /// A cached verdict is kept only while it is readable and about the same
+    /// answers; others (changed answers, unreadable, from a version-1 file) are
+    /// asked again and dropped from the cache.
+    #[test]
+    fn cached_verdicts_are_kept_by_content_and_unreadable_ones_asked_again() {
+        let prompts: Vec<Prompt> = (0..2)
+            .map(|i| Prompt {
+                prompt_id: format!("p{i}"),
+                messages: vec![],
+                reference: None,
+                split: wrpo_common::prompts::Split::Eval,
+                origin: String::new(),
+            })
+            .collect();
+        let answer = |p: usize, model: &str, text: &str| ScoredSample {
+            prompt_id: format!("p{p}"),
+            model: model.into(),
+            sample_index: 0,
+            response: text.into(),
+            response_tokens: 1,
+            finish_reason: FinishReason::Stop,
+            reward: 0.0,
+            reward_model: "exact".into(),
+        };
+        let scored = vec![answer(0, "base", "a"), answer(0, "m", "b"), answer(1, "base", "c"), answer(1, "m", "d")];
+        let (asks, kept) = plan(&prompts, &scored, "base", vec![]);
+        assert_eq!((asks.len(), kept.len()), (4, 0));
+        let mut cached: Vec<Judgement> = asks
+            .iter()
+            .map(|a| Judgement {
+                answers_sha256: Some(answers_key(a)),
+                ..verdict(a.prompt.prompt_id[1..].parse().unwrap(), "m", if a.model_first { "model" } else { "baseline" }, "model", 0)
+            })
+            .collect();
+        cached[1].verdict = "unreadable".into();
+        cached[2].answers_sha256 = Some("another answer".into());
+        cached[3].answers_sha256 = None;
+        let (asks, kept) = plan(&prompts, &scored, "base", cached);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(asks.len(), 3);
+        assert!(!asks.iter().any(|a| a.prompt.prompt_id == kept[0].prompt_id && a.model_first == (kept[0].shown_first == "model")));
     }
 
     #[test]

@@ -494,10 +494,32 @@ fn the_report_judges_each_model_against_the_baseline_in_both_orders() {
     assert_eq!((row.model.as_str(), row.prompts, row.wins, row.ties, row.losses, row.position_splits), ("better", 3, 2, 1, 0, 0));
     assert!((row.win_rate - 2.5 / 3.0).abs() < 1e-12);
     assert!(printed.contains("better vs base") && printed.contains("version 1"), "{printed}");
-    // A rerun asks nothing again.
+    // A rerun asks nothing again, nor one reading the same answers by another path.
     let before = asked.load(Ordering::SeqCst);
     ok(report());
     assert_eq!(asked.load(Ordering::SeqCst), before);
+    let report_of = |scores: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
+            .args(["report", "--prompts", &prompts, "--scores", &scores.display().to_string(), "--baseline", "base"])
+            .args(["--judge", &format!("openai:{url}#judge"), "--out", &out.display().to_string()])
+            .env_remove("OPENAI_API_KEY")
+            .output()
+            .unwrap()
+    };
+    ok(report_of(&dir.path().join(".").join("scored.parquet")));
+    assert_eq!(asked.load(Ordering::SeqCst), before, "the same answers under another spelling of their path");
+    // Another file: a third model, and one answer of "better" changed: only the third's six
+    // verdicts and the changed prompt's two are asked.
+    let mut more = scored.clone();
+    more.extend(scored.iter().filter(|s| s.model == "better").map(|s| ScoredSample { model: "third".into(), ..s.clone() }));
+    more.iter_mut().filter(|s| s.model == "better" && s.prompt_id == "p2").for_each(|s| s.response = format!("a good answer now {}", s.sample_index));
+    let scores2 = dir.path().join("scored2.parquet");
+    write_dataset(&scores2, &more, &prov).unwrap();
+    let printed = String::from_utf8_lossy(&ok(report_of(&scores2)).stderr).into_owned();
+    assert_eq!(asked.load(Ordering::SeqCst) - before, 8, "{printed}");
+    assert!(printed.contains("8 verdicts to ask (4 kept from an earlier run; 2 asked again"), "{printed}");
+    let verdicts: Vec<Judgement> = read_dataset(&out.join("judgements.parquet")).unwrap();
+    assert_eq!(verdicts.len(), 12, "one row per (prompt, model, order): the changed ones replaced");
 }
 
 /// `make test-remote`: the judge (as a reward and in the report) and
