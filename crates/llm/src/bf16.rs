@@ -44,6 +44,8 @@ use crate::{kernels::Operand, pool::Pool};
 const BLOCK: usize = 32;
 /// Rows (or columns) of the larger operand packed at a time.
 const CHUNK: usize = 256;
+/// Depth packed at a time (a multiple of BLOCK).
+const DEPTH: usize = 2048;
 
 static ON: AtomicBool = AtomicBool::new(false);
 
@@ -240,6 +242,39 @@ thread_local! {
 /// As [`gemm`]'s, for this block.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
+    tier: Tier,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: Operand<f32>,
+    rhs: Operand<f32>,
+    accumulate: bool,
+) {
+    // The depth a part at a time, the later parts adding to dst: packed
+    // whole, the LM head's backward (its depth the vocabulary) held 25 MB of
+    // each operand per thread, kept between calls (134 MB for Gemma's 262k).
+    let mut d = 0;
+    loop {
+        let part = (k - d).min(DEPTH);
+        // SAFETY: columns d.. of lhs and rows d.. of rhs are inside the operands.
+        let (l, r) = unsafe { (Operand { ptr: lhs.ptr.add(d * lhs.cs), ..lhs }, Operand { ptr: rhs.ptr.add(d * rhs.rs), ..rhs }) };
+        // SAFETY: as the caller promised, for this part of the depth.
+        unsafe { block_depth(tier, rows.clone(), cols.clone(), part, dst, dst_rs, l, r, accumulate || d > 0) };
+        d += part;
+        if d >= k {
+            return;
+        }
+    }
+}
+
+/// [`block`] for a depth of at most [`DEPTH`].
+///
+/// # Safety
+/// As [`gemm`]'s, for this block.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_depth(
     tier: Tier,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
@@ -730,8 +765,11 @@ mod tests {
     #[test]
     fn every_tier_matches_the_rounded_product() {
         for tier in Tier::available() {
-            // Past CHUNK rows or columns too, where the larger operand is packed in parts.
-            for &(m, n, k) in &[(1, 1, 1), (5, 3, 7), (32, 32, 32), (33, 70, 65), (100, 40, 300), (64, 96, 16), (300, 33, 40), (33, 290, 40)] {
+            // Past CHUNK rows or columns too, where the larger operand is packed in parts, and
+            // past DEPTH, where the depth is.
+            for &(m, n, k) in
+                &[(1, 1, 1), (5, 3, 7), (32, 32, 32), (33, 70, 65), (100, 40, 300), (64, 96, 16), (300, 33, 40), (33, 290, 40), (3, 5, 4200)]
+            {
                 for (a_t, b_t, accumulate) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
                     let (a, b) = (values(m * k, 1), values(k * n, 2));
                     // Row-major, or stored transposed and read through strides.
