@@ -273,6 +273,12 @@ impl Client {
             .body_mut()
             .read_to_string()
             .map_err(|e| Failure::Transient { message: format!("HTTP {status}, reading the answer failed: {e}"), after })?;
+        // Some servers and proxies echo the key back in an error: it must reach
+        // no message, log or file (summary.json keeps the refusals' words).
+        let text = match auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")) {
+            Some(key) if !key.is_empty() => text.replace(key, "[API key]"),
+            _ => text,
+        };
         let shown: String = text.chars().take(500).collect();
         match status {
             200 => serde_json::from_str(&text).map_err(|e| Failure::transient(format!("the answer is not JSON ({e}): {shown}"))),

@@ -404,6 +404,42 @@ fn a_judge_grades_answers_and_unreadable_verdicts_are_skipped() {
     assert!(summary.contains("the judge spent its"), "a reasoning judge's null content is an unreadable verdict: {summary}");
 }
 
+/// A key that the server echoes back in an error body reaches no message and
+/// no file: the error says what the server said, with the key blanked.
+#[test]
+fn a_key_echoed_by_the_server_is_never_shown_or_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prompts, samples) = setup(dir.path(), &[]);
+    let key = "sk-test-0123456789abcdef";
+    let url = serve(move |r: &Request| {
+        if r.method == "GET" {
+            return Reply::ok(r#"{"data":[{"id":"judge"}]}"#);
+        }
+        Reply::status("403 Forbidden", r#"{"error":{"message":"key sk-test-0123456789abcdef has no quota"}}"#)
+    });
+    let out = dir.path().join("judged");
+    let err = failed(
+        Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
+            .args(["score", "--prompts", &prompts, "--samples", &samples, "--reward", &format!("judge:openai:{url}/v1#judge")])
+            .args(["--out", &out.display().to_string(), "--retries", "0", "--api-key-env", "WRPO_TEST_KEY"])
+            .env("WRPO_TEST_KEY", key)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("has no quota") && err.contains("[API key]") && !err.contains(key), "{err}");
+    let mut dirs = vec![out];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                assert!(!String::from_utf8_lossy(&std::fs::read(&path).unwrap()).contains(key), "{} holds the key", path.display());
+            }
+        }
+    }
+}
+
 #[test]
 fn a_fatal_judge_error_keeps_the_finished_grades_and_the_rerun_asks_only_the_rest() {
     let dir = tempfile::tempdir().unwrap();
