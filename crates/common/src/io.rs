@@ -76,10 +76,44 @@ impl Provenance {
             KeyValue::new(keys::SCHEMA.into(), schema.to_string()),
             KeyValue::new(keys::VERSION.into(), version.to_string()),
             KeyValue::new(keys::PRODUCER.into(), self.producer.clone()),
-            KeyValue::new(keys::COMMAND.into(), to_json(&self.command)),
-            KeyValue::new(keys::CONFIG.into(), to_json(&self.config)),
+            KeyValue::new(keys::COMMAND.into(), to_json(&self.command.iter().map(|a| redact_credentials(a)).collect::<Vec<_>>())),
+            KeyValue::new(keys::CONFIG.into(), to_json(&redact_json(&self.config))),
             KeyValue::new(keys::INPUTS.into(), to_json(&self.inputs)),
         ]
+    }
+}
+
+/// `text` with the credentials of every URL in it (`scheme://user:password@host`)
+/// replaced by `[credentials]`: a dataset's metadata keeps the command and the
+/// settings, which name the servers, and a secret must reach no file.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority = tail.find(|c: char| matches!(c, '/' | '?' | '#' | '"') || c.is_whitespace()).unwrap_or(tail.len());
+        rest = match tail[..authority].rfind('@') {
+            Some(at) => {
+                out.push_str("[credentials]");
+                &tail[at..]
+            }
+            None => tail,
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `v` with [`redact_credentials`] applied to every string in it: what the
+/// metadata stores of a configuration, and so what a resume compares with.
+pub fn redact_json(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(redact_credentials(s)),
+        Value::Array(a) => Value::Array(a.iter().map(redact_json).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), redact_json(v))).collect()),
+        other => other.clone(),
     }
 }
 

@@ -156,6 +156,26 @@ fn every_dataset_round_trips_with_its_metadata() {
     round_trip(metrics);
 }
 
+/// Credentials inside a URL (a command argument or a setting) reach no file:
+/// the metadata keeps the URL with them blanked.
+#[test]
+fn credentials_in_urls_are_blanked_in_the_metadata() {
+    use wrpo_common::io::redact_credentials;
+    assert_eq!(redact_credentials("classify:https://me:s3cret@gpu:8000/classify#rm"), "classify:https://[credentials]@gpu:8000/classify#rm");
+    assert_eq!(redact_credentials("http://h:1/v1 and ftp://u@x"), "http://h:1/v1 and ftp://[credentials]@x");
+    assert_eq!(redact_credentials("no url, an@address"), "no url, an@address");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    let mut p = prov();
+    p.config = serde_json::json!({"reward": {"url": "http://me:s3cret@h:8000/v1"}, "list": ["https://a:b@c/d"]});
+    p.command.push("--reward=judge:openai:http://me:s3cret@h:8000/v1#j".into());
+    write_dataset(&path, &[prompt(0)], &p).unwrap();
+    let file = read_file::<Prompt>(&path).unwrap();
+    let stored = serde_json::to_string(&(&file.provenance.config, &file.provenance.command)).unwrap();
+    assert!(!stored.contains("s3cret") && !stored.contains("a:b@"), "{stored}");
+    assert_eq!(file.provenance.config["reward"]["url"], "http://[credentials]@h:8000/v1");
+}
+
 #[test]
 fn a_file_of_another_schema_is_rejected_by_name() {
     let dir = tempfile::tempdir().unwrap();

@@ -247,8 +247,9 @@ fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Pr
         v.as_object_mut().map(|o| o.remove("n"));
         v
     };
-    let want_model = serde_json::to_value(spec)?;
-    let want_settings = without_n(&serde_json::to_value(settings)?);
+    // As the metadata holds them: any URL's credentials blanked.
+    let want_model = wrpo_common::io::redact_json(&serde_json::to_value(spec)?);
+    let want_settings = wrpo_common::io::redact_json(&without_n(&serde_json::to_value(settings)?));
     let files = resume_files::<Sample>(dir, |then| {
         if let Some(now) = then.inputs.iter().zip(&prov.inputs).find_map(|(then, now)| (then.sha256 != now.sha256).then_some(now)) {
             return Some(format!("from another {} (its content changed since)", now.path));

@@ -350,7 +350,7 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
     let cached = match verdicts_path.exists() {
         true => {
             let then = read_file::<Judgement>(&verdicts_path)?;
-            if then.provenance.config == config {
+            if then.provenance.config == wrpo_common::io::redact_json(&config) {
                 then.rows
             } else {
                 eprintln!("{}: made by another judge or with other instructions; judging again", verdicts_path.display());
