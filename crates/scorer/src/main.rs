@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use wrpo_common::{
@@ -334,8 +334,9 @@ fn parse_arm(text: &str) -> Result<(String, String, String), String> {
 
 fn parse_sweep(text: &str) -> Result<(String, f64), String> {
     match text.split_once('=').map(|(m, v)| (m, v.parse::<f64>())) {
-        Some((m, Ok(v))) if !m.is_empty() && v.is_finite() => Ok((m.to_string(), v)),
-        _ => Err(format!("'{text}' is not MODEL=VALUE with a finite number")),
+        // The plot's axis spans the values: past 1e12 its ticks never end.
+        Some((m, Ok(v))) if !m.is_empty() && v.is_finite() && v.abs() <= 1e12 => Ok((m.to_string(), v)),
+        _ => Err(format!("'{text}' is not MODEL=VALUE with a number of at most 1e12 in size")),
     }
 }
 
@@ -462,6 +463,14 @@ fn run(cli: Cli) -> Result<()> {
             // Rewards of two reward models are on two scales, as for sft-set and pairs.
             check_scores(&[(&args.scores, &scored)])?;
             let mut r = report::report(&prompts, &scored, &args.baseline, &args.compare, args.seed)?;
+            let names: Vec<&str> = r.models.iter().map(|m| m.model.as_str()).collect();
+            let unknown = |flag: &str, m: &str| anyhow!("{flag} {m}: no model of that name was scored (models: {})", names.join(", "));
+            if let Some(m) = args.order.iter().find(|m| !names.contains(&m.as_str())) {
+                return Err(unknown("--order", m));
+            }
+            if let Some((m, _)) = args.sweep.iter().find(|(m, _)| !names.contains(&m.as_str())) {
+                return Err(unknown("--sweep", m));
+            }
             let rank = |m: &str| args.order.iter().position(|o| o == m).unwrap_or(usize::MAX);
             r.models.sort_by(|a, b| rank(&a.model).cmp(&rank(&b.model)).then_with(|| a.model.cmp(&b.model)));
             let reward = scored.first().map_or(String::new(), |s| s.reward_model.clone());

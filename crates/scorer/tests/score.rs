@@ -404,6 +404,21 @@ fn a_report_over_rewards_of_two_reward_models_is_refused() {
     assert!(!Path::new(&run.path("r1/report.md")).exists());
     std::fs::remove_dir_all(run.path("exact/c")).unwrap();
     ok(report(&run.path("r2")));
+    // A name in --order or --sweep that no scored model has is refused, naming the models;
+    // a sweep value the plot could not span is refused when parsed.
+    let with = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
+            .args(["report", "--prompts", &run.path("prompts.parquet"), "--scores", &exact, "--baseline", "a", "--out", &run.path("r3")])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let err = failed(with(&["--order", "b,nosuch"]));
+    assert!(err.contains("--order nosuch: no model of that name was scored (models: a, b)"), "{err}");
+    let err = failed(with(&["--sweep", "nosuch=1"]));
+    assert!(err.contains("--sweep nosuch: no model of that name"), "{err}");
+    let err = failed(with(&["--sweep", "b=9e307"]));
+    assert!(err.contains("at most 1e12 in size"), "{err}");
 }
 
 #[test]
