@@ -193,8 +193,10 @@ impl Judge {
                 "seed": attempt,
             });
             // A judge that refuses the request (400, 413, 422) refuses every one like it: the
-            // settings or the model name are at fault, not this answer, so the run stops.
+            // settings or the model name are at fault, not this answer, so the run stops;
+            // unless it says the request is too long for it, which is this answer's own.
             let judgement = self.client.post(&url, &body, |answer: Value| chat_content(&answer).map(|(text, _)| text)).map_err(|f| match f {
+                Failure::Refused(why) if too_long(&why) => Failure::Refused(format!("the judge refused this request as too long: {why}")),
                 Failure::Refused(why) => Failure::Fatal(format!("the judge refused the request: {why}")),
                 other => other,
             })?;
@@ -211,6 +213,18 @@ impl Judge {
     pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync, stops: impl Fn(&R) -> bool + Sync) -> Vec<Option<R>> {
         self.client.in_flight(items, work, stops)
     }
+}
+
+/// Whether a refusal says the request is over the judge's context (as vLLM,
+/// SGLang, llama.cpp's server and OpenAI word it).
+fn too_long(why: &str) -> bool {
+    let why = why.to_lowercase();
+    why.contains("context length")
+        || why.contains("context_length")
+        || why.contains("context window")
+        || why.contains("too long")
+        || why.contains("exceeds the available context")
+        || (why.contains("maximum") && why.contains("tokens"))
 }
 
 fn tail(text: &str, chars: usize) -> String {

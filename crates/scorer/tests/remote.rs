@@ -404,6 +404,35 @@ fn a_judge_grades_answers_and_unreadable_verdicts_are_skipped() {
     assert!(summary.contains("the judge spent its"), "a reasoning judge's null content is an unreadable verdict: {summary}");
 }
 
+/// A judge that refuses one request as over its context refuses that answer,
+/// not the run: the answer is a skipped row saying why, the others are graded.
+/// Any other 400 still stops the run (the settings are at fault).
+#[test]
+fn a_judge_refusing_one_over_long_answer_skips_it_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prompts, samples) = setup(dir.path(), &[]);
+    let url = serve(move |r: &Request| {
+        if r.method == "GET" {
+            return Reply::ok(r#"{"data":[{"id":"judge"}]}"#);
+        }
+        if r.body["messages"][1]["content"].as_str().unwrap().contains("No idea, sorry.") {
+            return Reply::status(
+                "400 Bad Request",
+                r#"{"error":{"message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens."}}"#,
+            );
+        }
+        Reply::ok(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Fine. Rating: [[5]]"}, "finish_reason": "stop"}]}))
+    });
+    let out = dir.path().join("judged");
+    ok(score(&prompts, &samples, &format!("judge:openai:{url}/v1#judge"), &out, &[]));
+    let all = rows(&out);
+    let skipped: Vec<_> = all.values().filter(|r| r.finish_reason == FinishReason::Skipped).collect();
+    assert!(!skipped.is_empty() && skipped.iter().all(|r| r.response.contains("No idea, sorry.") && r.reward.is_nan()), "{skipped:?}");
+    assert!(all.values().filter(|r| r.finish_reason != FinishReason::Skipped).all(|r| r.reward == 5.0));
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("too long"), "{summary}");
+}
+
 /// A key that the server echoes back in an error body reaches no message and
 /// no file: the error says what the server said, with the key blanked.
 #[test]
