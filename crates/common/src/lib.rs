@@ -24,16 +24,24 @@ pub use io::{read_dataset, write_dataset, DatasetFile, Provenance, ShardWriter};
 
 /// A flag that the first Ctrl-C sets (the job then finishes its current unit
 /// of work, commits it and exits) after printing `interrupted: {what}`; a
-/// second Ctrl-C exits at once.
-pub fn interrupt_flag(what: &'static str) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use std::sync::{atomic::Ordering, Arc};
+/// second Ctrl-C exits at once. When the work in flight is `paid` for (a
+/// served reward's grades, a judge's verdicts), the second only says what
+/// quitting now would lose, and a third exits.
+pub fn interrupt_flag(what: &'static str, paid: bool) -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = interrupted.clone();
+    let presses = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+        flag.store(true, Ordering::SeqCst);
+        match (presses.fetch_add(1, Ordering::SeqCst), paid) {
+            (0, _) => eprintln!("\ninterrupted: {what} (Ctrl-C again to quit at once)"),
+            (1, true) => eprintln!("\nstill {what}: the answers in flight are paid for; Ctrl-C once more to quit at once and lose them"),
+            _ => std::process::exit(130),
         }
-        eprintln!("\ninterrupted: {what} (Ctrl-C again to quit at once)");
     })
     .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
     Ok(interrupted)

@@ -348,6 +348,6 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("no prompt of {} is left after --split, --prompt-ids, --shard and --limit", a.prompts.display());
     }
-    let interrupted = wrpo_common::interrupt_flag("committing finished samples")?;
+    let interrupted = wrpo_common::interrupt_flag("committing finished samples", false)?;
     generate(&a.prompts, &prompts, &models, &settings, &selection, &run, &a.out, interrupted)
 }

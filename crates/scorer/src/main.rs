@@ -360,7 +360,8 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
         }
         false => vec![],
     };
-    let verdicts = pairwise::judge_all(&judge, prompts, scored, &args.baseline, cached, |v| write_dataset(&verdicts_path, v, &prov))?;
+    let interrupted = wrpo_common::interrupt_flag("keeping the verdicts that arrive", true)?;
+    let verdicts = pairwise::judge_all(&judge, prompts, scored, &args.baseline, cached, &interrupted, |v| write_dataset(&verdicts_path, v, &prov))?;
     let rows = pairwise::compare(&verdicts, &args.baseline, model, args.seed);
     write_dataset(&args.out.join("judge.parquet"), &rows, &prov)?;
     let mut notes = String::new();
@@ -443,7 +444,8 @@ fn run(cli: Cli) -> Result<()> {
                 abort_after_shards: a.abort_after_shards,
             };
             let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
-            let interrupted = wrpo_common::interrupt_flag("committing finished batches")?;
+            let served = matches!(settings.reward, RewardSpec::Classify { .. } | RewardSpec::SimilarityOpenai { .. } | RewardSpec::Judge { .. });
+            let interrupted = wrpo_common::interrupt_flag("committing finished batches", served)?;
             let summary = score(&a.prompts, &prompts, &a.samples, &settings, &options, &a.out, interrupted)?;
             eprintln!("{}", serde_json::to_string_pretty(&summary)?);
         }

@@ -108,6 +108,7 @@ pub fn judge_all(
     scored: &[ScoredSample],
     baseline: &str,
     cached: Vec<Judgement>,
+    interrupted: &std::sync::atomic::AtomicBool,
     mut save: impl FnMut(&[Judgement]) -> Result<()>,
 ) -> Result<Vec<Judgement>> {
     if !scored.iter().any(|s| s.model == baseline) {
@@ -134,6 +135,9 @@ pub fn judge_all(
         save(&cached)?;
         if let Some(e) = failure {
             return Err(e);
+        }
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("interrupted: {} verdicts are kept in judgements.parquet; the same command asks the rest", cached.len());
         }
     }
     Ok(cached)

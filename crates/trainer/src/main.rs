@@ -369,7 +369,7 @@ fn train(
         log_every: c.log_every,
         save_every: c.save_every,
         eval_every: c.eval_every,
-        interrupted: wrpo_common::interrupt_flag("saving a checkpoint after this step")?,
+        interrupted: wrpo_common::interrupt_flag("saving a checkpoint after this step", false)?,
         abort_after_steps: c.abort_after_steps,
     })?;
     let last = metrics.iter().rev().find(|m| !m.stage.starts_with("eval"));
