@@ -134,6 +134,12 @@ struct ScoreArgs {
     /// Weight type of a reward model.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     dtype: DTypeArg,
+    /// The matmuls' precision for an `rm:` reward model on f32 weights: f32;
+    /// bf16 (operands rounded to bf16, sums in f32, on the CPU's AMX or
+    /// AVX512-BF16 units, as `wrpo-train --precision`); auto (bf16 where the
+    /// CPU has those units). Other rewards run no model of ours.
+    #[arg(long, default_value = "f32", value_parser = wrpo_llm::bf16::Precision::parse)]
+    precision: wrpo_llm::bf16::Precision,
     /// Leave out (and count) samples whose prompt has no reference, instead of failing.
     #[arg(long)]
     skip_unreferenced: bool,
@@ -426,8 +432,20 @@ fn run(cli: Cli) -> Result<()> {
                 (_, Some(_)) => bail!("--render-with renders conversations for a served reward model (--reward classify:URL#MODEL)"),
                 (_, None) => {}
             }
+            if a.precision != wrpo_llm::bf16::Precision::F32 {
+                if !matches!(reward, RewardSpec::Rm { .. }) {
+                    bail!("--precision {}: it applies to a reward model of ours (--reward rm:PATH); this reward runs none", a.precision.name());
+                }
+                if matches!(a.dtype, DTypeArg::Bf16) {
+                    bail!(
+                        "--precision {} runs bf16 matmuls on f32 weights; with --dtype bf16 the weights are bf16 already: choose one",
+                        a.precision.name()
+                    );
+                }
+            }
             let settings = ScoreSettings {
                 reward,
+                precision: a.precision,
                 dtype: match a.dtype {
                     DTypeArg::F32 => "f32".into(),
                     DTypeArg::Bf16 => "bf16".into(),

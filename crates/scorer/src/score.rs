@@ -36,6 +36,10 @@ pub struct ScoreSettings {
     pub reward: RewardSpec,
     /// "f32" or "bf16".
     pub dtype: String,
+    /// A reward model's matmul precision; left out when f32, so that scores
+    /// from before it resume.
+    #[serde(skip_serializing_if = "wrpo_llm::bf16::Precision::is_f32")]
+    pub precision: wrpo_llm::bf16::Precision,
     /// Leave out samples whose prompt has no reference (instead of failing).
     pub skip_unreferenced: bool,
     pub shard: Option<(usize, usize)>,
@@ -124,8 +128,9 @@ pub fn score(
 ) -> Result<Summary> {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
     let dtype = if settings.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
+    settings.precision.apply().map_err(|e| anyhow!("--precision {}: {e}", settings.precision.name()))?;
     let reward = settings.reward.load(dtype, &options.remote, options.check_against.as_deref())?;
-    eprintln!("reward {} on {}", reward.name(), wrpo_llm::cpu_summary());
+    eprintln!("reward {} on {}; matmuls in {}", reward.name(), wrpo_llm::cpu_summary(), settings.precision.describe());
     let mut summary = Summary { reward_model: reward.name(), ..Default::default() };
     let settings_json = serde_json::to_value(settings)?;
     let config = RunConfig { settings, options };

@@ -324,6 +324,19 @@ fn a_killed_run_rerun_ends_with_the_rows_of_an_uninterrupted_run() {
     for (k, v) in r0.iter().chain(&r1) {
         assert!((v.reward - rows(&whole)[k].reward).abs() < 1e-4);
     }
+    // --precision bf16 (emulated where the CPU has no bf16 units): the same rows, rewards
+    // within bf16's rounding of the f32 ones; a folder scored in f32 is not resumed in bf16.
+    let bf16 = run.path("bf16");
+    ok(score_bin(&run, &bf16, &rm, &["--precision", "bf16"]));
+    let (a, b) = (rows(&bf16), rows(&whole));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let worst = a.iter().map(|(k, v)| (v.reward - b[k].reward).abs()).fold(0.0, f64::max);
+    let scale = b.values().map(|v| v.reward.abs()).fold(0.0, f64::max);
+    assert!(worst > 0.0 && worst <= 0.05 * scale.max(1.0), "bf16 rewards off by {worst} (largest reward {scale})");
+    let err = failed(score_bin(&run, &whole, &rm, &["--precision", "bf16"]));
+    assert!(err.contains("other settings"), "{err}");
+    let err = failed(score_bin(&run, &run.path("x"), "exact", &["--precision", "bf16"]));
+    assert!(err.contains("--precision bf16: it applies to a reward model of ours"), "{err}");
 }
 
 #[test]
