@@ -218,13 +218,16 @@ pub fn score(
             .map(|b| b.into_iter().filter(|w| !scored.contains_key(&(w.sample.prompt_id.as_str(), w.sample.sample_index))).collect::<Vec<_>>())
             .filter(|b| !b.is_empty())
             .collect();
-        // Rewards on disk already: the server has shown it can score this model's samples.
-        let has_rewards = done[&model].iter().any(|r| r.finish_reason != FinishReason::Skipped);
-        plans.push((model, batches, has_rewards));
+        // A sample on disk with a reward: if this run's first batch is refused
+        // whole, it is asked again, to tell the server's fault from the samples'.
+        let probe = done[&model].iter().find(|r| r.finish_reason != FinishReason::Skipped && by_id.contains_key(r.prompt_id.as_str())).cloned();
+        plans.push((model, batches, probe));
     }
     let total: usize = plans.iter().map(|(_, b, _)| b.iter().map(Vec::len).sum::<usize>()).sum();
     let mut progress = Progress::new(total as u64, "samples");
-    for (model, batches, mut has_rewards) in plans {
+    for (model, batches, probe) in plans {
+        // Whether this run has had a reward from the server yet.
+        let mut has_rewards = false;
         progress.set_model(&model);
         let mut writer = writers.remove(&model).expect("every model with work has its writer");
         // Whatever stops the batches, what they finished is committed.
@@ -273,13 +276,28 @@ pub fn score(
                     });
                 }
                 // A whole first batch refused: the settings or the server are at
-                // fault, not the samples, and no skipped row is committed.
+                // fault, not the samples, and no skipped row is committed; unless
+                // a sample it scored in an earlier run is scored again now.
                 if !has_rewards && !rows.is_empty() && rows.iter().all(|r| r.finish_reason == FinishReason::Skipped) {
                     let why = summary.models[&model].refusals.last().cloned().unwrap_or_default();
-                    bail!(
-                        "{model}: the reward's server refused all {} samples of the first batch (the last: {why}); nothing was written: check --reward and what the server accepts",
-                        rows.len()
-                    );
+                    let scores_again = probe.as_ref().is_some_and(|s| {
+                        let p = by_id[s.prompt_id.as_str()];
+                        let item = Item { messages: &p.messages, response: &s.response, reference: p.reference.as_deref() };
+                        matches!(reward.score_partial(&[item]).0.first(), Some(Some(Ok(r))) if r.is_finite())
+                    });
+                    if !scores_again {
+                        let before = match &probe {
+                            Some(s) => format!(
+                                ", and now refuses too prompt_id {} sample_index {}, which it scored in an earlier run",
+                                s.prompt_id, s.sample_index
+                            ),
+                            None => String::new(),
+                        };
+                        bail!(
+                            "{model}: the reward's server refused all {} samples of this run's first batch (the last: {why}){before}; nothing was written: check --reward and what the server accepts",
+                            rows.len()
+                        );
+                    }
                 }
                 has_rewards |= rows.iter().any(|r| r.finish_reason != FinishReason::Skipped);
                 let finished = rows.len();

@@ -277,7 +277,7 @@ fn served_faults_are_retried_refusals_skipped_and_a_crashed_run_resumes() {
     let (all_prompts, all_samples) = setup(dir_all.path(), &["REFUSED"; 12]);
     let out = dir_all.path().join("all");
     let err = failed(score(&all_prompts, &all_samples, &format!("classify:{url}/classify#rm"), &out, &[]));
-    assert!(err.contains("refused all 4 samples of the first batch") && err.contains("maximum context length"), "{err}");
+    assert!(err.contains("refused all 4 samples of this run's first batch") && err.contains("maximum context length"), "{err}");
     assert!(read_dataset::<ScoredSample>(&out).map_or(true, |rows| rows.is_empty()), "nothing written");
     // A key the server refuses stops the run, naming the variable.
     let keyed = serve(|r: &Request| match r.has_header("authorization: bearer sekrit") {
@@ -402,6 +402,57 @@ fn a_judge_grades_answers_and_unreadable_verdicts_are_skipped() {
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
     assert!(summary.contains("no readable verdict in 4 attempts"), "{summary}");
     assert!(summary.contains("the judge spent its"), "a reasoning judge's null content is an unreadable verdict: {summary}");
+}
+
+/// A resumed run whose first batch the server refuses whole asks again a sample
+/// it scored in an earlier run: refused too, the server is at fault and nothing
+/// is written (before, permanent skipped rows, and later reruns sent nothing);
+/// scored, the samples are, and their skipped rows are committed.
+#[test]
+fn a_resumed_run_against_a_server_that_now_refuses_everything_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prompts, samples) = setup(dir.path(), &[]);
+    // 0: a fatal 403 on one answer; 1: no readable grade for anything; 2: grades all;
+    // 3: grades only what the first run graded (the answers of p0).
+    let mode = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (mode2, seen2) = (mode.clone(), seen.clone());
+    let url = serve(move |r: &Request| {
+        if r.method == "GET" {
+            return Reply::ok(r#"{"data":[{"id":"judge"}]}"#);
+        }
+        let user = r.body["messages"][1]["content"].as_str().unwrap().to_string();
+        let grade =
+            |text: &str| Reply::ok(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}));
+        let first = seen2.lock().unwrap().contains(&user);
+        match mode2.load(Ordering::SeqCst) {
+            0 if user.contains("No idea, sorry.") => Reply::status("403 Forbidden", r#"{"error":{"message":"quota exceeded"}}"#),
+            0 => {
+                seen2.lock().unwrap().push(user);
+                grade("Fine. Rating: [[5]]")
+            }
+            1 => grade("I cannot rate this."),
+            3 if !first => grade("I cannot rate this."),
+            _ => grade("Fine. Rating: [[5]]"),
+        }
+    });
+    let reward = format!("judge:openai:{url}/v1#judge");
+    let out = dir.path().join("judged");
+    let first = failed(score(&prompts, &samples, &reward, &out, &[]));
+    assert!(first.contains("HTTP 403"), "{first}");
+    let kept = rows(&out).len();
+    assert!(kept > 0 && kept < 12, "{kept}");
+    mode.store(1, Ordering::SeqCst);
+    let err = failed(score(&prompts, &samples, &reward, &out, &[]));
+    assert!(err.contains("refused all") && err.contains("which it scored in an earlier run"), "{err}");
+    assert_eq!(rows(&out).len(), kept, "nothing written");
+    assert!(rows(&out).values().all(|r| r.finish_reason != FinishReason::Skipped));
+    // The samples' own fault: the server still grades what it graded before.
+    mode.store(3, Ordering::SeqCst);
+    ok(score(&prompts, &samples, &reward, &out, &[]));
+    let all = rows(&out);
+    assert_eq!(all.len(), 12);
+    assert_eq!(all.values().filter(|r| r.finish_reason == FinishReason::Skipped).count(), 12 - kept);
 }
 
 /// A judge that refuses one request as over its context refuses that answer,
