@@ -64,6 +64,14 @@ impl Classify {
                     .with_context(|| format!("{}/config.json is not valid JSON", dir.display()))?;
                 let family = Family::from_model_type(config["model_type"].as_str().unwrap_or(""))?;
                 let tokenizer = Tokenizer::load(dir)?;
+                // The server renders messages with the model's own template; a
+                // fallback here (ChatML) would send it another text to score.
+                if tokenizer.chat_template.is_none() {
+                    bail!(
+                        "--render-with {}: it has no chat template (tokenizer_config.json's chat_template or chat_template.jinja); give the reward model's own folder",
+                        dir.display()
+                    );
+                }
                 let template = tokenizer.chat_template_for(family)?;
                 Form::Text(Box::new(Renderer { tokenizer, template, one_per_request: is_sglang(url) }))
             }

@@ -230,6 +230,17 @@ fn served_classifiers_score_as_the_local_reward_model() {
     let out = dir.path().join("refused");
     let err = failed(score(&prompts, &samples, &format!("classify:{url}/v1/classify#rm"), &out, &[]));
     assert!(err.contains("--render-with"), "{err}");
+    // A --render-with folder without a chat template, which would render with a fallback.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(rm_dir().join(f), bare.join(f)).unwrap();
+    }
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rm_dir().join("tokenizer_config.json")).unwrap()).unwrap();
+    tok.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(bare.join("tokenizer_config.json"), tok.to_string()).unwrap();
+    let err = failed(score(&prompts, &samples, &format!("classify:{url}/classify#rm"), &out, &["--render-with", &bare.display().to_string()]));
+    assert!(err.contains("it has no chat template"), "{err}");
     let err = failed(score(&prompts, &samples, &format!("classify:{url}/classify#other"), &out, &[]));
     assert!(err.contains("serves 'rm', not 'other'"), "{err}");
     let (shifted, _) = classify_server(0.5);
