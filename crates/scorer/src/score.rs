@@ -79,7 +79,8 @@ pub struct ModelSummary {
     pub unreferenced: usize,
     /// Rows the reward's server refused (finish_reason 'skipped', reward NaN), from this run and earlier ones.
     pub refused: usize,
-    /// Why, for the rows refused in this run.
+    /// Why, for every refused row on disk: this run's, and the earlier runs'
+    /// kept from the summary.json they wrote.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refusals: Vec<String>,
     pub reward_mean: Option<f64>,
@@ -322,10 +323,28 @@ pub fn score(
     }
     progress.finish();
 
+    // The reasons an earlier run wrote for rows still refused on disk.
+    let earlier: serde_json::Value =
+        std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     for (model, s) in summary.models.iter_mut() {
         let rows = existing(&out.join(model), &settings_json)?;
         s.scored = rows.len();
         s.refused = rows.iter().filter(|r| r.finish_reason == FinishReason::Skipped).count();
+        let refused: std::collections::HashSet<String> = rows
+            .iter()
+            .filter(|r| r.finish_reason == FinishReason::Skipped)
+            .map(|r| format!("prompt_id {} sample_index {}:", r.prompt_id, r.sample_index))
+            .collect();
+        let mut reasons: Vec<String> = earlier["models"][model]["refusals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .filter(|why| !s.refusals.contains(&why.to_string()) && refused.iter().any(|key| why.starts_with(key.as_str())))
+            .map(str::to_string)
+            .collect();
+        reasons.append(&mut s.refusals);
+        s.refusals = reasons;
         let rewards: Vec<f64> = rows.iter().filter(|r| r.finish_reason != FinishReason::Skipped).map(|r| r.reward).collect();
         if !rewards.is_empty() {
             s.reward_mean = Some(rewards.iter().sum::<f64>() / rewards.len() as f64);

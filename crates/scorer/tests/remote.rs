@@ -413,6 +413,10 @@ fn a_judge_grades_answers_and_unreadable_verdicts_are_skipped() {
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
     assert!(summary.contains("no readable verdict in 4 attempts"), "{summary}");
     assert!(summary.contains("the judge spent its"), "a reasoning judge's null content is an unreadable verdict: {summary}");
+    // A rerun with nothing left to score keeps the reasons of the rows still refused.
+    ok(score(&prompts, &samples, &format!("judge:openai:{url}#judge"), &out, &[]));
+    let again = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(again.contains("no readable verdict in 4 attempts") && again.contains("the judge spent its"), "{again}");
 }
 
 /// A resumed run whose first batch the server refuses whole asks again a sample
