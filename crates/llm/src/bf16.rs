@@ -97,9 +97,9 @@ impl Precision {
         }
     }
 
-    /// Run the process's matmuls in this precision.
+    /// Run the process's matmuls in this precision; the error names the flag.
     pub fn apply(self) -> Result<(), String> {
-        set_matmuls_bf16(self == Precision::Bf16)
+        set_matmuls_bf16(self == Precision::Bf16).map_err(|e| format!("--precision {}: {e}", self.name()))
     }
 
     /// In words for logs: `f32`, or `bf16 (amx)` with the tier it runs on.

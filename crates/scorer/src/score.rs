@@ -129,7 +129,7 @@ pub fn score(
 ) -> Result<Summary> {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
     let dtype = if settings.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
-    settings.precision.apply().map_err(|e| anyhow!("--precision {}: {e}", settings.precision.name()))?;
+    settings.precision.apply().map_err(anyhow::Error::msg)?;
     let reward = settings.reward.load(dtype, &options.remote, options.check_against.as_deref())?;
     eprintln!("reward {} on {}; matmuls in {}", reward.name(), wrpo_llm::cpu_summary(), settings.precision.describe());
     let mut summary = Summary { reward_model: reward.name(), ..Default::default() };

@@ -609,7 +609,7 @@ fn the_report_judges_each_model_against_the_baseline_in_both_orders() {
     write_dataset(&scores, &scored, &prov).unwrap();
     let (url, asked) = judge_server();
     let out = dir.path().join("report");
-    let report = || {
+    let report_of = |scores: &Path| {
         Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
             .args(["report", "--prompts", &prompts, "--scores", &scores.display().to_string(), "--baseline", "base"])
             .args(["--judge", &format!("openai:{url}#judge"), "--out", &out.display().to_string()])
@@ -617,6 +617,7 @@ fn the_report_judges_each_model_against_the_baseline_in_both_orders() {
             .output()
             .unwrap()
     };
+    let report = || report_of(&scores);
     let printed = String::from_utf8_lossy(&ok(report()).stdout).into_owned();
     let verdicts: Vec<Judgement> = read_dataset(&out.join("judgements.parquet")).unwrap();
     assert_eq!(verdicts.len(), 6, "3 prompts x 2 orders, sample 0 only");
@@ -629,14 +630,6 @@ fn the_report_judges_each_model_against_the_baseline_in_both_orders() {
     let before = asked.load(Ordering::SeqCst);
     ok(report());
     assert_eq!(asked.load(Ordering::SeqCst), before);
-    let report_of = |scores: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
-            .args(["report", "--prompts", &prompts, "--scores", &scores.display().to_string(), "--baseline", "base"])
-            .args(["--judge", &format!("openai:{url}#judge"), "--out", &out.display().to_string()])
-            .env_remove("OPENAI_API_KEY")
-            .output()
-            .unwrap()
-    };
     ok(report_of(&dir.path().join(".").join("scored.parquet")));
     assert_eq!(asked.load(Ordering::SeqCst), before, "the same answers under another spelling of their path");
     // Another file: a third model, and one answer of "better" changed: only the third's six

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use wrpo_common::{
@@ -18,8 +18,8 @@ use wrpo_trainer::{
     optim::AdamWConfig,
     schedule::{LrSchedule, Schedule, Settings},
     train::{
-        encode_pairs, encode_sft, load_model, reference_logps, round_matrices_to_bf16, run, subsample, Examples, ReferenceRecord, RunInputs, SftForm,
-        Stage, TrainConfig, PRODUCER,
+        encode_pairs, encode_sft, load_model, reference_logps, run, subsample, use_precision, Examples, ReferenceRecord, RunInputs, SftForm, Stage,
+        TrainConfig, PRODUCER,
     },
 };
 
@@ -467,10 +467,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             let (examples, truncated) = encode_pairs(&enc, &pairs, None, &a.pairs)?;
             report_truncated(truncated, examples.len(), "pairs");
             let precision = a.precision.precision;
-            precision.apply().map_err(|e| anyhow!("--precision {}: {e}", precision.name()))?;
-            if precision == Precision::Bf16 {
-                round_matrices_to_bf16(&model)?;
-            }
+            use_precision(&model, precision)?;
             let record = ReferenceRecord::of(&a.model, &enc, precision)?;
             let logps = reference_logps(&model, &examples, a.micro_batch)?;
             for ((p, l), e) in pairs.iter_mut().zip(&logps).zip(&examples) {

@@ -363,9 +363,9 @@ impl ReferenceRecord {
     }
 }
 
-/// A bf16 run's model: every matrix rounded to bf16, in training (the f32
-/// master weights' start) as in `ref-logps`, so that the reference is the
-/// policy at step 0. It changes nothing the bf16 matmuls read, only what an
+/// Switch the process to `precision` for `model`: in bf16, every matrix of
+/// the model is rounded to bf16 first, in training (the f32 master weights'
+/// start) as in `ref-logps`, so that the reference is the policy at step 0. It changes nothing the bf16 matmuls read, only what an
 /// embedding lookup reads, and it takes the weights off the rounding ties. A dequantized GGUF model puts many weights exactly
 /// halfway between two bf16 numbers (8.1% of SmolLM2-135M Q4_1's, its
 /// 4-bit grid being coarser than bf16's); from a tie, every update, however
@@ -373,6 +373,15 @@ impl ReferenceRecord {
 /// direction, 100 times a 1e-6 step. PyTorch's autocast does that silently:
 /// on `make bench-train`'s step its loss fell from 8.7 to 0.6 in one step at
 /// lr 1e-6, f32's to 8.2. A resumed run's weights are the checkpoint's.
+pub fn use_precision(model: &Model, precision: Precision) -> Result<()> {
+    precision.apply().map_err(anyhow::Error::msg)?;
+    if precision == Precision::Bf16 {
+        round_matrices_to_bf16(model)?;
+    }
+    Ok(())
+}
+
+/// Every matrix of `model` rounded to bf16 (see [`use_precision`]).
 pub fn round_matrices_to_bf16(model: &Model) -> Result<()> {
     let (mut ties, mut weights) = (0, 0);
     for (_, var) in model.weights.vars().into_iter().filter(|(_, v)| v.rank() == 2) {
@@ -696,7 +705,6 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
     if !matches!((stage, examples), (Stage::Sft { .. }, Examples::Sft(_)) | (Stage::Preference { .. }, Examples::Pairs(_))) {
         return Err(stage.wrong_examples());
     }
-    config.precision.apply().map_err(|e| anyhow!("--precision {}: {e}", config.precision.name()))?;
     let schedule = schedule_of(stage, config, examples.len());
     if schedule.total_steps == 0 {
         bail!("no training example");
@@ -709,9 +717,7 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         .filter(|(name, _)| !(config.freeze_embeddings && *name == "model.embed_tokens.weight"))
         .map(|(n, v)| (n.to_string(), v.clone()))
         .collect();
-    if config.precision == Precision::Bf16 {
-        round_matrices_to_bf16(model)?;
-    }
+    use_precision(model, config.precision)?;
     let mut optimizer = AdamW::new(params, config.adamw.clone())?;
     // The inputs' content is part of the run: a rerun on changed data is refused, not resumed.
     let hashes = r.inputs.iter().map(|p| wrpo_common::hash::content_sha256(p)).collect::<Result<Vec<_>>>()?;
