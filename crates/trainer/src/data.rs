@@ -23,9 +23,9 @@ pub struct Encoder {
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Truncation {
-    /// Prompt + response tokens at most; the response is cut.
+    /// Prompt + longest response tokens at most (see `sequences`).
     pub max_length: usize,
-    /// Prompt tokens at most; the prompt keeps its end.
+    /// Prompt tokens kept (its end) when an example is too long.
     pub max_prompt_length: usize,
 }
 
@@ -103,15 +103,61 @@ impl Encoder {
         ids.push(self.end_of_turn);
         Ok(ids)
     }
+}
 
-    /// Prompt and response joined, truncated: the prompt keeps its last
-    /// max_prompt_length tokens, then the response is cut to max_length.
-    /// Since max_prompt_length < max_length, a response keeps at least one token.
-    pub fn sequence(&self, prompt: &[u32], response: &[u32]) -> Sequence {
-        let t = self.truncation;
-        let p = &prompt[prompt.len().saturating_sub(t.max_prompt_length)..];
-        let keep = response.len().min(t.max_length - p.len());
-        let truncated = p.len() < prompt.len() || keep < response.len();
-        Sequence { ids: [p, &response[..keep]].concat(), prompt_len: p.len(), truncated }
+impl Truncation {
+    /// An example's prompt joined to each of its responses, truncated by the
+    /// official trainer's rule (its `tokenize_row`): when the prompt plus the
+    /// longest response exceeds max_length, the prompt keeps its last
+    /// max_prompt_length tokens; if that is still too long, every response is
+    /// cut to max_length - max_prompt_length. So one example's responses share
+    /// one prompt, and a response always keeps a token.
+    pub fn sequences(&self, prompt: &[u32], responses: &[&[u32]]) -> Vec<Sequence> {
+        let longest = responses.iter().map(|r| r.len()).max().unwrap_or(0);
+        let (mut p, mut keep) = (prompt, usize::MAX);
+        if p.len() + longest > self.max_length {
+            p = &prompt[prompt.len().saturating_sub(self.max_prompt_length)..];
+            if p.len() + longest > self.max_length {
+                keep = self.max_length - self.max_prompt_length;
+            }
+        }
+        let cut = p.len() < prompt.len();
+        responses
+            .iter()
+            .map(|r| {
+                let k = r.len().min(keep);
+                Sequence { ids: [p, &r[..k]].concat(), prompt_len: p.len(), truncated: cut || k < r.len() }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (prompt length, each response's length) of an example's sequences.
+    fn shape(t: &Truncation, prompt: usize, responses: &[usize]) -> (usize, Vec<usize>) {
+        let ids = |n: usize| (0..n as u32).collect::<Vec<u32>>();
+        let responses: Vec<Vec<u32>> = responses.iter().map(|&n| ids(n)).collect();
+        let seqs = t.sequences(&ids(prompt), &responses.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert!(seqs.iter().all(|s| s.prompt_len == seqs[0].prompt_len));
+        (seqs[0].prompt_len, seqs.iter().map(Sequence::response_len).collect())
+    }
+
+    #[test]
+    fn truncation_is_the_official_trainers() {
+        let t = Truncation { max_length: 10, max_prompt_length: 6 };
+        // Fits: nothing is cut, although the prompt is longer than max_prompt_length.
+        assert_eq!(shape(&t, 7, &[3, 2, 1]), (7, vec![3, 2, 1]));
+        // The longest response decides for the whole example: the prompt is cut to 6, the responses fit then.
+        assert_eq!(shape(&t, 8, &[4, 1, 2]), (6, vec![4, 1, 2]));
+        // Still too long: every response is cut to max_length - max_prompt_length = 4, not to 10 - 6 of its own.
+        assert_eq!(shape(&t, 8, &[9, 3, 5]), (6, vec![4, 3, 4]));
+        // A short prompt is kept whole, and the responses are still cut to 4 (the official rule, not 10 - 3).
+        assert_eq!(shape(&t, 3, &[9, 1, 8]), (3, vec![4, 1, 4]));
+        let seqs = t.sequences(&[7, 8, 9], &[&[1, 2, 3, 4, 5, 6, 7, 8, 9], &[1]]);
+        assert_eq!(seqs[0].ids, vec![7, 8, 9, 1, 2, 3, 4]);
+        assert!(seqs[0].truncated && !seqs[1].truncated);
     }
 }

@@ -125,10 +125,11 @@ struct Common {
     adam_beta2: f64,
     #[arg(long, default_value_t = 1e-8)]
     adam_eps: f64,
-    /// Prompt + response tokens at most (the response is cut).
+    /// Prompt + longest response tokens at most; beyond, the prompt is cut to --max-prompt-length, then every
+    /// response to --max-length minus --max-prompt-length (the official trainer's rule).
     #[arg(long, default_value_t = 2048)]
     max_length: usize,
-    /// Prompt tokens at most (the prompt keeps its end).
+    /// Prompt tokens kept (its end) when an example is too long.
     #[arg(long, default_value_t = 1800)]
     max_prompt_length: usize,
     /// Fixes the data order.

@@ -185,7 +185,7 @@ pub fn encode_sft(enc: &Encoder, rows: &[SftExample], form: SftForm) -> Result<(
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let (prompt, response) = sft_ids(enc, r)?;
-        let mut seq = enc.sequence(&prompt, &response);
+        let mut seq = enc.truncation.sequences(&prompt, &[&response]).remove(0);
         truncated += usize::from(seq.truncated);
         if form == SftForm::AllTokens {
             // Every token after the first is a label.
@@ -252,11 +252,11 @@ pub fn encode_pairs(enc: &Encoder, rows: &[Pair], objective: Option<&Objective>,
     for (i, p) in rows.iter().enumerate() {
         let ctx = |y: &str| format!("{}: row {i} (prompt {}): {y}", file.display(), p.prompt_id);
         let prompt = enc.prompt_ids(&p.messages).with_context(|| ctx("prompt"))?;
-        let seq = |y: &str, text: &str| -> Result<Sequence> {
-            let s = enc.sequence(&prompt, &enc.response_ids(&p.messages, text).with_context(|| ctx(y))?);
-            Ok(s)
-        };
-        let seqs = PerY { y_ws: Some(seq("y_ws", &p.y_ws)?), y_wt: Some(seq("y_wt", &p.y_wt)?), y_l: seq("y_l", &p.y_l)? };
+        let ids = |y: &str, text: &str| enc.response_ids(&p.messages, text).with_context(|| ctx(y));
+        let responses = [ids("y_ws", &p.y_ws)?, ids("y_wt", &p.y_wt)?, ids("y_l", &p.y_l)?];
+        let [y_ws, y_wt, y_l]: [Sequence; 3] =
+            enc.truncation.sequences(&prompt, &responses.each_ref().map(Vec::as_slice)).try_into().expect("three responses");
+        let seqs = PerY { y_ws: Some(y_ws), y_wt: Some(y_wt), y_l };
         truncated += usize::from([Y::Ws, Y::Wt, Y::L].iter().any(|&y| seq_of(&seqs, y).truncated));
         if needs_ref {
             for (y, column, recorded) in [

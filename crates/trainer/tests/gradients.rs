@@ -81,7 +81,7 @@ fn examples(f: &Fixture, offset: bool) -> Vec<PairExample> {
         let seq = |y: &str| {
             let response = enc.response_ids(&messages, e[y].as_str().unwrap()).unwrap();
             assert_eq!(response, ids(&format!("{y}_ids")), "{}: example {i}: {y} ids differ from transformers'", f.name);
-            let s = enc.sequence(&prompt, &response);
+            let s = enc.truncation.sequences(&prompt, &[&response]).remove(0);
             assert!(!s.truncated);
             s
         };

@@ -5,8 +5,10 @@ prompt, tokenized without special tokens (as apply_chat_template does).
 Response ids: the response as the template renders the assistant's turn after
 those messages (Llama-3's and Gemma's templates trim it), tokenized without
 special tokens, then the one end-of-turn token at which sampling stops.
-Truncation: the prompt keeps its last `max_prompt_length` tokens, then each
-response is cut to `max_length` minus the prompt.
+Truncation, as the official trainer's `tokenize_row`: when the prompt plus the
+longest response of the example exceeds `max_length`, the prompt keeps its last
+`max_prompt_length` tokens; if that is still too long, every response of the
+example is cut to `max_length - max_prompt_length`.
 """
 import json
 from pathlib import Path
@@ -67,6 +69,16 @@ def end_of_turn_id(tokenizer):
     return tokenizer.eos_token_id
 
 
+def truncate(prompt, responses, max_length, max_prompt_length):
+    """The official trainer's rule: the longest response decides for the whole example."""
+    longest = max(len(r) for r in responses.values())
+    if len(prompt) + longest > max_length:
+        prompt = prompt[-max_prompt_length:]
+        if len(prompt) + longest > max_length:
+            responses = {y: r[: max_length - max_prompt_length] for y, r in responses.items()}
+    return prompt, responses
+
+
 class Encoder:
     def __init__(self, tokenizer, max_length, max_prompt_length):
         if max_prompt_length >= max_length:
@@ -103,14 +115,15 @@ class Encoder:
         and the reference log-probs it carries. A recorded reference token count
         that differs from these ids is refused, as `wrpo-train wrpo` refuses it."""
         prompt = self.prompt_ids(row["messages"])
-        prompt = prompt[max(0, len(prompt) - self.max_prompt_length):]
-        out = {"prompt_id": row["prompt_id"], "prompt_ids": prompt}
+        responses = {}
         for y in RESPONSES:
             try:
-                response = self.response_ids(row["messages"], row[y])
+                responses[y] = self.response_ids(row["messages"], row[y])
             except ValueError as e:
                 raise ValueError(f"{where} (prompt {row['prompt_id']}): {y}: {e}") from None
-            response = response[: self.max_length - len(prompt)]
+        prompt, responses = truncate(prompt, responses, self.max_length, self.max_prompt_length)
+        out = {"prompt_id": row["prompt_id"], "prompt_ids": prompt}
+        for y, response in responses.items():
             recorded = row.get(f"ref_tokens_{y}")
             if recorded is not None and recorded != len(response):
                 raise ValueError(
