@@ -58,7 +58,6 @@ def write_pairs(cases, path):
     """The fixture's four conversations as a pairs file (the rewards only order y_wt above y_l)."""
     turn = pa.struct([pa.field("role", pa.utf8(), False), pa.field("content", pa.utf8(), False)])
     fields = [pa.field("prompt_id", pa.utf8(), False), pa.field("messages", pa.list_(pa.field("item", turn, False)), False)]
-    cols = {"prompt_id": [], "messages": []}
     for y in ("y_ws", "y_wt", "y_l"):
         fields += [pa.field(y, pa.utf8(), False), pa.field(f"{y}_model", pa.utf8(), False),
                    pa.field(f"{y}_sample_index", pa.uint32(), False), pa.field(f"{y}_reward", pa.float64(), False)]
