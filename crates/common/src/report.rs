@@ -165,24 +165,26 @@ impl Dataset for Judgement {
 }
 
 /// `eval_judge`: `model` against `baseline` by an LLM judge, per prompt
-/// the mean of the verdicts in both orders (win 1, tie 1/2, loss 0): the
-/// win rate with a 95% bootstrap interval, and the length-controlled win
-/// rate (a logistic model of the outcome with the standardised length
-/// difference as covariate, read at zero difference, as AlpacaEval 2 does).
+/// whose verdicts in both orders could be read: a win (1) or a loss (0) when
+/// both orders agree, else a tie (1/2), MT-Bench's rule; the win rate with a
+/// 95% bootstrap interval, and the length-adjusted win rate `lc_win_rate` (a
+/// two-parameter logistic model of the outcome on the standardised length
+/// difference, read at zero difference: closest to AlpacaEval's
+/// `length_controlled_minimal` without its tanh, not AlpacaEval 2's
+/// `length_controlled_v1`, which also models each prompt's difficulty).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JudgeComparison {
     pub model: String,
     pub baseline: String,
     pub judge: String,
-    /// Prompts with at least one readable verdict.
+    /// Prompts whose verdicts in both orders could be read.
     pub prompts: u32,
     pub wins: u32,
     pub ties: u32,
     pub losses: u32,
     /// Verdicts that stayed unreadable.
     pub unreadable: u32,
-    /// Prompts where each order won for the answer shown first (or each for
-    /// the one shown second): position decided, and the outcome is a tie.
+    /// Prompts whose verdict changed with the order (a tie by the rule above).
     pub position_splits: u32,
     pub win_rate: f64,
     pub win_low: f64,
@@ -194,7 +196,7 @@ pub struct JudgeComparison {
 
 impl Dataset for JudgeComparison {
     const NAME: &'static str = "eval_judge";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     fn fields() -> Vec<FieldRef> {
         [
             required(&["model", "baseline", "judge"], DataType::Utf8),

@@ -197,8 +197,9 @@ struct ReportArgs {
     seed: u64,
     /// An LLM judge, openai:URL#MODEL (an OpenAI-compatible chat server): every
     /// model against --baseline, each prompt's answers shown in both orders;
-    /// win rates and length-controlled win rates in report.md and
-    /// judge.parquet, every verdict in judgements.parquet (kept for a rerun).
+    /// win rates and length-adjusted win rates in report.md and judge.parquet,
+    /// each --compare pair without the baseline in judge-paired.parquet, every
+    /// verdict in judgements.parquet (kept for a rerun).
     #[arg(long, value_parser = judge::parse_spec)]
     judge: Option<(String, String)>,
     #[command(flatten)]
@@ -370,6 +371,8 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
     let verdicts = pairwise::judge_all(&judge, prompts, scored, &args.baseline, cached, &interrupted, |v| write_dataset(&verdicts_path, v, &prov))?;
     let rows = pairwise::compare(&verdicts, &args.baseline, model, args.seed);
     write_dataset(&args.out.join("judge.parquet"), &rows, &prov)?;
+    let paired = pairwise::paired(&verdicts, &args.baseline, &args.compare, args.seed)?;
+    write_dataset(&args.out.join("judge-paired.parquet"), &paired, &prov)?;
     let mut notes = String::new();
     for (m, n) in pairwise::all_unreadable(&verdicts, &args.baseline) {
         let note = format!("{m}: none of its {n} verdicts could be read, so it has no judged win rate (the judge's words are in judgements.parquet)");
@@ -378,7 +381,9 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
     }
     let s = &judge.settings;
     Ok(format!(
-        "\nJudged by '{}' at {} (judge/prompts.json version {}, sha256 {}; temperature {}, at most {} tokens), each prompt's answers in both orders (sample {}):\n\n{}",
+        "\nJudged by '{}' at {} (judge/prompts.json version {}, sha256 {}; temperature {}, at most {} tokens), each prompt's answers in both orders (sample {}); \
+         a prompt wins or loses when both orders say so and is a tie otherwise (MT-Bench's rule); the length-adjusted rate is a two-parameter \
+         logistic fit read at equal length (not AlpacaEval 2's GLM, which also models each prompt's difficulty):\n\n{}{}",
         s.model,
         s.url,
         s.prompts_version,
@@ -386,7 +391,15 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
         s.temperature,
         s.max_tokens,
         "with the lowest index both models have",
-        pairwise::markdown(&rows) + &notes
+        pairwise::markdown(&rows) + &notes,
+        if paired.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\nPaired through the baseline (measure `judge`: per prompt, the difference of the two models' outcomes against it):\n\n{}",
+                report::paired_markdown(&paired)
+            )
+        }
     ))
 }
 

@@ -288,22 +288,7 @@ pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, compa
             if pairs.is_empty() {
                 continue;
             }
-            let diffs: Vec<f64> = pairs.iter().map(|(x, y)| x - y).collect();
-            let wins: Vec<f64> = pairs.iter().map(|&(x, y)| win(x, y)).collect();
-            let ((mean_diff, diff_low, diff_high), (win_rate, win_low, win_high)) = (bootstrap(&diffs, 2000, seed), bootstrap(&wins, 2000, seed));
-            paired.push(PairedComparison {
-                model: model.clone(),
-                against: against.clone(),
-                measure: measure.into(),
-                prompts: pairs.len() as u32,
-                mean_diff,
-                diff_low,
-                diff_high,
-                win_rate,
-                win_low,
-                win_high,
-                p_value: sign_flip_p_value(&diffs, 20_000, seed),
-            });
+            paired.push(paired_row(model, against, measure, &pairs, seed));
         }
     }
     let refused = refused
@@ -315,6 +300,26 @@ pub fn report(prompts: &[Prompt], scored: &[ScoredSample], baseline: &str, compa
         })
         .collect();
     Ok(Report { models, prompts: scores.into_values().flat_map(|m| m.into_values()).collect(), paired, refused })
+}
+
+/// `model` against `against` on one measure, from each prompt's (model's, against's) values.
+pub fn paired_row(model: &str, against: &str, measure: &str, pairs: &[(f64, f64)], seed: u64) -> PairedComparison {
+    let diffs: Vec<f64> = pairs.iter().map(|(x, y)| x - y).collect();
+    let wins: Vec<f64> = pairs.iter().map(|&(x, y)| win(x, y)).collect();
+    let ((mean_diff, diff_low, diff_high), (win_rate, win_low, win_high)) = (bootstrap(&diffs, 2000, seed), bootstrap(&wins, 2000, seed));
+    PairedComparison {
+        model: model.into(),
+        against: against.into(),
+        measure: measure.into(),
+        prompts: pairs.len() as u32,
+        mean_diff,
+        diff_low,
+        diff_high,
+        win_rate,
+        win_low,
+        win_high,
+        p_value: sign_flip_p_value(&diffs, 20_000, seed),
+    }
 }
 
 /// The paired comparisons as a markdown table.

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use wrpo_common::{
     prompts::{Prompt, Split},
     read_dataset,
-    report::{JudgeComparison, Judgement},
+    report::{JudgeComparison, Judgement, PairedComparison},
     samples::{FinishReason, Sample},
     scored::ScoredSample,
     write_dataset, Message, Provenance, Role,
@@ -609,14 +609,16 @@ fn the_report_judges_each_model_against_the_baseline_in_both_orders() {
     write_dataset(&scores, &scored, &prov).unwrap();
     let (url, asked) = judge_server();
     let out = dir.path().join("report");
-    let report_of = |scores: &Path| {
+    let report_with = |scores: &Path, more: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
             .args(["report", "--prompts", &prompts, "--scores", &scores.display().to_string(), "--baseline", "base"])
             .args(["--judge", &format!("openai:{url}#judge"), "--out", &out.display().to_string()])
+            .args(more)
             .env_remove("OPENAI_API_KEY")
             .output()
             .unwrap()
     };
+    let report_of = |scores: &Path| report_with(scores, &[]);
     let report = || report_of(&scores);
     let printed = String::from_utf8_lossy(&ok(report()).stdout).into_owned();
     let verdicts: Vec<Judgement> = read_dataset(&out.join("judgements.parquet")).unwrap();
@@ -644,6 +646,13 @@ fn the_report_judges_each_model_against_the_baseline_in_both_orders() {
     assert!(printed.contains("8 verdicts to ask (4 kept from an earlier run; 2 asked again"), "{printed}");
     let verdicts: Vec<Judgement> = read_dataset(&out.join("judgements.parquet")).unwrap();
     assert_eq!(verdicts.len(), 12, "one row per (prompt, model, order): the changed ones replaced");
+    // Two models paired through the baseline, from the same verdicts: nothing more is asked.
+    let asked_before = asked.load(Ordering::SeqCst);
+    let printed = String::from_utf8_lossy(&ok(report_with(&scores2, &["--compare", "better:third", "--compare", "third:base"])).stdout).into_owned();
+    assert_eq!(asked.load(Ordering::SeqCst), asked_before);
+    let [pair]: [PairedComparison; 1] = read_dataset(&out.join("judge-paired.parquet")).unwrap().try_into().unwrap();
+    assert_eq!((pair.model.as_str(), pair.against.as_str(), pair.measure.as_str(), pair.prompts), ("better", "third", "judge", 3));
+    assert!(printed.contains("Paired through the baseline"), "{printed}");
 }
 
 /// `make test-remote`: the judge (as a reward and in the report) and
