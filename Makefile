@@ -58,8 +58,22 @@ FREEZE_EMBEDDINGS ?=
 TRAINING_STEPS := --micro-batch 2 --grad-accum 2 --warmup-ratio 0.1 $(LENGTHS) $(if $(FREEZE_EMBEDDINGS),--freeze-embeddings)
 TRAINING := $(TRAINING_STEPS) --seed $(SEED)
 # An LLM judge for `make eval`, openai:URL#MODEL (an OpenAI-compatible chat
-# server, e.g. vLLM's): empty, no judge.
+# server, e.g. vLLM's): empty, no judge. Checked now, not after the eval's sampling.
 JUDGE ?=
+ifneq ($(JUDGE),)
+ifeq ($(filter openai:%,$(JUDGE)),)
+$(error JUDGE=$(JUDGE): expected openai:URL#MODEL, an OpenAI-compatible chat server, e.g. JUDGE=openai:http://localhost:8000/v1#Qwen/Qwen2.5-7B-Instruct)
+endif
+endif
+# Requests to served models, rewards and judges (openai:, classify:, judge:, similarity:openai:):
+# the environment variable holding the API key, requests in flight per model, retries and
+# seconds per request. Empty: the binaries' defaults (OPENAI_API_KEY, 8, 5, 600).
+API_KEY_ENV ?=
+CONCURRENCY ?=
+RETRIES ?=
+TIMEOUT ?=
+REMOTE = $(if $(API_KEY_ENV),--api-key-env $(API_KEY_ENV)) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
+  $(if $(RETRIES),--retries $(RETRIES)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 # Training seeds (the data order) of WRPO and DPO. Empty: one run each with
 # SEED (WORK/wrpo, WORK/dpo). "1 2": one run per seed (WORK/wrpo-seed1, ...),
 # evaluated as wrpo@1, wrpo@2, ..., which the report also pools per prompt
@@ -101,6 +115,14 @@ DPO_ARGS = --loss dpo --dpo-chosen target
 BUILD ?= build
 LIMIT ?=
 EVAL_LIMIT ?=
+# A variable on the command line that neither this Makefile nor the scripts it runs read is
+# a typo (ALHPA_MAX=0.3 would train with the default alpha_max): refused, before any work.
+KNOWN_VARS := $(shell sed -nE 's/^[[:space:]]*([A-Z][A-Z0-9_]*)[[:space:]]*[:?+]?=.*/\1/p' $(firstword $(MAKEFILE_LIST))) \
+  $(shell grep -ohE '\$$\{[A-Z][A-Z0-9_]*' scripts/*.sh scripts/bench/*.sh | cut -c3-)
+UNKNOWN_VARS := $(filter-out $(KNOWN_VARS),$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
+ifneq ($(UNKNOWN_VARS),)
+$(error unknown variable(s) $(UNKNOWN_VARS): neither the Makefile nor its scripts read them (a typo?); the Makefile's head and `make help` name the usual ones)
+endif
 # Each step's wall time goes to WORK/timings.csv.
 TIMED = scripts/timed.sh $(WORK)
 # $$(call settings,STEP,VALUE), as a prerequisite: the file WORK/.settings/STEP,
@@ -186,7 +208,7 @@ ablation: $(WORK)/ablation/report.md ## The alpha ablation: WRPO per alpha_max i
 # The evidence study (docs/results.md): the chain on the study's prompt set, WRPO and
 # DPO per training seed on the test split, then the alpha ablation on a subsample
 # of the pairs, answered on the validation split. Override the STUDY_* variables
-# (and any other) as usual.
+# (and any other but the ones STUDY sets from them, which are refused) as usual.
 STUDY_WORK ?= runs/study
 STUDY_PROMPTS ?= data/study/prompts.jsonl
 STUDY_SEEDS ?= 1 2
@@ -208,6 +230,14 @@ STUDY_VALIDATION_N ?= 2
 STUDY = WORK=$(STUDY_WORK) PROMPTS=$(STUDY_PROMPTS) SEEDS="$(STUDY_SEEDS)" SOURCE_N=$(STUDY_SOURCE_N) \
   TARGET_N=$(STUDY_TARGET_N) FREEZE_EMBEDDINGS=$(STUDY_FREEZE_EMBEDDINGS) WRPO_LR=$(STUDY_LR) \
   VALIDATION_N=$(STUDY_VALIDATION_N) ABLATION_PAIRS=$(STUDY_ABLATION_PAIRS) ABLATION_SPLIT=validation
+# Given on a study target's command line, a variable STUDY sets would be silently replaced.
+study_var = $(if $(filter command line,$(origin $(1))),$(error make $(filter experiment study-%,$(MAKECMDGOALS)) sets $(1) \
+  $(if $(2),from $(2) ($($(2))),itself (the study's design)), so $(1)=$($(1)) would be ignored$(if $(2),: pass $(2)=... instead)))
+ifneq ($(filter experiment study-%,$(MAKECMDGOALS)),)
+$(foreach v,WORK:STUDY_WORK PROMPTS:STUDY_PROMPTS SEEDS:STUDY_SEEDS SOURCE_N:STUDY_SOURCE_N TARGET_N:STUDY_TARGET_N \
+  FREEZE_EMBEDDINGS:STUDY_FREEZE_EMBEDDINGS WRPO_LR:STUDY_LR VALIDATION_N:STUDY_VALIDATION_N \
+  ABLATION_PAIRS:STUDY_ABLATION_PAIRS ABLATION_SPLIT:,$(call study_var,$(word 1,$(subst :, ,$(v))),$(word 2,$(subst :, ,$(v)))))
+endif
 study-sweep: ## The study's learning-rate sweep on the validation split (run before `make experiment`; STUDY_WORK)
 	$(MAKE) --no-print-directory sweep $(STUDY)
 
@@ -280,13 +310,13 @@ $(DOSE)/Lplus/source-samples/.done: $(DOSE)/source-plus/.done $(WORK)/preference
 	$(call need,$(SAMPLE))
 	$(call fresh,Lplus-samples,$(@D),$@)
 	$(TIMED) Lplus-samples $(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model source-plus=$(DOSE)/source-plus/final \
-	  --n $(DOSE_PLUS_N) $(SAMPLING) --out $(@D)
+	  --n $(DOSE_PLUS_N) $(SAMPLING) $(REMOTE) --out $(@D)
 	touch $@
 
 $(DOSE)/Lplus/source-scores/.done: $(DOSE)/Lplus/source-samples/.done $$(call settings,Lplus-scores,$$(REWARD)) | $(BUILD)
 	$(call need,$(SCORE))
 	$(call fresh,Lplus-scores,$(@D),$@)
-	$(TIMED) Lplus-scores $(SCORE) score --prompts $(WORK)/preference-prompts.parquet --samples $(<D) --reward $(REWARD) --out $(@D)
+	$(TIMED) Lplus-scores $(SCORE) score --prompts $(WORK)/preference-prompts.parquet --samples $(<D) --reward $(REWARD) $(REMOTE) --out $(@D)
 	touch $@
 
 # Each level's pairs: the chain's preference prompts, y_wt and y_l, and the level's y_ws.
@@ -351,14 +381,14 @@ $(DEMO_MODELS) &:
 $(WORK)/source-samples/.done: $(WORK)/prompts.parquet $(call model_files,$(SOURCE_FILES)) $$(call settings,source-samples,$$(SOURCES) --n $$(SOURCE_N) $$(SAMPLING) $$(LIMIT)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,source-samples,$(@D),$@)
-	$(TIMED) source-samples $(SAMPLE) generate --prompts $< $(addprefix --model ,$(SOURCES)) --split train $(if $(LIMIT),--limit $(LIMIT)) --n $(SOURCE_N) $(SAMPLING) --out $(@D)
+	$(TIMED) source-samples $(SAMPLE) generate --prompts $< $(addprefix --model ,$(SOURCES)) --split train $(if $(LIMIT),--limit $(LIMIT)) --n $(SOURCE_N) $(SAMPLING) $(REMOTE) --out $(@D)
 	touch $@
 
 # 2. Every source sample scored by the reward model.
 $(WORK)/source-scores/.done: $(WORK)/source-samples/.done $(call model_files,$(REWARD_FILES)) $$(call settings,source-scores,$$(REWARD)) | $(BUILD)
 	$(call need,$(SCORE))
 	$(call fresh,source-scores,$(@D),$@)
-	$(TIMED) source-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(<D) --reward $(REWARD) --out $(@D)
+	$(TIMED) source-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(<D) --reward $(REWARD) $(REMOTE) --out $(@D)
 	touch $@
 
 # 3-4. y_ws per prompt; SFT third and preference two thirds.
@@ -378,13 +408,13 @@ $(WORK)/target-sft/.done: $(WORK)/sft.parquet $(call model_files,$(TARGET)) $$(c
 $(WORK)/target-samples/.done: $(WORK)/target-sft/.done $(WORK)/preference-prompts.parquet $$(call settings,target-samples,--n $$(TARGET_N) $$(SAMPLING)) | $(BUILD)
 	$(call need,$(SAMPLE))
 	$(call fresh,target-samples,$(@D),$@)
-	$(TIMED) target-samples $(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model target-sft=$(WORK)/target-sft/final --n $(TARGET_N) $(SAMPLING) --out $(@D)
+	$(TIMED) target-samples $(SAMPLE) generate --prompts $(WORK)/preference-prompts.parquet --model target-sft=$(WORK)/target-sft/final --n $(TARGET_N) $(SAMPLING) $(REMOTE) --out $(@D)
 	touch $@
 
 $(WORK)/target-scores/.done: $(WORK)/target-samples/.done $$(call settings,target-scores,$$(REWARD)) | $(BUILD)
 	$(call need,$(SCORE))
 	$(call fresh,target-scores,$(@D),$@)
-	$(TIMED) target-scores $(SCORE) score --prompts $(WORK)/preference-prompts.parquet --samples $(<D) --reward $(REWARD) --out $(@D)
+	$(TIMED) target-scores $(SCORE) score --prompts $(WORK)/preference-prompts.parquet --samples $(<D) --reward $(REWARD) $(REMOTE) --out $(@D)
 	touch $@
 
 # 7-8. (x, y_ws, y_wt, y_l).
@@ -452,8 +482,8 @@ SEED_COMPARE = $(foreach s,$(SEEDS),--compare wrpo@$(s):dpo@$(s))
 # with the training reward, into $(@D).
 define answer
 $(TIMED) $(notdir $(@D))-samples $(SAMPLE) generate --prompts $(WORK)/prompts.parquet --split $(2) $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT)) $(addprefix --model ,$(1)) \
-  --n $(call answers_n,$(2)) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers --out $(@D)/samples
-$(TIMED) $(notdir $(@D))-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(@D)/samples --reward $(REWARD) --out $(@D)/scores
+  --n $(call answers_n,$(2)) --max-new-tokens $(MAX_NEW_TOKENS) --temperature $(TEMPERATURE) --top-p $(TOP_P) --seed $(SEED) --common-random-numbers $(REMOTE) --out $(@D)/samples
+$(TIMED) $(notdir $(@D))-scores $(SCORE) score --prompts $(WORK)/prompts.parquet --samples $(@D)/samples --reward $(REWARD) $(REMOTE) --out $(@D)/scores
 endef
 answers_n = $(if $(filter validation,$(1)),$(VALIDATION_N),$(EVAL_N))
 # $(call answering,SPLIT): the settings of answering SPLIT.
@@ -470,7 +500,7 @@ EVAL_REPORT = --prompts $(WORK)/prompts.parquet --scores $(EVAL_DIR)/scores --ba
 # target, each prompt's answers in both orders (verdicts kept in
 # judgements.parquet, so an interrupted run resumes).
 $(EVAL_DIR)/judged/report.md: $(EVAL_DIR)/report.md $$(call settings,$$(notdir $$(EVAL_DIR))-judged,$$(JUDGE))
-	$(SCORE) report $(EVAL_REPORT) --judge $(JUDGE) --out $(@D)
+	$(SCORE) report $(EVAL_REPORT) --judge $(JUDGE) $(REMOTE) --out $(@D)
 
 # The learning rate chosen on the validation split (`make sweep`): DPO and WRPO once
 # per rate in SWEEP_LRS, the first training seed, every pair, answered on the

@@ -49,21 +49,23 @@ impl Default for RemoteOptions {
 }
 
 /// The command-line flags of `RemoteOptions`, for binaries to flatten in.
-#[derive(clap::Args, Clone, Debug)]
+/// Options, so that a binary can tell a flag given from its default and
+/// warn when it applies to nothing (`given`).
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct RemoteArgs {
-    /// Requests in flight per served model.
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+    /// Requests in flight per served model [default: 8].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Retries of a request on 408, 429, 5xx, timeouts, dropped connections
-    /// and answers without a result (honouring Retry-After).
-    #[arg(long, default_value_t = 5)]
-    pub retries: u32,
-    /// Seconds a request may take, answer included.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
-    /// Seconds to wait for a connection to a server to open.
-    #[arg(long, default_value_t = 10)]
-    pub connect_timeout: u64,
+    /// and answers without a result (honouring Retry-After) [default: 5].
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Seconds a request may take, answer included [default: 600].
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Seconds to wait for a connection to a server to open [default: 10].
+    #[arg(long)]
+    pub connect_timeout: Option<u64>,
     /// Environment variable holding the server's API key (sent as a Bearer
     /// token) [default: OPENAI_API_KEY, if set, and then only over https or
     /// to this machine].
@@ -71,13 +73,39 @@ pub struct RemoteArgs {
     pub api_key_env: Option<String>,
 }
 
+impl RemoteArgs {
+    /// The flags given on the command line.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--concurrency", self.concurrency.is_some()),
+            ("--retries", self.retries.is_some()),
+            ("--timeout", self.timeout.is_some()),
+            ("--connect-timeout", self.connect_timeout.is_some()),
+            ("--api-key-env", self.api_key_env.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
+    /// Warn (on stderr) that the flags given apply to nothing here: a setting
+    /// the user typed is never silently ignored. `what` names what is not served.
+    pub fn warn_if_unused(&self, served: bool, what: &str) {
+        let given = self.given();
+        if !served && !given.is_empty() {
+            eprintln!("warning: {} applies to served models, rewards and judges only; {what}, so it changes nothing here", given.join(", "));
+        }
+    }
+}
+
 impl From<RemoteArgs> for RemoteOptions {
     fn from(a: RemoteArgs) -> Self {
+        let d = RemoteOptions::default();
         RemoteOptions {
-            concurrency: a.concurrency,
-            retries: a.retries,
-            timeout_seconds: a.timeout,
-            connect_timeout_seconds: a.connect_timeout,
+            concurrency: a.concurrency.unwrap_or(d.concurrency),
+            retries: a.retries.unwrap_or(d.retries),
+            timeout_seconds: a.timeout.unwrap_or(d.timeout_seconds),
+            connect_timeout_seconds: a.connect_timeout.unwrap_or(d.connect_timeout_seconds),
             api_key_env: a.api_key_env,
         }
     }

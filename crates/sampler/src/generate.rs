@@ -247,16 +247,13 @@ fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Pr
         v.as_object_mut().map(|o| o.remove("n"));
         v
     };
-    // As the metadata holds them: any URL's credentials blanked.
-    let want_model = wrpo_common::io::redact_json(&serde_json::to_value(spec)?);
-    let want_settings = wrpo_common::io::redact_json(&without_n(&serde_json::to_value(settings)?));
+    let want = serde_json::json!({"model": spec, "settings": without_n(&serde_json::to_value(settings)?)});
     let files = resume_files::<Sample>(dir, |then| {
         if let Some(now) = then.inputs.iter().zip(&prov.inputs).find_map(|(then, now)| (then.sha256 != now.sha256).then_some(now)) {
             return Some(format!("from another {} (its content changed since)", now.path));
         }
-        let config = &then.config;
-        (config["model"] != want_model || without_n(&config["settings"]) != want_settings)
-            .then(|| format!("with other settings or another model ({} {}), not ({want_model} {want_settings})", config["model"], config["settings"]))
+        let made = serde_json::json!({"model": then.config["model"], "settings": without_n(&then.config["settings"])});
+        wrpo_common::io::settings_differ(&made, &want).map(|d| format!("with other settings ({d})"))
     })?;
     for file in files {
         let path = file.path.clone();

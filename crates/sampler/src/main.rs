@@ -307,7 +307,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     for (flag, value) in [
         ("--batch-size", a.batch_size),
         ("--shard-rows", a.shard_rows),
-        ("--concurrency", a.remote.concurrency),
+        ("--concurrency", a.remote.concurrency.unwrap_or(1)),
         ("--threads", a.threads.unwrap_or(1)),
     ] {
         if value == 0 {
@@ -316,6 +316,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     check_paths(&[("--out", &a.out)], &[("--prompts", &a.prompts)])?;
     let models = a.models.iter().map(|m| ModelSpec::parse(m)).collect::<Result<Vec<_>>>()?;
+    let served = models.iter().any(|m| matches!(m.source, wrpo_sampler::spec::Source::Openai { .. }));
+    a.remote.warn_if_unused(served, "no --model is openai:URL#MODEL");
     let settings = Settings {
         n: a.n,
         sampling: SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, min_p: a.min_p },

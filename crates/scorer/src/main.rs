@@ -358,11 +358,12 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
     let cached = match verdicts_path.exists() {
         true => {
             let then = read_file::<Judgement>(&verdicts_path)?;
-            if then.provenance.config == wrpo_common::io::redact_json(&config) {
-                then.rows
-            } else {
-                eprintln!("{}: made by another judge or with other instructions; judging again", verdicts_path.display());
-                vec![]
+            match wrpo_common::io::settings_differ(&then.provenance.config, &config) {
+                None => then.rows,
+                Some(d) => {
+                    eprintln!("{}: made by another judge or with other instructions ({d}); judging again", verdicts_path.display());
+                    vec![]
+                }
             }
         }
         false => vec![],
@@ -431,7 +432,7 @@ fn run(cli: Cli) -> Result<()> {
                 ("--batch-items", a.batch_items),
                 ("--shard-rows", a.shard_rows),
                 ("--threads", a.threads.unwrap_or(1)),
-                ("--concurrency", a.remote.concurrency),
+                ("--concurrency", a.remote.concurrency.unwrap_or(1)),
             ] {
                 if value == 0 {
                     bail!("{flag} must be at least 1, got 0");
@@ -466,6 +467,8 @@ fn run(cli: Cli) -> Result<()> {
                 skip_unreferenced: a.skip_unreferenced,
                 shard: a.shard,
             };
+            let served = matches!(settings.reward, RewardSpec::Classify { .. } | RewardSpec::SimilarityOpenai { .. } | RewardSpec::Judge { .. });
+            a.remote.warn_if_unused(served, "this --reward is not served");
             let options = ScoreOptions {
                 batch_tokens: a.batch_tokens,
                 batch_items: a.batch_items,
@@ -475,12 +478,12 @@ fn run(cli: Cli) -> Result<()> {
                 abort_after_shards: a.abort_after_shards,
             };
             let prompts: Vec<Prompt> = read_dataset(&a.prompts)?;
-            let served = matches!(settings.reward, RewardSpec::Classify { .. } | RewardSpec::SimilarityOpenai { .. } | RewardSpec::Judge { .. });
             let interrupted = wrpo_common::interrupt_flag("committing finished batches", served)?;
             let summary = score(&a.prompts, &prompts, &a.samples, &settings, &options, &a.out, interrupted)?;
             eprintln!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Report(args) => {
+            args.remote.warn_if_unused(args.judge.is_some(), "no --judge is given");
             let written = REPORT_FILES.map(|f| args.out.join(f));
             let sweep_png = args.out.join("sweep.png");
             let mut outputs: Vec<(&str, &Path)> = written.iter().map(|p| ("--out", p.as_path())).collect();

@@ -105,9 +105,7 @@ fn read_samples(samples: &Path) -> Result<Vec<(Sample, PathBuf)>> {
 /// (prompt_id, sample_index) already scored in `dir`, from the same settings.
 fn existing(dir: &Path, settings: &serde_json::Value) -> Result<Vec<ScoredSample>> {
     let files = resume_files::<ScoredSample>(dir, |then| {
-        // The metadata holds the settings with any URL's credentials blanked.
-        let made_with = &then.config["settings"];
-        (*made_with != wrpo_common::io::redact_json(settings)).then(|| format!("with other settings of the reward ({made_with}), not ({settings})"))
+        wrpo_common::io::settings_differ(&then.config["settings"], settings).map(|d| format!("with other settings ({d})"))
     })?;
     Ok(files.into_iter().flat_map(|f| f.rows).collect())
 }

@@ -400,9 +400,14 @@ fn judge_server() -> (String, Arc<AtomicUsize>) {
 fn a_judge_grades_answers_and_unreadable_verdicts_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let (prompts, samples) = setup(dir.path(), &[]);
-    let (url, _) = judge_server();
+    let (url, asked) = judge_server();
     let out = dir.path().join("judged");
     ok(score(&prompts, &samples, &format!("judge:openai:{url}#judge"), &out, &[]));
+    // The same server named `localhost`: the same run, resumed with nothing left to ask.
+    let before = asked.load(Ordering::SeqCst);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    ok(score(&prompts, &samples, &format!("judge:openai:{}#judge", url.replace("127.0.0.1", "localhost")), &out, &[]));
+    assert_eq!(asked.load(Ordering::SeqCst), before);
     for r in rows(&out).values() {
         match r.response.as_str() {
             "Hello there!" => assert!(r.finish_reason == FinishReason::Skipped && r.reward.is_nan()),

@@ -265,7 +265,9 @@ fn rows(dir: &str) -> BTreeMap<(String, String, u32), ScoredSample> {
 fn verifiers_score_every_sample_and_write_a_summary() {
     let run = setup();
     let out = run.path("exact");
-    ok(score_bin(&run, &out, "exact", &[]));
+    // A served reward's flag on a verifier is said to change nothing, not silently dropped.
+    let printed = String::from_utf8_lossy(&ok(score_bin(&run, &out, "exact", &["--timeout", "30", "--concurrency", "2"])).stderr).into_owned();
+    assert!(printed.contains("warning: --concurrency, --timeout applies to served models"), "{printed}");
     let got = rows(&out);
     assert_eq!(got.len(), 39, "40 samples, one skipped");
     assert_eq!(got[&("p1".into(), "a".into(), 2)].reward, 1.0); // "paris." vs "Paris"
@@ -324,6 +326,9 @@ fn a_killed_run_rerun_ends_with_the_rows_of_an_uninterrupted_run() {
     for (k, v) in r0.iter().chain(&r1) {
         assert!((v.reward - rows(&whole)[k].reward).abs() < 1e-4);
     }
+    // Another shard into a shard's folder: the message names the shard, not the reward.
+    let err = failed(score_bin(&run, &s0, &rm, &["--shard", "1/2"]));
+    assert!(err.contains("with other settings (shard: [0,2] there, [1,2] here)"), "{err}");
     // --precision bf16 (emulated where the CPU has no bf16 units): the same rows, rewards
     // within bf16's rounding of the f32 ones; a folder scored in f32 is not resumed in bf16.
     let bf16 = run.path("bf16");
