@@ -40,11 +40,15 @@ pub struct RemoteOptions {
     /// set (sent only over https or to this machine, see [`Client::call`]),
     /// else no key; a variable named by the user must be set.
     pub api_key_env: Option<String>,
+    /// A PEM file of the certificate authorities https servers are checked
+    /// against, in place of the built-in Mozilla roots (a private server's CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for RemoteOptions {
     fn default() -> Self {
-        RemoteOptions { concurrency: 8, retries: 5, timeout_seconds: 600, connect_timeout_seconds: 10, api_key_env: None }
+        RemoteOptions { concurrency: 8, retries: 5, timeout_seconds: 600, connect_timeout_seconds: 10, api_key_env: None, ca_cert: None }
     }
 }
 
@@ -71,6 +75,10 @@ pub struct RemoteArgs {
     /// to this machine].
     #[arg(long)]
     pub api_key_env: Option<String>,
+    /// PEM file of the certificate authorities to trust for https servers, in
+    /// place of the built-in Mozilla roots (a private server's own CA).
+    #[arg(long)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl RemoteArgs {
@@ -82,6 +90,7 @@ impl RemoteArgs {
             ("--timeout", self.timeout.is_some()),
             ("--connect-timeout", self.connect_timeout.is_some()),
             ("--api-key-env", self.api_key_env.is_some()),
+            ("--ca-cert", self.ca_cert.is_some()),
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
@@ -107,6 +116,7 @@ impl From<RemoteArgs> for RemoteOptions {
             timeout_seconds: a.timeout.unwrap_or(d.timeout_seconds),
             connect_timeout_seconds: a.connect_timeout.unwrap_or(d.connect_timeout_seconds),
             api_key_env: a.api_key_env,
+            ca_cert: a.ca_cert,
         }
     }
 }
@@ -226,16 +236,38 @@ fn api_key(var: &str) -> Result<Option<String>> {
     Ok(Some(key.to_string()))
 }
 
+/// The certificates of the PEM file `path` (--ca-cert).
+fn ca_certificates(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => bail!("--ca-cert {}: not a readable PEM file ({e})", path.display()),
+        }
+    }
+    if certs.is_empty() {
+        bail!("--ca-cert {}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)", path.display());
+    }
+    Ok(certs)
+}
+
 impl Client {
     pub fn new(opts: &RemoteOptions) -> Result<Self> {
         let api_key = match &opts.api_key_env {
             Some(var) => Some(api_key(var)?.ok_or_else(|| anyhow::anyhow!("--api-key-env {var}: that environment variable is not set, or empty"))?),
             None => api_key(DEFAULT_API_KEY_ENV)?,
         };
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(path) = &opts.ca_cert {
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&ca_certificates(path)?));
+        }
         let agent: Agent = Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(opts.timeout_seconds.max(1))))
             .timeout_connect(Some(Duration::from_secs(opts.connect_timeout_seconds.max(1))))
             .http_status_as_error(false)
+            .tls_config(tls.build())
             .build()
             .into();
         Ok(Client { agent, api_key, key_named: opts.api_key_env.is_some(), opts: opts.clone() })
@@ -286,6 +318,11 @@ impl Client {
             let message = e.to_string();
             // Refused, reset, timed out or cut connections may pass; a bad URL or TLS setting will not.
             match e {
+                // rustls reports a failed handshake (an unknown certificate authority, a name the
+                // certificate does not hold) as invalid data: every request would fail alike.
+                ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    Failure::Fatal(format!("TLS: {message} (a server whose certificate a private authority signed needs --ca-cert FILE)"))
+                }
                 ureq::Error::Io(_)
                 | ureq::Error::Timeout(_)
                 | ureq::Error::ConnectionFailed
