@@ -385,8 +385,17 @@ impl Client {
     /// the items' order. Once a result `stops` the run (a dead server, an
     /// exhausted quota), no item not yet started is started: those are None,
     /// and always the last ones, so a dead server is not asked once more per
-    /// item left.
-    pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync, stops: impl Fn(&R) -> bool + Sync) -> Vec<Option<R>> {
+    /// item left. A `work` that panics stops the run the same way, its item's
+    /// result made by `panicked` from the panic's message: the results that
+    /// arrived (paid grades and verdicts) come back to be committed, where a
+    /// panic let through would lose every one of them.
+    pub fn in_flight<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        work: impl Fn(&T) -> R + Sync,
+        stops: impl Fn(&R) -> bool + Sync,
+        panicked: impl Fn(String) -> R + Sync,
+    ) -> Vec<Option<R>> {
         let (next, stopped) = (AtomicUsize::new(0), AtomicBool::new(false));
         let done: Vec<(usize, R)> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..self.opts.concurrency.clamp(1, items.len().max(1)))
@@ -396,7 +405,10 @@ impl Client {
                         while !stopped.load(Ordering::SeqCst) {
                             let i = next.fetch_add(1, Ordering::SeqCst);
                             let Some(item) = items.get(i) else { break };
-                            let r = work(item);
+                            let r = caught(|| work(item)).unwrap_or_else(|why| {
+                                stopped.store(true, Ordering::SeqCst);
+                                panicked(why)
+                            });
                             if stops(&r) {
                                 stopped.store(true, Ordering::SeqCst);
                             }
@@ -406,7 +418,8 @@ impl Client {
                     })
                 })
                 .collect();
-            workers.into_iter().flat_map(|w| w.join().expect("a request thread panicked")).collect()
+            // A worker cannot panic outside `work`, which is caught above.
+            workers.into_iter().flat_map(|w| w.join().expect("a request thread panicked outside its request")).collect()
         });
         let mut results: Vec<Option<R>> = items.iter().map(|_| None).collect();
         for (i, r) in done {
@@ -414,6 +427,15 @@ impl Client {
         }
         results
     }
+}
+
+/// `f()`, or the message of its panic, for a request thread to report as a
+/// fatal failure instead of unwinding through the results already received.
+pub fn caught<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let why = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
+        format!("a request thread panicked ({}); the results that arrived before are kept", why.as_deref().unwrap_or("no message"))
+    })
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from inference servers; it falls back to backoff),
@@ -516,7 +538,7 @@ mod tests {
             }
             i
         };
-        let results = client.in_flight(&items, work, |&i| i == 4);
+        let results = client.in_flight(&items, work, |&i| i == 4, |_| usize::MAX);
         // Item 4 and those started beside it finish (a loaded machine may let a thread start one more).
         assert_eq!(results[4], Some(4));
         let finished = results.iter().take_while(|r| r.is_some()).count();
@@ -524,7 +546,20 @@ mod tests {
         assert!(results[finished..].iter().all(Option::is_none), "{results:?}");
         assert_eq!(started.load(Ordering::SeqCst), finished);
         // Without a stop, every item, in order.
-        let all = client.in_flight(&items, work, |_| false);
+        let all = client.in_flight(&items, work, |_| false, |_| usize::MAX);
         assert_eq!(all, items.iter().map(|&i| Some(i)).collect::<Vec<_>>());
+        // A panic in one request stops the run like a fatal result, and the results that arrived are returned.
+        let answered = |&i: &usize| -> Result<usize, String> {
+            if i == 4 {
+                panic!("Retry-After overflowed");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(i)
+        };
+        let results = client.in_flight(&items, answered, Result::is_err, Err);
+        let why = results[4].clone().unwrap().unwrap_err();
+        assert!(why.contains("panicked (Retry-After overflowed)"), "{why}");
+        assert!(results[..4].iter().all(|r| matches!(r, Some(Ok(_)))), "{results:?}");
+        assert!(results.last().unwrap().is_none(), "no new item after the panic");
     }
 }

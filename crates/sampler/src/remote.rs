@@ -124,7 +124,8 @@ impl Backend for RemoteModel {
                     while !stop.load(Ordering::SeqCst) {
                         let i = next.fetch_add(1, Ordering::SeqCst);
                         let Some(&(job, s)) = work.get(i) else { break };
-                        if tx.send((i, self.sample(job, s, settings, alias))).is_err() {
+                        let outcome = wrpo_remote::caught(|| self.sample(job, s, settings, alias)).unwrap_or_else(|why| Err(Failure::Fatal(why)));
+                        if tx.send((i, outcome)).is_err() {
                             break;
                         }
                     }

@@ -210,8 +210,14 @@ impl Judge {
     }
 
     /// [`Client::in_flight`] on the judge's client.
-    pub fn in_flight<T: Sync, R: Send>(&self, items: &[T], work: impl Fn(&T) -> R + Sync, stops: impl Fn(&R) -> bool + Sync) -> Vec<Option<R>> {
-        self.client.in_flight(items, work, stops)
+    pub fn in_flight<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        work: impl Fn(&T) -> R + Sync,
+        stops: impl Fn(&R) -> bool + Sync,
+        panicked: impl Fn(String) -> R + Sync,
+    ) -> Vec<Option<R>> {
+        self.client.in_flight(items, work, stops, panicked)
     }
 }
 

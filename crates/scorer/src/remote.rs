@@ -239,14 +239,14 @@ fn split_refusals<I, T, E: From<Failure>>(
 /// `inputs` in requests of `per_request`, several in flight, the outcomes in
 /// order: None for the inputs of a request that failed or, after a failure,
 /// was never sent; and the first failure.
-fn in_requests<I: Sync, T: Send, E: Send>(
+fn in_requests<I: Sync, T: Send, E: Send + From<Failure>>(
     client: &Client,
     inputs: &[I],
     per_request: usize,
     request: impl Fn(&[I]) -> Result<Vec<T>, E> + Sync,
 ) -> (Vec<Option<T>>, Option<E>) {
     let chunks: Vec<&[I]> = inputs.chunks(per_request).collect();
-    let answers = client.in_flight(&chunks, |chunk| request(chunk), Result::is_err);
+    let answers = client.in_flight(&chunks, |chunk| request(chunk), Result::is_err, |why| Err(E::from(Failure::Fatal(why))));
     let (mut outcomes, mut failure) = (Vec::with_capacity(inputs.len()), None);
     for (chunk, answer) in chunks.iter().zip(answers) {
         match answer {
@@ -398,6 +398,7 @@ impl Reward for JudgeReward {
             items,
             |item| self.0.grade(item.messages, item.response, item.reference),
             |g| matches!(g, Err(f) if !matches!(f, Failure::Refused(_))),
+            |why| Err(Failure::Fatal(why)),
         );
         let mut fatal = None;
         let scored = graded

@@ -244,9 +244,11 @@ pub fn score(
                     .collect();
                 let (outcomes, fatal) = reward.score_partial(&items);
                 let mut rows = Vec::with_capacity(batch.len());
+                let mut finished_cost = 0u64;
                 for (w, r) in batch.iter().zip(outcomes) {
                     // None: the fatal error below left it unscored.
                     let Some(r) = r else { continue };
+                    finished_cost += w.cost as u64;
                     let s = &w.sample;
                     let (value, finish_reason) = match r {
                         Ok(r) if r.is_finite() => (r, s.finish_reason),
@@ -301,7 +303,8 @@ pub fn score(
                 has_rewards |= rows.iter().any(|r| r.finish_reason != FinishReason::Skipped);
                 let finished = rows.len();
                 writer.push_unit(rows)?;
-                progress.add(batch.len() as u64, batch.iter().map(|w| w.cost as u64).sum());
+                // What is written, not what was sent: after a fatal error the line must not say 24/24.
+                progress.add(finished as u64, finished_cost);
                 if let Some(e) = fatal {
                     return Err(e.context(format!(
                         "scoring samples of {}; the {finished} of this batch's {} samples finished before it are committed: run the same command again to score the rest",
