@@ -206,7 +206,7 @@ impl Judge {
                 Err(why) => last = format!("{why}; the judgement ended: {:?}", tail(&judgement, 200)),
             }
         }
-        Err(Failure::Refused(format!("no readable verdict in {} attempts ({last})", self.client.opts.retries + 1)))
+        Err(Failure::Refused(format!("{UNREADABLE} in {} attempts ({last})", self.client.opts.retries + 1)))
     }
 
     /// [`Client::in_flight`] on the judge's client.
@@ -220,6 +220,9 @@ impl Judge {
         self.client.in_flight(items, work, stops, panicked)
     }
 }
+
+/// How a grade the judge answered but no attempt made readable is refused.
+pub const UNREADABLE: &str = "no readable verdict";
 
 /// Whether a refusal says the request is over the judge's context (as vLLM,
 /// SGLang, llama.cpp's server and OpenAI word it).

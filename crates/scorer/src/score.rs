@@ -294,6 +294,14 @@ pub fn score(
                             ),
                             None => String::new(),
                         };
+                        // A judge that answered every request refused nothing: it cannot grade in this format.
+                        if why.contains(crate::judge::UNREADABLE) {
+                            bail!(
+                                "{model}: the judge answered every request of this run's first batch, but not one of its grades ({} samples) could be read (the last: {why}){before}; \
+                                 nothing was written: this judge model does not follow the grading format (a larger or instruction-tuned judge, or its chat template, is needed)",
+                                rows.len()
+                            );
+                        }
                         bail!(
                             "{model}: the reward's server refused all {} samples of this run's first batch (the last: {why}){before}; nothing was written: check --reward and what the server accepts",
                             rows.len()

@@ -424,6 +424,30 @@ fn a_judge_grades_answers_and_unreadable_verdicts_are_skipped() {
     assert!(again.contains("no readable verdict in 4 attempts") && again.contains("the judge spent its"), "{again}");
 }
 
+/// A judge that answers every request but never in the grading format (a
+/// 135M model, say) refused nothing: the run stops, saying so with its last
+/// words, and writes nothing (`make test-remote` meets this judge).
+#[test]
+fn a_judge_that_never_grades_readably_stops_the_run_as_a_configuration_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prompts, samples) = setup(dir.path(), &[]);
+    let url = serve(|r: &Request| {
+        if r.method == "GET" {
+            return Reply::ok(r#"{"data":[{"id":"judge"}]}"#);
+        }
+        Reply::ok(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "What a lovely answer!"}, "finish_reason": "stop"}]}))
+    });
+    let out = dir.path().join("judged");
+    let err = failed(score(&prompts, &samples, &format!("judge:openai:{url}/v1#judge"), &out, &[]));
+    assert!(
+        err.contains("the judge answered every request of this run's first batch, but not one of its grades (4 samples) could be read")
+            && err.contains("What a lovely answer!")
+            && err.contains("does not follow the grading format"),
+        "{err}"
+    );
+    assert!(wrpo_common::io::dataset_files(&out).is_err(), "nothing is written");
+}
+
 /// A resumed run whose first batch the server refuses whole asks again a sample
 /// it scored in an earlier run: refused too, the server is at fault and nothing
 /// is written (before, permanent skipped rows, and later reruns sent nothing);
@@ -464,7 +488,7 @@ fn a_resumed_run_against_a_server_that_now_refuses_everything_writes_nothing() {
     assert!(kept > 0 && kept < 12, "{kept}");
     mode.store(1, Ordering::SeqCst);
     let err = failed(score(&prompts, &samples, &reward, &out, &[]));
-    assert!(err.contains("refused all") && err.contains("which it scored in an earlier run"), "{err}");
+    assert!(err.contains("not one of its grades (1 samples) could be read") && err.contains("which it scored in an earlier run"), "{err}");
     assert_eq!(rows(&out).len(), kept, "nothing written");
     assert!(rows(&out).values().all(|r| r.finish_reason != FinishReason::Skipped));
     // The samples' own fault: the server still grades what it graded before.
@@ -664,7 +688,8 @@ fn the_report_judges_each_model_against_the_baseline_in_both_orders() {
 /// `/v1/embeddings` against llama-cpp-python's server (scripts/test-remote.sh
 /// starts it with SmolLM2 as `smollm2` and, mean-pooled, `smollm2-embed`).
 /// A 135M judge writes few readable verdicts: what is checked is that every
-/// row is a grade in 1-10 or a skipped row saying why, never a made-up score.
+/// row is a grade in 1-10 or a skipped row saying why, never a made-up score,
+/// or that a judge that could grade nothing stopped the run saying so.
 #[test]
 #[ignore = "needs a served model: make test-remote"]
 fn llama_cpp_server_judges_and_embeds() {
@@ -681,14 +706,23 @@ fn llama_cpp_server_judges_and_embeds() {
         println!("embedding similarity {}: {:.4} ({:?})", r.prompt_id, r.reward, r.response);
     }
 
+    // A 135M judge may grade readably, or not at all: then the run stops as a configuration problem
+    // (a server that answered every request refused nothing), never with made-up or skipped rows.
     let judged = dir.path().join("judged");
-    ok(score(&prompts, &samples, &format!("judge:openai:{url}#smollm2"), &judged, &["--concurrency", "1"]));
-    for r in rows(&judged).values() {
-        assert!(r.reward.is_nan() == (r.finish_reason == FinishReason::Skipped));
-        assert!(r.reward.is_nan() || (1.0..=10.0).contains(&r.reward), "{r:?}");
-        println!("judge grade {}: {} ({:?})", r.prompt_id, r.reward, r.finish_reason);
+    let run = score(&prompts, &samples, &format!("judge:openai:{url}#smollm2"), &judged, &["--concurrency", "1"]);
+    if run.status.success() {
+        for r in rows(&judged).values() {
+            assert!(r.reward.is_nan() == (r.finish_reason == FinishReason::Skipped));
+            assert!(r.reward.is_nan() || (1.0..=10.0).contains(&r.reward), "{r:?}");
+            println!("judge grade {}: {} ({:?})", r.prompt_id, r.reward, r.finish_reason);
+        }
+        println!("{}", std::fs::read_to_string(judged.join("summary.json")).unwrap());
+    } else {
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains("the judge answered every request") && err.contains("does not follow the grading format"), "{err}");
+        assert!(wrpo_common::io::dataset_files(&judged).is_err(), "nothing is written");
+        println!("the judge could not grade, and said so: {err}");
     }
-    println!("{}", std::fs::read_to_string(judged.join("summary.json")).unwrap());
 
     // The pairwise report: the embedded rows as the baseline, the same answers with a tail as the other model.
     let mut scored: Vec<ScoredSample> = rows_e.into_values().collect();
