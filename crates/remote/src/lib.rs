@@ -349,6 +349,10 @@ impl Client {
             200 => serde_json::from_str(&text).map_err(|e| Failure::transient(format!("the answer is not JSON ({e}): {shown}"))),
             408 | 429 | 500.. => Err(Failure::Transient { message: format!("HTTP {status}: {shown}"), after }),
             400 | 413 | 422 => Err(Failure::Refused(format!("HTTP {status}: {shown}"))),
+            // The default variable's key was held back (plain http to another machine): say so where it matters.
+            401 | 403 if self.api_key.is_some() && auth.is_none() => Err(Failure::Fatal(format!(
+                "HTTP {status}: {shown} ({DEFAULT_API_KEY_ENV} was not sent: plain http to another machine; --api-key-env {DEFAULT_API_KEY_ENV} sends it)"
+            ))),
             _ => Err(Failure::Fatal(format!("HTTP {status}: {shown}"))),
         }
     }

@@ -551,6 +551,18 @@ fn a_key_echoed_by_the_server_is_never_shown_or_stored() {
             .unwrap(),
     );
     assert!(err.contains("has no quota") && err.contains("[API key]") && !err.contains(key), "{err}");
+    // OPENAI_API_KEY is held back over plain http to another machine (0.0.0.0 reaches this one's
+    // loopback server but is not a loopback address): the 403 says so, and how to send it.
+    let elsewhere = url.replace("127.0.0.1", "0.0.0.0");
+    let err = failed(
+        Command::new(env!("CARGO_BIN_EXE_wrpo-score"))
+            .args(["score", "--prompts", &prompts, "--samples", &samples, "--reward", &format!("judge:openai:{elsewhere}/v1#judge")])
+            .args(["--out", &dir.path().join("withheld").display().to_string(), "--retries", "0"])
+            .env("OPENAI_API_KEY", key)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("OPENAI_API_KEY was not sent") && err.contains("--api-key-env OPENAI_API_KEY sends it"), "{err}");
     let mut dirs = vec![out];
     while let Some(d) = dirs.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
