@@ -99,7 +99,7 @@ enum Command {
     /// Sample N responses per prompt from each model into `samples` shards
     /// under OUT/ALIAS/. Rerunning the same command continues an interrupted
     /// run: samples already on disk are kept, never made twice.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
 }
 
 #[derive(clap::Args)]
@@ -198,7 +198,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Generate(args) => run_generate(args),
+        Command::Generate(args) => run_generate(*args),
         Command::ImportScored { input, out_samples, out_scores, model, reward_model, skip_bad, rejected } => {
             run_import_scored(input, out_samples, out_scores, model, reward_model, skip_bad, rejected)
         }
