@@ -173,7 +173,11 @@ pub fn settings_differ(then: &serde_json::Value, now: &serde_json::Value) -> Opt
                 // A long value (the judge's instructions) is named, not printed whole.
                 let short = |v: &serde_json::Value| {
                     let text = v.to_string();
-                    if text.chars().count() > 120 { format!("{}...", text.chars().take(117).collect::<String>()) } else { text }
+                    if text.chars().count() > 120 {
+                        format!("{}...", text.chars().take(117).collect::<String>())
+                    } else {
+                        text
+                    }
                 };
                 out.push(format!("{}: {} there, {} here", if path.is_empty() { "settings" } else { path }, short(a), short(b)));
             }
