@@ -407,7 +407,8 @@ pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> 
                 .margin(15)
                 .x_label_area_size(40)
                 .y_label_area_size(60)
-                .build_cartesian_2d((0..n).into_segmented(), low..top)
+                // plotters' discrete range holds its end too: 0..n - 1 is n slots, with no empty one after the last.
+                .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), low..top)
                 .map_err(|e| err(&e))?;
             chart
                 .configure_mesh()
@@ -441,7 +442,7 @@ pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> 
                 .x_label_area_size(35)
                 .y_label_area_size(220)
                 // Room on the right for each interval's label.
-                .build_cartesian_2d(-reach..reach * 1.8, (0..reward.len()).into_segmented())
+                .build_cartesian_2d(-reach..reach * 1.8, (0..reward.len() - 1).into_segmented())
                 .map_err(|e| err(&e))?;
             chart
                 .configure_mesh()
@@ -456,7 +457,9 @@ pub fn chart(rows: &[ModelReport], paired: &[PairedComparison], path: &Path) -> 
             let zero = [(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Exact(reward.len()))];
             chart.draw_series([PathElement::new(zero.to_vec(), BLACK.mix(0.5).stroke_width(1))]).map_err(|e| err(&e))?;
             for (i, c) in reward.iter().enumerate() {
-                let (y, color) = (SegmentValue::CenterOf(i), Palette99::pick(i).to_rgba());
+                // The model's own colour, as in the bars above.
+                let bar = names.iter().position(|m| *m == c.model).unwrap_or(i);
+                let (y, color) = (SegmentValue::CenterOf(i), Palette99::pick(bar).to_rgba());
                 chart
                     .draw_series([PathElement::new(vec![(c.diff_low, y.clone()), (c.diff_high, y.clone())], color.stroke_width(3))])
                     .map_err(|e| err(&e))?;
