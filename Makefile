@@ -131,7 +131,7 @@ TIMED = scripts/timed.sh $(WORK)
 # then sets DIR aside before the step writes it again (scripts/fresh.sh).
 # make expands every rule's prerequisites, so only runs that make pipeline
 # files write settings files.
-NOT_PIPELINE := help print-% build test test-remote test-gpu-path experiment study-sweep study-dose study-dose-gate models bench-decode bench-sample bench-train clean-run
+NOT_PIPELINE := help print-% build test test-remote test-gpu-path test-gpu experiment study-sweep study-dose study-dose-gate models bench-decode bench-sample bench-train clean-run
 DRY := $(if $(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))),dry)
 settings = $(if $(filter-out $(NOT_PIPELINE),$(or $(MAKECMDGOALS),help)),$(shell scripts/settings.sh $(WORK) $(1) '$(2)' $(DRY)),$(WORK)/.settings/$(1))
 # What a dry run (make -n, make -q) shows for changed settings: out of date, and nothing written.
@@ -144,7 +144,7 @@ $(WORK)/.settings/%: ;
 .PRECIOUS: $(WORK)/.settings/%
 fresh = scripts/fresh.sh $(WORK)/.settings/$(1) $(2) $(3)
 
-.PHONY: help build test test-remote test-gpu-path models bench-decode bench-sample bench-train bench-contention bench-score prompts pairs train dpo eval sweep ablation study-sweep experiment dose dose-gate study-dose study-dose-gate clean-run
+.PHONY: help build test test-remote test-gpu-path test-gpu models bench-decode bench-sample bench-train bench-contention bench-score prompts pairs train dpo eval sweep ablation study-sweep experiment dose dose-gate study-dose study-dose-gate clean-run
 .DEFAULT_GOAL := help
 
 help: ## Show the targets and the variables to override
@@ -172,6 +172,9 @@ test-remote: models ## Sampling, the judge and /v1/embeddings against llama-cpp-
 
 test-gpu-path: ## wrpo_trl (TRL, for GPUs) against wrpo-train: 3 steps, same losses, metrics and weights to 1e-4 (installs torch, TRL: GBs)
 	bash scripts/test-gpu-path.sh
+
+test-gpu: models ## On one CUDA GPU: the demo's SmolLM2 by wrpo_trl, 20 steps in bf16 under DeepSpeed ZeRO-3, against wrpo-train's f32 run (DEVICE=cpu: on the CPU)
+	bash scripts/test-gpu.sh
 
 models: ## Fetch the demo models into models/ (GGUF files and the reward's MiniLM; pinned, SHA-256 checked)
 	bash scripts/fetch-models.sh
