@@ -237,7 +237,8 @@ fn plan<'a>(
 
 /// (prompt_id, sample_index) of the samples already committed in `dir`.
 /// They must come from the same model, settings (but for `--n`: raising it
-/// makes only the new samples) and content of the model and prompts files.
+/// makes only the new samples) and content of the model and prompts files,
+/// however their paths are spelled.
 /// Skipped rows are taken out of their shards to be made again, unless
 /// `keep_skipped`.
 fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Provenance, keep_skipped: bool) -> Result<HashSet<(String, u32)>> {
@@ -247,12 +248,20 @@ fn existing_samples(dir: &Path, spec: &ModelSpec, settings: &Settings, prov: &Pr
         v.as_object_mut().map(|o| o.remove("n"));
         v
     };
-    let want = serde_json::json!({"model": spec, "settings": without_n(&serde_json::to_value(settings)?)});
+    // A local model is compared by its content (the inputs' hashes below), not by how its path was spelled.
+    let by_content = |model: &serde_json::Value| {
+        let mut model = model.clone();
+        if model["source"]["kind"] == "local" {
+            model["source"].as_object_mut().map(|o| o.remove("path"));
+        }
+        model
+    };
+    let want = serde_json::json!({"model": by_content(&serde_json::to_value(spec)?), "settings": without_n(&serde_json::to_value(settings)?)});
     let files = resume_files::<Sample>(dir, |then| {
         if let Some(now) = then.inputs.iter().zip(&prov.inputs).find_map(|(then, now)| (then.sha256 != now.sha256).then_some(now)) {
             return Some(format!("from another {} (its content changed since)", now.path));
         }
-        let made = serde_json::json!({"model": then.config["model"], "settings": without_n(&then.config["settings"])});
+        let made = serde_json::json!({"model": by_content(&then.config["model"]), "settings": without_n(&then.config["settings"])});
         wrpo_common::io::settings_differ(&made, &want).map(|d| format!("with other settings ({d})"))
     })?;
     for file in files {

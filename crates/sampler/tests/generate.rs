@@ -225,8 +225,13 @@ fn an_aborted_run_resumes_to_exactly_the_uninterrupted_rows() {
     let resumed = ok(s.run(&part, &["--batch-size", "4", "--shard-rows", "4"]));
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("13 samples to make, 8 already"));
     assert_eq!(rows(Path::new(&part)), expected);
-    // Nothing left to do: a third run adds nothing.
+    // Nothing left to do: a third run adds nothing, nor one naming the same model file by another path.
     ok(s.run(&part, &["--batch-size", "4"]));
+    assert_eq!(rows(Path::new(&part)), expected);
+    let (alias, path) = s.model.split_once('=').unwrap();
+    let respelled = format!("{alias}={}", Path::new(path).parent().unwrap().join(".").join(Path::new(path).file_name().unwrap()).display());
+    let again = ok(sample_bin(&["--prompts", &s.prompts, "--model", &respelled, "--out", &part, "--max-new-tokens", "24", "--n", "3"]));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 samples to make"), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(rows(Path::new(&part)), expected);
 
     // Other settings on the same folder are refused, not mixed in.

@@ -102,10 +102,28 @@ fn read_samples(samples: &Path) -> Result<Vec<(Sample, PathBuf)>> {
     Ok(files.into_iter().flat_map(|f| f.rows.into_iter().map(move |r| (r, f.path.clone()))).collect())
 }
 
-/// (prompt_id, sample_index) already scored in `dir`, from the same settings.
-fn existing(dir: &Path, settings: &serde_json::Value) -> Result<Vec<ScoredSample>> {
+/// The inputs of a run after its prompts and samples: the reward's own files (a model, a template folder).
+const REWARD_INPUTS: usize = 2;
+
+/// The settings as a resume compares them: the reward's files by their content
+/// (`reward_files`), not by how their paths were spelled.
+fn by_content(settings: &serde_json::Value, reward_files: &[wrpo_common::io::InputHash]) -> serde_json::Value {
+    let mut v = settings.clone();
+    if let Some(reward) = v["reward"].as_object_mut() {
+        reward.remove("path");
+        reward.remove("render_with");
+    }
+    v["reward_files"] = reward_files.iter().map(|f| f.sha256.clone()).collect();
+    v
+}
+
+/// (prompt_id, sample_index) already scored in `dir`, from the same settings
+/// and reward files.
+fn existing(dir: &Path, settings: &serde_json::Value, prov: &Provenance) -> Result<Vec<ScoredSample>> {
+    let now = by_content(settings, prov.inputs.get(REWARD_INPUTS..).unwrap_or_default());
     let files = resume_files::<ScoredSample>(dir, |then| {
-        wrpo_common::io::settings_differ(&then.config["settings"], settings).map(|d| format!("with other settings ({d})"))
+        let made = by_content(&then.config["settings"], then.inputs.get(REWARD_INPUTS..).unwrap_or_default());
+        wrpo_common::io::settings_differ(&made, &now).map(|d| format!("with other settings ({d})"))
     })?;
     Ok(files.into_iter().flat_map(|f| f.rows).collect())
 }
@@ -181,7 +199,7 @@ pub fn score(
             let dir = out.join(&sample.model);
             let writer = ShardWriter::new(&dir, prov.clone(), options.shard_rows)?.abort_after_shards(options.abort_after_shards);
             writers.insert(sample.model.clone(), writer);
-            done.insert(sample.model.clone(), existing(&dir, &settings_json)?);
+            done.insert(sample.model.clone(), existing(&dir, &settings_json, &prov)?);
         }
         let item = Item { messages: &prompt.messages, response: &sample.response, reference: prompt.reference.as_deref() };
         let cost = reward.cost(&item).with_context(|| format!("{}: sample ({}, {})", file.display(), sample.prompt_id, sample.sample_index))?;
@@ -336,7 +354,7 @@ pub fn score(
     let earlier: serde_json::Value =
         std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     for (model, s) in summary.models.iter_mut() {
-        let rows = existing(&out.join(model), &settings_json)?;
+        let rows = existing(&out.join(model), &settings_json, &prov)?;
         s.scored = rows.len();
         s.refused = rows.iter().filter(|r| r.finish_reason == FinishReason::Skipped).count();
         let refused: std::collections::HashSet<String> = rows

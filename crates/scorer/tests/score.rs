@@ -305,6 +305,10 @@ fn a_killed_run_rerun_ends_with_the_rows_of_an_uninterrupted_run() {
     assert!(before > 0 && before < 39, "{before} rows after the crash");
     ok(score_bin(&run, &partial, &rm, &["--batch-tokens", "64", "--shard-rows", "4"]));
     assert_eq!(rows(&partial), rows(&whole));
+    // The same reward model named by another path: the same run (compared by content), nothing to redo.
+    let respelled = format!("rm:{}", fixture("llama_seqcls").join(".").display());
+    ok(score_bin(&run, &partial, &respelled, &["--batch-tokens", "64"]));
+    assert_eq!(rows(&partial), rows(&whole));
     // Resumed with other batches: no row twice, none missing.
     let other = run.path("other");
     assert!(!score_bin(&run, &other, &rm, &["--batch-tokens", "64", "--shard-rows", "4", "--abort-after-shards", "2"]).status.success());
