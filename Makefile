@@ -72,8 +72,8 @@ API_KEY_ENV ?=
 CONCURRENCY ?=
 RETRIES ?=
 TIMEOUT ?=
-REMOTE = $(if $(API_KEY_ENV),--api-key-env $(API_KEY_ENV)) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
-  $(if $(RETRIES),--retries $(RETRIES)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+REMOTE = $(strip $(if $(API_KEY_ENV),--api-key-env $(API_KEY_ENV)) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
+  $(if $(RETRIES),--retries $(RETRIES)) $(if $(TIMEOUT),--timeout $(TIMEOUT)))
 # Training seeds (the data order) of WRPO and DPO. Empty: one run each with
 # SEED (WORK/wrpo, WORK/dpo). "1 2": one run per seed (WORK/wrpo-seed1, ...),
 # evaluated as wrpo@1, wrpo@2, ..., which the report also pools per prompt

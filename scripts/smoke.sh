@@ -10,6 +10,14 @@ trap 'rm -rf "$work"' EXIT
 run=(--no-print-directory BIN=target/debug BUILD= WORK="$work" LIMIT=9 EVAL_LIMIT=3 N=2 EVAL_N=1
   MAX_NEW_TOKENS=16 ALLOW_TRUNCATED=1 SFT_EPOCHS=1 MAX_LENGTH=128 SFT_FRACTION=0.34)
 fail() { echo "smoke: $*" >&2; exit 1; }
+# What the Makefile would ignore it refuses before any work, and the remote settings reach the calls.
+refused() { local out; out=$(make -n "$@" 2>&1) && fail "make -n $*: accepted"; grep -q "$expect" <<< "$out" || fail "make -n $*: $out"; }
+expect="unknown variable(s) ALHPA_MAX" refused train "${run[@]}" ALHPA_MAX=0.3
+expect="sets WORK from STUDY_WORK" refused experiment WORK="$work/study"
+expect="expected openai:URL#MODEL" refused eval "${run[@]}" JUDGE=http://localhost:8000/v1
+make -n pairs "${run[@]}" CONCURRENCY=3 TIMEOUT=30 API_KEY_ENV=MY_KEY > "$work/dry.txt"
+grep -q "generate .*--api-key-env MY_KEY --concurrency 3 --timeout 30" "$work/dry.txt" \
+  && grep -q "score .*--api-key-env MY_KEY --concurrency 3 --timeout 30" "$work/dry.txt" || fail "remote settings not passed: $(cat "$work/dry.txt")"
 make eval "${run[@]}"
 for f in prompts.parquet sft.parquet pairs-ref.parquet wrpo/final/model.safetensors dpo/metrics.parquet eval/report.md; do
   test -s "$work/$f" || fail "$f is missing"
