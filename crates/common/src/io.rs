@@ -87,19 +87,23 @@ impl Provenance {
 /// replaced by `[credentials]`: a dataset's metadata keeps the command and the
 /// settings, which name the servers, and a secret must reach no file.
 pub fn redact_credentials(text: &str) -> String {
+    map_authorities(text, |authority| match authority.rfind('@') {
+        Some(at) => format!("[credentials]{}", &authority[at..]),
+        None => authority.to_string(),
+    })
+}
+
+/// `text` with the authority (`user:password@host:port`) of every URL in it
+/// passed through `rewrite`.
+fn map_authorities(text: &str, rewrite: impl Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let authority = tail.find(|c: char| matches!(c, '/' | '?' | '#' | '"') || c.is_whitespace()).unwrap_or(tail.len());
-        rest = match tail[..authority].rfind('@') {
-            Some(at) => {
-                out.push_str("[credentials]");
-                &tail[at..]
-            }
-            None => tail,
-        };
+        let end = tail.find(|c: char| matches!(c, '/' | '?' | '#' | '"') || c.is_whitespace()).unwrap_or(tail.len());
+        out.push_str(&rewrite(&tail[..end]));
+        rest = &tail[end..];
     }
     out.push_str(rest);
     out
@@ -132,26 +136,15 @@ fn resume_form(v: &serde_json::Value) -> serde_json::Value {
 
 /// `text` with every URL's loopback host (`localhost`, `[::1]`) written `127.0.0.1`.
 fn one_loopback_name(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let authority = tail.find(|c: char| matches!(c, '/' | '?' | '#' | '"') || c.is_whitespace()).unwrap_or(tail.len());
-        let host_at = tail[..authority].rfind('@').map_or(0, |at| at + 1);
-        out.push_str(&tail[..host_at]);
-        let host = &tail[host_at..authority];
+    map_authorities(text, |authority| {
+        let host_at = authority.rfind('@').map_or(0, |at| at + 1);
+        let host = &authority[host_at..];
         let name_end = if host.starts_with('[') { host.find(']').map_or(host.len(), |e| e + 1) } else { host.find(':').unwrap_or(host.len()) };
-        rest = match &host[..name_end] {
-            "localhost" | "[::1]" => {
-                out.push_str("127.0.0.1");
-                &tail[host_at + name_end..]
-            }
-            _ => &tail[host_at..],
-        };
-    }
-    out.push_str(rest);
-    out
+        match &host[..name_end] {
+            "localhost" | "[::1]" => format!("{}127.0.0.1{}", &authority[..host_at], &host[name_end..]),
+            _ => authority.to_string(),
+        }
+    })
 }
 
 /// Where the settings a dataset was made with (`then`, from its metadata)

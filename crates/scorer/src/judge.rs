@@ -209,15 +209,9 @@ impl Judge {
         Err(Failure::Refused(format!("{UNREADABLE} in {} attempts ({last})", self.client.opts.retries + 1)))
     }
 
-    /// [`Client::in_flight`] on the judge's client.
-    pub fn in_flight<T: Sync, R: Send>(
-        &self,
-        items: &[T],
-        work: impl Fn(&T) -> R + Sync,
-        stops: impl Fn(&R) -> bool + Sync,
-        panicked: impl Fn(String) -> R + Sync,
-    ) -> Vec<Option<R>> {
-        self.client.in_flight(items, work, stops, panicked)
+    /// The client its requests go through (for [`Client::in_flight`]).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 }
 

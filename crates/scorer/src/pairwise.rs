@@ -133,7 +133,7 @@ pub fn judge_all(
     }
     for chunk in asks.chunks(32) {
         let mut failure = None;
-        for j in judge.in_flight(chunk, |a| ask(judge, a), Result::is_err, |why| Err(anyhow::anyhow!(why))).into_iter().flatten() {
+        for j in judge.client().in_flight(chunk, |a| ask(judge, a), Result::is_err, |why| Err(anyhow::anyhow!(why))).into_iter().flatten() {
             match j {
                 Ok(j) => cached.push(j),
                 Err(e) => _ = failure.get_or_insert(e),

@@ -394,7 +394,7 @@ impl Reward for JudgeReward {
         all_or_error(self.score_partial(items))
     }
     fn score_partial(&self, items: &[Item]) -> Partial {
-        let graded = self.0.in_flight(
+        let graded = self.0.client().in_flight(
             items,
             |item| self.0.grade(item.messages, item.response, item.reference),
             |g| matches!(g, Err(f) if !matches!(f, Failure::Refused(_))),
