@@ -151,7 +151,7 @@ help: ## Show the targets and the variables to override
 	@echo "WRPO pipeline. Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
-	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS SWEEP_LRS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT DOSE_RUNS DOSE_SPLIT SOURCE_PLUS_BASE SOURCE_PLUS_LR SOURCE_PLUS_EPOCHS DOSE_PLUS_N FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N VALIDATION_N MAX_LENGTH JUDGE; do \
+	@for v in WORK PROMPTS TARGET SOURCES REWARD N SOURCE_N TARGET_N MAX_NEW_TOKENS TEMPERATURE TOP_P SEED EVAL_FRACTION SFT_FRACTION STRATEGY ALLOW_TRUNCATED ALPHA_MAX BETA SFT_LR SFT_EPOCHS WRPO_LR EPOCHS SEEDS SWEEP_LRS ALPHAS STATIC_ALPHA ABLATION_PAIRS ABLATION_SPLIT DOSE_RUNS DOSE_SPLIT SOURCE_PLUS_BASE SOURCE_PLUS_LR SOURCE_PLUS_EPOCHS DOSE_PLUS_N FREEZE_EMBEDDINGS EVAL_SPLIT EVAL_N VALIDATION_N MAX_LENGTH JUDGE API_KEY_ENV CONCURRENCY RETRIES TIMEOUT; do \
 	  printf "  %-15s %s\n" "$$v" "$$(make -s --no-print-directory print-$$v)"; done
 
 print-%:
@@ -173,7 +173,7 @@ test-remote: models ## Sampling, the judge and /v1/embeddings against llama-cpp-
 test-gpu-path: ## wrpo_trl (TRL, for GPUs) against wrpo-train: 3 steps, same losses, metrics and weights to 1e-4 (installs torch, TRL: GBs)
 	bash scripts/test-gpu-path.sh
 
-test-gpu: models ## On one CUDA GPU: the demo's SmolLM2 by wrpo_trl, 20 steps in bf16 under DeepSpeed ZeRO-3, against wrpo-train's f32 run (DEVICE=cpu: on the CPU)
+test-gpu: models ## On one CUDA GPU: the demo's SmolLM2 by wrpo_trl, 20 steps in bf16 under DeepSpeed ZeRO-3, against wrpo-train in f32 and bf16 (DEVICE=cpu: on the CPU)
 	bash scripts/test-gpu.sh
 
 models: ## Fetch the demo models into models/ (GGUF files and the reward's MiniLM; pinned, SHA-256 checked)
