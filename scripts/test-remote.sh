@@ -13,7 +13,11 @@ PYTHON=${PYTHON:-.venv/bin/python}
 if ! "$PYTHON" -c "import llama_cpp.server.app, uvicorn" 2>/dev/null; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   PYTHON=.venv/bin/python
-  "$PYTHON" -m pip install -q -r scripts/bench/requirements-server.txt
+  # Compiled here for any x86-64 with AVX2 (GGML_NATIVE=OFF), never from pip's wheel cache: a native
+  # build on a Sapphire Rapids machine runs ggml's AMX kernels, which died here of SIGILL (tileloadd)
+  # on the first large batch, and a wheel built on another machine may use what this CPU lacks.
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PYTHON" -m pip install -q --no-cache-dir --no-binary llama-cpp-python \
+    -r scripts/bench/requirements-server.txt
 fi
 log=$(mktemp)
 config=$(mktemp --suffix .json)
