@@ -73,6 +73,7 @@ class WRPOConfig(DPOConfig):
     truncation_mode: str = field(
         default="keep_end", metadata={"help": "The prompt keeps its end, as the official trainer's (the only mode)."}
     )
+
     def __post_init__(self):
         if self.loss not in L.LOSSES:
             raise ValueError(f"loss must be one of {', '.join(L.LOSSES)}, got {self.loss!r}")
