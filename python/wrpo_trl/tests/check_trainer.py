@@ -182,7 +182,14 @@ def check_options(binary, work):
     metrics = t.predict(t.train_dataset).metrics
     if not math.isfinite(metrics.get("test_loss", math.nan)) or "test_rewards/margins" not in metrics:
         sys.exit(f"predict() gave {metrics}")
-    print("options: 7 ignored DPOConfig options refused by name; simpo loads and computes no reference; predict() reports the loss")
+    # WRPO after training: predict() on pairs without references cannot make them from the trained policy.
+    t = trainer(work, dataset, max_steps=1)
+    t.train()
+    if "test_rewards/margins" not in t.predict(t.train_dataset).metrics:
+        sys.exit("predict() on pairs with references gave no metrics")
+    expect_error("predict() after training on pairs without references", "wrpo-train ref-logps", lambda: t.predict(dataset))
+    print("options: 7 ignored DPOConfig options refused by name; simpo loads and computes no reference; predict() reports the loss, "
+          "and refuses pairs without references after training")
 
 
 CHECKS = {"bf16-references": check_bf16_references, "steps": check_steps, "truncation": check_truncation, "options": check_options}

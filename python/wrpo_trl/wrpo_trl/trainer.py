@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import is_peft_model
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 from transformers.data.data_collator import DataCollatorMixin
@@ -196,7 +197,8 @@ class WRPOTrainer(DPOTrainer):
         or our pairs' columns); no predictions: the fused LM head computes no logits."""
         test_dataset = self._prepare_dataset(test_dataset, self.processing_class, self.args, metric_key_prefix)
         if L.needs_reference(self.args.loss) and "ref_logp_y_l" not in test_dataset.column_names:
-            if self.ref_model is None and self.state.global_step > 0:
+            # With LoRA the reference is the model with its adapter off, there after training too.
+            if self.ref_model is None and self.state.global_step > 0 and not is_peft_model(self.model):
                 raise ValueError(
                     f"predict(): the {metric_key_prefix} pairs have no reference log-probs, and after training the model is no "
                     f"longer the reference: run `wrpo-train ref-logps` on them, or predict before training"
