@@ -109,29 +109,28 @@ fn map_authorities(text: &str, rewrite: impl Fn(&str) -> String) -> String {
     out
 }
 
-/// `v` with [`redact_credentials`] applied to every string in it: what the
-/// metadata stores of a configuration, and so what a resume compares with.
-pub fn redact_json(v: &serde_json::Value) -> serde_json::Value {
+/// `v` with `rewrite` applied to every string in it.
+fn map_strings(v: &serde_json::Value, rewrite: &impl Fn(&str) -> String) -> serde_json::Value {
     use serde_json::Value;
     match v {
-        Value::String(s) => Value::String(redact_credentials(s)),
-        Value::Array(a) => Value::Array(a.iter().map(redact_json).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), redact_json(v))).collect()),
+        Value::String(s) => Value::String(rewrite(s)),
+        Value::Array(a) => Value::Array(a.iter().map(|v| map_strings(v, rewrite)).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), map_strings(v, rewrite))).collect()),
         other => other.clone(),
     }
+}
+
+/// `v` with [`redact_credentials`] applied to every string in it: what the
+/// metadata stores of a configuration.
+fn redact_json(v: &serde_json::Value) -> serde_json::Value {
+    map_strings(v, &redact_credentials)
 }
 
 /// `v` as a resume compares it: credentials blanked, as the metadata stores
 /// them, and a loopback host written one way, since `localhost`, `127.0.0.1`
 /// and `[::1]` name the same server.
 fn resume_form(v: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => Value::String(one_loopback_name(&redact_credentials(s))),
-        Value::Array(a) => Value::Array(a.iter().map(resume_form).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), resume_form(v))).collect()),
-        other => other.clone(),
-    }
+    map_strings(v, &|s: &str| one_loopback_name(&redact_credentials(s)))
 }
 
 /// `text` with every URL's loopback host (`localhost`, `[::1]`) written `127.0.0.1`.
