@@ -21,11 +21,11 @@
 //! only: a tracked bf16 tensor is an error, never a dropped gradient.
 //!
 //! Gradient contract of the ops that take a weight ([`linear`],
-//! [`rms_norm`], [`embedding`], and `logprob`'s LM head): when the op
-//! records its forward it looks up the [`GradBuffer`] an optimizer registered
-//! for the weight (`grad_sink`) and keeps it; its backward adds the weight's
-//! gradient into that buffer in place and gives candle none. Without one it
-//! returns the gradient to candle like any op.
+//! [`rms_norm`], [`embedding`], and `logprob`'s LM head): the caller hands
+//! the op the weight's gradient destination (`w_grad`, the [`GradBuffer`] an
+//! optimizer attached to the layer's weight: `crate::grad`); its backward
+//! adds the weight's gradient into that buffer in place and gives candle
+//! none. Given none, it returns the gradient to candle like any op.
 
 use std::sync::Arc;
 
@@ -35,7 +35,7 @@ use num_traits::Float;
 use crate::{
     bf16,
     config::Activation,
-    grad_sink::{self, GradBuffer},
+    grad::GradBuffer,
     pool::{Pool, SharedMut},
     rope::{rotate, CosSin},
     vmath::{self, vectorized, Exp},
@@ -220,6 +220,28 @@ pub(crate) fn tensor<T: WithDType>(v: Vec<T>, shape: &Shape, like: &Tensor) -> R
     Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())
 }
 
+/// `weight`'s gradient, which `add` adds into the values it is given: the
+/// op's `buffer` when it was handed one and computes in f32 (then None:
+/// candle gets no gradient for `weight`), else a zeroed one, returned as a
+/// tensor of `weight`'s shape and dtype.
+pub(crate) fn weight_gradient<T: WithDType>(
+    weight: &Tensor,
+    buffer: Option<&Arc<GradBuffer>>,
+    add: impl FnOnce(&mut [T]) -> Result<()>,
+) -> Result<Option<Tensor>> {
+    let Some(buffer) = buffer.filter(|_| T::DTYPE == DType::F32) else {
+        let mut values = vec![T::zero(); weight.elem_count()];
+        add(&mut values)?;
+        return Ok(Some(tensor(values, weight.shape(), weight)?));
+    };
+    let mut values = buffer.lock();
+    assert_eq!(values.len(), weight.elem_count(), "a gradient buffer of another size than its weight");
+    // SAFETY: T is f32 (checked above), so the buffer's values are T's.
+    add(unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr() as *mut T, values.len()) })?;
+    buffer.mark_received();
+    Ok(None)
+}
+
 /// A two-input op with its analytic backward, written once for f32 and f64
 /// (f64 for the finite-difference checks).
 trait Kernel2: Send + Sync + 'static {
@@ -256,8 +278,8 @@ impl<K: Kernel2> CustomOp2 for Op2<K> {
 }
 
 /// x (m, k) · wᵀ for a weight w (n, k): (m, n), differentiable in both;
-/// w's gradient goes to its [`GradBuffer`] when it has one.
-pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// w's gradient goes to `w_grad` when given.
+pub fn linear(x: &Tensor, w: &Tensor, w_grad: Option<Arc<GradBuffer>>) -> Result<Tensor> {
     let ((_, k), (_, wk)) = (x.dims2()?, w.dims2()?);
     if k != wk {
         candle_core::bail!("linear: input has {k} features, the weight {wk}");
@@ -266,11 +288,11 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         untracked(&[x, w], "linear")?;
         return x.matmul(&w.t()?);
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(LinearOp { w_grad: grad_sink::buffer_of(w) }))
+    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(LinearOp { w_grad }))
 }
 
 struct LinearOp {
-    /// Where the backward adds w's gradient, if an optimizer registered a buffer for it.
+    /// Where the backward adds w's gradient, if the caller gave one.
     w_grad: Option<Arc<GradBuffer>>,
 }
 
@@ -316,7 +338,7 @@ impl Kernel2 for LinearOp {
                 with_values(&gt, |g: &[T]| {
                     let dx = matmul(m, k, n, Operand { ptr: g.as_ptr(), rs: n, cs: 1 }, Operand { ptr: wv.as_ptr(), rs: k, cs: 1 });
                     let (g_t, x) = (Operand { ptr: g.as_ptr(), rs: 1, cs: n }, Operand { ptr: xv.as_ptr(), rs: k, cs: 1 });
-                    let dw = grad_sink::gradient(w, self.w_grad.as_ref(), |sum: &mut [T]| {
+                    let dw = weight_gradient(w, self.w_grad.as_ref(), |sum: &mut [T]| {
                         matmul_into(n, k, m, sum, g_t, x, true);
                         Ok(())
                     })?;
@@ -331,8 +353,8 @@ impl Kernel2 for LinearOp {
 /// RMSNorm over each run of w.len() values of x (its last dimension, or a
 /// multiple of w's length: the heads of q and k side by side):
 /// x / sqrt(mean(x²) + eps) * (offset + w), differentiable in x and w; w's
-/// gradient goes to its [`GradBuffer`] when it has one.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
+/// gradient goes to `w_grad` when given.
+pub fn rms_norm(x: &Tensor, w: &Tensor, w_grad: Option<Arc<GradBuffer>>, eps: f64, offset: f64) -> Result<Tensor> {
     let dim = w.elem_count();
     if dim == 0 || x.dim(candle_core::D::Minus1)? % dim != 0 {
         candle_core::bail!("RMSNorm: x {:?} is not made of rows of the weight's {dim} values", x.dims());
@@ -342,13 +364,13 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, offset: f64) -> Result<Tensor>
         let scale = if offset == 0.0 { w.clone() } else { (w + offset)? };
         return candle_nn::ops::rms_norm(&x.contiguous()?.reshape(((), dim))?, &scale, eps as f32)?.reshape(x.shape());
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(RmsNormOp { eps, offset, w_grad: grad_sink::buffer_of(w) }))
+    x.contiguous()?.apply_op2(&w.contiguous()?, Op2(RmsNormOp { eps, offset, w_grad }))
 }
 
 struct RmsNormOp {
     eps: f64,
     offset: f64,
-    /// Where the backward adds w's gradient, if an optimizer registered a buffer for it.
+    /// Where the backward adds w's gradient, if the caller gave one.
     w_grad: Option<Arc<GradBuffer>>,
 }
 
@@ -406,7 +428,7 @@ impl Kernel2 for RmsNormOp {
                 })
             })
         })???;
-        let dw = grad_sink::gradient(w, self.w_grad.as_ref(), |dw: &mut [T]| {
+        let dw = weight_gradient(w, self.w_grad.as_ref(), |dw: &mut [T]| {
             for part in partial.chunks_exact(dim) {
                 dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
             }
@@ -536,9 +558,9 @@ impl Kernel2 for AddOp {
 }
 
 /// Rows `ids` of an embedding table w (V, H): (N, H), differentiable in w.
-/// Its backward adds the rows' gradients into w's [`GradBuffer`] when it has
-/// one: candle's `index_select` builds the whole table's gradient for it.
-pub fn embedding(w: &Tensor, ids: &[u32]) -> Result<Tensor> {
+/// Its backward adds the rows' gradients into `w_grad` when given: candle's
+/// `index_select` builds the whole table's gradient for it.
+pub fn embedding(w: &Tensor, w_grad: Option<Arc<GradBuffer>>, ids: &[u32]) -> Result<Tensor> {
     let vocab = w.dim(0)?;
     if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
         candle_core::bail!("embedding: token id {id} is outside the vocabulary of {vocab}");
@@ -547,12 +569,12 @@ pub fn embedding(w: &Tensor, ids: &[u32]) -> Result<Tensor> {
         untracked(&[w], "embedding")?;
         return w.index_select(&Tensor::from_slice(ids, ids.len(), w.device())?, 0);
     }
-    w.contiguous()?.apply_op1(EmbeddingOp { ids: ids.to_vec(), w_grad: grad_sink::buffer_of(w) })
+    w.contiguous()?.apply_op1(EmbeddingOp { ids: ids.to_vec(), w_grad })
 }
 
 struct EmbeddingOp {
     ids: Vec<u32>,
-    /// Where the backward adds w's gradient, if an optimizer registered a buffer for it.
+    /// Where the backward adds w's gradient, if the caller gave one.
     w_grad: Option<Arc<GradBuffer>>,
 }
 
@@ -567,7 +589,7 @@ impl EmbeddingOp {
     fn bwd_as<T: WithDType + Exp>(&self, w: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let h = w.dim(1)?;
         with_values(&grad.to_dtype(T::DTYPE)?, |g: &[T]| {
-            grad_sink::gradient(w, self.w_grad.as_ref(), |table: &mut [T]| {
+            weight_gradient(w, self.w_grad.as_ref(), |table: &mut [T]| {
                 self.scatter_add(g, table, h);
                 Ok(())
             })
@@ -701,9 +723,9 @@ mod tests {
     #[test]
     fn fused_ops_and_their_gradients_equal_candles_primitives() {
         for dtype in [DType::F64, DType::F32] {
-            check("linear", dtype, [&[37, 24], &[19, 24]], &|x, w| super::linear(x, w).unwrap(), &|x, w| x.matmul(&w.t().unwrap()).unwrap());
+            check("linear", dtype, [&[37, 24], &[19, 24]], &|x, w| super::linear(x, w, None).unwrap(), &|x, w| x.matmul(&w.t().unwrap()).unwrap());
             for offset in [0.0, 1.0] {
-                check("rms_norm", dtype, [&[3, 5, 24], &[24]], &|x, w| super::rms_norm(x, w, 1e-6, offset).unwrap(), &|x, w| {
+                check("rms_norm", dtype, [&[3, 5, 24], &[24]], &|x, w| super::rms_norm(x, w, None, 1e-6, offset).unwrap(), &|x, w| {
                     let inv = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + 1e-6).unwrap().sqrt().unwrap();
                     x.broadcast_div(&inv).unwrap().broadcast_mul(&(w + offset).unwrap()).unwrap()
                 });
@@ -726,7 +748,7 @@ mod tests {
         for (m, k, n) in [(1, 8, 3), (7, 64, 100), (33, 576, 1536), (130, 40, 17)] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let err = max_diff(&super::linear(&x, &w).unwrap(), &x.matmul(&w.t().unwrap()).unwrap());
+            let err = max_diff(&super::linear(&x, &w, None).unwrap(), &x.matmul(&w.t().unwrap()).unwrap());
             assert!(err < 1e-3, "({m}, {k}, {n}): {err}");
         }
     }
@@ -764,14 +786,14 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (3, 16), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
         let (xb, wb) = (x.to_dtype(DType::BF16).unwrap(), w.to_dtype(DType::BF16).unwrap());
-        let ours = super::rms_norm(&x, &w, 1e-6, 1.0).unwrap();
-        let fallback = super::rms_norm(&xb, &wb, 1e-6, 1.0).unwrap().to_dtype(DType::F32).unwrap();
+        let ours = super::rms_norm(&x, &w, None, 1e-6, 1.0).unwrap();
+        let fallback = super::rms_norm(&xb, &wb, None, 1e-6, 1.0).unwrap().to_dtype(DType::F32).unwrap();
         // x, w and the output each rounded to bf16 (8 bits): 1.2% of the largest
         // value at worst in 300 draws, so 3%. (An absolute 0.05 failed on some.)
         let largest = ours.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
         assert!(max_diff(&ours, &fallback) < 0.03 * largest, "bf16 RMSNorm differs by {} (largest value {largest})", max_diff(&ours, &fallback));
         let tracked = Var::from_tensor(&xb).unwrap();
-        let err = super::rms_norm(&tracked, &wb, 1e-6, 1.0).unwrap_err().to_string();
+        let err = super::rms_norm(&tracked, &wb, None, 1e-6, 1.0).unwrap_err().to_string();
         assert!(err.contains("f32 or f64"), "{err}");
     }
 

@@ -7,7 +7,7 @@ pub mod bf16;
 mod chat;
 mod config;
 pub mod gguf;
-pub mod grad_sink;
+pub mod grad;
 mod kernels;
 mod kv;
 mod logprob;
@@ -34,7 +34,7 @@ pub use sampling::{Rng, SamplingParams};
 pub use save::save_hf_checkpoint;
 pub use tokenizer::Tokenizer;
 pub use vmath::{sum_squares, vectorized};
-pub use weights::Weights;
+pub use weights::{Trainable, Weights};
 
 /// Size the compute threads (`--threads`; default every core): our pool and
 /// candle's are both sized from `RAYON_NUM_THREADS` when first used, so call

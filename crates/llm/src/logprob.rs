@@ -17,8 +17,8 @@ use std::{
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 
 use crate::{
-    grad_sink::{self, GradBuffer},
-    kernels::{gemm, with_values, Operand},
+    grad::GradBuffer,
+    kernels::{gemm, weight_gradient, with_values, Operand},
     pool::{Pool, SharedMut},
     vmath::{self, Exp},
 };
@@ -32,24 +32,26 @@ const KEEP_ELEMS: usize = 1 << 28;
 
 /// log p(labels[i] | hidden[i]) for hidden (M, H) and an LM head weight
 /// (V, H), with optional final-logit soft-capping; differentiable with
-/// respect to both `hidden` and `weight`.
-pub fn label_logprobs(hidden: &Tensor, weight: &Tensor, labels: &[u32], softcap: Option<f64>) -> Result<Tensor> {
+/// respect to both `hidden` and `weight`; the weight's gradient goes to
+/// `w_grad` when given.
+pub fn label_logprobs(hidden: &Tensor, weight: &Tensor, w_grad: Option<Arc<GradBuffer>>, labels: &[u32], softcap: Option<f64>) -> Result<Tensor> {
     let (m, _) = hidden.dims2()?;
     if labels.len() != m {
         candle_core::bail!("label_logprobs: {} labels for {m} rows", labels.len());
     }
-    label_logprobs_in_chunks(hidden, weight, labels, softcap, chunk_rows(weight.dim(0)?), KEEP_ELEMS)
+    label_logprobs_in_chunks(hidden, weight, w_grad, labels, softcap, chunk_rows(weight.dim(0)?), KEEP_ELEMS)
 }
 
 fn label_logprobs_in_chunks(
     hidden: &Tensor,
     weight: &Tensor,
+    w_grad: Option<Arc<GradBuffer>>,
     labels: &[u32],
     softcap: Option<f64>,
     rows: usize,
     keep_limit: usize,
 ) -> Result<Tensor> {
-    let op = LabelLogProb { labels: labels.to_vec(), softcap, rows, w_grad: grad_sink::buffer_of(weight) };
+    let op = LabelLogProb { labels: labels.to_vec(), softcap, rows, w_grad };
     // Training keeps the logits for the backward, up to `keep_limit` of them:
     // one matmul of the three fewer, for (rows x vocab) floats until the backward has run.
     let keep = (hidden.track_op() || weight.track_op()) && labels.len() * weight.dim(0)? <= keep_limit;
@@ -66,8 +68,8 @@ struct LabelLogProb {
     softcap: Option<f64>,
     /// Rows per chunk.
     rows: usize,
-    /// Where the backward adds the weight's gradient, if an optimizer
-    /// registered a buffer for it (the kernels' contract, `kernels`).
+    /// Where the backward adds the weight's gradient, if the caller gave a
+    /// buffer (the kernels' contract, `kernels`).
     w_grad: Option<Arc<GradBuffer>>,
 }
 
@@ -91,7 +93,7 @@ impl LabelLogProb {
             _ => self.run_as::<f32>(hidden, weight, grad, kept, keep)?,
         };
         let as_input = |g: Tensor, like: &Tensor| g.reshape(like.shape())?.to_dtype(like.dtype());
-        // The weight's gradient comes in its shape and dtype already (grad_sink::gradient).
+        // The weight's gradient comes in its shape and dtype already (kernels::weight_gradient).
         let grads = grads.map(|(gh, gw)| Ok::<_, candle_core::Error>((as_input(gh, hidden)?, gw))).transpose()?;
         Ok((values.to_dtype(hidden.dtype())?, grads, kept))
     }
@@ -99,8 +101,8 @@ impl LabelLogProb {
     /// [`LabelLogProb::run`] in element type T. Each chunk of rows: logits by
     /// one matmul (or kept ones), soft-capping, log-sum-exp and, backward, the
     /// analytic gradient written over the logits in place, then two matmuls;
-    /// the weight's gradient accumulates into one (V, H) buffer, the weight's
-    /// [`GradBuffer`] when it has one.
+    /// the weight's gradient accumulates into one (V, H) buffer, the
+    /// [`GradBuffer`] it was given, if any.
     fn run_as<T: WithDType + Exp>(&self, hidden: &Tensor, weight: &Tensor, grad: Option<&Tensor>, kept: Option<Kept>, keep: bool) -> Result<Run> {
         let dev = hidden.device().clone();
         let variable = weight.clone();
@@ -190,7 +192,7 @@ impl LabelLogProb {
                 chunks(None)?;
                 None
             }
-            Some(_) => grad_sink::gradient(&variable, self.w_grad.as_ref(), |sum: &mut [T]| chunks(Some(sum)))?,
+            Some(_) => weight_gradient(&variable, self.w_grad.as_ref(), |sum: &mut [T]| chunks(Some(sum)))?,
         };
         let grads = grad_h.map(|gh| Ok::<_, candle_core::Error>((Tensor::new(gh, &dev)?, grad_w))).transpose()?;
         let kept: Option<Kept> = (keep && !have_logits).then(|| Box::new((z, lse)) as Kept);
@@ -254,7 +256,7 @@ mod tests {
             // Chunks of 3 rows: 7 rows make two whole chunks and a partial one;
             // logits kept, or over the keep limit and recomputed.
             for keep_limit in [usize::MAX, 0] {
-                let ours = label_logprobs_in_chunks(&hidden, &weight, &labels, softcap, 3, keep_limit).unwrap();
+                let ours = label_logprobs_in_chunks(&hidden, &weight, None, &labels, softcap, 3, keep_limit).unwrap();
                 let max_diff =
                     |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
                 assert!(max_diff(&naive, &ours) < 1e-5);

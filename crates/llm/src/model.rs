@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{quantized::GgmlDType, DType, Device, Module, Tensor, D};
+use candle_core::{quantized::GgmlDType, DType, Device, Module, Tensor, Var, D};
 
 use crate::{
     attention::{self, Packing},
@@ -15,7 +15,7 @@ use crate::{
     kernels,
     kv::{Attend, KvCache},
     rope::{CosSin, RotaryEmbedding},
-    weights::{LinearWeight, Weights},
+    weights::{Dense, LinearWeight, Trainable, Weights},
 };
 
 /// How a layer sees the positions of its input.
@@ -42,7 +42,7 @@ impl Linear {
     /// x (tokens, in) -> (tokens, out).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Dense(w) => kernels::linear(x, w)?,
+            LinearWeight::Dense(w) => kernels::linear(x, &w.tensor, w.grad())?,
             LinearWeight::Int8Dot(q) => q.forward(x)?,
             LinearWeight::CandleQuantized(q) => q.forward(x)?,
         };
@@ -57,7 +57,7 @@ impl Linear {
 /// the q and k norms, each head): x / sqrt(mean(x^2) + eps) * (offset + w),
 /// offset 1 for Gemma (its weights are stored as w - 1), 0 elsewhere.
 struct RmsNorm {
-    weight: Tensor,
+    weight: Dense,
     eps: f64,
     offset: f64,
 }
@@ -65,14 +65,14 @@ struct RmsNorm {
 impl RmsNorm {
     fn new(w: &Weights, name: &str, dim: usize, cfg: &Config) -> Result<Self> {
         Ok(RmsNorm {
-            weight: w.get(&format!("{name}.weight"), &[dim])?,
+            weight: w.dense(&format!("{name}.weight"), &[dim])?,
             eps: cfg.rms_norm_eps,
             offset: if cfg.family.is_gemma() { 1.0 } else { 0.0 },
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        kernels::rms_norm(x, &self.weight, self.eps, self.offset)
+        kernels::rms_norm(x, &self.weight.tensor, self.weight.grad(), self.eps, self.offset)
     }
 }
 
@@ -262,8 +262,8 @@ pub struct Model {
     /// The HF config.json this model was built from (or that its GGUF
     /// metadata implies): what a saved checkpoint writes.
     pub hf_config: serde_json::Value,
-    pub weights: Weights,
-    embed: Tensor,
+    weights: Weights,
+    embed: Dense,
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
@@ -348,7 +348,7 @@ impl Model {
             weights.fuse_quantized(&parts(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]), &format!("{p}.self_attn.qkv_proj"))?;
             weights.fuse_quantized(&parts(&["mlp.gate_proj", "mlp.up_proj"]), &format!("{p}.mlp.gate_up_proj"))?;
         }
-        let embed = weights.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
+        let embed = weights.dense("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
         // A tied checkpoint that also ships lm_head.weight: the embeddings are
         // the head, so the copy would be neither trained nor saved correctly.
         if cfg.tie_word_embeddings {
@@ -382,9 +382,31 @@ impl Model {
         &self.device
     }
 
+    /// Every variable by HF name, sorted: what a checkpoint saves.
+    pub fn vars(&self) -> Vec<(&str, &Var)> {
+        self.weights.vars()
+    }
+
+    /// Every variable with the slot its gradient buffer attaches to
+    /// (`crate::grad`), sorted by name: what an optimizer trains.
+    pub fn trainable(&self) -> Vec<Trainable> {
+        self.weights.trainable()
+    }
+
+    /// Were projections kept quantized (inference only)?
+    pub fn has_quantized(&self) -> bool {
+        self.weights.has_quantized()
+    }
+
+    /// A tensor the decoder does not use itself (a reward model's head),
+    /// which must have `shape`.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.weights.get(name, shape)
+    }
+
     /// Token embeddings (N, hidden) of `ids`, scaled as the family does.
     fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let x = kernels::embedding(&self.embed, ids)?;
+        let x = kernels::embedding(&self.embed.tensor, self.embed.grad(), ids)?;
         if !self.config.family.is_gemma() {
             return Ok(x);
         }
@@ -539,7 +561,13 @@ impl Model {
         let hidden = self.run_packed(&ids, &packing)?;
         let m = rows.len();
         let rows = Tensor::from_vec(rows, m, &self.device)?;
-        let token_logp = crate::logprob::label_logprobs(&hidden.index_select(&rows, 0)?, weight, &targets, self.config.final_logit_softcapping)?;
+        let token_logp = crate::logprob::label_logprobs(
+            &hidden.index_select(&rows, 0)?,
+            &weight.tensor,
+            weight.grad(),
+            &targets,
+            self.config.final_logit_softcapping,
+        )?;
         // Sum per sequence with a (N, M) 0/1 matrix: differentiable, one matmul.
         let n = seqs.len();
         let mut sum = vec![0f32; n * m];

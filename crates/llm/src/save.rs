@@ -18,7 +18,7 @@ use crate::{Model, Tokenizer};
 const MAX_SHARD_BYTES: usize = 5_000_000_000;
 
 pub fn save_hf_checkpoint(model: &Model, tokenizer: &Tokenizer, chat_template: Option<&str>, dir: &Path) -> Result<()> {
-    if model.weights.has_quantized() {
+    if model.has_quantized() {
         anyhow::bail!("a model loaded for quantized inference cannot be saved as an HF checkpoint; load it with Model::load");
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -68,7 +68,7 @@ fn dtype_name(dtype: DType) -> &'static str {
 }
 
 fn write_files(model: &Model, tokenizer: &Tokenizer, chat_template: Option<&str>, dir: &Path, max_shard_bytes: usize) -> Result<()> {
-    let vars = model.weights.vars();
+    let vars = model.vars();
     let dtype = vars.first().map_or(DType::F32, |(_, v)| v.dtype());
     let mut config = model.hf_config.clone();
     config["torch_dtype"] = dtype_name(dtype).into();
@@ -172,7 +172,7 @@ mod tests {
         assert!(files.len() >= 3, "{files:?}");
         assert!(!dir.path().join("model.safetensors").exists());
         let back = Model::load(dir.path(), &LoadOptions::trainable(DType::F32)).unwrap();
-        for ((a, x), (b, y)) in model.weights.vars().iter().zip(back.weights.vars().iter()) {
+        for ((a, x), (b, y)) in model.vars().iter().zip(back.vars().iter()) {
             assert_eq!(a, b);
             assert_eq!((x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
         }

@@ -6,7 +6,10 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::qmatmul::QMatrix;
+use crate::{
+    grad::{GradBuffer, GradSlot},
+    qmatmul::QMatrix,
+};
 use candle_core::{
     quantized::{GgmlDType, QMatMul, QTensor},
     safetensors::MmapedSafetensors,
@@ -14,7 +17,7 @@ use candle_core::{
 };
 
 pub struct Weights {
-    vars: HashMap<String, Var>,
+    vars: HashMap<String, Variable>,
     /// Projections kept quantized for inference (GGUF), by HF name.
     quantized: HashMap<String, QuantizedWeight>,
     /// Where they came from, for error messages.
@@ -22,6 +25,37 @@ pub struct Weights {
     /// Hand out detached tensors: a frozen model (the reference) records no
     /// autograd graph.
     frozen: bool,
+}
+
+/// A trainable tensor and its gradient destination, which the layer using
+/// it shares.
+struct Variable {
+    var: Var,
+    grad: GradSlot,
+}
+
+/// A trainable variable as an optimizer takes it: its HF name, its values,
+/// and the slot to attach its gradient buffer to.
+pub struct Trainable {
+    pub name: String,
+    pub var: Var,
+    pub grad: GradSlot,
+}
+
+/// A dense weight as a layer holds it: the tensor the forward reads and the
+/// gradient destination it hands the kernel.
+#[derive(Clone)]
+pub(crate) struct Dense {
+    pub(crate) tensor: Tensor,
+    grad: GradSlot,
+}
+
+impl Dense {
+    /// The buffer this forward's backward adds the weight's gradient into,
+    /// if an optimizer attached one.
+    pub(crate) fn grad(&self) -> Option<Arc<GradBuffer>> {
+        self.grad.for_forward(&self.tensor)
+    }
 }
 
 impl Weights {
@@ -57,30 +91,37 @@ impl Weights {
 
     /// Variables holding `tensors` (HF names); `origin` names their source in errors.
     pub fn from_tensors(tensors: HashMap<String, Tensor>, origin: String) -> Result<Self> {
-        let vars = tensors.into_iter().map(|(k, t)| Ok((k, Var::from_tensor(&t)?))).collect::<Result<_>>()?;
+        let vars =
+            tensors.into_iter().map(|(k, t)| Ok((k, Variable { var: Var::from_tensor(&t)?, grad: GradSlot::default() }))).collect::<Result<_>>()?;
         Ok(Weights { vars, quantized: HashMap::new(), origin, frozen: false })
     }
 
     /// The tensor `name`, which must have `shape`.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let var = self.vars.get(name).ok_or_else(|| anyhow!("{}: tensor '{name}' is missing", self.origin))?;
-        if var.dims() != shape {
-            bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, var.dims());
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self.dense(name, shape)?.tensor)
+    }
+
+    /// The weight `name`, which must have `shape`, with its gradient destination.
+    pub(crate) fn dense(&self, name: &str, shape: &[usize]) -> Result<Dense> {
+        let v = self.vars.get(name).ok_or_else(|| anyhow!("{}: tensor '{name}' is missing", self.origin))?;
+        if v.var.dims() != shape {
+            bail!("{}: tensor '{name}' has shape {:?}, expected {shape:?}", self.origin, v.var.dims());
         }
-        Ok(if self.frozen { var.as_tensor().detach() } else { var.as_tensor().clone() })
+        let tensor = if self.frozen { v.var.as_tensor().detach() } else { v.var.as_tensor().clone() };
+        Ok(Dense { tensor, grad: v.grad.clone() })
     }
 
     /// From now on, tensors handed out carry no autograd tracking.
-    pub fn freeze(&mut self) {
+    pub(crate) fn freeze(&mut self) {
         self.frozen = true;
     }
 
-    pub fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.vars.contains_key(name) || self.quantized.contains_key(name)
     }
 
     /// Drop a tensor (e.g. a stale `lm_head.weight` beside tied embeddings).
-    pub fn remove(&mut self, name: &str) {
+    pub(crate) fn remove(&mut self, name: &str) {
         self.vars.remove(name);
         self.quantized.remove(name);
     }
@@ -90,10 +131,10 @@ impl Weights {
     /// `*_proj` and `lm_head` weight is replaced by its `dtype` blocks; the
     /// embeddings keep their dense table for lookups and gain a quantized copy
     /// for a tied head. Weights whose rows are not whole blocks stay dense.
-    pub fn quantize_projections(&mut self, dtype: GgmlDType) -> Result<()> {
+    pub(crate) fn quantize_projections(&mut self, dtype: GgmlDType) -> Result<()> {
         let block = dtype.block_size();
         let mut quantized = HashMap::new();
-        for (name, var) in &self.vars {
+        for (name, Variable { var, .. }) in &self.vars {
             let projection = name.ends_with("_proj.weight") || name == "lm_head.weight";
             let embeddings = name == "model.embed_tokens.weight";
             if (projection || embeddings) && var.rank() == 2 && var.dim(1)? % block == 0 {
@@ -108,7 +149,7 @@ impl Weights {
     }
 
     /// Keep these projections quantized; Q8_0 and Q4_1 ones go to our batched kernel.
-    pub fn set_quantized(&mut self, quantized: HashMap<String, QTensor>) -> Result<()> {
+    pub(crate) fn set_quantized(&mut self, quantized: HashMap<String, QTensor>) -> Result<()> {
         self.quantized = quantized
             .into_iter()
             .map(|(k, q)| {
@@ -126,7 +167,7 @@ impl Weights {
     /// by one, `fused`, holding their rows in order, with their biases
     /// concatenated: one pass over the activations then serves them all.
     /// Does nothing unless every part is in our kernel's format.
-    pub fn fuse_quantized(&mut self, parts: &[String], fused: &str) -> Result<()> {
+    pub(crate) fn fuse_quantized(&mut self, parts: &[String], fused: &str) -> Result<()> {
         let mats: Vec<&QMatrix> = parts
             .iter()
             .filter_map(|p| match self.quantized.get(&format!("{p}.weight")) {
@@ -138,13 +179,13 @@ impl Weights {
             return Ok(());
         }
         let Some(matrix) = QMatrix::concat_rows(&mats) else { return Ok(()) };
-        let biases: Vec<&Var> = parts.iter().filter_map(|p| self.vars.get(&format!("{p}.bias"))).collect();
+        let biases: Vec<&Var> = parts.iter().filter_map(|p| self.vars.get(&format!("{p}.bias"))).map(|v| &v.var).collect();
         if !biases.is_empty() {
             if biases.len() != parts.len() {
                 return Ok(());
             }
             let bias = Tensor::cat(&biases.iter().map(|v| v.as_tensor()).collect::<Vec<_>>(), 0)?;
-            self.vars.insert(format!("{fused}.bias"), Var::from_tensor(&bias)?);
+            self.vars.insert(format!("{fused}.bias"), Variable { var: Var::from_tensor(&bias)?, grad: GradSlot::default() });
         }
         for p in parts {
             self.quantized.remove(&format!("{p}.weight"));
@@ -155,12 +196,12 @@ impl Weights {
     }
 
     /// Is `name` a projection kept quantized?
-    pub fn is_quantized(&self, name: &str) -> bool {
+    pub(crate) fn is_quantized(&self, name: &str) -> bool {
         self.quantized.contains_key(name)
     }
 
     /// Were projections kept quantized (inference only)?
-    pub fn has_quantized(&self) -> bool {
+    pub(crate) fn has_quantized(&self) -> bool {
         !self.quantized.is_empty()
     }
 
@@ -168,7 +209,7 @@ impl Weights {
     /// loaded so, else the dense variable.
     pub(crate) fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
         let q = match self.quantized.get(name) {
-            None => return Ok(LinearWeight::Dense(self.get(name, shape)?)),
+            None => return Ok(LinearWeight::Dense(self.dense(name, shape)?)),
             Some(q) => q,
         };
         if q.dims() != shape {
@@ -181,15 +222,22 @@ impl Weights {
     }
 
     /// Every variable by name, sorted: what training updates.
-    pub fn vars(&self) -> Vec<(&str, &Var)> {
-        let mut v: Vec<_> = self.vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    pub(crate) fn vars(&self) -> Vec<(&str, &Var)> {
+        let mut v: Vec<_> = self.vars.iter().map(|(k, v)| (k.as_str(), &v.var)).collect();
         v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Every variable with its gradient slot, sorted by name.
+    pub(crate) fn trainable(&self) -> Vec<Trainable> {
+        let mut v: Vec<_> = self.vars.iter().map(|(k, v)| Trainable { name: k.clone(), var: v.var.clone(), grad: v.grad.clone() }).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 }
 
 pub(crate) enum LinearWeight {
-    Dense(Tensor),
+    Dense(Dense),
     /// Q8_0 or Q4_1 blocks, through our batched int8 dot-product kernels (qmatmul).
     Int8Dot(Arc<QMatrix>),
     /// Other GGUF block types, through candle's quantized matmul.

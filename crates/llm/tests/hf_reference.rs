@@ -4,11 +4,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
-use wrpo_llm::{
-    grad_sink::{self, GradBuffer},
-    sampling::argmax,
-    KvCache, LoadOptions, Model,
-};
+use wrpo_llm::{grad::GradBuffer, sampling::argmax, KvCache, LoadOptions, Model, Trainable};
 
 const FAMILIES: [&str; 8] = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
 
@@ -161,7 +157,7 @@ fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
         let e = expected(family);
         let logp = model.response_logprobs(&borrowed(&shared(&e))).unwrap();
         let grads = logp.sum_all().unwrap().backward().unwrap();
-        let vars = model.weights.vars();
+        let vars = model.vars();
         assert!(vars.len() > 10, "{family}: only {} variables", vars.len());
         for (name, var) in vars {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: {name} has no gradient"));
@@ -171,8 +167,8 @@ fn every_trainable_variable_gets_a_finite_nonzero_gradient() {
     }
 }
 
-/// With a gradient buffer registered for every variable, as the optimizer
-/// registers them, the training ops add their weights' gradients into the
+/// With a gradient buffer attached to every variable's slot, as the
+/// optimizer attaches them, the training ops add their weights' gradients into the
 /// buffers and give candle none: what a buffer holds plus what candle still
 /// has (biases) equals candle's gradient without buffers, summed over two
 /// backward passes as over two micro-batches, for every family.
@@ -183,18 +179,18 @@ fn gradient_buffers_receive_the_gradients_candle_would_hold() {
         let seqs = shared(&expected(family));
         let backward = || model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().backward().unwrap();
         let want = backward();
-        let vars = model.weights.vars();
+        let vars = model.trainable();
         let buffers: Vec<_> = vars
             .iter()
-            .map(|(_, var)| {
-                let buffer = GradBuffer::new(var.elem_count());
-                grad_sink::register(var.as_tensor(), buffer.clone());
+            .map(|p| {
+                let buffer = GradBuffer::new(p.var.elem_count());
+                p.grad.attach(buffer.clone());
                 buffer
             })
             .collect();
         let got = [backward(), backward()];
-        for ((name, var), buffer) in vars.iter().zip(&buffers) {
-            grad_sink::unregister(var.as_tensor());
+        for (Trainable { name, var, grad: slot }, buffer) in vars.iter().zip(&buffers) {
+            slot.detach();
             let in_candle: Vec<&Tensor> = got.iter().filter_map(|g| g.get(var.as_tensor())).collect();
             // The matrices, the embedding and the norms take the direct path.
             if var.rank() == 2 || name.ends_with("norm.weight") {
@@ -244,7 +240,7 @@ fn a_shared_prompt_computed_once_changes_no_log_prob_or_gradient() {
         let err = (&packed - &alone).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
         assert!(err < 1e-9, "{family}: packed log-probs differ from separate ones by {err}");
         let (g_packed, g_alone) = (packed.sum_all().unwrap().backward().unwrap(), alone.sum_all().unwrap().backward().unwrap());
-        for (name, var) in model.weights.vars() {
+        for (name, var) in model.vars() {
             let (a, b) = (g_packed.get(var.as_tensor()).unwrap(), g_alone.get(var.as_tensor()).unwrap());
             let err = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
             assert!(err < 1e-9, "{family}: the gradient of {name} differs by {err}");
@@ -262,7 +258,6 @@ fn backward_agrees_with_finite_differences() {
         let f = || model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
         let grads = model.response_logprobs(&borrowed(&seqs)).unwrap().sum_all().unwrap().backward().unwrap();
         for (name, var) in model
-            .weights
             .vars()
             .into_iter()
             .filter(|(n, _)| n.contains("layers.0.") && (n.ends_with("norm.weight") || n.contains("proj")) || n.starts_with("model.embed"))
@@ -318,7 +313,7 @@ fn a_tied_checkpoint_shipping_lm_head_trains_and_saves_no_stale_copy() {
     tensors.insert("lm_head.weight".into(), (embed.clone() * 3.0).unwrap());
     candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
     let model = Model::load(dir.path(), &LoadOptions::trainable(DType::F32)).unwrap();
-    assert!(model.weights.vars().iter().all(|(n, _)| *n != "lm_head.weight"), "the stale head is a variable");
+    assert!(model.vars().iter().all(|(n, _)| *n != "lm_head.weight"), "the stale head is a variable");
     // The head is the embedding: the logits are those of the fixture (row 0 has no padding).
     let e = expected("llama_tied");
     let got = model.forward(&e.ids, &e.mask).unwrap();
@@ -402,7 +397,7 @@ fn a_llama_gguf_holds_exactly_the_hf_weights_once_q_and_k_are_unpermuted() {
     let hf = Model::load(&fixture("llama_tied"), &LoadOptions::trainable(DType::F32)).unwrap();
     let gguf = Model::load(&fixture("gguf").join("llama.gguf"), &LoadOptions::trainable(DType::F32)).unwrap();
     assert_eq!(gguf.config, hf.config);
-    let (a, b) = (hf.weights.vars(), gguf.weights.vars());
+    let (a, b) = (hf.vars(), gguf.vars());
     assert_eq!(a.iter().map(|v| v.0).collect::<Vec<_>>(), b.iter().map(|v| v.0).collect::<Vec<_>>());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert_eq!(max_abs_diff(x.as_tensor(), y.as_tensor()), 0.0, "{name}");

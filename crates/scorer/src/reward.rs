@@ -257,7 +257,6 @@ impl RewardModel {
         let tokenizer = Tokenizer::load(path)?;
         let template = tokenizer.chat_template_for(model.config.family)?;
         let hidden = model.config.hidden_size;
-        let w = &model.weights;
         let head = if gated {
             let k = config["num_objectives"].as_u64().unwrap_or(19) as usize;
             let n_hidden = config["gating_n_hidden"].as_u64().unwrap_or(3) as usize;
@@ -265,7 +264,10 @@ impl RewardModel {
             let mut layers = Vec::new();
             for i in 0..=n_hidden {
                 let (out, inp) = (if i == n_hidden { k } else { dim }, if i == 0 { hidden } else { dim });
-                layers.push((w.get(&format!("gating.layers.{i}.weight"), &[out, inp])?, w.get(&format!("gating.layers.{i}.bias"), &[out])?));
+                layers.push((
+                    model.tensor(&format!("gating.layers.{i}.weight"), &[out, inp])?,
+                    model.tensor(&format!("gating.layers.{i}.bias"), &[out])?,
+                ));
             }
             let pattern = match config["gating_token_pattern"].as_array() {
                 Some(ids) => ids
@@ -275,15 +277,15 @@ impl RewardModel {
                 None => ARMORM_PATTERN.to_vec(),
             };
             Head::Gated(Box::new(Gating {
-                regression: w.get("regression_layer.weight", &[k, hidden])?,
-                transform: w.get("reward_transform_matrix", &[k, k])?,
+                regression: model.tensor("regression_layer.weight", &[k, hidden])?,
+                transform: model.tensor("reward_transform_matrix", &[k, k])?,
                 layers,
-                logit_scale: w.get("gating.logit_scale", &[1])?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0],
+                logit_scale: model.tensor("gating.logit_scale", &[1])?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0],
                 temperature: config["gating_temperature"].as_f64().unwrap_or(10.0),
                 pattern,
             }))
         } else {
-            Head::Linear(w.get("score.weight", &[1, hidden])?)
+            Head::Linear(model.tensor("score.weight", &[1, hidden])?)
         };
         Ok(RewardModel { name: format!("rm:{}", folder_name(path)), model, tokenizer, template, head })
     }

@@ -32,11 +32,11 @@ fn peak_rss_mb() -> f64 {
 fn matmul_gflops() -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (768, 640), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 1.0, (2048, 640), &Device::Cpu)?;
-    wrpo_llm::linear(&a, &w)?;
+    wrpo_llm::linear(&a, &w, None)?;
     let reps = 20;
     let t = Instant::now();
     for _ in 0..reps {
-        wrpo_llm::linear(&a, &w)?;
+        wrpo_llm::linear(&a, &w, None)?;
     }
     Ok(2.0 * 768.0 * 640.0 * 2048.0 * reps as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
@@ -98,7 +98,7 @@ fn main() -> Result<()> {
         precision,
     };
     let trainer = Trainer { model: &model, stage: &stage, config: &config };
-    let params: Vec<_> = model.weights.vars().into_iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+    let params = model.trainable();
     if precision == Precision::Bf16 && std::env::var_os("BENCH_KEEP_TIES").is_none() {
         round_matrices_to_bf16(&model)?;
     }
@@ -115,7 +115,7 @@ fn main() -> Result<()> {
     }
     let mut later = times[1.min(times.len() - 1)..].to_vec();
     later.sort_by(f64::total_cmp);
-    let params: usize = model.weights.vars().iter().map(|(_, v)| v.elem_count()).sum();
+    let params: usize = model.vars().iter().map(|(_, v)| v.elem_count()).sum();
     let responses = [get("y_ws").len(), get("y_wt").len(), get("y_l").len()];
     let step_seconds = later[later.len() / 2];
     let step_gflop = step_flops(&model.config, prompt.len(), &responses) / 1e9;

@@ -54,7 +54,7 @@ pub fn save(out: &Path, model: &Model, optimizer: &AdamW, state: &State) -> Resu
     let tmp = out.join(format!(".checkpoint.{}.tmp", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let weights: HashMap<String, Tensor> = model.weights.vars().into_iter().map(|(n, v)| (n.to_string(), v.as_tensor().detach())).collect();
+    let weights: HashMap<String, Tensor> = model.vars().into_iter().map(|(n, v)| (n.to_string(), v.as_tensor().detach())).collect();
     candle_core::safetensors::save(&weights, tmp.join("model.safetensors")).context("cannot write the checkpoint's weights")?;
     optimizer.save(&tmp.join("optimizer.safetensors"))?;
     let state = State { optimizer_t: optimizer.t, ..state.clone() };
@@ -83,7 +83,7 @@ pub fn load(out: &Path, model: &Model, optimizer: &mut AdamW) -> Result<Option<S
     let state: State = serde_json::from_str(&text).with_context(|| format!("{}/state.json is not a checkpoint state", dir.display()))?;
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), model.device())
         .with_context(|| format!("cannot read {}/model.safetensors", dir.display()))?;
-    for (name, var) in model.weights.vars() {
+    for (name, var) in model.vars() {
         let t = tensors.get(name).with_context(|| format!("{}: tensor '{name}' is missing", dir.display()))?;
         var.set(t).with_context(|| format!("{}: tensor '{name}' does not fit the model", dir.display()))?;
     }

@@ -460,7 +460,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             check_paths(&[("--out", &a.out)], &[("--pairs", &a.pairs), ("--model", &a.model)])?;
             let mut pairs = read_dataset::<Pair>(&a.pairs)?;
             let model = Model::load(&a.model, &LoadOptions::frozen(DType::F32))?;
-            if model.weights.has_quantized() {
+            if model.has_quantized() {
                 bail!("{}: the reference must be a dense model", a.model.display());
             }
             let tokenizer = wrpo_llm::Tokenizer::load(&a.model)?;

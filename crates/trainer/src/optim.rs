@@ -1,6 +1,7 @@
 //! AdamW over flat f32 buffers, updated in place: gradients of the
-//! micro-batches of a step are summed into one buffer per variable (the
-//! training ops add into it directly: `wrpo_llm::grad_sink`), clipped by
+//! micro-batches of a step are summed into one buffer per variable (attached
+//! to the variable's gradient slot, so the training ops add into it directly:
+//! `wrpo_llm::grad`), clipped by
 //! their global norm, and each variable's storage is rewritten in place (no
 //! new tensors per step), in chunks across the thread pool. The update is
 //! torch.optim.AdamW's.
@@ -11,8 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{backprop::GradStore, CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, Var};
 use serde::Serialize;
 use wrpo_llm::{
-    grad_sink::{self, GradBuffer},
-    with_values,
+    grad::{GradBuffer, GradSlot},
+    with_values, Trainable,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -28,8 +29,9 @@ pub struct AdamWConfig {
 struct Param {
     name: String,
     var: Var,
-    /// Registered with `grad_sink`: the training ops add into it directly.
+    /// The gradient sum, attached to `slot`: the training ops add into it directly.
     grad: Arc<GradBuffer>,
+    slot: GradSlot,
     m: Vec<f32>,
     v: Vec<f32>,
     decay: bool,
@@ -64,20 +66,21 @@ impl InplaceOp1 for InPlace<'_> {
 }
 
 impl AdamW {
-    /// `params`: (name, variable) of every trainable tensor, all f32.
-    pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
-        // Checked before any buffer is registered, so a refusal leaves none behind.
-        if let Some((name, var)) = params.iter().find(|(_, var)| var.dtype() != DType::F32) {
-            bail!("variable {name} is {:?}; training keeps f32 weights", var.dtype());
+    /// An optimizer of `params` (a model's [`Trainable`] variables, all f32),
+    /// which attaches a gradient buffer to each one's slot until dropped.
+    pub fn new(params: Vec<Trainable>, config: AdamWConfig) -> Result<Self> {
+        // Checked before any buffer is attached, so a refusal leaves none behind.
+        if let Some(p) = params.iter().find(|p| p.var.dtype() != DType::F32) {
+            bail!("variable {} is {:?}; training keeps f32 weights", p.name, p.var.dtype());
         }
         let params = params
             .into_iter()
-            .map(|(name, var)| {
+            .map(|Trainable { name, var, grad: slot }| {
                 let n = var.elem_count();
                 let decay = config.decay_norms_and_biases || var.rank() >= 2;
                 let grad = GradBuffer::new(n);
-                grad_sink::register(var.as_tensor(), grad.clone());
-                Param { name, var, grad, m: vec![0.0; n], v: vec![0.0; n], decay }
+                slot.attach(grad.clone());
+                Param { name, var, grad, slot, m: vec![0.0; n], v: vec![0.0; n], decay }
             })
             .collect();
         Ok(AdamW { config, params, t: 0 })
@@ -191,7 +194,7 @@ impl Drop for AdamW {
     /// The ops give candle these variables' gradients again.
     fn drop(&mut self) {
         for p in &self.params {
-            grad_sink::unregister(p.var.as_tensor());
+            p.slot.detach();
         }
     }
 }

@@ -384,7 +384,7 @@ pub fn use_precision(model: &Model, precision: Precision) -> Result<()> {
 /// Every matrix of `model` rounded to bf16 (see [`use_precision`]).
 pub fn round_matrices_to_bf16(model: &Model) -> Result<()> {
     let (mut ties, mut weights) = (0, 0);
-    for (_, var) in model.weights.vars().into_iter().filter(|(_, v)| v.rank() == 2) {
+    for (_, var) in model.vars().into_iter().filter(|(_, v)| v.rank() == 2) {
         ties += wrpo_llm::bf16::round_var(var)?;
         weights += var.elem_count();
     }
@@ -710,13 +710,7 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
         bail!("no training example");
     }
     let trainer = Trainer { model, stage, config };
-    let params: Vec<(String, candle_core::Var)> = model
-        .weights
-        .vars()
-        .into_iter()
-        .filter(|(name, _)| !(config.freeze_embeddings && *name == "model.embed_tokens.weight"))
-        .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect();
+    let params: Vec<_> = model.trainable().into_iter().filter(|p| !(config.freeze_embeddings && p.name == "model.embed_tokens.weight")).collect();
     use_precision(model, config.precision)?;
     let mut optimizer = AdamW::new(params, config.adamw.clone())?;
     // The inputs' content is part of the run: a rerun on changed data is refused, not resumed.
@@ -807,7 +801,7 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
 /// Load the model to train: an HF folder or a GGUF file (dequantized), f32.
 pub fn load_model(path: &Path) -> Result<(Model, Tokenizer)> {
     let model = Model::load(path, &LoadOptions::trainable(DType::F32))?;
-    if model.weights.has_quantized() {
+    if model.has_quantized() {
         bail!("{}: a model loaded for quantized inference cannot be trained", path.display());
     }
     Ok((model, Tokenizer::load(path)?))

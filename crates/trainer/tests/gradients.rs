@@ -162,9 +162,8 @@ struct Worst {
 fn check(f: &Fixture, case: &str, stage: Stage, examples: &Examples, alpha: f64, bounds: Bounds) -> Worst {
     let config = config();
     let trainer = Trainer { model: &f.model, stage: &stage, config: &config };
-    let vars = f.model.weights.vars();
-    let params = vars.iter().map(|(n, v)| (n.to_string(), (*v).clone())).collect();
-    let mut optimizer = AdamW::new(params, config.adamw.clone()).unwrap();
+    let vars = f.model.vars();
+    let mut optimizer = AdamW::new(f.model.trainable(), config.adamw.clone()).unwrap();
     let micro = examples.batches(2);
     let sums = trainer.step_gradients(&micro, alpha, &mut optimizer).unwrap();
     let scalar = |k: &str| f.expected[&format!("{case}.{k}")].to_vec1::<f32>().unwrap()[0] as f64;

@@ -103,7 +103,7 @@ fn check_loss_and_grads(f: &Fixture, case: &str, stage: Stage, examples: &Exampl
     let err = rel_err(&loss.reshape(1).unwrap(), want);
     assert!(err <= 1e-4, "{case}: loss {loss} vs PyTorch {want} (relative error {err})");
     let grads = loss.backward().unwrap();
-    let vars = f.model.weights.vars();
+    let vars = f.model.vars();
     assert_eq!(vars.len(), f.expected.keys().filter(|k| k.starts_with(&format!("{case}.grad."))).count(), "{case}: parameter count");
     for (name, var) in vars {
         let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{case}: {name} has no gradient"));
@@ -160,8 +160,7 @@ fn two_adamw_steps_equal_torch_optim_adamw() {
     let config = config(lr, wd);
     let stage = Stage::Preference { objective: objective(&f, LossKind::Wrpo, Chosen::Target, false), alpha_max: alpha, static_alpha: true };
     let trainer = Trainer { model: &f.model, stage: &stage, config: &config };
-    let params = f.model.weights.vars().into_iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
-    let mut opt = AdamW::new(params, config.adamw.clone()).unwrap();
+    let mut opt = AdamW::new(f.model.trainable(), config.adamw.clone()).unwrap();
     let mut trace = vec![];
     for _ in 0..2 {
         let loss = trainer.batch_loss(&batch, alpha).unwrap();
@@ -179,7 +178,7 @@ fn two_adamw_steps_equal_torch_optim_adamw() {
     // gradient is ~0, rounding noise picks the sign, so a few such weights may
     // differ by up to 2 lr. Every other weight must equal torch's.
     let (mut off, mut total) = (0, 0);
-    for (name, var) in f.model.weights.vars() {
+    for (name, var) in f.model.vars() {
         let got = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want = f.expected[&format!("adamw.param.{name}")].flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (g, w) in got.iter().zip(&want) {

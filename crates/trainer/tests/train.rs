@@ -164,7 +164,7 @@ fn wrpo_learns_held_out_preferences_and_resumes_exactly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"), "{}", String::from_utf8_lossy(&out.stderr));
     let load = |d: &str| Model::load(Path::new(&s.path(d)).join("final").as_path(), &LoadOptions::trainable(DType::F32)).unwrap();
     let (a, b) = (load("whole"), load("resumed"));
-    for ((n, x), (_, y)) in a.weights.vars().iter().zip(b.weights.vars().iter()) {
+    for ((n, x), (_, y)) in a.vars().iter().zip(b.vars().iter()) {
         let d = (x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert!(d <= 1e-6, "{n} differs by {d} after resuming");
     }
