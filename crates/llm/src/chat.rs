@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
 
-use crate::config::Family;
+use crate::family::{FallbackChat, Family};
 
 /// Gemma's turn format (as Gemma-3's template writes it: a system prompt
 /// goes in front of the first user turn), for GGUF files without a template.
@@ -57,8 +57,11 @@ impl ChatTemplate {
     }
 
     /// The model's template if it has one, else the built-in format of its family.
-    pub fn for_model(template: Option<&str>, family: Family, bos_token: &str, eos_token: &str) -> Result<Self> {
-        let source = template.unwrap_or(if family.is_gemma() { GEMMA_FALLBACK } else { CHATML_FALLBACK });
+    pub fn for_model(template: Option<&str>, family: &Family, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let source = template.unwrap_or(match family.fallback_chat {
+            FallbackChat::Gemma => GEMMA_FALLBACK,
+            FallbackChat::ChatMl => CHATML_FALLBACK,
+        });
         Self::new(source, bos_token, eos_token)
     }
 

@@ -6,50 +6,7 @@
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
-/// The supported architectures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    /// Llama 2/3/3.1, SmolLM2, TinyLlama, Yi.
-    Llama,
-    Mistral,
-    /// Qwen2 and Qwen2.5: q/k/v biases.
-    Qwen2,
-    /// q/k norms.
-    Qwen3,
-    /// Soft-capping, alternating sliding layers, sandwich norms, scaled embeddings.
-    Gemma2,
-    /// Gemma-2's layout with q/k norms and separate local/global rope.
-    Gemma3,
-    /// Fused qkv and gate_up projections.
-    Phi3,
-}
-
-pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3";
-
-impl Family {
-    pub fn from_model_type(model_type: &str) -> Result<Self> {
-        Ok(match model_type {
-            "llama" => Family::Llama,
-            "mistral" => Family::Mistral,
-            "qwen2" => Family::Qwen2,
-            "qwen3" => Family::Qwen3,
-            "gemma2" => Family::Gemma2,
-            "gemma3_text" => Family::Gemma3,
-            "phi3" => Family::Phi3,
-            other => bail!("unsupported architecture '{other}'; supported: {SUPPORTED}"),
-        })
-    }
-
-    /// Gemma's layout: RMSNorm scales by (1 + w), norms after attention and
-    /// MLP too, embeddings multiplied by sqrt(hidden_size).
-    pub fn is_gemma(self) -> bool {
-        matches!(self, Family::Gemma2 | Family::Gemma3)
-    }
-
-    pub fn has_qk_norm(self) -> bool {
-        matches!(self, Family::Qwen3 | Family::Gemma3)
-    }
-}
+use crate::family::{Family, Sliding};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
@@ -87,7 +44,7 @@ pub struct Rope {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    pub family: Family,
+    pub family: &'static Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -151,7 +108,7 @@ impl Config {
         let (rope_global, rope_local) = ropes(c, family)?;
 
         let attention_bias = c["attention_bias"].as_bool().unwrap_or(false);
-        let attention_scale = match (family.is_gemma(), opt_f64("query_pre_attn_scalar")) {
+        let attention_scale = match (family.gemma_layout, opt_f64("query_pre_attn_scalar")) {
             (true, Some(s)) => s.powf(-0.5),
             _ => (head_dim as f64).powf(-0.5),
         };
@@ -172,9 +129,9 @@ impl Config {
             head_dim,
             rms_norm_eps: opt_f64("rms_norm_eps").unwrap_or(1e-6),
             max_position_embeddings: c["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
-            tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(family.is_gemma()),
-            qkv_bias: attention_bias || family == Family::Qwen2,
-            o_bias: attention_bias && family != Family::Qwen2,
+            tie_word_embeddings: c["tie_word_embeddings"].as_bool().unwrap_or(family.gemma_layout),
+            qkv_bias: attention_bias || family.qkv_bias,
+            o_bias: attention_bias && !family.qkv_bias,
             mlp_bias: c["mlp_bias"].as_bool().unwrap_or(false),
             activation,
             sliding_window,
@@ -190,7 +147,7 @@ impl Config {
     }
 }
 
-fn sliding_layers(c: &Value, family: Family, n: usize, window: Option<usize>) -> Result<Vec<bool>> {
+fn sliding_layers(c: &Value, family: &Family, n: usize, window: Option<usize>) -> Result<Vec<bool>> {
     if let Some(types) = c["layer_types"].as_array() {
         if types.len() != n {
             bail!("'layer_types' has {} entries for {n} layers", types.len());
@@ -206,23 +163,23 @@ fn sliding_layers(c: &Value, family: Family, n: usize, window: Option<usize>) ->
     }
     let Some(_) = window else { return Ok(vec![false; n]) };
     Ok((0..n)
-        .map(|i| match family {
-            Family::Gemma2 => i % 2 == 0,
-            Family::Gemma3 => {
+        .map(|i| match family.sliding {
+            Sliding::Alternate => i % 2 == 0,
+            Sliding::Pattern => {
                 let pattern = c["sliding_window_pattern"].as_u64().unwrap_or(6) as usize;
                 (i + 1) % pattern != 0
             }
-            Family::Qwen2 | Family::Qwen3 => {
+            Sliding::FromMaxWindowLayers => {
                 c["use_sliding_window"].as_bool().unwrap_or(false) && i >= c["max_window_layers"].as_u64().unwrap_or(0) as usize
             }
-            Family::Mistral | Family::Phi3 => true,
-            Family::Llama => false,
+            Sliding::Every => true,
+            Sliding::Never => false,
         })
         .collect())
 }
 
 /// The rope of full-attention layers and of sliding layers.
-fn ropes(c: &Value, family: Family) -> Result<(Rope, Rope)> {
+fn ropes(c: &Value, family: &Family) -> Result<(Rope, Rope)> {
     let partial = c["partial_rotary_factor"].as_f64();
     if let Some(params) = c.get("rope_parameters").filter(|v| v.is_object()) {
         // transformers 5: one parameter set, or one per layer type.
@@ -238,7 +195,7 @@ fn ropes(c: &Value, family: Family) -> Result<(Rope, Rope)> {
     let mut params = c.get("rope_scaling").filter(|v| v.is_object()).cloned().unwrap_or_else(|| serde_json::json!({}));
     params["rope_theta"] = c["rope_theta"].clone();
     let global = parse_rope(&params, partial)?;
-    let local = if family == Family::Gemma3 {
+    let local = if family.local_rope {
         Rope { theta: c["rope_local_base_freq"].as_f64().unwrap_or(10_000.0), scaling: RopeScaling::None, ..global }
     } else {
         global
@@ -308,6 +265,6 @@ mod tests {
     #[test]
     fn an_unknown_architecture_is_named_with_the_supported_list() {
         let err = Config::from_hf_json(&json!({"model_type": "gpt2"})).unwrap_err().to_string();
-        assert!(err.contains("'gpt2'") && err.contains(SUPPORTED), "{err}");
+        assert!(err.contains("'gpt2'") && err.contains("supported: llama, mistral"), "{err}");
     }
 }

@@ -21,11 +21,10 @@ use candle_core::{
 };
 use serde_json::{json, Value};
 
-use crate::weights::Weights;
-
-/// llama.cpp architectures and the HF model_type each one becomes.
-const ARCHITECTURES: [(&str, &str); 6] =
-    [("llama", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("gemma2", "gemma2"), ("gemma3", "gemma3_text"), ("phi3", "phi3")];
+use crate::{
+    family::{Family, Sliding},
+    weights::Weights,
+};
 
 pub struct Gguf {
     pub path: PathBuf,
@@ -97,13 +96,15 @@ impl Gguf {
         self.meta_str("general.architecture").ok_or_else(|| anyhow!("{}: no general.architecture", self.path.display()))
     }
 
+    /// The family of this file's architecture.
+    pub fn family(&self) -> Result<&'static Family> {
+        Family::from_gguf(self.architecture()?).map_err(|e| anyhow!("{}: {e}", self.path.display()))
+    }
+
     /// The HF config.json that describes this model.
     pub fn hf_config(&self) -> Result<Value> {
         let arch = self.architecture()?;
-        let model_type = ARCHITECTURES.iter().find(|(a, _)| *a == arch).map(|(_, t)| *t).ok_or_else(|| {
-            let names: Vec<_> = ARCHITECTURES.iter().map(|(a, _)| *a).collect();
-            anyhow!("{}: unsupported GGUF architecture '{arch}'; supported: {}", self.path.display(), names.join(", "))
-        })?;
+        let family = self.family()?;
         let key = |k: &str| format!("{arch}.{k}");
         let need = |k: &str| self.meta_u32(&key(k)).ok_or_else(|| anyhow!("{}: metadata '{}' is missing", self.path.display(), key(k)));
         if self.content.tensor_infos.contains_key("rope_freqs.weight") || self.content.tensor_infos.contains_key("rope_factors_long.weight") {
@@ -118,10 +119,10 @@ impl Gguf {
             .get("token_embd.weight")
             .map(|t| t.shape.dims()[0])
             .ok_or_else(|| anyhow!("{}: tensor 'token_embd.weight' is missing", self.path.display()))?;
-        let gemma = arch.starts_with("gemma");
+        let gemma = family.gemma_layout;
         let mut c = json!({
-            "model_type": model_type,
-            "architectures": [hf_class(model_type)],
+            "model_type": family.model_type,
+            "architectures": [family.causal_lm],
             "vocab_size": vocab,
             "hidden_size": hidden,
             "intermediate_size": need("feed_forward_length")?,
@@ -165,7 +166,7 @@ impl Gguf {
         }
         if gemma {
             let layers = need("block_count")?;
-            let scalar = gemma_query_scalar(arch, layers, hidden, heads, head_dim, self.meta_f64(&key("attention.scale")));
+            let scalar = gemma_query_scalar(family, layers, hidden, heads, head_dim, self.meta_f64(&key("attention.scale")));
             o.insert("query_pre_attn_scalar".into(), scalar.into());
             o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
         }
@@ -174,11 +175,13 @@ impl Gguf {
                 o.insert(hf.into(), v.into());
             }
         }
-        if arch == "gemma3" {
-            // llama.cpp's fixed local rope base for Gemma-3, and its 5 local :
-            // 1 global pattern unless the file states one (a period, or one
-            // flag per layer).
+        if family.local_rope {
+            // llama.cpp's fixed local rope base for Gemma-3.
             o.insert("rope_local_base_freq".into(), 10_000.0.into());
+        }
+        if family.sliding == Sliding::Pattern {
+            // llama.cpp's 5 local : 1 global pattern unless the file states
+            // one (a period, or one flag per layer).
             let pattern = self.meta(&key("attention.sliding_window_pattern"));
             match pattern.and_then(|p| p.to_vec().ok()) {
                 Some(flags) => {
@@ -192,7 +195,7 @@ impl Gguf {
                 }
             }
         }
-        if arch == "qwen2" || arch == "qwen3" {
+        if family.sliding == Sliding::FromMaxWindowLayers {
             o.insert("use_sliding_window".into(), false.into());
         }
         Ok(c)
@@ -202,16 +205,16 @@ impl Gguf {
     /// name order, one read at a time (so a loader holds only what it keeps):
     /// what both loaders start from.
     fn each_tensor(&self, device: &Device, mut f: impl FnMut(&Stored, &str, String, QTensor) -> Result<()>) -> Result<()> {
-        let arch = self.architecture()?.to_string();
+        let family = self.family()?;
         let config = self.hf_config()?;
         let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
         let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
-        let stored = Stored { arch, heads, kv_heads };
+        let stored = Stored { family, heads, kv_heads };
         let mut reader = BufReader::new(File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?);
         let mut names: Vec<_> = self.content.tensor_infos.keys().cloned().collect();
         names.sort();
         for name in names {
-            let hf = hf_name(&name, &stored.arch).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
+            let hf = hf_name(&name, family).ok_or_else(|| anyhow!("{}: unexpected tensor '{name}'", self.path.display()))?;
             let q =
                 self.content.tensor(&mut reader, &name, device).with_context(|| format!("{}: cannot read tensor '{name}'", self.path.display()))?;
             f(&stored, &name, hf, q)?;
@@ -244,9 +247,9 @@ impl Gguf {
                     return Ok(());
                 }
             }
-            if stored.arch == "llama" && name.ends_with("attn_q.weight") {
+            if stored.family.gguf_permuted_qk && name.ends_with("attn_q.weight") {
                 q = unpermute_quantized_rows(&q, stored.heads, device)?;
-            } else if stored.arch == "llama" && name.ends_with("attn_k.weight") {
+            } else if stored.family.gguf_permuted_qk && name.ends_with("attn_k.weight") {
                 q = unpermute_quantized_rows(&q, stored.kv_heads, device)?;
             }
             if !matches!(q.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4_1) && q.shape().dims2()?.1 % GgmlDType::Q8_0.block_size() == 0 {
@@ -263,7 +266,7 @@ impl Gguf {
 
 /// What a GGUF tensor's stored layout depends on.
 struct Stored {
-    arch: String,
+    family: &'static Family,
     heads: usize,
     kv_heads: usize,
 }
@@ -272,11 +275,11 @@ impl Stored {
     /// A dequantized tensor in HF's layout: llama.cpp permutes Llama's q and k
     /// rows for its rope, and stores Gemma's norms as 1 + w.
     fn dense(&self, name: &str, t: Tensor) -> Result<Tensor> {
-        Ok(if self.arch == "llama" && name.ends_with("attn_q.weight") {
+        Ok(if self.family.gguf_permuted_qk && name.ends_with("attn_q.weight") {
             unpermute_rope_rows(&t, self.heads)?
-        } else if self.arch == "llama" && name.ends_with("attn_k.weight") {
+        } else if self.family.gguf_permuted_qk && name.ends_with("attn_k.weight") {
             unpermute_rope_rows(&t, self.kv_heads)?
-        } else if self.arch.starts_with("gemma") && name.ends_with("norm.weight") {
+        } else if self.family.gemma_layout && name.ends_with("norm.weight") {
             (t - 1.0)?
         } else {
             t
@@ -306,29 +309,18 @@ fn unpermute_quantized_rows(q: &QTensor, heads: usize, device: &Device) -> Resul
 /// Gemma's query_pre_attn_scalar, which GGUF files do not store: from
 /// `attention.scale` (1 / sqrt(scalar), rounded: transformers' config takes
 /// an integer) where a file has it, else as llama.cpp sets it, by model size:
-/// hidden / heads for the 27B models (Gemma-2's 46 layers, Gemma-3's 62), the
+/// hidden / heads for the 27B models (`Family::gguf_wide_query_layers`), the
 /// key length for the others.
-fn gemma_query_scalar(arch: &str, layers: u32, hidden: u32, heads: u32, head_dim: u32, scale: Option<f64>) -> u32 {
-    match (scale, arch, layers) {
-        (Some(s), _, _) if s > 0.0 => s.powi(-2).round() as u32,
-        (_, "gemma2", 46) | (_, "gemma3", 62) => hidden / heads,
+fn gemma_query_scalar(family: &Family, layers: u32, hidden: u32, heads: u32, head_dim: u32, scale: Option<f64>) -> u32 {
+    match scale {
+        Some(s) if s > 0.0 => s.powi(-2).round() as u32,
+        _ if family.gguf_wide_query_layers == Some(layers) => hidden / heads,
         _ => head_dim,
     }
 }
 
-fn hf_class(model_type: &str) -> &'static str {
-    match model_type {
-        "qwen2" => "Qwen2ForCausalLM",
-        "qwen3" => "Qwen3ForCausalLM",
-        "gemma2" => "Gemma2ForCausalLM",
-        "gemma3_text" => "Gemma3ForCausalLM",
-        "phi3" => "Phi3ForCausalLM",
-        _ => "LlamaForCausalLM",
-    }
-}
-
 /// The HF name of a GGUF tensor, or None for a name we do not know.
-fn hf_name(name: &str, arch: &str) -> Option<String> {
+fn hf_name(name: &str, family: &Family) -> Option<String> {
     let top = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -341,7 +333,7 @@ fn hf_name(name: &str, arch: &str) -> Option<String> {
     let rest = name.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (part, suffix) = rest.rsplit_once('.')?;
-    let gemma = arch.starts_with("gemma");
+    let gemma = family.gemma_layout;
     let hf = match part {
         "attn_norm" => "input_layernorm",
         "attn_q" => "self_attn.q_proj",
@@ -352,7 +344,7 @@ fn hf_name(name: &str, arch: &str) -> Option<String> {
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" if arch == "phi3" => "mlp.gate_up_proj",
+        "ffn_up" if family.fused_projections => "mlp.gate_up_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         "ffn_norm" if gemma => "pre_feedforward_layernorm",
@@ -376,17 +368,19 @@ fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::gemma_query_scalar;
+    use crate::Family;
 
     #[test]
     fn gemma_query_scale_follows_llama_cpp_or_the_files_own() {
+        let (gemma2, gemma3) = (Family::from_gguf("gemma2").unwrap(), Family::from_gguf("gemma3").unwrap());
         // Gemma-3-270M (18 layers, 640 / 4 heads, key length 256) and 1B: the key length.
-        assert_eq!(gemma_query_scalar("gemma3", 18, 640, 4, 256, None), 256);
-        assert_eq!(gemma_query_scalar("gemma3", 26, 1152, 4, 256, None), 256);
+        assert_eq!(gemma_query_scalar(gemma3, 18, 640, 4, 256, None), 256);
+        assert_eq!(gemma_query_scalar(gemma3, 26, 1152, 4, 256, None), 256);
         // The 27B models: hidden / heads, not the key length.
-        assert_eq!(gemma_query_scalar("gemma3", 62, 5376, 32, 128, None), 168);
-        assert_eq!(gemma_query_scalar("gemma2", 46, 4608, 32, 128, None), 144);
-        assert_eq!(gemma_query_scalar("gemma2", 42, 3584, 16, 256, None), 256);
+        assert_eq!(gemma_query_scalar(gemma3, 62, 5376, 32, 128, None), 168);
+        assert_eq!(gemma_query_scalar(gemma2, 46, 4608, 32, 128, None), 144);
+        assert_eq!(gemma_query_scalar(gemma2, 42, 3584, 16, 256, None), 256);
         // A file that states its scale.
-        assert_eq!(gemma_query_scalar("gemma3", 62, 5376, 32, 128, Some(1.0 / 12.0)), 144);
+        assert_eq!(gemma_query_scalar(gemma3, 62, 5376, 32, 128, Some(1.0 / 12.0)), 144);
     }
 }

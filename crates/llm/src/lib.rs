@@ -6,6 +6,7 @@ mod attention;
 pub mod bf16;
 mod chat;
 mod config;
+mod family;
 pub mod gguf;
 pub mod grad;
 mod kernels;
@@ -25,7 +26,8 @@ mod vmath;
 mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use config::{Config, Family};
+pub use config::Config;
+pub use family::{supported, Family, FAMILIES};
 pub use kernels::{linear, with_values};
 pub use kv::KvCache;
 pub use model::{LoadOptions, Model};

@@ -67,7 +67,7 @@ impl RmsNorm {
         Ok(RmsNorm {
             weight: w.dense(&format!("{name}.weight"), &[dim])?,
             eps: cfg.rms_norm_eps,
-            offset: if cfg.family.is_gemma() { 1.0 } else { 0.0 },
+            offset: if cfg.family.gemma_layout { 1.0 } else { 0.0 },
         })
     }
 
@@ -101,7 +101,7 @@ struct Attention {
 impl Attention {
     fn new(w: &Weights, p: &str, cfg: &Config) -> Result<Self> {
         let (h, nq, nkv) = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-        let qkv = if cfg.family == crate::Family::Phi3 || w.is_quantized(&format!("{p}.qkv_proj.weight")) {
+        let qkv = if cfg.family.fused_projections || w.is_quantized(&format!("{p}.qkv_proj.weight")) {
             QkvProj::Fused(Linear::new(w, &format!("{p}.qkv_proj"), nq + 2 * nkv, h, cfg.qkv_bias)?)
         } else {
             QkvProj::Split {
@@ -110,9 +110,8 @@ impl Attention {
                 v: Linear::new(w, &format!("{p}.v_proj"), nkv, h, cfg.qkv_bias)?,
             }
         };
-        let qk_norm = |n: &str| -> Result<Option<RmsNorm>> {
-            cfg.family.has_qk_norm().then(|| RmsNorm::new(w, &format!("{p}.{n}"), cfg.head_dim, cfg)).transpose()
-        };
+        let qk_norm =
+            |n: &str| -> Result<Option<RmsNorm>> { cfg.family.qk_norm.then(|| RmsNorm::new(w, &format!("{p}.{n}"), cfg.head_dim, cfg)).transpose() };
         Ok(Attention {
             qkv,
             o: Linear::new(w, &format!("{p}.o_proj"), h, nq, cfg.o_bias)?,
@@ -191,7 +190,7 @@ struct Mlp {
 impl Mlp {
     fn new(w: &Weights, p: &str, cfg: &Config) -> Result<Self> {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        let gate_up = if cfg.family == crate::Family::Phi3 || w.is_quantized(&format!("{p}.gate_up_proj.weight")) {
+        let gate_up = if cfg.family.fused_projections || w.is_quantized(&format!("{p}.gate_up_proj.weight")) {
             GateUpProj::Fused(Linear::new(w, &format!("{p}.gate_up_proj"), 2 * i, h, bias)?)
         } else {
             GateUpProj::Split {
@@ -231,7 +230,7 @@ impl Block {
     fn new(w: &Weights, i: usize, cfg: &Config) -> Result<Self> {
         let p = format!("model.layers.{i}");
         let norm = |n: &str| RmsNorm::new(w, &format!("{p}.{n}"), cfg.hidden_size, cfg);
-        let gemma = cfg.family.is_gemma();
+        let gemma = cfg.family.gemma_layout;
         Ok(Block {
             input_norm: norm("input_layernorm")?,
             attn: Attention::new(w, &format!("{p}.self_attn"), cfg)?,
@@ -407,7 +406,7 @@ impl Model {
     /// Token embeddings (N, hidden) of `ids`, scaled as the family does.
     fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let x = kernels::embedding(&self.embed.tensor, self.embed.grad(), ids)?;
-        if !self.config.family.is_gemma() {
+        if !self.config.family.gemma_layout {
             return Ok(x);
         }
         // Gemma scales embeddings by sqrt(hidden_size), rounded to the compute dtype.

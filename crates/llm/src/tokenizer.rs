@@ -268,7 +268,7 @@ impl Tokenizer {
 
     /// The model's chat template, or the built-in one of its family, with
     /// this tokenizer's BOS and EOS text.
-    pub fn chat_template_for(&self, family: Family) -> Result<ChatTemplate> {
+    pub fn chat_template_for(&self, family: &Family) -> Result<ChatTemplate> {
         let text = |id: Option<u32>| id.and_then(|i| self.id_to_token(i)).unwrap_or_default();
         ChatTemplate::for_model(self.chat_template.as_deref(), family, &text(self.bos_id), &text(self.eos_id))
     }

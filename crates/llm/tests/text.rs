@@ -73,7 +73,7 @@ fn chat_templates_render_as_apply_chat_template() {
 
 #[test]
 fn the_gemma_fallback_writes_gemma_turns_and_folds_the_system_prompt() {
-    let template = ChatTemplate::for_model(None, Family::Gemma3, "<bos>", "<eos>").unwrap();
+    let template = ChatTemplate::for_model(None, Family::from_model_type("gemma3_text").unwrap(), "<bos>", "<eos>").unwrap();
     let msgs = [
         ChatMessage { role: "system", content: "Be brief." },
         ChatMessage { role: "user", content: " Hi " },

@@ -118,8 +118,8 @@ impl Backend for LocalModel {
     fn describe(&self) -> String {
         let c = &self.model.config;
         format!(
-            "{:?}, {} layers, hidden {}, vocab {}, context {}, {}; on {}",
-            c.family,
+            "{}, {} layers, hidden {}, vocab {}, context {}, {}; on {}",
+            c.family.model_type,
             c.num_layers,
             c.hidden_size,
             c.vocab_size,

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 use serde_json::Value;
 use wrpo_common::Message;
-use wrpo_llm::{ChatMessage, ChatTemplate, KvCache, LoadOptions, Model, Tokenizer};
+use wrpo_llm::{ChatMessage, ChatTemplate, Family, KvCache, LoadOptions, Model, Tokenizer};
 use wrpo_remote::RemoteOptions;
 
 use crate::{
@@ -206,9 +206,14 @@ fn pad(rows: &[Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_vec(ids, (rows.len(), t), device)?, Tensor::from_vec(mask, (rows.len(), t), device)?))
 }
 
-pub const SUPPORTED_RM: &str = "LlamaForSequenceClassification, MistralForSequenceClassification, \
-Qwen2ForSequenceClassification, Qwen3ForSequenceClassification, Gemma2ForSequenceClassification, \
-LlamaForRewardModelWithGating (ArmoRM)";
+/// The reward-model architectures that load: each family's
+/// sequence-classification class, and ArmoRM's gated head.
+fn supported_reward_models() -> String {
+    format!("{}, {ARMORM} (ArmoRM)", wrpo_llm::supported(|f| f.reward_model))
+}
+
+/// ArmoRM's architecture: a Llama with a gated multi-objective head.
+const ARMORM: &str = "LlamaForRewardModelWithGating";
 
 /// A decoder with a reward head, scoring the conversation rendered by its own chat template.
 pub struct RewardModel {
@@ -244,10 +249,10 @@ impl RewardModel {
     pub fn load(path: &Path, dtype: DType) -> Result<Self> {
         let config = read_json(&path.join("config.json"))?;
         let arch = config["architectures"][0].as_str().unwrap_or("").to_string();
-        let gated = arch == "LlamaForRewardModelWithGating";
-        let seq_cls = ["Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2"].iter().any(|f| arch == format!("{f}ForSequenceClassification"));
+        let gated = arch == ARMORM;
+        let seq_cls = Family::from_reward_model(&arch).is_some();
         if !gated && !seq_cls {
-            bail!("{}: architecture '{arch}' is not a supported reward model; supported: {SUPPORTED_RM}", path.display());
+            bail!("{}: architecture '{arch}' is not a supported reward model; supported: {}", path.display(), supported_reward_models());
         }
         let labels = config["id2label"].as_object().map_or(config["num_labels"].as_u64().unwrap_or(1), |m| m.len() as u64);
         if seq_cls && labels != 1 {
