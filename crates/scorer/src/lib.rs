@@ -9,3 +9,4 @@ pub mod report;
 pub mod reward;
 pub mod score;
 pub mod select;
+pub mod spec;

@@ -2,122 +2,16 @@
 //! (sequence-classification heads and ArmoRM's gated multi-objective head,
 //! over the decoder of `wrpo-llm`), similarity to a reference answer in a
 //! sentence-transformers embedding space, and verifiers against the
-//! reference; and the same measured by servers (`remote.rs`).
+//! reference. The same measured by servers are in `remote.rs`; which
+//! reward `--reward` names, and loading it, in `spec.rs`.
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    ops::Range,
-    path::{Path, PathBuf},
-};
+use std::{cell::RefCell, collections::HashMap, ops::Range, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use serde::Serialize;
 use serde_json::Value;
 use wrpo_common::Message;
 use wrpo_llm::{ChatMessage, ChatTemplate, Family, KvCache, LoadOptions, Model, Tokenizer};
-use wrpo_remote::RemoteOptions;
-
-use crate::{
-    judge::{self, Judge},
-    remote::{self, Classify, JudgeReward, RemoteSimilarity},
-};
-
-/// What `--reward` names.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum RewardSpec {
-    /// An HF reward-model folder (a sequence-classification head, or ArmoRM).
-    Rm { path: PathBuf },
-    /// A reward model served for classification (vLLM `/classify`, SGLang
-    /// `/v1/classify`); `render_with`: a local folder whose chat template
-    /// renders the conversation here, sent as text.
-    Classify { url: String, model: String, render_with: Option<PathBuf> },
-    /// Cosine similarity to the reference in a sentence-transformers model's space.
-    Similarity { path: PathBuf },
-    /// The same through a server's `/v1/embeddings` (`url` is its …/v1 base).
-    #[serde(rename = "similarity-openai")]
-    SimilarityOpenai { url: String, model: String },
-    /// An LLM judge's 1-10 grade through an OpenAI-compatible chat endpoint;
-    /// the hash of its instructions (judge/prompts.json) is part of what a
-    /// resumed run must share.
-    Judge { url: String, model: String, prompts_sha256: String },
-    /// 1 if the normalised response equals the normalised reference, else 0.
-    Exact,
-    /// 1 if the last number in the response equals the reference's within the tolerance.
-    Numeric { tolerance: f64 },
-}
-
-const SPEC_FORMS: &str =
-    "rm:PATH, classify:URL#MODEL, similarity:PATH, similarity:openai:URL#MODEL, judge:openai:URL#MODEL, exact or numeric[:TOLERANCE]";
-
-impl RewardSpec {
-    /// One of `SPEC_FORMS`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (kind, arg) = text.split_once(':').map_or((text, None), |(k, a)| (k, Some(a)));
-        let path = || arg.filter(|a| !a.is_empty()).map(PathBuf::from).ok_or_else(|| format!("--reward {kind}: needs a path, as {kind}:PATH"));
-        let served = |form: &str| wrpo_remote::parse_url_model(arg.unwrap_or_default(), form).map_err(|e| format!("--reward {e}"));
-        match kind {
-            "rm" => Ok(RewardSpec::Rm { path: path()? }),
-            "classify" => {
-                let (url, model) = served("classify:http://HOST:PORT/classify#MODEL")?;
-                Ok(RewardSpec::Classify { url, model, render_with: None })
-            }
-            "similarity" if arg.is_some_and(|a| a.starts_with("openai:")) => {
-                let (url, model) = judge::parse_spec(arg.unwrap_or_default()).map_err(|e| format!("--reward similarity:{e}"))?;
-                Ok(RewardSpec::SimilarityOpenai { url, model })
-            }
-            "similarity" => Ok(RewardSpec::Similarity { path: path()? }),
-            "judge" => {
-                let (url, model) = judge::parse_spec(arg.unwrap_or_default()).map_err(|e| format!("--reward judge:{e}"))?;
-                Ok(RewardSpec::Judge { url, model, prompts_sha256: judge::prompts_sha256() })
-            }
-            "exact" if arg.is_none() => Ok(RewardSpec::Exact),
-            "numeric" => {
-                let tolerance = arg.map_or(Ok(1e-6), |a| a.parse::<f64>().map_err(|_| format!("--reward numeric:TOL: '{a}' is not a number")))?;
-                if !(tolerance.is_finite() && tolerance >= 0.0) {
-                    return Err(format!("--reward numeric:TOL: the tolerance must be a finite number of 0 or more, got {tolerance}"));
-                }
-                Ok(RewardSpec::Numeric { tolerance })
-            }
-            _ => Err(format!("--reward takes {SPEC_FORMS}; got '{text}'")),
-        }
-    }
-
-    /// The model folders to record among a run's inputs.
-    pub fn paths(&self) -> Vec<&Path> {
-        match self {
-            RewardSpec::Rm { path } | RewardSpec::Similarity { path } => vec![path],
-            RewardSpec::Classify { render_with: Some(path), .. } => vec![path],
-            _ => vec![],
-        }
-    }
-
-    /// The reward, connected to its server where it has one; `check_against`
-    /// (a served classifier only): a local checkpoint that must score alike.
-    pub fn load(&self, dtype: DType, remote: &RemoteOptions, check_against: Option<&Path>) -> Result<Box<dyn Reward>> {
-        if check_against.is_some() && !matches!(self, RewardSpec::Classify { .. }) {
-            bail!("--check-against compares a served reward model (classify:URL#MODEL) with a local one; --reward is not one");
-        }
-        Ok(match self {
-            RewardSpec::Rm { path } => Box::new(RewardModel::load(path, dtype)?),
-            RewardSpec::Classify { url, model, render_with } => {
-                let served = Classify::connect(url, model, render_with.as_deref(), remote)?;
-                if let Some(path) = check_against {
-                    let (got, want) = remote::check_against(&served, path, dtype)?;
-                    eprintln!("--check-against {}: served {got:.5}, local {want:.5}", path.display());
-                }
-                Box::new(served)
-            }
-            RewardSpec::Similarity { path } => Box::new(Similarity::load(path, dtype)?),
-            RewardSpec::SimilarityOpenai { url, model } => Box::new(RemoteSimilarity::connect(url, model, remote)?),
-            RewardSpec::Judge { url, model, .. } => Box::new(JudgeReward(Judge::connect(url, model, remote)?)),
-            RewardSpec::Exact => Box::new(Exact),
-            RewardSpec::Numeric { tolerance } => Box::new(Numeric { tolerance: *tolerance }),
-        })
-    }
-}
 
 /// A reward, or why it could not be had (a server refused the item): a skipped row.
 pub type Scored = Result<f64, String>;
@@ -630,36 +524,6 @@ impl Reward for Numeric {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn specs_parse_and_bad_ones_say_what_is_expected() {
-        assert_eq!(RewardSpec::parse("rm:models/rm").unwrap(), RewardSpec::Rm { path: "models/rm".into() });
-        assert_eq!(RewardSpec::parse("numeric").unwrap(), RewardSpec::Numeric { tolerance: 1e-6 });
-        assert_eq!(RewardSpec::parse("numeric:0.01").unwrap(), RewardSpec::Numeric { tolerance: 0.01 });
-        // A negative or non-finite tolerance would score every correct answer 0.
-        for bad in ["numeric:-1", "numeric:nan", "numeric:inf"] {
-            assert!(RewardSpec::parse(bad).unwrap_err().contains("finite number of 0 or more"), "{bad}");
-        }
-        assert!(RewardSpec::parse("similarity:").unwrap_err().contains("needs a path"));
-        assert!(RewardSpec::parse("bleu").unwrap_err().contains("rm:PATH"));
-        assert_eq!(
-            RewardSpec::parse("classify:http://gpu:8000/classify#Skywork/Skywork-Reward-V2-Llama-3.1-8B").unwrap(),
-            RewardSpec::Classify {
-                url: "http://gpu:8000/classify".into(),
-                model: "Skywork/Skywork-Reward-V2-Llama-3.1-8B".into(),
-                render_with: None
-            }
-        );
-        assert_eq!(
-            RewardSpec::parse("similarity:openai:http://h:8080/v1/#minilm").unwrap(),
-            RewardSpec::SimilarityOpenai { url: "http://h:8080/v1".into(), model: "minilm".into() }
-        );
-        let RewardSpec::Judge { url, model, prompts_sha256 } = RewardSpec::parse("judge:openai:https://h/v1#gpt").unwrap() else { panic!() };
-        assert_eq!((url.as_str(), model.as_str(), prompts_sha256.len()), ("https://h/v1", "gpt", 64));
-        assert!(RewardSpec::parse("classify:http://gpu:8000/classify").unwrap_err().contains("'#MODEL' is missing"));
-        assert!(RewardSpec::parse("judge:http://h/v1#m").unwrap_err().contains("openai:URL#MODEL"));
-        assert!(RewardSpec::parse("classify:gpu:8000#m").unwrap_err().contains("not an http"));
-    }
 
     #[test]
     fn verifiers_compare_with_the_reference() {

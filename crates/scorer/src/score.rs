@@ -25,7 +25,10 @@ use wrpo_common::{
     Provenance, ShardWriter,
 };
 
-use crate::reward::{Item, RewardSpec};
+use crate::{
+    reward::Item,
+    spec::{RewardDtype, RewardSpec},
+};
 use wrpo_remote::RemoteOptions;
 
 pub const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
@@ -34,8 +37,8 @@ pub const PRODUCER: &str = concat!("wrpo-score ", env!("CARGO_PKG_VERSION"));
 #[derive(Clone, Debug, Serialize)]
 pub struct ScoreSettings {
     pub reward: RewardSpec,
-    /// "f32" or "bf16".
-    pub dtype: String,
+    /// The weight type of a reward's model.
+    pub dtype: RewardDtype,
     /// A reward model's matmul precision; left out when f32, so that scores
     /// from before it resume.
     #[serde(skip_serializing_if = "wrpo_llm::bf16::Precision::is_f32")]
@@ -144,9 +147,8 @@ pub fn score(
     interrupted: Arc<AtomicBool>,
 ) -> Result<Summary> {
     let by_id: HashMap<&str, &Prompt> = prompts.iter().map(|p| (p.prompt_id.as_str(), p)).collect();
-    let dtype = if settings.dtype == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
     settings.precision.apply().map_err(anyhow::Error::msg)?;
-    let reward = settings.reward.load(dtype, &options.remote, options.check_against.as_deref())?;
+    let reward = settings.reward.load(settings.dtype, &options.remote, options.check_against.as_deref())?;
     eprintln!("reward {} on {}; matmuls in {}", reward.name(), wrpo_llm::cpu_summary(), settings.precision.describe());
     let mut summary = Summary { reward_model: reward.name(), ..Default::default() };
     let settings_json = serde_json::to_value(settings)?;
