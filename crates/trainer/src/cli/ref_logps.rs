@@ -1,0 +1,78 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use candle_core::DType;
+use clap::Args;
+use wrpo_common::{io::check_paths, pairs::Pair, read_dataset, write_dataset, Provenance};
+use wrpo_llm::{LoadOptions, Model};
+use wrpo_trainer::{
+    data::Sequence,
+    train::{encode_pairs, reference_logps, use_precision, ReferenceRecord, PRODUCER},
+};
+
+use super::training::{encoder, report_truncated, PrecisionArg};
+
+#[derive(Args)]
+pub struct RefArgs {
+    /// The reference model (Target-SFT): an HF folder or a GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// `pairs` dataset.
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Output `pairs` dataset with the reference columns filled.
+    #[arg(long)]
+    out: PathBuf,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 4)]
+    micro_batch: usize,
+    #[arg(long, default_value_t = 2048)]
+    max_length: usize,
+    #[arg(long, default_value_t = 1800)]
+    max_prompt_length: usize,
+    /// The precision of the training runs these pairs feed (their first
+    /// step checks the policy against these log-probs).
+    #[command(flatten)]
+    precision: PrecisionArg,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl RefArgs {
+    fn check(&self) -> Result<()> {
+        if self.micro_batch == 0 {
+            bail!("--micro-batch must be at least 1, got 0");
+        }
+        check_paths(&[("--out", &self.out)], &[("--pairs", &self.pairs), ("--model", &self.model)])
+    }
+
+    pub fn run(self) -> Result<()> {
+        self.check()?;
+        wrpo_llm::set_threads(self.threads);
+        let mut pairs = read_dataset::<Pair>(&self.pairs)?;
+        let model = Model::load(&self.model, &LoadOptions::frozen(DType::F32))?;
+        if model.has_quantized() {
+            bail!("{}: the reference must be a dense model", self.model.display());
+        }
+        let tokenizer = wrpo_llm::Tokenizer::load(&self.model)?;
+        let enc = encoder(&model, tokenizer, self.max_length, self.max_prompt_length, &self.model)?;
+        let (examples, truncated) = encode_pairs(&enc, &pairs, None, &self.pairs)?;
+        report_truncated(truncated, examples.len(), "pairs");
+        let precision = self.precision.precision;
+        use_precision(&model, precision)?;
+        let record = ReferenceRecord::of(&self.model, &enc, precision)?;
+        let logps = reference_logps(&model, &examples, self.micro_batch)?;
+        for ((p, l), e) in pairs.iter_mut().zip(&logps).zip(&examples) {
+            (p.ref_logp_y_ws, p.ref_logp_y_wt, p.ref_logp_y_l) = (Some(l[0]), Some(l[1]), Some(l[2]));
+            let tokens = |s: &Option<Sequence>| s.as_ref().map(|s| s.response_len() as u32);
+            (p.ref_tokens_y_ws, p.ref_tokens_y_wt, p.ref_tokens_y_l) =
+                (tokens(&e.seqs.y_ws), tokens(&e.seqs.y_wt), Some(e.seqs.y_l.response_len() as u32));
+        }
+        let config =
+            serde_json::json!({"model": self.model, "max_length": self.max_length, "max_prompt_length": self.max_prompt_length, "reference": record});
+        let prov = Provenance::new(PRODUCER, &config)?.with_input(&self.pairs)?.with_input(&self.model)?;
+        write_dataset(&self.out, &pairs, &prov)?;
+        eprintln!("reference log-probs of {} pairs -> {}", pairs.len(), self.out.display());
+        Ok(())
+    }
+}
