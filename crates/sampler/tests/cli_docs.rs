@@ -1,0 +1,8 @@
+//! docs/cli/wrpo-sample.md, the flag reference, is wrpo-sample's --help: crates/common/testutil/cli_docs.rs.
+#[path = "../../common/testutil/cli_docs.rs"]
+mod cli_docs_support;
+
+#[test]
+fn flag_reference_matches_help() {
+    cli_docs_support::check(env!("CARGO_BIN_EXE_wrpo-sample"));
+}
