@@ -1,7 +1,7 @@
 //! The f32 matmuls on the CPU's bf16 units: mixed precision.
 //!
 //! Switched on for the process ([`set_matmuls_bf16`], the binaries'
-//! `--precision bf16`), every f32 matmul of [`crate::kernels`] (each linear
+//! `--precision bf16`), every f32 matmul of `kernels` (each linear
 //! layer's forward and both products of its backward, attention's two
 //! products, the LM head's forward and backward) rounds both operands to
 //! bf16 and accumulates their products in f32, as PyTorch's
@@ -38,7 +38,10 @@ use std::{
     },
 };
 
-use crate::{kernels::Operand, pool::Pool};
+use crate::{
+    matmul::{gemm_f32, Operand},
+    pool::Pool,
+};
 
 /// Rows and columns of an output block; also the depth step.
 const BLOCK: usize = 32;
@@ -189,19 +192,18 @@ pub(crate) fn round(x: f32) -> f32 {
 /// bf16 numbers, where any change, however small, moves what a bf16 matmul
 /// reads by half a bf16 step.
 pub fn round_var(var: &candle_core::Var) -> candle_core::Result<usize> {
-    let (rounded, ties) = crate::kernels::with_values(var.as_tensor(), |v: &[f32]| {
-        (v.iter().map(|&x| round(x)).collect::<Vec<f32>>(), v.iter().filter(|x| x.to_bits() & 0xffff == 0x8000).count())
-    })?;
+    let v = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let (rounded, ties) = (v.iter().map(|&x| round(x)).collect::<Vec<f32>>(), v.iter().filter(|x| x.to_bits() & 0xffff == 0x8000).count());
     var.set(&candle_core::Tensor::from_vec(rounded, var.shape(), var.device())?)?;
     Ok(ties)
 }
 
 /// dst (m, n), row stride `dst_rs`, = lhs (m, k) · rhs (k, n) (plus dst's
 /// old values when `accumulate`), operands rounded to bf16, products summed
-/// in f32. Blocks of dst run on the pool as in `kernels::gemm`.
+/// in f32. Blocks of dst run on the pool as in `matmul::gemm_f32`.
 ///
 /// # Safety
-/// As `kernels::gemm`'s: the operands hold what their shapes and strides
+/// As `matmul::gemm_f32`'s: the operands hold what their shapes and strides
 /// reach, and nothing else touches dst's m x n elements meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: Operand<f32>, rhs: Operand<f32>, accumulate: bool) {
@@ -215,7 +217,7 @@ pub(crate) unsafe fn gemm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: u
     let ptrs = Ptrs(dst, lhs, rhs);
     let pool = Pool::global();
     // Split dst along its longer side, each task packing all of the operand
-    // it does not split (kernels::gemm says why).
+    // it does not split (matmul::gemm_f32 says why).
     let by_rows = m > n;
     let long = if by_rows { m } else { n };
     let units = long.div_ceil(BLOCK);
@@ -478,7 +480,7 @@ unsafe fn emulated(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, l
     let (a, b) = (rounded(lhs, m, k), rounded(rhs, k, n));
     let (a, b) = (Operand { ptr: a.as_ptr(), rs: k, cs: 1 }, Operand { ptr: b.as_ptr(), rs: n, cs: 1 });
     // SAFETY: a and b are the rounded operands, dst as the caller promised.
-    unsafe { crate::kernels::gemm_f32(m, n, k, dst, dst_rs, a, b, accumulate) }
+    unsafe { gemm_f32(m, n, k, dst, dst_rs, a, b, accumulate) }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -12,6 +12,7 @@ pub mod grad;
 mod kernels;
 mod kv;
 mod logprob;
+mod matmul;
 mod model;
 mod pool;
 mod qmatmul;
