@@ -1,6 +1,6 @@
 //! What every sampling engine shares: the settings that fix a sample's text,
 //! the work it is given, what it hands back, and the `Backend` trait that the
-//! local engine (`local.rs`) and OpenAI-compatible servers (`remote.rs`) implement.
+//! local engine (`local.rs`) and OpenAI-compatible servers (`served.rs`) implement.
 
 use anyhow::Result;
 use serde::Serialize;

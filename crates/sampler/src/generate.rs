@@ -28,7 +28,7 @@ use wrpo_common::{
 use crate::{
     backend::{Backend, Finish, Job, Outcome, Settings, Sink},
     local::LocalModel,
-    remote::{RemoteModel, RemoteOptions},
+    served::{RemoteModel, RemoteOptions},
     spec::{ModelSpec, Source},
 };
 

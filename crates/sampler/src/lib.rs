@@ -5,5 +5,5 @@ pub mod backend;
 pub mod generate;
 pub mod import;
 pub mod local;
-pub mod remote;
+pub mod served;
 pub mod spec;
