@@ -108,6 +108,15 @@ DPO_DONE = $(addsuffix /.done,$(call run_dirs,dpo))
 # (default WORK/pairs-ref.parquet), into $(@D), at learning rate LR (default WRPO_LR).
 preference = $(TIMED) $(1) $(TRAIN) wrpo $(2) --model $(WORK)/target-sft/final --pairs $(or $(5),$(WORK)/pairs-ref.parquet) --lr $(or $(4),$(WRPO_LR)) \
   --beta $(BETA) --epochs $(EPOCHS) --out $(@D) $(TRAINING_STEPS) --seed $(3)
+# $(call train_preference,STAGE,...): the recipe of every preference run, with preference's arguments:
+# the trainer built, $(@D) started afresh when its settings changed, the run, its .done stamp. The rules
+# that use it stay apart: each names the settings whose change reruns it.
+define train_preference
+$(call need,$(TRAIN))
+$(call fresh,$(1),$(@D),$@)
+$(call preference,$(1),$(2),$(3),$(4),$(5))
+touch $@
+endef
 WRPO_ARGS = --alpha-max $(ALPHA_MAX)
 DPO_ARGS = --loss dpo --dpo-chosen target
 # Pipeline steps build the binaries first (a no-op when they are up to date);
@@ -345,10 +354,7 @@ $(DOSE)/%/pairs-ref.parquet: $(DOSE)/%/pairs.parquet $(WORK)/target-sft/.done $$
 # One run of DOSE_RUNS, LEVEL/ARM-seedS, from Target-SFT on the level's pairs.
 $(DOSE)/%/.done: $$(call dose_pairs,$$(call dose_level,$$*))-ref.parquet \
   $$(call settings,dose-$$(subst /,-,$$*),$$(WRPO_LR) $$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,dose-$(subst /,-,$*),$(@D),$@)
-	$(call preference,dose-$(subst /,-,$*),$(call dose_loss,$(call dose_arm,$*)),$(call dose_seed,$*),,$<)
-	touch $@
+	$(call train_preference,dose-$(subst /,-,$*),$(call dose_loss,$(call dose_arm,$*)),$(call dose_seed,$*),,$<)
 
 DOSE_ARMS = $(addprefix --arm ,L0:wrpo=wrpo $(sort $(foreach r,$(DOSE_RUNS),$(call dose_level,$(r)):$(call dose_arm,$(r))=$(call dose_arm,$(r))-$(call dose_level,$(r)))))
 $(DOSE_EVAL_DIR)/dose.md: $$(foreach r,$$(DOSE_RUNS),$$(DOSE)/$$(r)/.done) $$(WRPO_DONE) $$(DPO_DONE) $(if $(filter validation,$(DOSE_SPLIT)),,$$(EVAL_DIR)/report.md) \
@@ -433,42 +439,24 @@ $(WORK)/pairs-ref.parquet: $(WORK)/pairs.parquet $(WORK)/target-sft/.done $$(cal
 
 # 10. WRPO from Target-SFT on the pairs; DPO on the same pairs as the baseline.
 $(WORK)/wrpo/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo,$$(WRPO_LR) $$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,wrpo,$(@D),$@)
-	$(call preference,wrpo,$(WRPO_ARGS),$(SEED))
-	touch $@
+	$(call train_preference,wrpo,$(WRPO_ARGS),$(SEED))
 	@echo "stage times (s), also in $(WORK)/timings.csv:"; column -s, -t $(WORK)/timings.csv
 
 $(WORK)/dpo/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,dpo,$(@D),$@)
-	$(call preference,dpo,$(DPO_ARGS),$(SEED))
-	touch $@
+	$(call train_preference,dpo,$(DPO_ARGS),$(SEED))
 
 # One run per training seed of SEEDS.
 $(WORK)/wrpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-seed$$*,$$(WRPO_LR) $$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,wrpo-seed$*,$(@D),$@)
-	$(call preference,wrpo-seed$*,$(WRPO_ARGS),$*)
-	touch $@
+	$(call train_preference,wrpo-seed$*,$(WRPO_ARGS),$*)
 
 $(WORK)/wrpo-alpha%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-alpha$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED) $$(SUBSAMPLE)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,wrpo-alpha$*,$(@D),$@)
-	$(call preference,wrpo-alpha$*,--alpha-max $* $(SUBSAMPLE),$(FIRST_SEED))
-	touch $@
+	$(call train_preference,wrpo-alpha$*,--alpha-max $* $(SUBSAMPLE),$(FIRST_SEED))
 
 $(WORK)/wrpo-static%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-static$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED) $$(SUBSAMPLE)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,wrpo-static$*,$(@D),$@)
-	$(call preference,wrpo-static$*,--alpha-max $* --static-alpha $(SUBSAMPLE),$(FIRST_SEED))
-	touch $@
+	$(call train_preference,wrpo-static$*,--alpha-max $* --static-alpha $(SUBSAMPLE),$(FIRST_SEED))
 
 $(WORK)/dpo-seed%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-seed$$*,$$(WRPO_LR) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,dpo-seed$*,$(@D),$@)
-	$(call preference,dpo-seed$*,$(DPO_ARGS),$*)
-	touch $@
+	$(call train_preference,dpo-seed$*,$(DPO_ARGS),$*)
 
 # 11. The held-out prompts answered by the original target, Target-SFT, the WRPO
 # model and the DPO model (same sampling settings and, sample by sample, the
@@ -521,16 +509,10 @@ $(WORK)/sweep/report.md: $$(foreach r,$$(SWEEP_LRS),$$(call sweep_run,dpo,$$(r))
 	  $(foreach r,$(SWEEP_LRS),--compare dpo-lr$(r):target-sft --compare wrpo-lr$(r):target-sft --compare wrpo-lr$(r):dpo-lr$(r)) --out $(@D)
 
 $(WORK)/wrpo-lr%/.done: $(WORK)/pairs-ref.parquet $$(call settings,wrpo-lr$$*,$$(ALPHA_MAX) $$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,wrpo-lr$*,$(@D),$@)
-	$(call preference,wrpo-lr$*,$(WRPO_ARGS),$(FIRST_SEED),$*)
-	touch $@
+	$(call train_preference,wrpo-lr$*,$(WRPO_ARGS),$(FIRST_SEED),$*)
 
 $(WORK)/dpo-lr%/.done: $(WORK)/pairs-ref.parquet $$(call settings,dpo-lr$$*,$$(BETA) $$(EPOCHS) $$(TRAINING_STEPS) $$(FIRST_SEED)) | $(BUILD)
-	$(call need,$(TRAIN))
-	$(call fresh,dpo-lr$*,$(@D),$@)
-	$(call preference,dpo-lr$*,$(DPO_ARGS),$(FIRST_SEED),$*)
-	touch $@
+	$(call train_preference,dpo-lr$*,$(DPO_ARGS),$(FIRST_SEED),$*)
 
 ABLATION_MODELS = $(foreach a,$(ALPHAS),alpha$(a)=$(call alpha_dir,$(a))/final) $(if $(STATIC_ALPHA),static$(STATIC_ALPHA)=$(WORK)/wrpo-static$(STATIC_ALPHA)/final)
 STATIC_AGAINST = $(if $(filter $(STATIC_ALPHA),$(ALPHAS)),alpha$(STATIC_ALPHA),target-sft)
