@@ -14,11 +14,11 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use wrpo_llm::bf16::Precision;
 use wrpo_trainer::{
-    data::{Sequence, Truncation},
+    data::{Batch, PairExample, Sequence, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
     optim::{AdamW, AdamWConfig},
     schedule::LrSchedule,
-    train::{load_model, round_matrices_to_bf16, Batch, PairExample, Stage, TrainConfig, Trainer},
+    train::{load_model, round_matrices_to_bf16, Stage, TrainConfig, Trainer},
 };
 
 fn peak_rss_mb() -> f64 {

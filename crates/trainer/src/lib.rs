@@ -3,9 +3,11 @@
 
 pub mod checkpoint;
 pub mod data;
-pub mod import;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod reference;
 pub mod schedule;
 pub mod train;
+pub mod trainer_state;

@@ -66,6 +66,9 @@ pub enum Y {
 }
 
 impl Y {
+    /// The three, in the order of (y_ws, y_wt, y_l) triples.
+    pub const ALL: [Y; 3] = [Y::Ws, Y::Wt, Y::L];
+
     /// Position in (y_ws, y_wt, y_l) triples such as the reference log-probs.
     pub fn index(self) -> usize {
         match self {
@@ -91,6 +94,17 @@ pub struct PerY<T> {
     pub y_ws: Option<T>,
     pub y_wt: Option<T>,
     pub y_l: T,
+}
+
+impl<T> PerY<T> {
+    /// The value of `y`: none for a y_ws or y_wt the objective does not read.
+    pub fn get(&self, y: Y) -> Option<&T> {
+        match y {
+            Y::Ws => self.y_ws.as_ref(),
+            Y::Wt => self.y_wt.as_ref(),
+            Y::L => Some(&self.y_l),
+        }
+    }
 }
 
 /// What a micro-batch's forward gives the loss.
@@ -155,6 +169,19 @@ impl Objective {
         !matches!(self.loss, LossKind::Dpo | LossKind::Simpo | LossKind::Ipo)
     }
 
+    /// The weight of y_ws on the chosen side, y_wt's being 1 minus it: alpha
+    /// for the WRPO forms; 1 or 0 for the pairwise DPO, SimPO and IPO (by
+    /// `chosen`: their one chosen response); 1/2 for the sigmoid mix, the
+    /// mean of its DPO terms on y_ws and on y_wt. The loss mixes by it, and
+    /// the metrics' `rewards_chosen` (and the accuracy against y_l) too.
+    pub fn chosen_weight(&self, alpha: f64) -> f64 {
+        match self.loss {
+            LossKind::Wrpo | LossKind::WrpoSimpo | LossKind::WrpoIpo => alpha,
+            LossKind::Dpo | LossKind::Simpo | LossKind::Ipo => f64::from(self.chosen == Chosen::Source),
+            LossKind::SigmoidMix => 0.5,
+        }
+    }
+
     /// The responses this objective reads: pairwise forms skip the unchosen one.
     pub fn responses(&self) -> Vec<Y> {
         match (self.loss, self.chosen) {
@@ -176,13 +203,7 @@ impl Objective {
 
     pub fn forward(&self, x: &Inputs, alpha: f64) -> Result<Output> {
         let beta = self.beta;
-        let pick = |p: &PerY<Tensor>, y: Y| -> Tensor {
-            match y {
-                Y::Ws => p.y_ws.clone().expect("y_ws computed for this objective"),
-                Y::Wt => p.y_wt.clone().expect("y_wt computed for this objective"),
-                Y::L => p.y_l.clone(),
-            }
-        };
+        let pick = |p: &PerY<Tensor>, y: Y| -> Tensor { p.get(y).unwrap_or_else(|| panic!("{y:?} computed for this objective")).clone() };
         // h(y) for the reference-based forms, log pi(y) / |y| for SimPO's.
         let h = |y: Y| -> Result<Tensor> {
             match &x.reference {
@@ -190,30 +211,29 @@ impl Objective {
                 _ => pick(&x.policy, y) / pick(&x.lengths, y),
             }
         };
-        let chosen = match self.chosen {
-            Chosen::Source => Y::Ws,
-            Chosen::Target => Y::Wt,
-        };
-        let mix = |a: &Tensor, b: &Tensor| -> Result<Tensor> { (a * alpha)? + (b * (1.0 - alpha))? };
         let ys = self.responses();
-        let r: Vec<Tensor> = ys.iter().map(|&y| h(y)? * beta).collect::<Result<_>>()?;
-        let r_of = |y: Y| r[ys.iter().position(|&v| v == y).unwrap()].clone();
-        let h_margin = |w: &Tensor| -> Result<Tensor> { (w - (r_of(Y::L) / beta)?)? - 1.0 / (2.0 * beta) };
-        let losses = match self.loss {
-            LossKind::Wrpo => self.sigmoid_loss(&(mix(&r_of(Y::Ws), &r_of(Y::Wt))? - r_of(Y::L))?)?,
-            LossKind::Dpo => self.sigmoid_loss(&(r_of(chosen) - r_of(Y::L))?)?,
-            LossKind::Simpo => self.sigmoid_loss(&((r_of(chosen) - r_of(Y::L))? - self.gamma)?)?,
-            LossKind::WrpoSimpo => self.sigmoid_loss(&((mix(&r_of(Y::Ws), &r_of(Y::Wt))? - r_of(Y::L))? - self.gamma)?)?,
-            LossKind::Ipo => h_margin(&(r_of(chosen) / beta)?)?.sqr()?,
-            LossKind::WrpoIpo => h_margin(&(mix(&r_of(Y::Ws), &r_of(Y::Wt))? / beta)?)?.sqr()?,
-            LossKind::SigmoidMix => {
-                let a = self.sigmoid_loss(&(r_of(Y::Ws) - r_of(Y::L))?)?;
-                let b = self.sigmoid_loss(&(r_of(Y::Wt) - r_of(Y::L))?)?;
-                ((a + b)? * 0.5)?
+        let reward = |y: Y| ys.contains(&y).then(|| h(y).and_then(|h| h * beta)).transpose();
+        let r = PerY { y_ws: reward(Y::Ws)?, y_wt: reward(Y::Wt)?, y_l: reward(Y::L)?.expect("y_l always") };
+        // y_ws's term weighted w and y_wt's 1 - w, of those the objective reads.
+        let w = self.chosen_weight(alpha);
+        let mix = |ws: Option<&Tensor>, wt: Option<&Tensor>| -> Result<Tensor> {
+            match (ws.map(|a| a * w).transpose()?, wt.map(|b| b * (1.0 - w)).transpose()?) {
+                (Some(a), Some(b)) => a + b,
+                (a, b) => Ok(a.or(b).expect("a chosen response")),
             }
         };
-        let has = |y: Y| ys.contains(&y);
-        Ok(Output { losses, rewards: PerY { y_ws: has(Y::Ws).then(|| r_of(Y::Ws)), y_wt: has(Y::Wt).then(|| r_of(Y::Wt)), y_l: r_of(Y::L) } })
+        let chosen = || mix(r.y_ws.as_ref(), r.y_wt.as_ref());
+        let h_margin = |c: &Tensor| -> Result<Tensor> { (c - (&r.y_l / beta)?)? - 1.0 / (2.0 * beta) };
+        let losses = match self.loss {
+            LossKind::Wrpo | LossKind::Dpo => self.sigmoid_loss(&(chosen()? - &r.y_l)?)?,
+            LossKind::Simpo | LossKind::WrpoSimpo => self.sigmoid_loss(&((chosen()? - &r.y_l)? - self.gamma)?)?,
+            LossKind::Ipo | LossKind::WrpoIpo => h_margin(&(chosen()? / beta)?)?.sqr()?,
+            LossKind::SigmoidMix => {
+                let dpo = |y: Y| self.sigmoid_loss(&(pick(&r, y) - &r.y_l)?);
+                mix(Some(&dpo(Y::Ws)?), Some(&dpo(Y::Wt)?))?
+            }
+        };
+        Ok(Output { losses, rewards: r })
     }
 }
 

@@ -9,18 +9,20 @@
 //! that it equals the policy exactly as at every run's first step, or offset
 //! from it.
 
+mod common;
+
 use std::{collections::HashMap, path::PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::Value;
 use wrpo_common::{sft::SftExample, Message};
 use wrpo_llm::Model;
 use wrpo_trainer::{
-    data::{Encoder, Truncation},
+    data::{pack_sft, Encoder, Examples, PairExample, SftBlock, SftForm, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
-    optim::{AdamW, AdamWConfig},
-    schedule::LrSchedule,
-    train::{load_model, pack_sft, reference_logps, Examples, PairExample, SftBlock, SftForm, Stage, TrainConfig, Trainer},
+    optim::AdamW,
+    reference::reference_logps,
+    train::{load_model, Stage, TrainConfig, Trainer},
 };
 
 const CONFIGS: [&str; 8] = [
@@ -37,7 +39,7 @@ const CONFIGS: [&str; 8] = [
 const TRUNCATION: Truncation = Truncation { max_length: 1024, max_prompt_length: 512 };
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/gradients").join(name)
+    common::fixtures("gradients").join(name)
 }
 
 struct Fixture {
@@ -60,8 +62,7 @@ fn load(name: &'static str) -> Fixture {
     let (model, tokenizer) = load_model(&dir).unwrap();
     let template = tokenizer.chat_template_for(model.config.family).unwrap();
     let encoder = Encoder::new(tokenizer, template, TRUNCATION).unwrap();
-    let cases = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("cases.json")).unwrap()).unwrap();
-    let expected = candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu).unwrap();
+    let (cases, expected) = common::pytorch_expected(&fixture(name));
     Fixture { name, model, encoder, cases, expected, _saved: saved }
 }
 
@@ -106,20 +107,7 @@ fn sft_examples(pairs: &[PairExample]) -> Vec<SftBlock> {
 }
 
 fn config() -> TrainConfig {
-    TrainConfig {
-        lr: 0.0,
-        warmup_ratio: 0.0,
-        schedule: LrSchedule::Constant,
-        epochs: 1.0,
-        micro_batch: 2,
-        grad_accum: 2,
-        max_grad_norm: None,
-        adamw: AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decay_norms_and_biases: false },
-        truncation: TRUNCATION,
-        seed: 0,
-        freeze_embeddings: false,
-        precision: wrpo_llm::bf16::Precision::F32,
-    }
+    TrainConfig { micro_batch: 2, grad_accum: 2, ..common::train_config(TRUNCATION) }
 }
 
 /// How far a step's results may be from PyTorch's f32 ones.

@@ -2,22 +2,19 @@
 //! formulas (fixtures of scripts/fixtures/make_trainer_fixtures.py), and two
 //! AdamW steps against torch.optim.AdamW.
 
-use std::{collections::HashMap, path::PathBuf};
+mod common;
 
-use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 use wrpo_llm::{LoadOptions, Model};
 use wrpo_trainer::{
-    data::{Sequence, Truncation},
+    data::{Examples, PairExample, Sequence, SftBlock, SftForm, Truncation},
     loss::{Chosen, LossKind, Objective, PerY},
     optim::{AdamW, AdamWConfig},
-    schedule::LrSchedule,
-    train::{Examples, PairExample, SftBlock, SftForm, Stage, TrainConfig, Trainer},
+    train::{Stage, TrainConfig, Trainer},
 };
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/trainer/gemma3")
-}
 
 struct Fixture {
     model: Model,
@@ -26,9 +23,9 @@ struct Fixture {
 }
 
 fn load() -> Fixture {
-    let model = Model::load(&fixture(), &LoadOptions::trainable(DType::F32)).unwrap();
-    let cases = serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).unwrap()).unwrap();
-    let expected = candle_core::safetensors::load(fixture().join("expected.safetensors"), &Device::Cpu).unwrap();
+    let dir = common::fixtures("trainer/gemma3");
+    let model = Model::load(&dir, &LoadOptions::trainable(DType::F32)).unwrap();
+    let (cases, expected) = common::pytorch_expected(&dir);
     Fixture { model, cases, expected }
 }
 
@@ -60,20 +57,8 @@ fn pairs(f: &Fixture) -> Examples {
 }
 
 fn config(lr: f64, weight_decay: f64) -> TrainConfig {
-    TrainConfig {
-        lr,
-        warmup_ratio: 0.0,
-        schedule: LrSchedule::Constant,
-        epochs: 1.0,
-        micro_batch: 3,
-        grad_accum: 1,
-        max_grad_norm: Some(1.0),
-        adamw: AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decay_norms_and_biases: false },
-        truncation: Truncation { max_length: 64, max_prompt_length: 32 },
-        seed: 0,
-        freeze_embeddings: false,
-        precision: wrpo_llm::bf16::Precision::F32,
-    }
+    let base = common::train_config(Truncation { max_length: 64, max_prompt_length: 32 });
+    TrainConfig { lr, micro_batch: 3, max_grad_norm: Some(1.0), adamw: AdamWConfig { weight_decay, ..base.adamw }, ..base }
 }
 
 fn objective(f: &Fixture, loss: LossKind, chosen: Chosen, smoothing: bool) -> Objective {

@@ -2,8 +2,10 @@
 //! the repo's tiny ChatML tokenizer: learning on a synthetic preference
 //! task, exact resume, the HF checkpoint, and errors on bad inputs.
 
+mod common;
+
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
@@ -14,9 +16,6 @@ use wrpo_llm::{LoadOptions, Model};
 
 /// Micro-batches of 4, no accumulation, 3 epochs, no warm-up: a few quick steps.
 const SMALL_STEPS: [&str; 8] = ["--micro-batch", "4", "--grad-accum", "1", "--epochs", "3", "--warmup-ratio", "0"];
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn train_bin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wrpo-train")).args(args).output().unwrap()
@@ -75,7 +74,7 @@ struct Setup {
 impl Setup {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let model = wrpo_llm::tiny::tiny_llama(dir.path(), &repo().join("data/fixtures/tokenizer/tiny-bpe"), 128, 11).unwrap();
+        let model = wrpo_llm::tiny::tiny_llama(dir.path(), &common::fixtures("tokenizer/tiny-bpe"), 128, 11).unwrap();
         let s = Setup { model: model.display().to_string(), dir };
         let prov = Provenance::new("test", &json!({})).unwrap();
         write_dataset(Path::new(&s.path("pairs.parquet")), &pairs(0..16), &prov).unwrap();
@@ -305,7 +304,7 @@ fn bad_inputs_are_named() {
     ]));
     assert!(err.contains("--max-prompt-length (12) must be below --max-length (12)"), "{err}");
     // A model loaded for quantized inference cannot be trained.
-    let gguf = repo().join("data/fixtures/llm/gguf");
+    let gguf = common::fixtures("llm/gguf");
     if let Some(q8) = std::fs::read_dir(&gguf).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.to_string_lossy().contains("q8")) {
         let model = Model::load(&q8, &LoadOptions::quantized(None)).unwrap();
         let err = model.response_logprobs(&[(&[1u32][..], &[2u32, 3][..])]).unwrap_err().to_string();
@@ -350,7 +349,7 @@ fn reference_log_probs_that_disagree_with_the_run_are_refused() {
     let err = wrpo("templated.parquet", &[]);
     assert!(err.contains("another tokenizer or chat template"), "{err}");
     // Another model.
-    let other = wrpo_llm::tiny::tiny_llama(&s.dir.path().join("other"), &repo().join("data/fixtures/tokenizer/tiny-bpe"), 128, 12).unwrap();
+    let other = wrpo_llm::tiny::tiny_llama(&s.dir.path().join("other"), &common::fixtures("tokenizer/tiny-bpe"), 128, 12).unwrap();
     refs(other.to_str().unwrap(), "pairs.parquet", "other.parquet", &[]);
     let err = wrpo("other.parquet", &[]);
     assert!(err.contains("a reference model (sha256") && err.contains("other than the model this run starts from"), "{err}");
@@ -427,7 +426,7 @@ fn bad_settings_are_refused_first_and_a_failed_run_does_not_block_its_rerun() {
 #[test]
 fn a_cut_gguf_is_named_in_one_line_even_with_backtraces_on() {
     let s = Setup::new();
-    let whole = std::fs::read(repo().join("data/fixtures/llm/gguf/llama.q8_0.gguf")).unwrap();
+    let whole = std::fs::read(common::fixtures("llm/gguf/llama.q8_0.gguf")).unwrap();
     for (name, keep) in [("header.gguf", 200), ("tensors.gguf", whole.len() / 2)] {
         let cut = s.dir.path().join(name);
         std::fs::write(&cut, &whole[..keep]).unwrap();
@@ -456,7 +455,7 @@ fn a_cut_gguf_is_named_in_one_line_even_with_backtraces_on() {
 fn a_trl_runs_log_becomes_a_metrics_dataset_and_its_plot() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("gpu/metrics.parquet");
-    let state = repo().join("data/fixtures/trl/trainer_state.json");
+    let state = common::fixtures("trl/trainer_state.json");
     ok(train_bin(&["import-metrics", state.to_str().unwrap(), "--out", out.to_str().unwrap()]));
     let file = read_file::<StepMetrics>(&out).unwrap();
     let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
@@ -501,17 +500,17 @@ fn a_trl_runs_log_becomes_a_metrics_dataset_and_its_plot() {
 fn a_subsample_is_fixed_by_the_prompt_ids() {
     let all = pairs(0..40);
     let ids = |rows: &[Pair]| rows.iter().map(|p| p.prompt_id.clone()).collect::<Vec<_>>();
-    let picked = wrpo_trainer::train::subsample(all.clone(), 10);
+    let picked = wrpo_trainer::data::subsample(all.clone(), 10);
     assert_eq!(picked.len(), 10);
     let order: Vec<usize> = picked.iter().map(|p| p.prompt_id[1..].parse().unwrap()).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "not in the file's order: {order:?}");
     assert!(*order.last().unwrap() >= 20, "only the first rows were taken: {order:?}");
     let mut reversed = all.clone();
     reversed.reverse();
-    let mut again = ids(&wrpo_trainer::train::subsample(reversed, 10));
+    let mut again = ids(&wrpo_trainer::data::subsample(reversed, 10));
     again.sort();
     let mut want = ids(&picked);
     want.sort();
     assert_eq!(again, want);
-    assert_eq!(wrpo_trainer::train::subsample(all.clone(), 40).len(), 40);
+    assert_eq!(wrpo_trainer::data::subsample(all.clone(), 40).len(), 40);
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use wrpo_common::{io::check_paths, write_dataset, Provenance};
-use wrpo_trainer::{import, train::PRODUCER};
+use wrpo_trainer::{train::PRODUCER, trainer_state};
 
 #[derive(Args)]
 pub struct ImportArgs {
@@ -28,11 +28,11 @@ impl ImportArgs {
         self.check()?;
         let plot = self.out.with_extension("png");
         let text = std::fs::read_to_string(&self.state).with_context(|| format!("cannot read {}", self.state.display()))?;
-        let state = import::parse_state(&text, &self.state)?;
-        let log = import::log_history(&state, &self.state)?;
-        let stage = self.stage.clone().unwrap_or_else(|| import::default_stage(&log).to_string());
-        import::check_stage(&stage)?;
-        let metrics = import::metrics_from_log(&log, &stage, &self.state)?;
+        let state = trainer_state::parse_state(&text, &self.state)?;
+        let log = trainer_state::log_history(&state, &self.state)?;
+        let stage = self.stage.clone().unwrap_or_else(|| trainer_state::default_stage(&log).to_string());
+        trainer_state::check_stage(&stage)?;
+        let metrics = trainer_state::metrics_from_log(&log, &stage, &self.state)?;
         if let Some(first) = metrics.iter().find(|m| !m.loss.is_finite()) {
             let n = metrics.iter().filter(|m| !m.loss.is_finite()).count();
             eprintln!(

@@ -6,8 +6,9 @@ use clap::Args;
 use wrpo_common::{io::check_paths, pairs::Pair, read_dataset, write_dataset, Provenance};
 use wrpo_llm::{LoadOptions, Model};
 use wrpo_trainer::{
-    data::Sequence,
-    train::{encode_pairs, reference_logps, use_precision, ReferenceRecord, PRODUCER},
+    data::{encode_pairs, Sequence},
+    reference::{reference_logps, ReferenceRecord},
+    train::{use_precision, PRODUCER},
 };
 
 use super::training::{encoder, report_truncated, PrecisionArg};

@@ -3,7 +3,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use wrpo_common::{io::check_paths, read_dataset, sft::SftExample};
-use wrpo_trainer::train::{encode_sft, load_model, Examples, SftForm, Stage};
+use wrpo_trainer::{
+    data::{encode_sft, Examples, SftForm},
+    train::{load_model, Stage},
+};
 
 use super::training::{check_settings, encoder, report_truncated, train, Common};
 

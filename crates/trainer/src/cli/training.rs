@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use wrpo_llm::{bf16::Precision, Model};
 use wrpo_trainer::{
-    data::{Encoder, Truncation},
+    data::{Encoder, Examples, Truncation},
     optim::AdamWConfig,
     schedule::LrSchedule,
-    train::{run, Examples, RunInputs, Stage, TrainConfig},
+    train::{run, RunInputs, Stage, TrainConfig},
 };
 
 #[derive(Args)]

@@ -7,8 +7,10 @@ use wrpo_common::{
     pairs::Pair,
 };
 use wrpo_trainer::{
+    data::{encode_pairs, subsample, Examples},
     loss::{Chosen, LossKind, Objective, SIMPO_GAMMA_BETA_RATIO},
-    train::{encode_pairs, load_model, subsample, Examples, ReferenceRecord, Stage},
+    reference::ReferenceRecord,
+    train::{load_model, Stage},
 };
 
 use super::training::{check_settings, encoder, in_range, report_truncated, train, Common};
