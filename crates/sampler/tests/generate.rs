@@ -16,6 +16,9 @@ use wrpo_common::{
     samples::{FinishReason, Sample},
     write_dataset, Message, Provenance, Role,
 };
+#[path = "../../common/testutil/run.rs"]
+mod run;
+use run::{failed, ok};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -62,16 +65,6 @@ const TEXTS: &[&str] = &[
 
 fn sample_bin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wrpo-sample")).arg("generate").args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "wrpo-sample failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn failed(out: Output) -> String {
-    assert!(!out.status.success(), "wrpo-sample should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Rows keyed by (prompt_id, model, sample_index), without the timing column.

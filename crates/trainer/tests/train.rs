@@ -13,22 +13,15 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 use wrpo_common::{io::read_file, metrics::StepMetrics, pairs::Pair, read_dataset, sft::SftExample, write_dataset, Message, Provenance, Role};
 use wrpo_llm::{LoadOptions, Model};
+#[path = "../../common/testutil/run.rs"]
+mod run;
+use run::{failed, ok};
 
 /// Micro-batches of 4, no accumulation, 3 epochs, no warm-up: a few quick steps.
 const SMALL_STEPS: [&str; 8] = ["--micro-batch", "4", "--grad-accum", "1", "--epochs", "3", "--warmup-ratio", "0"];
 
 fn train_bin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wrpo-train")).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "wrpo-train failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn failed(out: Output) -> String {
-    assert!(!out.status.success(), "wrpo-train should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 const GOOD: [&str; 3] = ["Sure, here is the answer.", "Sure, here it is.", "Here is the answer, sure."];
