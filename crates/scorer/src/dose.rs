@@ -19,8 +19,9 @@ use wrpo_common::{
 use wrpo_llm::Rng;
 
 use crate::{
-    report::{bootstrap, interval_95, p_text, sign_flip_p_value, write_png},
+    report::render::{p_text, write_png},
     select::SourceGain,
+    stats::{bootstrap, interval_95, resample, sign_flip_p_value},
 };
 
 /// One y_ws: its name and what its training pairs say of the source.
@@ -106,7 +107,7 @@ pub fn slope_bootstrap(x: &[f64], diffs: &[Vec<f64>], resamples: usize, seed: u6
     };
     let point = slope(x, &means(&mut (0..n)));
     let mut rng = Rng::new(seed);
-    let draws: Vec<f64> = (0..resamples).map(|_| slope(x, &means(&mut (0..n).map(|_| (rng.next_u64() % n as u64) as usize)))).collect();
+    let draws: Vec<f64> = (0..resamples).map(|_| slope(x, &means(&mut resample(&mut rng, n)))).collect();
     let (low, high) = interval_95(draws);
     (point, low, high)
 }

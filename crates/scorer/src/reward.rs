@@ -2,7 +2,7 @@
 //! (sequence-classification heads and ArmoRM's gated multi-objective head,
 //! over the decoder of `wrpo-llm`), similarity to a reference answer in a
 //! sentence-transformers embedding space, and verifiers against the
-//! reference. The same measured by servers are in `remote.rs`; which
+//! reference. The same measured by servers are in `served.rs`; which
 //! reward `--reward` names, and loading it, in `spec.rs`.
 
 use std::{cell::RefCell, collections::HashMap, ops::Range, path::Path};

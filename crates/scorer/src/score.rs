@@ -26,7 +26,7 @@ use wrpo_common::{
 };
 
 use crate::{
-    reward::Item,
+    reward::{Item, Reward},
     spec::{RewardDtype, RewardSpec},
 };
 use wrpo_remote::RemoteOptions;
@@ -137,6 +137,51 @@ struct RunConfig<'a> {
     options: &'a ScoreOptions,
 }
 
+/// What every step of a run reads.
+struct Run<'a> {
+    by_id: HashMap<&'a str, &'a Prompt>,
+    reward: Box<dyn Reward>,
+    settings: &'a ScoreSettings,
+    /// The settings as a resume compares them.
+    settings_json: serde_json::Value,
+    options: &'a ScoreOptions,
+    prov: Provenance,
+    out: &'a Path,
+    interrupted: Arc<AtomicBool>,
+}
+
+/// One model's samples to score, with its folder's writer (which holds the
+/// folder's lock) and the rows the folder already holds.
+struct Pending {
+    writer: ShardWriter<ScoredSample>,
+    done: Vec<ScoredSample>,
+    work: Vec<Work>,
+}
+
+/// One model's part of the run.
+struct ModelPlan {
+    model: String,
+    /// Its batches, fixed by the whole run, less the samples on disk.
+    batches: Vec<Vec<Work>>,
+    /// A sample on disk with a reward: if this run's first batch is refused
+    /// whole, it is asked again, to tell the server's fault from the samples'.
+    probe: Option<ScoredSample>,
+    writer: ShardWriter<ScoredSample>,
+}
+
+/// A batch's rows as far as the reward got, their cost, and the fatal error
+/// that left the rest unscored, if one did.
+type BatchOutcome = (Vec<ScoredSample>, u64, Option<anyhow::Error>);
+
+/// What the reward scores: a response to a prompt.
+fn item<'a>(prompt: &'a Prompt, response: &'a str) -> Item<'a> {
+    Item { messages: &prompt.messages, response, reference: prompt.reference.as_deref() }
+}
+
+/// Score every sample under `samples_path` into `OUT/<model>/` and write
+/// `OUT/summary.json`: what is pending per model (what its folder holds is
+/// resumed), each model's batches, the batches scored and committed in turn,
+/// then the summary of what is on disk.
 pub fn score(
     prompts_path: &Path,
     prompts: &[Prompt],
@@ -152,67 +197,89 @@ pub fn score(
     eprintln!("reward {} on {}; matmuls in {}", reward.name(), wrpo_llm::cpu_summary(), settings.precision.describe());
     let mut summary = Summary { reward_model: reward.name(), ..Default::default() };
     let settings_json = serde_json::to_value(settings)?;
-    let config = RunConfig { settings, options };
-    let mut prov = Provenance::new(PRODUCER, &config)?.with_input(prompts_path)?.with_input(samples_path)?;
+    let mut prov = Provenance::new(PRODUCER, &RunConfig { settings, options })?.with_input(prompts_path)?.with_input(samples_path)?;
     for path in settings.reward.paths() {
         prov = prov.with_input(path)?;
     }
+    let run = Run { by_id, reward, settings, settings_json, options, prov, out, interrupted };
 
-    // What is there to score, and what is already scored.
-    let mut todo: BTreeMap<String, Vec<Work>> = BTreeMap::new();
-    let mut done: HashMap<String, Vec<ScoredSample>> = HashMap::new();
-    let mut writers: HashMap<String, ShardWriter<ScoredSample>> = HashMap::new();
-    for (sample, file) in read_samples(samples_path)? {
-        if settings.shard.is_some_and(|(i, n)| shard_of(&sample.prompt_id, n) != i) {
-            continue;
-        }
-        let prompt = by_id.get(sample.prompt_id.as_str()).ok_or_else(|| {
-            anyhow!(
-                "{}: sample (prompt_id {}, model {}, sample_index {}) has no prompt in {}",
-                file.display(),
-                sample.prompt_id,
-                sample.model,
-                sample.sample_index,
-                prompts_path.display()
-            )
-        })?;
-        let model_summary = summary.models.entry(sample.model.clone()).or_default();
-        if sample.finish_reason == FinishReason::Skipped {
-            model_summary.skipped += 1;
-            continue;
-        }
-        if !reward.checkable(prompt.reference.as_deref()) {
-            if !settings.skip_unreferenced {
-                bail!(
-                    "{}: prompt {} has no reference answer {} can check ({:?}); pass --skip-unreferenced to leave such prompts out",
-                    prompts_path.display(),
-                    prompt.prompt_id,
-                    reward.name(),
-                    prompt.reference.as_deref().unwrap_or("none")
-                );
+    let pending = run.pending(prompts_path, samples_path, &mut summary)?;
+    let plans = pending.into_iter().map(|(model, p)| run.plan(model, p)).collect::<Result<Vec<_>>>()?;
+    let total: usize = plans.iter().map(|p| p.batches.iter().map(Vec::len).sum::<usize>()).sum();
+    let mut progress = Progress::new(total as u64, "samples");
+    for plan in plans {
+        let refusals = &mut summary.models.get_mut(&plan.model).expect("counted with its samples").refusals;
+        run.score_model(plan, &mut progress, refusals)?;
+    }
+    progress.finish();
+    run.summarise(&mut summary)?;
+    write_summary(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+impl Run<'_> {
+    /// What is there to score, per model, and what its folder already holds
+    /// (read under the folder's lock); skipped samples, and with
+    /// --skip-unreferenced those the reward cannot check, are counted in
+    /// `summary`.
+    fn pending(&self, prompts_path: &Path, samples_path: &Path, summary: &mut Summary) -> Result<BTreeMap<String, Pending>> {
+        let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+        for (sample, file) in read_samples(samples_path)? {
+            if self.settings.shard.is_some_and(|(i, n)| shard_of(&sample.prompt_id, n) != i) {
+                continue;
             }
-            model_summary.unreferenced += 1;
-            continue;
+            let prompt = self.by_id.get(sample.prompt_id.as_str()).ok_or_else(|| {
+                anyhow!(
+                    "{}: sample (prompt_id {}, model {}, sample_index {}) has no prompt in {}",
+                    file.display(),
+                    sample.prompt_id,
+                    sample.model,
+                    sample.sample_index,
+                    prompts_path.display()
+                )
+            })?;
+            let model_summary = summary.models.entry(sample.model.clone()).or_default();
+            if sample.finish_reason == FinishReason::Skipped {
+                model_summary.skipped += 1;
+                continue;
+            }
+            if !self.reward.checkable(prompt.reference.as_deref()) {
+                if !self.settings.skip_unreferenced {
+                    bail!(
+                        "{}: prompt {} has no reference answer {} can check ({:?}); pass --skip-unreferenced to leave such prompts out",
+                        prompts_path.display(),
+                        prompt.prompt_id,
+                        self.reward.name(),
+                        prompt.reference.as_deref().unwrap_or("none")
+                    );
+                }
+                model_summary.unreferenced += 1;
+                continue;
+            }
+            if !pending.contains_key(&sample.model) {
+                // The folder's lock before its resume plan: a second scorer on it is
+                // refused here, not after both have read what is on disk and each
+                // scores the rest (duplicate keys).
+                let dir = self.out.join(&sample.model);
+                let writer = ShardWriter::new(&dir, self.prov.clone(), self.options.shard_rows)?.abort_after_shards(self.options.abort_after_shards);
+                let done = existing(&dir, &self.settings_json, &self.prov)?;
+                pending.insert(sample.model.clone(), Pending { writer, done, work: vec![] });
+            }
+            let cost = self
+                .reward
+                .cost(&item(prompt, &sample.response))
+                .with_context(|| format!("{}: sample ({}, {})", file.display(), sample.prompt_id, sample.sample_index))?;
+            pending.get_mut(&sample.model).expect("inserted above").work.push(Work { sample, file, cost });
         }
-        if !done.contains_key(&sample.model) {
-            // The folder's lock before its resume plan: a second scorer on it is
-            // refused here, not after both have read what is on disk and each
-            // scores the rest (duplicate keys).
-            let dir = out.join(&sample.model);
-            let writer = ShardWriter::new(&dir, prov.clone(), options.shard_rows)?.abort_after_shards(options.abort_after_shards);
-            writers.insert(sample.model.clone(), writer);
-            done.insert(sample.model.clone(), existing(&dir, &settings_json, &prov)?);
-        }
-        let item = Item { messages: &prompt.messages, response: &sample.response, reference: prompt.reference.as_deref() };
-        let cost = reward.cost(&item).with_context(|| format!("{}: sample ({}, {})", file.display(), sample.prompt_id, sample.sample_index))?;
-        todo.entry(sample.model.clone()).or_default().push(Work { sample, file, cost });
+        Ok(pending)
     }
 
-    // Batches per model, fixed by the whole run; those with every row on disk are done.
-    let mut plans = Vec::new();
-    for (model, mut work) in todo {
+    /// A model's batches, fixed by the whole run; those with every row on
+    /// disk are done. Samples made again under keys on disk are refused.
+    fn plan(&self, model: String, pending: Pending) -> Result<ModelPlan> {
+        let Pending { writer, done, mut work } = pending;
         // What is on disk, and for which response: a resume is keyed by what was scored.
-        let scored: HashMap<(&str, u32), &str> = done[&model].iter().map(|r| ((r.prompt_id.as_str(), r.sample_index), r.response.as_str())).collect();
+        let scored: HashMap<(&str, u32), &str> = done.iter().map(|r| ((r.prompt_id.as_str(), r.sample_index), r.response.as_str())).collect();
         if let Some(w) =
             work.iter().find(|w| scored.get(&(w.sample.prompt_id.as_str(), w.sample.sample_index)).is_some_and(|r| *r != w.sample.response))
         {
@@ -221,168 +288,180 @@ pub fn score(
                 w.file.display(),
                 w.sample.prompt_id,
                 w.sample.sample_index,
-                out.join(&model).display()
+                self.out.join(&model).display()
             );
         }
         let by_key = |a: &Work, b: &Work| a.sample.prompt_id.cmp(&b.sample.prompt_id).then(a.sample.sample_index.cmp(&b.sample.sample_index));
-        match reward.shares_prompts() {
+        match self.reward.shares_prompts() {
             true => work.sort_by(by_key),
             false => work.sort_by(|a, b| a.cost.cmp(&b.cost).then_with(|| by_key(a, b))),
         }
         // Only the items not on disk are sent: a batch an earlier run left
         // partly committed (a fatal error, or another --batch-tokens) is not
         // asked again whole.
-        let batches: Vec<Vec<Work>> = batches(work, options, reward.shares_prompts())
+        let batches: Vec<Vec<Work>> = batches(work, self.options, self.reward.shares_prompts())
             .into_iter()
             .map(|b| b.into_iter().filter(|w| !scored.contains_key(&(w.sample.prompt_id.as_str(), w.sample.sample_index))).collect::<Vec<_>>())
             .filter(|b| !b.is_empty())
             .collect();
-        // A sample on disk with a reward: if this run's first batch is refused
-        // whole, it is asked again, to tell the server's fault from the samples'.
-        let probe = done[&model].iter().find(|r| r.finish_reason != FinishReason::Skipped && by_id.contains_key(r.prompt_id.as_str())).cloned();
-        plans.push((model, batches, probe));
+        let probe = done.iter().find(|r| r.finish_reason != FinishReason::Skipped && self.by_id.contains_key(r.prompt_id.as_str())).cloned();
+        Ok(ModelPlan { model, batches, probe, writer })
     }
-    let total: usize = plans.iter().map(|(_, b, _)| b.iter().map(Vec::len).sum::<usize>()).sum();
-    let mut progress = Progress::new(total as u64, "samples");
-    for (model, batches, probe) in plans {
-        // Whether this run has had a reward from the server yet.
-        let mut has_rewards = false;
+
+    /// Score a model's batches in order, each committed as it finishes;
+    /// whatever stops them, what they finished is committed.
+    fn score_model(&self, plan: ModelPlan, progress: &mut Progress, refusals: &mut Vec<String>) -> Result<()> {
+        let ModelPlan { model, batches, probe, mut writer } = plan;
         progress.set_model(&model);
-        let mut writer = writers.remove(&model).expect("every model with work has its writer");
-        // Whatever stops the batches, what they finished is committed.
-        let result = (|| -> Result<()> {
-            for batch in batches {
-                if interrupted.load(Ordering::SeqCst) {
-                    break;
-                }
-                let items: Vec<Item> = batch
-                    .iter()
-                    .map(|w| {
-                        let p = by_id[w.sample.prompt_id.as_str()];
-                        Item { messages: &p.messages, response: &w.sample.response, reference: p.reference.as_deref() }
-                    })
-                    .collect();
-                let (outcomes, fatal) = reward.score_partial(&items);
-                let mut rows = Vec::with_capacity(batch.len());
-                let mut finished_cost = 0u64;
-                for (w, r) in batch.iter().zip(outcomes) {
-                    // None: the fatal error below left it unscored.
-                    let Some(r) = r else { continue };
-                    finished_cost += w.cost as u64;
-                    let s = &w.sample;
-                    let (value, finish_reason) = match r {
-                        Ok(r) if r.is_finite() => (r, s.finish_reason),
-                        Ok(r) => bail!(
-                            "{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written",
-                            w.file.display(),
-                            s.prompt_id,
-                            s.sample_index
-                        ),
-                        Err(why) => {
-                            let why = format!("prompt_id {} sample_index {}: {why}", s.prompt_id, s.sample_index);
-                            eprintln!("skipped ({model}) {why}");
-                            summary.models.get_mut(&model).expect("counted above").refusals.push(why);
-                            (f64::NAN, FinishReason::Skipped)
-                        }
-                    };
-                    rows.push(ScoredSample {
-                        prompt_id: s.prompt_id.clone(),
-                        model: s.model.clone(),
-                        sample_index: s.sample_index,
-                        response: s.response.clone(),
-                        response_tokens: s.response_tokens,
-                        finish_reason,
-                        reward: value,
-                        reward_model: reward.name(),
-                    });
-                }
-                // A whole first batch refused: the settings or the server are at
-                // fault, not the samples, and no skipped row is committed; unless
-                // a sample it scored in an earlier run is scored again now.
-                if !has_rewards && !rows.is_empty() && rows.iter().all(|r| r.finish_reason == FinishReason::Skipped) {
-                    let why = summary.models[&model].refusals.last().cloned().unwrap_or_default();
-                    let scores_again = probe.as_ref().is_some_and(|s| {
-                        let p = by_id[s.prompt_id.as_str()];
-                        let item = Item { messages: &p.messages, response: &s.response, reference: p.reference.as_deref() };
-                        matches!(reward.score_partial(&[item]).0.first(), Some(Some(Ok(r))) if r.is_finite())
-                    });
-                    if !scores_again {
-                        let before = match &probe {
-                            Some(s) => format!(
-                                ", and now refuses too prompt_id {} sample_index {}, which it scored in an earlier run",
-                                s.prompt_id, s.sample_index
-                            ),
-                            None => String::new(),
-                        };
-                        // A judge that answered every request refused nothing: it cannot grade in this format.
-                        if why.contains(crate::judge::UNREADABLE) {
-                            bail!(
-                                "{model}: the judge answered every request of this run's first batch, but not one of its grades ({} samples) could be read (the last: {why}){before}; \
-                                 nothing was written: this judge model does not follow the grading format (a larger or instruction-tuned judge, or its chat template, is needed)",
-                                rows.len()
-                            );
-                        }
-                        bail!(
-                            "{model}: the reward's server refused all {} samples of this run's first batch (the last: {why}){before}; nothing was written: check --reward and what the server accepts",
-                            rows.len()
-                        );
-                    }
-                }
-                has_rewards |= rows.iter().any(|r| r.finish_reason != FinishReason::Skipped);
-                let finished = rows.len();
-                writer.push_unit(rows)?;
-                // What is written, not what was sent: after a fatal error the line must not say 24/24.
-                progress.add(finished as u64, finished_cost);
-                if let Some(e) = fatal {
-                    return Err(e.context(format!(
-                        "scoring samples of {}; the {finished} of this batch's {} samples finished before it are committed: run the same command again to score the rest",
-                        batch[0].file.display(),
-                        batch.len()
-                    )));
-                }
-            }
-            Ok(())
-        })();
+        let result = self.score_batches(&model, batches, probe.as_ref(), &mut writer, progress, refusals);
         let committed = writer.finish();
         result?;
         committed?;
-        if interrupted.load(Ordering::SeqCst) {
+        if self.interrupted.load(Ordering::SeqCst) {
             bail!("interrupted; the finished batches are committed: run the same command again to continue");
         }
+        Ok(())
     }
-    progress.finish();
 
-    // The reasons an earlier run wrote for rows still refused on disk.
-    let earlier: serde_json::Value =
-        std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    for (model, s) in summary.models.iter_mut() {
-        let rows = existing(&out.join(model), &settings_json, &prov)?;
-        s.scored = rows.len();
-        s.refused = rows.iter().filter(|r| r.finish_reason == FinishReason::Skipped).count();
-        let refused: std::collections::HashSet<String> = rows
-            .iter()
-            .filter(|r| r.finish_reason == FinishReason::Skipped)
-            .map(|r| format!("prompt_id {} sample_index {}:", r.prompt_id, r.sample_index))
-            .collect();
-        let mut reasons: Vec<String> = earlier["models"][model]["refusals"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .filter(|why| !s.refusals.contains(&why.to_string()) && refused.iter().any(|key| why.starts_with(key.as_str())))
-            .map(str::to_string)
-            .collect();
-        reasons.append(&mut s.refusals);
-        s.refusals = reasons;
-        let rewards: Vec<f64> = rows.iter().filter(|r| r.finish_reason != FinishReason::Skipped).map(|r| r.reward).collect();
-        if !rewards.is_empty() {
-            s.reward_mean = Some(rewards.iter().sum::<f64>() / rewards.len() as f64);
-            s.reward_min = rewards.iter().copied().reduce(f64::min);
-            s.reward_max = rewards.iter().copied().reduce(f64::max);
+    fn score_batches(
+        &self,
+        model: &str,
+        batches: Vec<Vec<Work>>,
+        probe: Option<&ScoredSample>,
+        writer: &mut ShardWriter<ScoredSample>,
+        progress: &mut Progress,
+        refusals: &mut Vec<String>,
+    ) -> Result<()> {
+        // Whether this run has had a reward from the server yet.
+        let mut has_rewards = false;
+        for batch in batches {
+            if self.interrupted.load(Ordering::SeqCst) {
+                break;
+            }
+            let (rows, finished_cost, fatal) = self.score_batch(model, &batch, refusals)?;
+            if !has_rewards && !rows.is_empty() && rows.iter().all(|r| r.finish_reason == FinishReason::Skipped) {
+                self.check_refused_first_batch(model, rows.len(), &refusals.last().cloned().unwrap_or_default(), probe)?;
+            }
+            has_rewards |= rows.iter().any(|r| r.finish_reason != FinishReason::Skipped);
+            let finished = rows.len();
+            writer.push_unit(rows)?;
+            // What is written, not what was sent: after a fatal error the line must not say 24/24.
+            progress.add(finished as u64, finished_cost);
+            if let Some(e) = fatal {
+                return Err(e.context(format!(
+                    "scoring samples of {}; the {finished} of this batch's {} samples finished before it are committed: run the same command again to score the rest",
+                    batch[0].file.display(),
+                    batch.len()
+                )));
+            }
         }
+        Ok(())
     }
-    write_summary(&out.join("summary.json"), &summary)?;
-    Ok(summary)
+
+    /// One batch's rows as far as the reward got: a sample the reward's
+    /// server refused is a skipped row, its reason added to `refusals`; a
+    /// reward that is not a number stops the run with nothing of the batch
+    /// written.
+    fn score_batch(&self, model: &str, batch: &[Work], refusals: &mut Vec<String>) -> Result<BatchOutcome> {
+        let items: Vec<Item> = batch.iter().map(|w| item(self.by_id[w.sample.prompt_id.as_str()], &w.sample.response)).collect();
+        let (outcomes, fatal) = self.reward.score_partial(&items);
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut finished_cost = 0u64;
+        for (w, r) in batch.iter().zip(outcomes) {
+            // None: the fatal error left it unscored.
+            let Some(r) = r else { continue };
+            finished_cost += w.cost as u64;
+            let s = &w.sample;
+            let (value, finish_reason) = match r {
+                Ok(r) if r.is_finite() => (r, s.finish_reason),
+                Ok(r) => bail!(
+                    "{}: sample (prompt_id {}, sample_index {}) got reward {r}; nothing of this batch was written",
+                    w.file.display(),
+                    s.prompt_id,
+                    s.sample_index
+                ),
+                Err(why) => {
+                    let why = format!("prompt_id {} sample_index {}: {why}", s.prompt_id, s.sample_index);
+                    eprintln!("skipped ({model}) {why}");
+                    refusals.push(why);
+                    (f64::NAN, FinishReason::Skipped)
+                }
+            };
+            rows.push(ScoredSample {
+                prompt_id: s.prompt_id.clone(),
+                model: s.model.clone(),
+                sample_index: s.sample_index,
+                response: s.response.clone(),
+                response_tokens: s.response_tokens,
+                finish_reason,
+                reward: value,
+                reward_model: self.reward.name(),
+            });
+        }
+        Ok((rows, finished_cost, fatal))
+    }
+
+    /// A whole first batch refused (`refused` samples, the last for `why`):
+    /// the settings or the server are at fault, not the samples, and no
+    /// skipped row is committed; unless `probe`, a sample scored in an
+    /// earlier run, is scored again now.
+    fn check_refused_first_batch(&self, model: &str, refused: usize, why: &str, probe: Option<&ScoredSample>) -> Result<()> {
+        let scores_again = probe.is_some_and(|s| {
+            let item = item(self.by_id[s.prompt_id.as_str()], &s.response);
+            matches!(self.reward.score_partial(&[item]).0.first(), Some(Some(Ok(r))) if r.is_finite())
+        });
+        if scores_again {
+            return Ok(());
+        }
+        let before = match probe {
+            Some(s) => format!(", and now refuses too prompt_id {} sample_index {}, which it scored in an earlier run", s.prompt_id, s.sample_index),
+            None => String::new(),
+        };
+        // A judge that answered every request refused nothing: it cannot grade in this format.
+        if why.contains(crate::judge::UNREADABLE) {
+            bail!(
+                "{model}: the judge answered every request of this run's first batch, but not one of its grades ({refused} samples) could be read (the last: {why}){before}; \
+                 nothing was written: this judge model does not follow the grading format (a larger or instruction-tuned judge, or its chat template, is needed)"
+            );
+        }
+        bail!(
+            "{model}: the reward's server refused all {refused} samples of this run's first batch (the last: {why}){before}; nothing was written: check --reward and what the server accepts"
+        );
+    }
+
+    /// Each model's counts from the rows on disk now (this run's and earlier
+    /// runs'), with the reasons an earlier run wrote for rows still refused.
+    fn summarise(&self, summary: &mut Summary) -> Result<()> {
+        let earlier: serde_json::Value =
+            std::fs::read_to_string(self.out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        for (model, s) in summary.models.iter_mut() {
+            let rows = existing(&self.out.join(model), &self.settings_json, &self.prov)?;
+            s.scored = rows.len();
+            s.refused = rows.iter().filter(|r| r.finish_reason == FinishReason::Skipped).count();
+            let refused: std::collections::HashSet<String> = rows
+                .iter()
+                .filter(|r| r.finish_reason == FinishReason::Skipped)
+                .map(|r| format!("prompt_id {} sample_index {}:", r.prompt_id, r.sample_index))
+                .collect();
+            let mut reasons: Vec<String> = earlier["models"][model]["refusals"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .filter(|why| !s.refusals.contains(&why.to_string()) && refused.iter().any(|key| why.starts_with(key.as_str())))
+                .map(str::to_string)
+                .collect();
+            reasons.append(&mut s.refusals);
+            s.refusals = reasons;
+            let rewards: Vec<f64> = rows.iter().filter(|r| r.finish_reason != FinishReason::Skipped).map(|r| r.reward).collect();
+            if !rewards.is_empty() {
+                s.reward_mean = Some(rewards.iter().sum::<f64>() / rewards.len() as f64);
+                s.reward_min = rewards.iter().copied().reduce(f64::min);
+                s.reward_max = rewards.iter().copied().reduce(f64::max);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Consecutive items while the batch's tokens stay within `budget`: batch

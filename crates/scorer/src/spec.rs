@@ -1,6 +1,6 @@
 //! What `--reward` names, the options that change how it loads, and
 //! loading it: a reward of ours (`reward.rs`) or one measured by a server
-//! (`remote.rs`).
+//! (`served.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +12,8 @@ use wrpo_remote::RemoteOptions;
 
 use crate::{
     judge::{self, Judge},
-    remote::{self, Classify, JudgeReward, RemoteSimilarity},
     reward::{Exact, Numeric, Reward, RewardModel, Similarity},
+    served::{self, Classify, JudgeReward, ServedSimilarity},
 };
 
 /// The weight type of a reward's model (`--dtype`).
@@ -150,15 +150,15 @@ impl RewardSpec {
         Ok(match self {
             RewardSpec::Rm { path } => Box::new(RewardModel::load(path, dtype)?),
             RewardSpec::Classify { url, model, render_with } => {
-                let served = Classify::connect(url, model, render_with.as_deref(), remote)?;
+                let classify = Classify::connect(url, model, render_with.as_deref(), remote)?;
                 if let Some(path) = check_against {
-                    let (got, want) = remote::check_against(&served, path, dtype)?;
+                    let (got, want) = served::check_against(&classify, path, dtype)?;
                     eprintln!("--check-against {}: served {got:.5}, local {want:.5}", path.display());
                 }
-                Box::new(served)
+                Box::new(classify)
             }
             RewardSpec::Similarity { path } => Box::new(Similarity::load(path, dtype)?),
-            RewardSpec::SimilarityOpenai { url, model } => Box::new(RemoteSimilarity::connect(url, model, remote)?),
+            RewardSpec::SimilarityOpenai { url, model } => Box::new(ServedSimilarity::connect(url, model, remote)?),
             RewardSpec::Judge { url, model, .. } => Box::new(JudgeReward(Judge::connect(url, model, remote)?)),
             RewardSpec::Exact => Box::new(Exact),
             RewardSpec::Numeric { tolerance } => Box::new(Numeric { tolerance: *tolerance }),

@@ -2,6 +2,8 @@
 //! fixtures of scripts/fixtures/make_reward_fixtures.py), and `wrpo-score
 //! score` end to end through the binary.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -12,13 +14,15 @@ use candle_core::DType;
 use serde_json::{json, Value};
 use wrpo_common::{
     io::{dataset_files, read_file},
-    prompts::{Prompt, Split},
+    prompts::Prompt,
     read_dataset,
     samples::{FinishReason, Sample},
     scored::ScoredSample,
     write_dataset, Message, Provenance, Role,
 };
 use wrpo_scorer::reward::{Item, Reward, RewardModel, Similarity};
+
+use common::{failed, ok, train_prompts};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -194,17 +198,7 @@ const ANSWERS: &[(&str, &str, &[&str])] = &[
 fn setup() -> Run {
     let run = Run { dir: tempfile::tempdir().unwrap() };
     let prov = Provenance::new("test", &json!({})).unwrap();
-    let prompts: Vec<Prompt> = ANSWERS
-        .iter()
-        .enumerate()
-        .map(|(i, (q, r, _))| Prompt {
-            prompt_id: format!("p{i}"),
-            messages: vec![Message::new(Role::User, *q)],
-            reference: Some(r.to_string()),
-            split: Split::Train,
-            origin: "test".into(),
-        })
-        .collect();
+    let prompts = train_prompts(ANSWERS.iter().map(|(q, r, _)| (*q, *r)));
     write_dataset(Path::new(&run.path("prompts.parquet")), &prompts, &prov).unwrap();
     for model in ["a", "b"] {
         let mut samples = vec![];
@@ -240,16 +234,6 @@ fn score_bin(run: &Run, out: &str, reward: &str, extra: &[&str]) -> Output {
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "wrpo-score failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn failed(out: Output) -> String {
-    assert!(!out.status.success(), "wrpo-score should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn rows(dir: &str) -> BTreeMap<(String, String, u32), ScoredSample> {

@@ -11,8 +11,9 @@ use wrpo_common::{
     write_dataset, Provenance,
 };
 use wrpo_scorer::{
+    head_to_head,
     judge::{self, Judge},
-    pairwise, report,
+    report::{self, render},
     score::PRODUCER,
     select::check_scores,
 };
@@ -118,8 +119,8 @@ impl ReportArgs {
         let reward = scored.first().map_or(String::new(), |s| s.reward_model.clone());
         let mut table = format!(
             "{}\nPaired comparisons: per-prompt differences on the prompts both models answered.\n\n{}",
-            report::markdown(&r.models, &self.baseline, &reward),
-            report::paired_markdown(&r.paired)
+            render::markdown(&r.models, &self.baseline, &reward),
+            render::paired_markdown(&r.paired)
         );
         for note in &r.refused {
             eprintln!("{note}");
@@ -127,7 +128,7 @@ impl ReportArgs {
         }
         let sweep = report::sweep_points(&self.sweep, &r.paired)?;
         if !sweep.is_empty() {
-            table += &format!("\nBy {} (sweep.png):\n\n{}", self.sweep_label, report::sweep_markdown(&self.sweep_label, &sweep));
+            table += &format!("\nBy {} (sweep.png):\n\n{}", self.sweep_label, render::sweep_markdown(&self.sweep_label, &sweep));
         }
         let prov = Provenance::new(PRODUCER, &self)?.with_input(&self.prompts)?.with_input(&self.scores)?;
         if let Some((url, model)) = &self.judge {
@@ -137,9 +138,9 @@ impl ReportArgs {
         write_dataset(models, &r.models, &prov)?;
         write_dataset(per_prompt, &r.prompts, &prov)?;
         write_dataset(paired, &r.paired, &prov)?;
-        report::chart(&r.models, &r.paired, png)?;
+        render::chart(&r.models, &r.paired, png)?;
         if !sweep.is_empty() {
-            report::sweep_chart(&self.sweep_label, &sweep, &sweep_png)?;
+            render::sweep_chart(&self.sweep_label, &sweep, &sweep_png)?;
         }
         write_text(md, &table)?;
         println!("{table}");
@@ -169,13 +170,14 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
         false => vec![],
     };
     let interrupted = wrpo_common::interrupt_flag("keeping the verdicts that arrive", true)?;
-    let verdicts = pairwise::judge_all(&judge, prompts, scored, &args.baseline, cached, &interrupted, |v| write_dataset(&verdicts_path, v, &prov))?;
-    let rows = pairwise::compare(&verdicts, &args.baseline, model, args.seed);
+    let verdicts =
+        head_to_head::judge_all(&judge, prompts, scored, &args.baseline, cached, &interrupted, |v| write_dataset(&verdicts_path, v, &prov))?;
+    let rows = head_to_head::compare(&verdicts, &args.baseline, model, args.seed)?;
     write_dataset(&args.out.join("judge.parquet"), &rows, &prov)?;
-    let paired = pairwise::paired(&verdicts, &args.baseline, &args.compare, args.seed)?;
+    let paired = head_to_head::paired(&verdicts, &args.baseline, &args.compare, args.seed)?;
     write_dataset(&args.out.join("judge-paired.parquet"), &paired, &prov)?;
     let mut notes = String::new();
-    for (m, n) in pairwise::all_unreadable(&verdicts, &args.baseline) {
+    for (m, n) in head_to_head::all_unreadable(&verdicts, &args.baseline) {
         let note = format!("{m}: none of its {n} verdicts could be read, so it has no judged win rate (the judge's words are in judgements.parquet)");
         eprintln!("{note}");
         notes += &format!("\n{note}.\n");
@@ -192,13 +194,13 @@ fn judge_section(url: &str, model: &str, args: &ReportArgs, prompts: &[Prompt], 
         s.temperature,
         s.max_tokens,
         "with the lowest index both models have",
-        pairwise::markdown(&rows) + &notes,
+        render::judge_markdown(&rows) + &notes,
         if paired.is_empty() {
             String::new()
         } else {
             format!(
                 "\nPaired through the baseline (measure `judge`: per prompt, the difference of the two models' outcomes against it):\n\n{}",
-                report::paired_markdown(&paired)
+                render::paired_markdown(&paired)
             )
         }
     ))

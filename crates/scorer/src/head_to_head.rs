@@ -4,6 +4,8 @@
 //! (a verdict that changes with the order is a tie), giving a win rate, a
 //! length-adjusted win rate (see `lc_win_rate`: not AlpacaEval 2's GLM) and
 //! paired judged comparisons of two models through the common baseline.
+//! (Not the preference pairs of training, which `select.rs` builds; the
+//! judge's table is drawn by `report/render.rs`.)
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +20,8 @@ use wrpo_remote::Failure;
 
 use crate::{
     judge::{failed, Judge, Preference},
-    report::{bootstrap, interval_95, paired_row, seed_pools},
+    seed_pool::{pool_prompts, seed_pools},
+    stats::{bootstrap, interval_95, paired_row, resample},
 };
 
 /// One verdict to ask: the answers of `model` and the baseline to a prompt.
@@ -240,39 +243,34 @@ pub fn all_unreadable(judgements: &[Judgement], baseline: &str) -> BTreeMap<Stri
 const LC_RESAMPLES: usize = 400;
 
 /// Each model's outcomes against `baseline` with its count of unreadable
-/// verdicts, and each pool of training seeds' (NAME for NAME@SEED: per
-/// prompt, the mean over seeds of the outcome and the length difference).
-fn outcomes_by_model(judgements: &[Judgement], baseline: &str) -> BTreeMap<String, (Outcomes, u32)> {
+/// verdicts, and each pool of training seeds' (NAME for NAME@SEED: on the
+/// prompts every seed has an outcome, the mean over seeds of the outcome and
+/// the length difference).
+fn outcomes_by_model(judgements: &[Judgement], baseline: &str) -> Result<BTreeMap<String, (Outcomes, u32)>> {
     let mut per_model: BTreeMap<&str, Vec<&Judgement>> = BTreeMap::new();
     for j in judgements.iter().filter(|j| j.baseline == baseline) {
         per_model.entry(&j.model).or_default().push(j);
     }
     let mut results: BTreeMap<String, (Outcomes, u32)> =
         per_model.iter().map(|(m, js)| (m.to_string(), (outcomes(js), js.iter().filter(|j| j.verdict == "unreadable").count() as u32))).collect();
-    let mut pools = seed_pools(results.keys());
-    // One seed pools too, as in the reward table, so NAME means the same model in both.
-    pools.retain(|name, _| !results.contains_key(name));
-    for (name, seeds) in pools {
-        let first = &results[&seeds[0]].0;
-        let pooled = first
-            .keys()
-            .filter_map(|id| {
-                let rows: Vec<&(f64, f64, bool)> = seeds.iter().filter_map(|s| results[s].0.get(id)).collect();
-                let k = rows.len() as f64;
-                (rows.len() == seeds.len()).then(|| {
-                    (id.clone(), (rows.iter().map(|r| r.0).sum::<f64>() / k, rows.iter().map(|r| r.1).sum::<f64>() / k, rows.iter().any(|r| r.2)))
-                })
-            })
-            .collect();
+    for (name, seeds) in seed_pools(results.keys())? {
+        let per_seed: Vec<&Outcomes> = seeds.iter().map(|s| &results[s].0).collect();
+        let pooled = pool_prompts(&per_seed, |_, rows| {
+            let k = rows.len() as f64;
+            (rows.len() == seeds.len())
+                .then(|| (rows.iter().map(|r| r.0).sum::<f64>() / k, rows.iter().map(|r| r.1).sum::<f64>() / k, rows.iter().any(|r| r.2)))
+        });
         let unreadable = seeds.iter().map(|s| results[s].1).sum();
         results.insert(name, (pooled, unreadable));
     }
-    results
+    Ok(results)
 }
 
-/// Each model's (and each pool of training seeds') comparison with the baseline.
-pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64) -> Vec<JudgeComparison> {
-    outcomes_by_model(judgements, baseline)
+/// Each model's (and each pool of training seeds') comparison with the
+/// baseline; a model named NAME beside seeds NAME@SEED is refused, as in the
+/// reward table (`seed_pool::seed_pools`).
+pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64) -> Result<Vec<JudgeComparison>> {
+    Ok(outcomes_by_model(judgements, baseline)?
         .into_iter()
         .filter(|(_, (o, _))| !o.is_empty())
         .map(|(model, (o, unreadable))| {
@@ -283,7 +281,7 @@ pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64)
             let n = y.len();
             let lcs: Vec<f64> = (0..LC_RESAMPLES)
                 .map(|_| {
-                    let picks: Vec<usize> = (0..n).map(|_| (rng.next_u64() % n as u64) as usize).collect();
+                    let picks: Vec<usize> = resample(&mut rng, n).collect();
                     lc_win_rate(&picks.iter().map(|&i| y[i]).collect::<Vec<_>>(), &picks.iter().map(|&i| x[i]).collect::<Vec<_>>())
                 })
                 .collect();
@@ -306,7 +304,7 @@ pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64)
                 lc_high,
             }
         })
-        .collect()
+        .collect())
 }
 
 /// Paired judged comparisons, one per `compare` pair MODEL:AGAINST where
@@ -315,7 +313,7 @@ pub fn compare(judgements: &[Judgement], baseline: &str, judge: &str, seed: u64)
 /// baseline, as a `paired` row of measure `judge` (WRPO against DPO, say,
 /// without asking the judge anything more).
 pub fn paired(judgements: &[Judgement], baseline: &str, pairs: &[(String, String)], seed: u64) -> Result<Vec<PairedComparison>> {
-    let results = outcomes_by_model(judgements, baseline);
+    let results = outcomes_by_model(judgements, baseline)?;
     let mut out = Vec::new();
     for (model, against) in pairs.iter().filter(|(m, a)| m != baseline && a != baseline) {
         let get = |m: &str| {
@@ -333,33 +331,6 @@ pub fn paired(judgements: &[Judgement], baseline: &str, pairs: &[(String, String
         }
     }
     Ok(out)
-}
-
-/// The judge's table for report.md.
-pub fn markdown(rows: &[JudgeComparison]) -> String {
-    let mut out = String::from(
-        "| model vs baseline | prompts | win / tie / loss | win rate [95% CI] | length-adjusted win rate [95% CI] | split by order | unreadable |\n|---|---|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        out += &format!(
-            "| {} vs {} | {} | {} / {} / {} | {:.1}% [{:.1}, {:.1}] | {:.1}% [{:.1}, {:.1}] | {} | {} |\n",
-            r.model,
-            r.baseline,
-            r.prompts,
-            r.wins,
-            r.ties,
-            r.losses,
-            100.0 * r.win_rate,
-            100.0 * r.win_low,
-            100.0 * r.win_high,
-            100.0 * r.lc_win_rate,
-            100.0 * r.lc_low,
-            100.0 * r.lc_high,
-            r.position_splits,
-            r.unreadable
-        );
-    }
-    out
 }
 
 #[cfg(test)]
@@ -444,14 +415,14 @@ mod tests {
             verdict(5, "m", "model", "tie", 0),
             verdict(5, "m", "baseline", "tie", 0), // a tie both ways: a tie, not split
         ];
-        let [row] = compare(&js, "base", "j", 1).try_into().unwrap();
+        let [row] = compare(&js, "base", "j", 1).unwrap().try_into().unwrap();
         assert_eq!((row.prompts, row.wins, row.ties, row.losses, row.unreadable, row.position_splits), (4, 1, 3, 0, 3, 2));
         // The rate is the tally's: (wins + ties / 2) / prompts.
         assert!((row.win_rate - (1.0 + 1.5) / 4.0).abs() < 1e-12);
         assert!(all_unreadable(&js, "base").is_empty());
         // A model none of whose verdicts could be read has no row, and is named with its count.
         let dark = [verdict(0, "d", "model", "unreadable", 0), verdict(0, "d", "baseline", "unreadable", 0)];
-        assert!(compare(&dark, "base", "j", 1).is_empty());
+        assert!(compare(&dark, "base", "j", 1).unwrap().is_empty());
         assert_eq!(all_unreadable(&[js, dark.to_vec()].concat(), "base").into_iter().collect::<Vec<_>>(), [("d".to_string(), 2)]);
     }
 
@@ -539,7 +510,7 @@ mod tests {
             verdict(0, "d@1", "model", "model", 0),
             verdict(0, "d@1", "baseline", "tie", 0),
         ];
-        let rows = compare(&js, "base", "j", 1);
+        let rows = compare(&js, "base", "j", 1).unwrap();
         let pooled = rows.iter().find(|r| r.model == "w").unwrap();
         assert_eq!(pooled.prompts, 2);
         assert!((pooled.win_rate - (0.5 + 0.75) / 2.0).abs() < 1e-12);
@@ -547,5 +518,10 @@ mod tests {
         let (one, pool) = (rows.iter().find(|r| r.model == "d@1").unwrap(), rows.iter().find(|r| r.model == "d").unwrap());
         assert_eq!((pool.prompts, pool.win_rate), (one.prompts, one.win_rate));
         assert!((pool.win_rate - 0.5).abs() < 1e-12);
+        // A model judged as "w" beside the seeds w@1, w@2 is refused, as in the reward table, not left unpooled.
+        let clash = [js.clone(), vec![verdict(0, "w", "model", "model", 0), verdict(0, "w", "baseline", "model", 0)]].concat();
+        let err = compare(&clash, "base", "j", 1).unwrap_err().to_string();
+        assert!(err.contains("model 'w' is scored, and so are its seeds [\"w@1\", \"w@2\"]"), "{err}");
+        assert!(paired(&clash, "base", &[("w".into(), "d".into())], 1).is_err());
     }
 }

@@ -1,9 +1,11 @@
-//! Served rewards and judges against loopback stub servers that answer as
-//! each engine's documentation (and, for SGLang's softmax, its code) shows:
-//! vLLM `/classify` (with `messages` and with `input`), SGLang
-//! `/v1/classify`, `/v1/embeddings`, and a chat judge;
-//! the stubs' scores come from our own local reward model, so a remote run
-//! must give a local run's rows.
+//! Served rewards (`src/served.rs`) and judges against loopback stub
+//! servers that answer as each engine's documentation (and, for SGLang's
+//! softmax, its code) shows: vLLM `/classify` (with `messages` and with
+//! `input`), SGLang `/v1/classify`, `/v1/embeddings`, and a chat judge; the
+//! stubs' scores come from our own local reward model, so a served run must
+//! give a local run's rows.
+
+mod common;
 
 use std::{
     collections::BTreeMap,
@@ -18,16 +20,17 @@ use std::{
 use candle_core::DType;
 use serde_json::{json, Value};
 use wrpo_common::{
-    prompts::{Prompt, Split},
     read_dataset,
     report::{JudgeComparison, Judgement, PairedComparison},
     samples::{FinishReason, Sample},
     scored::ScoredSample,
-    write_dataset, Message, Provenance, Role,
+    write_dataset, Message, Provenance,
 };
 use wrpo_llm::Tokenizer;
 use wrpo_remote::stub::{serve, Reply, Request};
 use wrpo_scorer::reward::{Item, Reward, RewardModel};
+
+use common::{failed, ok, train_prompts};
 
 fn rm_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/reward/llama_seqcls")
@@ -43,17 +46,7 @@ fn setup(dir: &Path, special: &[&str]) -> (String, String) {
 
 fn setup_n(dir: &Path, special: &[&str], per_prompt: usize) -> (String, String) {
     let prov = Provenance::new("test", &json!({})).unwrap();
-    let prompts: Vec<Prompt> = QUESTIONS
-        .iter()
-        .enumerate()
-        .map(|(i, (q, r))| Prompt {
-            prompt_id: format!("p{i}"),
-            messages: vec![Message::new(Role::User, *q)],
-            reference: Some(r.to_string()),
-            split: Split::Train,
-            origin: "test".into(),
-        })
-        .collect();
+    let prompts = train_prompts(QUESTIONS);
     let prompts_path = dir.join("prompts.parquet");
     write_dataset(&prompts_path, &prompts, &prov).unwrap();
     let mut samples = vec![];
@@ -91,16 +84,6 @@ fn score(prompts: &str, samples: &str, reward: &str, out: &Path, extra: &[&str])
         .env_remove("OPENAI_API_KEY")
         .output()
         .unwrap()
-}
-
-fn ok(out: Output) -> Output {
-    assert!(out.status.success(), "wrpo-score failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn failed(out: Output) -> String {
-    assert!(!out.status.success(), "wrpo-score should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn rows(out: &Path) -> BTreeMap<(String, u32), ScoredSample> {

@@ -307,7 +307,7 @@ pub fn check_against(served: &Classify, path: &Path, dtype: candle_core::DType) 
 }
 
 /// Cosine similarity to the reference in a served embedding model's space.
-pub struct RemoteSimilarity {
+pub struct ServedSimilarity {
     client: Client,
     url: String,
     model: String,
@@ -315,12 +315,12 @@ pub struct RemoteSimilarity {
     references: Mutex<HashMap<String, Vec<f32>>>,
 }
 
-impl RemoteSimilarity {
+impl ServedSimilarity {
     /// `url` is the OpenAI-compatible base (…/v1).
     pub fn connect(url: &str, model: &str, opts: &RemoteOptions) -> Result<Self> {
         let client = Client::new(opts)?;
         client.check_serves(&format!("{url}/models"), model).context("the embedding server")?;
-        Ok(RemoteSimilarity { client, url: url.to_string(), model: model.to_string(), references: Mutex::default() })
+        Ok(ServedSimilarity { client, url: url.to_string(), model: model.to_string(), references: Mutex::default() })
     }
 
     fn embed(&self, texts: &[&str]) -> Result<PerInput<Vec<f32>>, Failure> {
@@ -337,7 +337,7 @@ impl RemoteSimilarity {
     }
 }
 
-impl Reward for RemoteSimilarity {
+impl Reward for ServedSimilarity {
     fn name(&self) -> String {
         format!("similarity:openai:{}", self.model)
     }
