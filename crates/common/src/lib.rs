@@ -7,6 +7,7 @@
 //! the column or the row at fault.
 
 pub mod dataset;
+pub mod eval;
 pub mod export;
 pub mod hash;
 pub mod io;
@@ -14,7 +15,6 @@ pub mod metrics;
 pub mod pairs;
 pub mod progress;
 pub mod prompts;
-pub mod report;
 pub mod samples;
 pub mod scored;
 pub mod sft;

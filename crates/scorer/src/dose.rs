@@ -13,8 +13,8 @@ use std::{
 
 use anyhow::{anyhow, bail, Result};
 use wrpo_common::{
+    eval::{DosePoint, DoseSlope, PromptScore},
     pairs::Pair,
-    report::{DosePoint, DoseSlope, PromptScore},
 };
 use wrpo_llm::Rng;
 

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
 use wrpo_common::{
+    eval::{JudgeComparison, Judgement, PairedComparison},
     prompts::Prompt,
-    report::{JudgeComparison, Judgement, PairedComparison},
     samples::FinishReason,
     scored::ScoredSample,
 };

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{anyhow, bail, Result};
 use wrpo_common::{
+    eval::{ModelReport, PairedComparison, PromptScore},
     prompts::Prompt,
-    report::{ModelReport, PairedComparison, PromptScore},
     samples::FinishReason,
     scored::ScoredSample,
 };

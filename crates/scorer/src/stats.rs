@@ -5,7 +5,7 @@
 
 use std::cmp::Ordering;
 
-use wrpo_common::report::PairedComparison;
+use wrpo_common::eval::PairedComparison;
 use wrpo_llm::Rng;
 
 /// The mean of `values` and its 95% percentile-bootstrap interval.

@@ -20,8 +20,8 @@ use std::{
 use candle_core::DType;
 use serde_json::{json, Value};
 use wrpo_common::{
+    eval::{JudgeComparison, Judgement, PairedComparison},
     read_dataset,
-    report::{JudgeComparison, Judgement, PairedComparison},
     samples::{FinishReason, Sample},
     scored::ScoredSample,
     write_dataset, Message, Provenance,

@@ -3,10 +3,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use wrpo_common::{
+    eval::Judgement,
     io::{check_paths, read_file, write_text},
     prompts::Prompt,
     read_dataset,
-    report::Judgement,
     scored::ScoredSample,
     write_dataset, Provenance,
 };

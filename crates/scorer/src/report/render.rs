@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use wrpo_common::report::{JudgeComparison, ModelReport, PairedComparison};
+use wrpo_common::eval::{JudgeComparison, ModelReport, PairedComparison};
 
 /// The paired comparisons as a markdown table.
 pub fn paired_markdown(paired: &[PairedComparison]) -> String {

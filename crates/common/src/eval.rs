@@ -1,5 +1,6 @@
-//! `eval_report`: one row per model of `wrpo-score report`, the held-out
-//! comparison of the trained models with a baseline.
+//! The evaluation datasets `wrpo-score report` and `dose` write: per model
+//! (`eval_report`), per prompt, paired comparisons, the judge's verdicts and
+//! tallies, and the dose-response's points and slopes.
 
 use arrow::datatypes::{DataType, FieldRef};
 use serde::{Deserialize, Serialize};
