@@ -23,7 +23,7 @@ enum Command {
     /// a `conversations` list (from/value), optionally with their own
     /// `prompt_id` (UltraFeedback). Rows are deduplicated by prompt_id and split
     /// into train/eval by a hash of the id, so the split is stable; a row's own
-    /// `split` (train, eval or test, validation) wins over the hash.
+    /// `split` column (train; eval or test; validation) wins over the hash.
     Import(cli::import::ImportArgs),
     /// Import responses already sampled and scored, several per prompt with
     /// their rewards (`prompt_id`, `prompt`, `all_generated_responses`,

@@ -20,12 +20,19 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossKind {
+    /// The paper's: y_l against y_ws and y_wt, whose rewards alpha mixes.
     Wrpo,
+    /// One chosen response (--dpo-chosen) against y_l.
     Dpo,
+    /// Length-normalised log-probs, no reference, a target margin gamma.
     Simpo,
+    /// The squared loss, tau = beta.
     Ipo,
+    /// SimPO with WRPO's alpha mix of the chosen responses.
     WrpoSimpo,
+    /// IPO with WRPO's alpha mix of the chosen responses.
     WrpoIpo,
+    /// The mean of DPO on (y_ws, y_l) and on (y_wt, y_l).
     SigmoidMix,
 }
 

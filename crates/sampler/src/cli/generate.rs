@@ -34,6 +34,8 @@ pub struct GenerateArgs {
     /// Sampling temperature; 0 decodes greedily.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities sum
+    /// to P (1 = off).
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
     /// 0 = no top-k cut.
@@ -48,8 +50,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 2048)]
     max_new_tokens: usize,
     /// HF folders: quantize the projections and LM head at load for speed
-    /// (q8_0: near-exact and several times faster than none, f32; sampling is
-    /// random anyway, and training's log-probs are computed in f32).
+    /// (q8_0: near-exact, and several times faster than `none`, which samples
+    /// on the f32 weights; sampling is random anyway, and training's
+    /// log-probs are computed in f32).
     #[arg(long, value_enum, default_value = "q8_0")]
     quantize: Quantize,
     /// With the prompt id, model alias and sample index, fixes each sample's random stream.

@@ -11,8 +11,10 @@ pub struct ImportScoredArgs {
     /// Input file: JSON lines or Parquet (told apart by content).
     #[arg(long)]
     input: PathBuf,
+    /// Output folder of the `samples` dataset: OUT_SAMPLES/MODEL/part-00000.parquet.
     #[arg(long)]
     out_samples: PathBuf,
+    /// Output folder of the `scored` dataset: OUT_SCORES/MODEL/part-00000.parquet.
     #[arg(long)]
     out_scores: PathBuf,
     /// The name of the model that made the responses (an output folder name).

@@ -32,6 +32,8 @@ pub struct ExportArgs {
     /// `pairs` dataset (from `wrpo-score pairs`).
     #[arg(long)]
     pairs: PathBuf,
+    /// wrpo: the official recipe's rows (chosen = [y_ws, y_wt], rejected =
+    /// [y_l]); trl: TRL's conversational preference rows (one chosen).
     #[arg(long, value_enum)]
     format: ExportFormat,
     /// `--format trl`: which response is `chosen`.

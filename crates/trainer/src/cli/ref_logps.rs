@@ -27,14 +27,17 @@ pub struct RefArgs {
     /// Pairs per forward pass.
     #[arg(long, default_value_t = 4)]
     micro_batch: usize,
+    /// As the training runs' --max-length: the pairs are truncated as they will be.
     #[arg(long, default_value_t = 2048)]
     max_length: usize,
+    /// As the training runs' --max-prompt-length.
     #[arg(long, default_value_t = 1800)]
     max_prompt_length: usize,
     /// The precision of the training runs these pairs feed (their first
     /// step checks the policy against these log-probs).
     #[command(flatten)]
     precision: PrecisionArg,
+    /// CPU threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
 }

@@ -21,6 +21,7 @@ pub struct Steps {
     /// Micro-batches per optimizer step (global batch = micro_batch * grad_accum; recipe: 128).
     #[arg(long, default_value_t = 128)]
     pub grad_accum: u64,
+    /// Passes over the training examples (a fraction runs part of one).
     #[arg(long, default_value_t = 1.0)]
     pub epochs: f64,
     /// Fraction of the steps spent warming the learning rate up.
@@ -46,15 +47,19 @@ pub struct Common {
     /// Gradient clipping by global norm (0 = none).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// AdamW's decoupled weight decay (torch.optim.AdamW's weight_decay).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// Apply weight decay to norms and biases too.
     #[arg(long)]
     pub decay_norms_and_biases: bool,
+    /// AdamW's first-moment decay.
     #[arg(long, default_value_t = 0.9)]
     adam_beta1: f64,
+    /// AdamW's second-moment decay.
     #[arg(long, default_value_t = 0.999)]
     adam_beta2: f64,
+    /// AdamW's denominator term.
     #[arg(long, default_value_t = 1e-8)]
     pub adam_eps: f64,
     /// Prompt + longest response tokens at most; beyond, the prompt is cut to --max-prompt-length, then every

@@ -32,6 +32,7 @@ pub struct WrpoArgs {
     /// Peak learning rate (recipe: 3e-7 for an 8B target).
     #[arg(long, default_value_t = 3e-7)]
     lr: f64,
+    /// The objective (docs/method.md): WRPO, or a baseline on the same pairs.
     #[arg(long, value_enum, default_value_t = LossKind::Wrpo)]
     loss: LossKind,
     /// The chosen response of the pairwise losses (dpo, simpo, ipo).
@@ -48,6 +49,8 @@ pub struct WrpoArgs {
     /// alpha = alpha_max at every step instead.
     #[arg(long)]
     static_alpha: bool,
+    /// Label smoothing eps of the sigmoid losses: -log sig(z) becomes
+    /// -(1 - eps) log sig(z) - eps log sig(-z) (conservative DPO).
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
     /// SimPO's target reward margin gamma [default: 0.5 * beta, SimPO's gamma/beta ratio].
