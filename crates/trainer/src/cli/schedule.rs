@@ -12,7 +12,7 @@ pub struct ScheduleArgs {
     #[command(flatten)]
     steps: Steps,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-7)]
+    #[arg(long, default_value = "3e-7")]
     lr: f64,
     /// Final fusion coefficient alpha (recipe: 0.1).
     #[arg(long, default_value_t = 0.1)]

@@ -21,7 +21,7 @@ pub struct SftArgs {
     #[arg(long)]
     eval_data: Option<PathBuf>,
     /// Peak learning rate (recipe: 7e-6).
-    #[arg(long, default_value_t = 7e-6)]
+    #[arg(long, default_value = "7e-6")]
     lr: f64,
     /// Loss on every token of each conversation (default: response tokens only).
     #[arg(long, conflicts_with = "packing")]

@@ -60,7 +60,7 @@ pub struct Common {
     #[arg(long, default_value_t = 0.999)]
     adam_beta2: f64,
     /// AdamW's denominator term.
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value = "1e-8")]
     pub adam_eps: f64,
     /// Prompt + longest response tokens at most; beyond, the prompt is cut to --max-prompt-length, then every
     /// response to --max-length minus --max-prompt-length (the official trainer's rule).

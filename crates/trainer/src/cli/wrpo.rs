@@ -30,7 +30,7 @@ pub struct WrpoArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     subsample: Option<u64>,
     /// Peak learning rate (recipe: 3e-7 for an 8B target).
-    #[arg(long, default_value_t = 3e-7)]
+    #[arg(long, default_value = "3e-7")]
     lr: f64,
     /// The objective (docs/method.md): WRPO, or a baseline on the same pairs.
     #[arg(long, value_enum, default_value_t = LossKind::Wrpo)]
