@@ -255,7 +255,7 @@ fn the_cli_writes_nothing_on_bad_rows_unless_told_to_skip_them() {
     let file = wrpo_common::io::read_file::<Prompt>(&out).unwrap();
     assert!(file.provenance.producer.starts_with("wrpo-sample "));
     assert_eq!(file.provenance.config["eval_fraction"], 0.0);
-    assert_eq!(file.provenance.inputs[0].sha256, wrpo_common::hash::file_sha256(&input).unwrap());
+    assert_eq!(file.provenance.inputs[0].sha256, wrpo_common::io::file_sha256(&input).unwrap());
     assert!(file.provenance.command.iter().any(|a| a == "--skip-bad"));
 
     let run = wrpo_sample(&["import", "--input", "/nonexistent.jsonl", "--out", out.to_str().unwrap()]);

@@ -65,7 +65,7 @@ pub struct ReferenceRecord {
 impl ReferenceRecord {
     pub fn of(model: &Path, enc: &Encoder, precision: Precision) -> Result<Self> {
         Ok(ReferenceRecord {
-            model_sha256: wrpo_common::hash::content_sha256(model)?,
+            model_sha256: wrpo_common::io::content_sha256(model)?,
             tokens_sha256: enc.fingerprint(),
             max_length: enc.truncation.max_length,
             max_prompt_length: enc.truncation.max_prompt_length,

@@ -122,7 +122,7 @@ pub fn run(r: RunInputs) -> Result<Vec<StepMetrics>> {
     use_precision(model, config.precision)?;
     let mut optimizer = AdamW::new(params, config.adamw.clone())?;
     // The inputs' content is part of the run: a rerun on changed data is refused, not resumed.
-    let hashes = r.inputs.iter().map(|p| wrpo_common::hash::content_sha256(p)).collect::<Result<Vec<_>>>()?;
+    let hashes = r.inputs.iter().map(|p| wrpo_common::io::content_sha256(p)).collect::<Result<Vec<_>>>()?;
     let run_config = serde_json::json!({"stage": stage, "train": config, "examples": examples.len(), "inputs": hashes});
     let mut state = checkpoint::prepare(out, &run_config)?;
     if let Some(done) = checkpoint::finished(out)? {

@@ -470,7 +470,7 @@ fn a_trl_runs_log_becomes_a_metrics_dataset_and_its_plot() {
     // Evaluations are numbered by the steps done before them, with no learning rate or gradient.
     assert_eq!(eval.iter().map(|m| m.step).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(eval.iter().all(|m| m.grad_norm.is_none() && m.rewards_margins.is_some()));
-    assert_eq!(file.provenance.inputs[0].sha256, wrpo_common::hash::content_sha256(&state).unwrap());
+    assert_eq!(file.provenance.inputs[0].sha256, wrpo_common::io::content_sha256(&state).unwrap());
     let png = std::fs::read(out.with_extension("png")).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the plot is a PNG with something drawn");
 

@@ -1,10 +1,12 @@
 //! Parquet I/O for [`Dataset`](crate::Dataset)s, one job a file:
-//! provenance metadata (`provenance`), atomic files (`atomic`), single-file
+//! provenance metadata (`provenance`) and its inputs' content hashes
+//! (`content`), atomic files (`atomic`), single-file
 //! writes (`write`), sharded outputs with their lock and resume
 //! (`shards`), validating reads (`read`), and the binaries' path check
 //! (`paths`).
 
 mod atomic;
+mod content;
 mod paths;
 mod provenance;
 mod read;
@@ -12,6 +14,7 @@ mod shards;
 mod write;
 
 pub use atomic::*;
+pub use content::*;
 pub use paths::*;
 pub use provenance::*;
 pub use read::*;

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use parquet::file::metadata::KeyValue;
 use serde::{Deserialize, Serialize};
 
+use super::content_sha256;
 use super::keys;
-use crate::hash::content_sha256;
 
 /// What made a file: the producing binary, its command line and full
 /// configuration, and the content hashes of its inputs.
