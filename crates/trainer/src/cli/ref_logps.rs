@@ -4,14 +4,14 @@ use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::Args;
 use wrpo_common::{io::check_paths, pairs::Pair, read_dataset, write_dataset, Provenance};
-use wrpo_llm::{LoadOptions, Model};
+use wrpo_llm::{bf16::Precision, LoadOptions, Model};
 use wrpo_trainer::{
     data::{encode_pairs, Sequence},
     reference::{reference_logps, ReferenceRecord},
     train::{use_precision, PRODUCER},
 };
 
-use super::training::{encoder, report_truncated, PrecisionArg};
+use super::training::{encoder, report_truncated};
 
 #[derive(Args)]
 pub struct RefArgs {
@@ -33,10 +33,12 @@ pub struct RefArgs {
     /// As the training runs' --max-prompt-length.
     #[arg(long, default_value_t = 1800)]
     max_prompt_length: usize,
-    /// The precision of the training runs these pairs feed (their first
-    /// step checks the policy against these log-probs).
-    #[command(flatten)]
-    precision: PrecisionArg,
+    /// The matmuls' precision, that of the training runs these pairs feed
+    /// (their first step checks the policy against these log-probs): f32;
+    /// bf16 (operands rounded to bf16, sums in f32, on the CPU's bf16 units);
+    /// auto: bf16 where the CPU has bf16 units.
+    #[arg(long, default_value = "f32", value_parser = Precision::parse)]
+    precision: Precision,
     /// CPU threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -62,7 +64,7 @@ impl RefArgs {
         let enc = encoder(&model, tokenizer, self.max_length, self.max_prompt_length, &self.model)?;
         let (examples, truncated) = encode_pairs(&enc, &pairs, None, &self.pairs)?;
         report_truncated(truncated, examples.len(), "pairs");
-        let precision = self.precision.precision;
+        let precision = self.precision;
         use_precision(&model, precision)?;
         let record = ReferenceRecord::of(&self.model, &enc, precision)?;
         let logps = reference_logps(&model, &examples, self.micro_batch)?;

@@ -92,7 +92,7 @@ pub struct Common {
     pub abort_after_steps: Option<u64>,
 }
 
-/// `--precision`, shared by the commands that run the model.
+/// `--precision` of the training commands.
 #[derive(Args)]
 pub struct PrecisionArg {
     /// The matmuls' precision: f32; bf16 (operands rounded to bf16, sums in
