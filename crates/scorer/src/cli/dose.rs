@@ -1,5 +1,5 @@
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -65,7 +65,8 @@ const DOSE_FILES: [&str; 4] = ["dose-points.parquet", "dose-slopes.parquet", "do
 
 impl DoseArgs {
     fn check(&self) -> Result<()> {
-        if let Some((_, (name, _))) = self.levels.iter().enumerate().find(|(i, (name, _))| self.levels[..*i].iter().any(|(n, _)| n == name)) {
+        let mut names = HashSet::new();
+        if let Some((name, _)) = self.levels.iter().find(|(name, _)| !names.insert(name)) {
             bail!("--level {name} is given twice");
         }
         let written = DOSE_FILES.map(|f| self.out.join(f));

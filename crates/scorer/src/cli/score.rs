@@ -91,10 +91,10 @@ impl ScoreArgs {
         self.check()?;
         wrpo_llm::set_threads(self.threads);
         let reward = self.reward.with_options(self.render_with, self.dtype, self.precision, self.check_against.as_deref())?;
-        self.remote.warn_if_unused(reward.served(), "this --reward is not served");
+        let served = reward.served();
+        self.remote.warn_if_unused(served, "this --reward is not served");
         let settings =
             ScoreSettings { reward, precision: self.precision, dtype: self.dtype, skip_unreferenced: self.skip_unreferenced, shard: self.shard };
-        let served = settings.reward.served();
         let options = ScoreOptions {
             batch_tokens: self.batch_tokens,
             batch_items: self.batch_items,

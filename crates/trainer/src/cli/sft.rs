@@ -2,13 +2,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use wrpo_common::{io::check_paths, read_dataset, sft::SftExample};
+use wrpo_common::{read_dataset, sft::SftExample};
 use wrpo_trainer::{
     data::{encode_sft, Examples, SftForm},
-    train::{load_model, Stage},
+    train::Stage,
 };
 
-use super::training::{check_settings, encoder, report_truncated, train, Common};
+use super::training::{report_truncated, Common};
 
 #[derive(Args)]
 pub struct SftArgs {
@@ -40,20 +40,14 @@ pub struct SftArgs {
 
 impl SftArgs {
     fn check(&self) -> Result<()> {
-        let c = &self.common;
-        check_settings(c, self.lr)?;
-        let mut inputs = vec![("--data", self.data.as_path()), ("--model", c.model.as_path())];
-        inputs.extend(self.eval_data.as_deref().map(|p| ("--eval-data", p)));
-        check_paths(&[("--out", &c.out)], &inputs)
+        self.common.check(self.lr, ("--data", &self.data), self.eval_data.as_deref().map(|p| ("--eval-data", p)))
     }
 
     pub fn run(self) -> Result<()> {
         self.check()?;
         wrpo_llm::set_threads(self.common.threads);
-        let c = &self.common;
         let rows = read_dataset::<SftExample>(&self.data)?;
-        let (model, tokenizer) = load_model(&c.model)?;
-        let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
+        let (model, enc) = self.common.load()?;
         let form = match (self.packing, self.loss_on_prompt) {
             (true, _) => SftForm::Packed { cross_document: self.cross_document_attention },
             (false, true) => SftForm::AllTokens,
@@ -62,12 +56,10 @@ impl SftArgs {
         let (examples, truncated) = encode_sft(&enc, &rows, form).with_context(|| self.data.display().to_string())?;
         report_truncated(truncated, examples.len(), "SFT examples");
         let eval = match &self.eval_data {
-            Some(p) => Some(Examples::Sft(encode_sft(&enc, &read_dataset::<SftExample>(p)?, form).with_context(|| p.display().to_string())?.0)),
+            Some(p) => Some((Examples::Sft(encode_sft(&enc, &read_dataset::<SftExample>(p)?, form).with_context(|| p.display().to_string())?.0), p)),
             None => None,
         };
-        let mut inputs = vec![self.data.clone(), c.model.clone()];
-        inputs.extend(self.eval_data.clone());
-        train(c, self.lr, Stage::Sft { form }, &model, &enc, &Examples::Sft(examples), eval.as_ref(), inputs)?;
-        Ok(())
+        let eval = eval.as_ref().map(|(e, p)| (e, p.as_path()));
+        self.common.train(self.lr, Stage::Sft { form }, &model, &enc, (&Examples::Sft(examples), &self.data), eval)
     }
 }

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use wrpo_common::io::check_paths;
 use wrpo_llm::{bf16::Precision, Model};
 use wrpo_trainer::{
     data::{Encoder, Examples, Truncation},
     optim::AdamWConfig,
     schedule::LrSchedule,
-    train::{run, RunInputs, Stage, TrainConfig},
+    train::{load_model, run, RunInputs, Stage, TrainConfig},
 };
 
 #[derive(Args)]
@@ -109,7 +110,7 @@ pub fn encoder(model: &Model, tokenizer: wrpo_llm::Tokenizer, max_length: usize,
 }
 
 /// Every number a training run takes, range-checked before any model loads.
-pub fn check_settings(c: &Common, lr: f64) -> Result<()> {
+fn check_settings(c: &Common, lr: f64) -> Result<()> {
     let s = &c.steps;
     let checks: [(&str, f64, bool, &str); 13] = [
         ("--lr", lr, lr > 0.0, "a positive number"),
@@ -169,43 +170,65 @@ pub fn report_truncated(truncated: usize, total: usize, what: &str) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn train(
-    c: &Common,
-    lr: f64,
-    stage: Stage,
-    model: &Model,
-    enc: &Encoder,
-    examples: &Examples,
-    eval: Option<&Examples>,
-    inputs: Vec<PathBuf>,
-) -> Result<()> {
-    let config = train_config(c, lr);
-    let template = enc.template().source.clone();
-    eprintln!("training on {}; matmuls in {}", wrpo_llm::cpu_summary(), config.precision.describe());
-    let metrics = run(RunInputs {
-        model,
-        tokenizer: enc.tokenizer(),
-        chat_template: &template,
-        examples,
-        eval,
-        stage: &stage,
-        config: &config,
-        out: &c.out,
-        inputs,
-        log_every: c.log_every,
-        save_every: c.save_every,
-        eval_every: c.eval_every,
-        interrupted: wrpo_common::interrupt_flag("saving a checkpoint after this step", false)?,
-        abort_after_steps: c.abort_after_steps,
-    })?;
-    let last = metrics.iter().rev().find(|m| !m.stage.starts_with("eval"));
-    eprintln!(
-        "trained {} steps -> {}/final; metrics in {}/metrics.parquet and metrics.png{}",
-        last.map_or(0, |m| m.step + 1),
-        c.out.display(),
-        c.out.display(),
-        last.map_or(String::new(), |m| format!("; last loss {:.5}", m.loss))
-    );
-    Ok(())
+impl Common {
+    /// The run's numbers range-checked and its paths refused where they
+    /// clash, before any model loads: `data` (the training set's flag and
+    /// path), the model, the held-out `eval` set if given, the output folder.
+    pub fn check(&self, lr: f64, data: (&str, &Path), eval: Option<(&str, &Path)>) -> Result<()> {
+        check_settings(self, lr)?;
+        let mut inputs = vec![data, ("--model", self.model.as_path())];
+        inputs.extend(eval);
+        check_paths(&[("--out", &self.out)], &inputs)
+    }
+
+    /// The model to train and its encoder, truncating as this run does.
+    pub fn load(&self) -> Result<(Model, Encoder)> {
+        let (model, tokenizer) = load_model(&self.model)?;
+        let enc = encoder(&model, tokenizer, self.max_length, self.max_prompt_length, &self.model)?;
+        Ok((model, enc))
+    }
+
+    /// Train `stage` on `examples` and the file they came from (and on
+    /// `eval`'s held-out examples and file, if any): the files and the model
+    /// are the run's recorded inputs.
+    pub fn train(
+        &self,
+        lr: f64,
+        stage: Stage,
+        model: &Model,
+        enc: &Encoder,
+        examples: (&Examples, &Path),
+        eval: Option<(&Examples, &Path)>,
+    ) -> Result<()> {
+        let mut inputs = vec![examples.1.to_path_buf(), self.model.clone()];
+        inputs.extend(eval.map(|(_, path)| path.to_path_buf()));
+        let config = train_config(self, lr);
+        let template = enc.template().source.clone();
+        eprintln!("training on {}; matmuls in {}", wrpo_llm::cpu_summary(), config.precision.describe());
+        let metrics = run(RunInputs {
+            model,
+            tokenizer: enc.tokenizer(),
+            chat_template: &template,
+            examples: examples.0,
+            eval: eval.map(|(e, _)| e),
+            stage: &stage,
+            config: &config,
+            out: &self.out,
+            inputs,
+            log_every: self.log_every,
+            save_every: self.save_every,
+            eval_every: self.eval_every,
+            interrupted: wrpo_common::interrupt_flag("saving a checkpoint after this step", false)?,
+            abort_after_steps: self.abort_after_steps,
+        })?;
+        let last = metrics.iter().rev().find(|m| !m.stage.starts_with("eval"));
+        eprintln!(
+            "trained {} steps -> {}/final; metrics in {}/metrics.parquet and metrics.png{}",
+            last.map_or(0, |m| m.step + 1),
+            self.out.display(),
+            self.out.display(),
+            last.map_or(String::new(), |m| format!("; last loss {:.5}", m.loss))
+        );
+        Ok(())
+    }
 }

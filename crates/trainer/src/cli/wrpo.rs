@@ -3,17 +3,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Args;
 use wrpo_common::{
-    io::{check_keys, check_paths, dataset_files, read_file},
+    io::{check_keys, dataset_files, read_file},
     pairs::Pair,
 };
 use wrpo_trainer::{
     data::{encode_pairs, subsample, Examples},
     loss::{Chosen, LossKind, Objective, SIMPO_GAMMA_BETA_RATIO},
     reference::ReferenceRecord,
-    train::{load_model, Stage},
+    train::Stage,
 };
 
-use super::training::{check_settings, encoder, in_range, report_truncated, train, Common};
+use super::training::{in_range, report_truncated, Common};
 
 #[derive(Args)]
 pub struct WrpoArgs {
@@ -67,12 +67,8 @@ impl WrpoArgs {
     }
 
     fn check(&self) -> Result<()> {
-        let c = &self.common;
-        check_settings(c, self.lr)?;
         check_objective(&self.objective(), self.alpha_max)?;
-        let mut inputs = vec![("--pairs", self.pairs.as_path()), ("--model", c.model.as_path())];
-        inputs.extend(self.eval_pairs.as_deref().map(|p| ("--eval-pairs", p)));
-        check_paths(&[("--out", &c.out)], &inputs)
+        self.common.check(self.lr, ("--pairs", &self.pairs), self.eval_pairs.as_deref().map(|p| ("--eval-pairs", p)))
     }
 
     pub fn run(self) -> Result<()> {
@@ -80,8 +76,7 @@ impl WrpoArgs {
         wrpo_llm::set_threads(self.common.threads);
         let c = &self.common;
         let objective = self.objective();
-        let (model, tokenizer) = load_model(&c.model)?;
-        let enc = encoder(&model, tokenizer, c.max_length, c.max_prompt_length, &c.model)?;
+        let (model, enc) = self.common.load()?;
         // The pairs' reference log-probs must be this run's model's, tokenized as this run does.
         let reference = objective.needs_reference().then(|| ReferenceRecord::of(&c.model, &enc, c.precision.precision)).transpose()?;
         let read = |path: &Path| -> Result<Vec<Pair>> {
@@ -106,14 +101,12 @@ impl WrpoArgs {
         let (examples, truncated) = encode_pairs(&enc, &pairs, Some(&objective), &self.pairs)?;
         report_truncated(truncated, examples.len(), "pairs");
         let eval = match &self.eval_pairs {
-            Some(p) => Some(Examples::Pairs(encode_pairs(&enc, &read(p)?, Some(&objective), p)?.0)),
+            Some(p) => Some((Examples::Pairs(encode_pairs(&enc, &read(p)?, Some(&objective), p)?.0), p)),
             None => None,
         };
-        let mut inputs = vec![self.pairs.clone(), c.model.clone()];
-        inputs.extend(self.eval_pairs.clone());
+        let eval = eval.as_ref().map(|(e, p)| (e, p.as_path()));
         let stage = Stage::Preference { objective, alpha_max: self.alpha_max, static_alpha: self.static_alpha };
-        train(c, self.lr, stage, &model, &enc, &Examples::Pairs(examples), eval.as_ref(), inputs)?;
-        Ok(())
+        self.common.train(self.lr, stage, &model, &enc, (&Examples::Pairs(examples), &self.pairs), eval)
     }
 }
 
