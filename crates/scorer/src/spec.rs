@@ -136,16 +136,24 @@ impl RewardSpec {
                 );
             }
         }
+        self.check_against_applies(check_against)?;
+        Ok(self)
+    }
+
+    /// Refuse a `check_against` checkpoint for anything but a served classifier.
+    fn check_against_applies(&self, check_against: Option<&Path>) -> Result<()> {
         if check_against.is_some() && !matches!(self, RewardSpec::Classify { .. }) {
             bail!("--check-against compares a served reward model (classify:URL#MODEL) with a local one; --reward is not one");
         }
-        Ok(self)
+        Ok(())
     }
 
     /// The reward, connected to its server where it has one; `check_against`
     /// (a served classifier only, see [`RewardSpec::with_options`]): a local
     /// checkpoint that must score alike.
     pub fn load(&self, dtype: RewardDtype, remote: &RemoteOptions, check_against: Option<&Path>) -> Result<Box<dyn Reward>> {
+        // Library callers reach here without with_options.
+        self.check_against_applies(check_against)?;
         let dtype = dtype.dtype();
         Ok(match self {
             RewardSpec::Rm { path } => Box::new(RewardModel::load(path, dtype)?),
