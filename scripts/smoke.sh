@@ -49,6 +49,11 @@ done
 make -n ablation "${run[@]}" "${ablation[@]}" ABLATION_PAIRS=3 > "$work/dry.txt"
 grep -q "wrpo-alpha0 .*--alpha-max 0 --subsample 3 " "$work/dry.txt" || fail "ABLATION_PAIRS=3: alpha_max 0 is not trained on 3 pairs"
 test -s "$work/ablation/sweep.png" || fail "sweep.png (the ablation against alpha_max) is missing"
+# Every checkpoint here is 1 GB (Gemma-3-270M in f32) and nothing below reads
+# these runs' weights again, only their .done stamps and eval scores: freed, the
+# smoke holds at most about 6 GB of checkpoints at once, not 10 (CI's disk once ran out).
+# Had a later rule needed them, its read would fail the smoke, loudly.
+for dir in wrpo dpo wrpo-alpha1 wrpo-static0.1; do rm "$work/$dir/final/model.safetensors"; done
 # The dose-response on the same chain: a weaker y_ws (best of 1), a stronger source (the source
 # fine-tuned on the SFT third's references, sampled on the preference prompts) and the chain's
 # own, against DPO on y_wt on the test split.
