@@ -11,7 +11,8 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// On an error, also print any backtrace a library captured (RUST_BACKTRACE).
-    #[arg(short, long, global = true)]
+    // Last in every subcommand's list, not wherever the count of its own flags puts it.
+    #[arg(short, long, global = true, display_order = 1000)]
     verbose: bool,
 }
 
